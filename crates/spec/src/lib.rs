@@ -1,0 +1,636 @@
+//! Segment Spec messages: validation and normalization.
+//!
+//! Pure functions, no I/O. The HTTP layer hands in parsed JSON and the time it
+//! received the request; this crate answers with either a normalized message
+//! (the exact bytes that are stored and later delivered) or an error that names
+//! the offending field.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Number, Value};
+use std::fmt;
+
+/// The six Spec calls the Tracking API accepts, plus `delete` (user deletion
+/// notices that switchyard itself emits to destinations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+    Delete,
+}
+
+impl MessageType {
+    /// The types a client may send (not `delete`, which only switchyard emits).
+    pub const CLIENT_TYPES: [MessageType; 6] = [
+        MessageType::Track,
+        MessageType::Identify,
+        MessageType::Page,
+        MessageType::Screen,
+        MessageType::Group,
+        MessageType::Alias,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Track => "track",
+            MessageType::Identify => "identify",
+            MessageType::Page => "page",
+            MessageType::Screen => "screen",
+            MessageType::Group => "group",
+            MessageType::Alias => "alias",
+            MessageType::Delete => "delete",
+        }
+    }
+
+    /// Parses a client-sent `type`; `delete` is not accepted from clients.
+    pub fn from_client(s: &str) -> Option<MessageType> {
+        Self::CLIENT_TYPES.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Size limits. Defaults are Segment's documented HTTP API limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single message, serialized (32 KB).
+    pub max_message_bytes: usize,
+    /// Largest request body, after decompression (500 KB).
+    pub max_batch_bytes: usize,
+    /// Most messages in one batch request (2,500).
+    pub max_batch_events: usize,
+    /// Longest `messageId` accepted (100 characters).
+    pub max_message_id_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            max_batch_events: 2500,
+            max_message_id_chars: 100,
+        }
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    pub kind: SpecErrorKind,
+    /// The JSON field at fault, when one is.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecErrorKind {
+    /// The message breaks the Spec (400).
+    Invalid,
+    /// The message is larger than a limit (413).
+    TooLarge,
+}
+
+impl SpecErrorKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            SpecErrorKind::Invalid => "invalid_message",
+            SpecErrorKind::TooLarge => "message_too_large",
+        }
+    }
+}
+
+impl SpecError {
+    pub fn invalid(field: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        SpecError {
+            kind: SpecErrorKind::Invalid,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn missing(field: &str, what: &str) -> Self {
+        Self::invalid(Some(field.to_string()), format!("{what} requires `{field}`"))
+    }
+}
+
+/// A validated, normalized message ready for the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: MessageType,
+    pub message_id: String,
+    /// `userId` as a string, when the message has one (used for user deletion).
+    pub user_id: Option<String>,
+    /// The message serialized as compact JSON: exactly what is stored and sent.
+    pub json: Vec<u8>,
+}
+
+/// Context that applies to every message of one request.
+#[derive(Debug, Clone)]
+pub struct RequestContext<'a> {
+    pub received_at: DateTime<Utc>,
+    pub limits: &'a Limits,
+    /// Batch-level `sentAt`, applied to messages that carry none.
+    pub sent_at: Option<&'a Value>,
+    /// Batch-level `context`, merged under each message's own.
+    pub context: Option<&'a Map<String, Value>>,
+    /// Batch-level `integrations`, merged under each message's own.
+    pub integrations: Option<&'a Map<String, Value>>,
+}
+
+impl<'a> RequestContext<'a> {
+    pub fn new(received_at: DateTime<Utc>, limits: &'a Limits) -> Self {
+        RequestContext {
+            received_at,
+            limits,
+            sent_at: None,
+            context: None,
+            integrations: None,
+        }
+    }
+}
+
+/// Formats a time the way Segment does: RFC 3339, milliseconds, `Z`.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(field: &str, v: &Value) -> Result<DateTime<Utc>, SpecError> {
+    let s = v.as_str().ok_or_else(|| {
+        SpecError::invalid(
+            Some(field.to_string()),
+            format!("`{field}` must be an ISO 8601 date string"),
+        )
+    })?;
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            // Some SDKs send a date with no offset; read it as UTC.
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|n| n.and_utc())
+        })
+        .map_err(|_| {
+            SpecError::invalid(
+                Some(field.to_string()),
+                format!("`{field}` is not a valid ISO 8601 date: {s:?}"),
+            )
+        })
+}
+
+/// An identifier field: Segment accepts strings and numbers.
+fn identifier(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, SpecError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(SpecError::invalid(
+            Some(field.to_string()),
+            format!("`{field}` must be a string or a number"),
+        )),
+    }
+}
+
+fn require_object(obj: &Map<String, Value>, field: &str) -> Result<(), SpecError> {
+    match obj.get(field) {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(SpecError::invalid(
+            Some(field.to_string()),
+            format!("`{field}` must be an object"),
+        )),
+    }
+}
+
+/// Merges `defaults` under `own` (keys already in `own` win).
+fn merge_under(own: &mut Map<String, Value>, key: &str, defaults: Option<&Map<String, Value>>) {
+    let Some(defaults) = defaults else { return };
+    match own.get_mut(key) {
+        Some(Value::Object(mine)) => {
+            for (k, v) in defaults {
+                if !mine.contains_key(k) {
+                    mine.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        None | Some(Value::Null) => {
+            own.insert(key.to_string(), Value::Object(defaults.clone()));
+        }
+        Some(_) => {}
+    }
+}
+
+/// Rewrites integral floats as integers, so that the bytes switchyard sends are
+/// the bytes `JSON.stringify` produces for the same value (`1.0` → `1`): Segment
+/// receivers verify signatures by re-serializing the parsed body in JavaScript.
+fn canonicalize_numbers(v: &mut Value, depth: usize) {
+    if depth > 256 {
+        return;
+    }
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64() {
+                if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15
+                {
+                    *n = Number::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|i| canonicalize_numbers(i, depth + 1)),
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|i| canonicalize_numbers(i, depth + 1)),
+        _ => {}
+    }
+}
+
+/// Validates and normalizes one message.
+///
+/// `forced_type` is the type implied by the endpoint (`/v1/track` …); batch items
+/// pass `None` and are typed by their own `type` field.
+pub fn normalize(
+    value: Value,
+    forced_type: Option<MessageType>,
+    ctx: &RequestContext<'_>,
+) -> Result<Message, SpecError> {
+    let Value::Object(mut obj) = value else {
+        return Err(SpecError::invalid(None, "a message must be a JSON object"));
+    };
+
+    let kind = match forced_type {
+        Some(t) => t,
+        None => match obj.get("type") {
+            Some(Value::String(s)) => MessageType::from_client(s).ok_or_else(|| {
+                SpecError::invalid(
+                    Some("type".to_string()),
+                    format!(
+                        "unknown message type {s:?}: expected one of track, identify, page, screen, group, alias"
+                    ),
+                )
+            })?,
+            Some(_) => {
+                return Err(SpecError::invalid(
+                    Some("type".to_string()),
+                    "`type` must be a string",
+                ))
+            }
+            None => {
+                return Err(SpecError::invalid(
+                    Some("type".to_string()),
+                    "a batch item requires `type`",
+                ))
+            }
+        },
+    };
+    obj.insert("type".to_string(), Value::String(kind.as_str().to_string()));
+    // The write key is a credential: it never travels further than the door.
+    obj.remove("writeKey");
+
+    let user_id = identifier(&obj, "userId")?;
+    let anonymous_id = identifier(&obj, "anonymousId")?;
+    if user_id.is_none() && anonymous_id.is_none() && kind != MessageType::Delete {
+        return Err(SpecError::invalid(
+            Some("userId".to_string()),
+            format!("{kind} requires `userId` or `anonymousId`"),
+        ));
+    }
+    match kind {
+        MessageType::Track => match obj.get("event") {
+            Some(Value::String(s)) if !s.trim().is_empty() => {}
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(SpecError::missing("event", "track"))
+            }
+            Some(_) => {
+                return Err(SpecError::invalid(
+                    Some("event".to_string()),
+                    "`event` must be a string",
+                ))
+            }
+        },
+        MessageType::Group => {
+            if identifier(&obj, "groupId")?.is_none() {
+                return Err(SpecError::missing("groupId", "group"));
+            }
+        }
+        MessageType::Alias => {
+            if identifier(&obj, "previousId")?.is_none() {
+                return Err(SpecError::missing("previousId", "alias"));
+            }
+        }
+        MessageType::Page | MessageType::Screen => {
+            if let Some(v) = obj.get("name") {
+                if !v.is_string() && !v.is_null() {
+                    return Err(SpecError::invalid(
+                        Some("name".to_string()),
+                        "`name` must be a string",
+                    ));
+                }
+            }
+        }
+        MessageType::Identify | MessageType::Delete => {}
+    }
+    for field in ["properties", "traits", "context", "integrations"] {
+        require_object(&obj, field)?;
+    }
+
+    let message_id = match obj.get("messageId") {
+        None | Some(Value::Null) => {
+            let id = uuid::Uuid::new_v4().to_string();
+            obj.insert("messageId".to_string(), Value::String(id.clone()));
+            id
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(SpecError::invalid(
+                Some("messageId".to_string()),
+                "`messageId` must not be empty",
+            ))
+        }
+        Some(Value::String(s)) => {
+            let chars = s.chars().count();
+            if chars > ctx.limits.max_message_id_chars {
+                return Err(SpecError::invalid(
+                    Some("messageId".to_string()),
+                    format!(
+                        "`messageId` is {chars} characters long; the limit is {}",
+                        ctx.limits.max_message_id_chars
+                    ),
+                ));
+            }
+            s.clone()
+        }
+        Some(_) => {
+            return Err(SpecError::invalid(
+                Some("messageId".to_string()),
+                "`messageId` must be a string",
+            ))
+        }
+    };
+
+    merge_under(&mut obj, "context", ctx.context);
+    merge_under(&mut obj, "integrations", ctx.integrations);
+
+    // Clock-skew correction, as Segment does it: the client's `timestamp` is
+    // kept as `originalTimestamp`, and `timestamp` becomes
+    // receivedAt - (sentAt - originalTimestamp).
+    let original = match obj.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_time("timestamp", v)?),
+    };
+    let sent_at = match obj.get("sentAt").or(ctx.sent_at) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_time("sentAt", v)?),
+    };
+    let timestamp = match (original, sent_at) {
+        (Some(orig), Some(sent)) => ctx.received_at - (sent - orig),
+        (Some(orig), None) => orig,
+        (None, _) => ctx.received_at,
+    };
+    if let Some(orig) = original {
+        if !obj.contains_key("originalTimestamp") {
+            obj.insert(
+                "originalTimestamp".to_string(),
+                Value::String(format_time(orig)),
+            );
+        }
+    }
+    if let Some(sent) = sent_at {
+        obj.insert("sentAt".to_string(), Value::String(format_time(sent)));
+    }
+    obj.insert(
+        "timestamp".to_string(),
+        Value::String(format_time(timestamp)),
+    );
+    obj.insert(
+        "receivedAt".to_string(),
+        Value::String(format_time(ctx.received_at)),
+    );
+
+    let mut value = Value::Object(obj);
+    canonicalize_numbers(&mut value, 0);
+    let json = serde_json::to_vec(&value)
+        .map_err(|e| SpecError::invalid(None, format!("message cannot be serialized: {e}")))?;
+    if json.len() > ctx.limits.max_message_bytes {
+        return Err(SpecError {
+            kind: SpecErrorKind::TooLarge,
+            field: None,
+            message: format!(
+                "message is {} bytes; the limit is {} bytes",
+                json.len(),
+                ctx.limits.max_message_bytes
+            ),
+        });
+    }
+    Ok(Message {
+        kind,
+        message_id,
+        user_id,
+        json,
+    })
+}
+
+/// Builds the `delete` notice sent to destinations for a user deletion request.
+pub fn delete_notice(user_id: &str, message_id: &str, at: DateTime<Utc>) -> Message {
+    let value = serde_json::json!({
+        "type": "delete",
+        "userId": user_id,
+        "messageId": message_id,
+        "timestamp": format_time(at),
+    });
+    Message {
+        kind: MessageType::Delete,
+        message_id: message_id.to_string(),
+        user_id: Some(user_id.to_string()),
+        json: serde_json::to_vec(&value).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn run(v: Value, t: Option<MessageType>) -> Result<Value, SpecError> {
+        let limits = Limits::default();
+        let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        normalize(v, t, &ctx).map(|m| serde_json::from_slice(&m.json).unwrap())
+    }
+
+    #[test]
+    fn track_requires_event() {
+        let err = run(json!({"userId": "u1"}), Some(MessageType::Track)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("event"));
+        assert_eq!(err.kind, SpecErrorKind::Invalid);
+        let err = run(json!({"userId": "u1", "event": 5}), Some(MessageType::Track)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("event"));
+    }
+
+    #[test]
+    fn every_call_needs_an_identity() {
+        for t in MessageType::CLIENT_TYPES {
+            let err = run(json!({"event": "x", "groupId": "g", "previousId": "p"}), Some(t))
+                .unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("userId"), "{t}");
+        }
+        assert!(run(json!({"anonymousId": "a", "event": "x"}), Some(MessageType::Track)).is_ok());
+        assert!(run(json!({"userId": 42}), Some(MessageType::Identify)).is_ok());
+        let err = run(json!({"userId": true}), Some(MessageType::Identify)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("userId"));
+    }
+
+    #[test]
+    fn group_and_alias_need_their_ids() {
+        let err = run(json!({"userId": "u"}), Some(MessageType::Group)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("groupId"));
+        let err = run(json!({"userId": "u"}), Some(MessageType::Alias)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("previousId"));
+        assert!(run(json!({"userId": "u", "groupId": "g"}), Some(MessageType::Group)).is_ok());
+        assert!(run(json!({"userId": "u", "previousId": "p"}), Some(MessageType::Alias)).is_ok());
+    }
+
+    #[test]
+    fn batch_items_are_typed_by_type() {
+        let err = run(json!({"userId": "u"}), None).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("type"));
+        let err = run(json!({"userId": "u", "type": "purchase"}), None).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("type"));
+        let err = run(json!({"userId": "u", "type": "delete"}), None).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("type"));
+        let v = run(json!({"userId": "u", "type": "page", "name": "Home"}), None).unwrap();
+        assert_eq!(v["type"], "page");
+    }
+
+    #[test]
+    fn endpoint_type_wins_over_body_type() {
+        let v = run(json!({"userId": "u", "type": "page"}), Some(MessageType::Identify)).unwrap();
+        assert_eq!(v["type"], "identify");
+    }
+
+    #[test]
+    fn properties_must_be_objects() {
+        let err = run(
+            json!({"userId": "u", "event": "e", "properties": [1]}),
+            Some(MessageType::Track),
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("properties"));
+    }
+
+    #[test]
+    fn fills_message_id_and_received_at_and_drops_write_key() {
+        let v = run(
+            json!({"userId": "u", "writeKey": "secret"}),
+            Some(MessageType::Identify),
+        )
+        .unwrap();
+        assert_eq!(v["messageId"].as_str().unwrap().len(), 36);
+        assert_eq!(v["receivedAt"], "2024-01-01T00:00:10.000Z");
+        assert_eq!(v["timestamp"], "2024-01-01T00:00:10.000Z");
+        assert!(v.get("writeKey").is_none());
+    }
+
+    #[test]
+    fn message_id_limits() {
+        let long = "x".repeat(101);
+        let err = run(json!({"userId": "u", "messageId": long}), Some(MessageType::Identify))
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("messageId"));
+        let ok = "x".repeat(100);
+        assert!(run(json!({"userId": "u", "messageId": ok}), Some(MessageType::Identify)).is_ok());
+        let err = run(json!({"userId": "u", "messageId": 7}), Some(MessageType::Identify))
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("messageId"));
+    }
+
+    #[test]
+    fn corrects_clock_skew_by_sent_at() {
+        // The client's clock is 1 hour fast: it stamped the event 2 s before sending.
+        let v = run(
+            json!({"userId": "u", "timestamp": "2024-01-01T01:00:05Z", "sentAt": "2024-01-01T01:00:07Z"}),
+            Some(MessageType::Identify),
+        )
+        .unwrap();
+        assert_eq!(v["originalTimestamp"], "2024-01-01T01:00:05.000Z");
+        assert_eq!(v["timestamp"], "2024-01-01T00:00:08.000Z");
+        assert_eq!(v["sentAt"], "2024-01-01T01:00:07.000Z");
+    }
+
+    #[test]
+    fn keeps_timestamp_without_sent_at() {
+        let v = run(
+            json!({"userId": "u", "timestamp": "2012-12-02T00:30:08.276Z"}),
+            Some(MessageType::Identify),
+        )
+        .unwrap();
+        assert_eq!(v["timestamp"], "2012-12-02T00:30:08.276Z");
+        assert_eq!(v["originalTimestamp"], "2012-12-02T00:30:08.276Z");
+    }
+
+    #[test]
+    fn bad_timestamp_is_named() {
+        let err = run(json!({"userId": "u", "timestamp": "yesterday"}), Some(MessageType::Identify))
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("timestamp"));
+    }
+
+    #[test]
+    fn batch_context_merges_under_message_context() {
+        let limits = Limits::default();
+        let batch_ctx = json!({"library": {"name": "batch"}, "ip": "1.2.3.4"});
+        let mut ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        ctx.context = batch_ctx.as_object();
+        let m = normalize(
+            json!({"userId": "u", "type": "identify", "context": {"library": {"name": "own"}}}),
+            None,
+            &ctx,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&m.json).unwrap();
+        assert_eq!(v["context"]["library"]["name"], "own");
+        assert_eq!(v["context"]["ip"], "1.2.3.4");
+    }
+
+    #[test]
+    fn oversize_message_is_too_large() {
+        let big = "x".repeat(33 * 1024);
+        let err = run(
+            json!({"userId": "u", "event": "e", "properties": {"blob": big}}),
+            Some(MessageType::Track),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, SpecErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn integral_floats_serialize_like_javascript() {
+        let v: Value = serde_json::from_str(r#"{"userId":"u","event":"e","properties":{"a":1.0,"b":39.95,"c":[2.0]}}"#).unwrap();
+        let limits = Limits::default();
+        let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let m = normalize(v, Some(MessageType::Track), &ctx).unwrap();
+        let s = String::from_utf8(m.json).unwrap();
+        assert!(s.contains(r#""properties":{"a":1,"b":39.95,"c":[2]}"#), "{s}");
+    }
+
+    #[test]
+    fn preserves_key_order() {
+        let v: Value =
+            serde_json::from_str(r#"{"userId":"u","event":"e","properties":{"z":1,"a":2}}"#)
+                .unwrap();
+        let limits = Limits::default();
+        let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let m = normalize(v, Some(MessageType::Track), &ctx).unwrap();
+        let s = String::from_utf8(m.json).unwrap();
+        assert!(s.starts_with(r#"{"userId":"u","event":"e","properties":{"z":1,"a":2},"type":"track""#), "{s}");
+    }
+}

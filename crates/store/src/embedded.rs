@@ -1,0 +1,970 @@
+//! The embedded backend: SQLite in WAL mode in one data directory.
+//!
+//! Every write goes through one writer thread that takes all the jobs waiting
+//! at that moment and commits them in a single transaction (group commit): a
+//! request pays for one fsync shared with everything that arrived beside it,
+//! instead of one of its own. Each job runs inside its own savepoint, so one
+//! failing job never takes its neighbours down. Reads use a small pool of
+//! separate connections, which WAL lets run beside the writer.
+
+use crate::*;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use tokio::sync::oneshot;
+
+/// Options of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    /// `true`: fsync every commit (survives power loss). `false`: WAL with
+    /// `synchronous=NORMAL` (survives a process crash, not power loss).
+    pub fsync: bool,
+    /// Duplicate `messageId`s within this window are stored once.
+    pub dedup_window_ms: i64,
+}
+
+impl EmbeddedOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EmbeddedOptions {
+            data_dir: data_dir.into(),
+            fsync: true,
+            dedup_window_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// Most jobs folded into one transaction.
+const MAX_JOBS_PER_COMMIT: usize = 4096;
+
+/// The embedded [`Store`].
+pub struct EmbeddedStore {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+    head_tx: Arc<watch::Sender<u64>>,
+    /// Highest seq written by jobs of the transaction in progress; published
+    /// to subscribers only after the commit.
+    pending_head: Arc<AtomicU64>,
+    source_ids: Arc<RwLock<HashMap<String, i64>>>,
+    dedup_window_ms: i64,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS sources(
+    id INTEGER PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    write_key_hash TEXT,
+    token_hash TEXT,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events(
+    seq INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    user_id TEXT,
+    received_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedup(
+    source_id INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY(source_id, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejections(
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    field TEXT,
+    reason TEXT NOT NULL,
+    excerpt TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors(
+    destination TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retries(
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    url TEXT,
+    message_ids TEXT NOT NULL,
+    body BLOB NOT NULL,
+    webhook_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    next_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retries_due ON retries(destination, next_ms);
+CREATE TABLE IF NOT EXISTS dead_letters(
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    url TEXT,
+    message_ids TEXT NOT NULL,
+    body BLOB NOT NULL,
+    webhook_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    failed_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT NOT NULL,
+    response_excerpt TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_dest ON dead_letters(destination, id);
+CREATE TABLE IF NOT EXISTS attempts(
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    url TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    status INTEGER,
+    latency_ms INTEGER NOT NULL,
+    error TEXT,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_dest ON attempts(destination, id);
+CREATE TABLE IF NOT EXISTS url_state(
+    destination TEXT NOT NULL,
+    url TEXT NOT NULL,
+    disabled_reason TEXT NOT NULL,
+    PRIMARY KEY(destination, url)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
+
+fn open_connection(path: &Path, fsync: bool) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn ids_to_json(ids: &[String]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+}
+
+fn ids_from_json(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `options.data_dir`.
+    pub fn open(options: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|source| StoreError::DataDir {
+            path: options.data_dir.display().to_string(),
+            source,
+        })?;
+        let path = options.data_dir.join("switchyard.db");
+        let writer_conn = open_connection(&path, options.fsync)?;
+        writer_conn.execute_batch(SCHEMA)?;
+
+        let head: u64 = writer_conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)?;
+        let mut ids = HashMap::new();
+        {
+            let mut stmt = writer_conn.prepare("SELECT slug, id FROM sources")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (slug, id) = row?;
+                ids.insert(slug, id);
+            }
+        }
+        let (head_tx, _) = watch::channel(head);
+        let head_tx = Arc::new(head_tx);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let pending_head = Arc::new(AtomicU64::new(head));
+        let writer = {
+            let head_tx = head_tx.clone();
+            let pending_head = pending_head.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer_loop(writer_conn, jobs_rx, head_tx, pending_head))
+                .map_err(|source| StoreError::DataDir {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        };
+        let store = EmbeddedStore {
+            jobs: Mutex::new(Some(jobs_tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path,
+            head_tx,
+            pending_head,
+            source_ids: Arc::new(RwLock::new(ids)),
+            dedup_window_ms: options.dedup_window_ms,
+        };
+        Ok(store)
+    }
+
+    /// Runs `f` inside the next group commit; resolves once committed.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn: &Connection| -> Completion {
+            let outcome = (|| {
+                conn.execute_batch("SAVEPOINT job")?;
+                match f(conn) {
+                    Ok(v) => {
+                        conn.execute_batch("RELEASE job")?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                        Err(e)
+                    }
+                }
+            })();
+            Box::new(move |committed: Result<(), String>| {
+                let result = match committed {
+                    Ok(()) => outcome,
+                    Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(result);
+            })
+        });
+        {
+            let guard = self.jobs.lock().map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection, off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().ok().and_then(|mut pool| pool.pop());
+            let conn = match conn {
+                Some(c) => c,
+                None => open_connection(&path, false)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = readers.lock() {
+                if pool.len() < 8 {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    fn source_id(&self, slug: &str) -> Result<i64> {
+        self.source_ids
+            .read()
+            .map_err(|_| StoreError::Closed)?
+            .get(slug)
+            .copied()
+            .ok_or_else(|| StoreError::UnknownSource(slug.to_string()))
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    head_tx: Arc<watch::Sender<u64>>,
+    pending_head: Arc<AtomicU64>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_JOBS_PER_COMMIT {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "store: cannot begin a transaction");
+            for job in batch {
+                // Run nothing: report the failure to every waiter.
+                drop(job);
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "store: commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            let head = pending_head.load(Ordering::Acquire);
+            head_tx.send_if_modified(|h| {
+                if *h != head {
+                    *h = head;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        for done in completions {
+            done(committed.clone());
+        }
+    }
+}
+
+fn row_to_retry(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetryEntry> {
+    Ok(RetryEntry {
+        id: r.get(0)?,
+        destination: r.get(1)?,
+        url: r.get(2)?,
+        message_ids: ids_from_json(&r.get::<_, String>(3)?),
+        body: r.get(4)?,
+        webhook_id: r.get(5)?,
+        attempts: r.get(6)?,
+        first_attempt_ms: r.get(7)?,
+        next_attempt_ms: r.get(8)?,
+        last_status: r.get(9)?,
+        last_error: r.get(10)?,
+    })
+}
+
+const RETRY_COLUMNS: &str = "id, destination, url, message_ids, body, webhook_id, attempts, first_ms, next_ms, last_status, last_error";
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn append(
+        &self,
+        source: &str,
+        events: Vec<NewEvent>,
+        rejections: Vec<Rejection>,
+    ) -> Result<AppendReceipt> {
+        let source_id = self.source_id(source)?;
+        let window = self.dedup_window_ms;
+        let pending_head = self.pending_head.clone();
+        self.write(move |conn| {
+            let now = now_ms();
+            let cutoff = now - window;
+            let mut receipt = AppendReceipt::default();
+            let mut dedup = conn.prepare_cached(
+                "INSERT INTO dedup(source_id, message_id, received_ms) VALUES(?1, ?2, ?3)
+                 ON CONFLICT(source_id, message_id) DO UPDATE SET received_ms = excluded.received_ms
+                 WHERE dedup.received_ms < ?4",
+            )?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in &events {
+                if dedup.execute(params![source_id, e.message_id, now, cutoff])? == 0 {
+                    receipt.duplicates += 1;
+                    continue;
+                }
+                insert.execute(params![source_id, e.message_id, e.user_id, now, e.json])?;
+                pending_head.fetch_max(conn.last_insert_rowid() as u64, Ordering::AcqRel);
+                receipt.stored += 1;
+            }
+            if !rejections.is_empty() {
+                let mut rej = conn.prepare_cached(
+                    "INSERT INTO rejections(source_id, at_ms, idx, field, reason, excerpt) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for r in &rejections {
+                    rej.execute(params![source_id, now, r.index as i64, r.field, r.reason, r.excerpt])?;
+                }
+            }
+            Ok(receipt)
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head_tx.subscribe()
+    }
+
+    async fn read_events(
+        &self,
+        sources: &[String],
+        after: u64,
+        scan: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64)> {
+        let wanted: HashMap<i64, String> = {
+            let ids = self.source_ids.read().map_err(|_| StoreError::Closed)?;
+            sources
+                .iter()
+                .filter_map(|s| ids.get(s).map(|id| (*id, s.clone())))
+                .collect()
+        };
+        let head = *self.head_tx.borrow();
+        self.read(move |conn| {
+            let upper = head.min(after.saturating_add(scan));
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, source_id, message_id, received_ms, body FROM events
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query(params![after as i64, upper as i64])?;
+            let mut out = Vec::new();
+            let mut scanned_to = upper;
+            while let Some(r) = rows.next()? {
+                let seq = r.get::<_, i64>(0)? as u64;
+                let source_id: i64 = r.get(1)?;
+                if let Some(slug) = wanted.get(&source_id) {
+                    out.push(StoredEvent {
+                        seq,
+                        source: slug.clone(),
+                        message_id: r.get(2)?,
+                        received_ms: r.get(3)?,
+                        json: r.get(4)?,
+                    });
+                    if out.len() >= limit {
+                        scanned_to = seq;
+                        break;
+                    }
+                }
+            }
+            Ok((out, scanned_to))
+        })
+        .await
+    }
+
+    async fn cursor(&self, destination: &str) -> Result<Option<u64>> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT seq FROM cursors WHERE destination = ?1",
+                    [destination],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .map(|v| v as u64))
+        })
+        .await
+    }
+
+    async fn init_cursor(&self, destination: &str) -> Result<u64> {
+        let destination = destination.to_string();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO cursors(destination, seq) SELECT ?1, COALESCE(MAX(seq), 0) FROM events
+                 WHERE true ON CONFLICT(destination) DO NOTHING",
+                [&destination],
+            )?;
+            Ok(conn.query_row(
+                "SELECT seq FROM cursors WHERE destination = ?1",
+                [&destination],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn commit_delivery(&self, commit: DeliveryCommit) -> Result<Vec<i64>> {
+        self.write(move |conn| {
+            let dest = &commit.destination;
+            if let Some(seq) = commit.cursor {
+                conn.prepare_cached(
+                    "INSERT INTO cursors(destination, seq) VALUES(?1, ?2)
+                     ON CONFLICT(destination) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                )?
+                .execute(params![dest, seq as i64])?;
+            }
+            if !commit.attempts.is_empty() {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO attempts(destination, url, message_id, events, at_ms, status, latency_ms, error, outcome)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for a in &commit.attempts {
+                    stmt.execute(params![
+                        a.destination,
+                        a.url,
+                        a.message_id,
+                        a.events,
+                        a.at_ms,
+                        a.status,
+                        a.latency_ms as i64,
+                        a.error,
+                        a.outcome
+                    ])?;
+                }
+            }
+            let mut new_ids = Vec::new();
+            for r in &commit.retries {
+                if r.id == 0 {
+                    conn.prepare_cached(
+                        "INSERT INTO retries(destination, url, message_ids, body, webhook_id, attempts, first_ms, next_ms, last_status, last_error)
+                         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params![
+                        r.destination,
+                        r.url,
+                        ids_to_json(&r.message_ids),
+                        r.body,
+                        r.webhook_id,
+                        r.attempts,
+                        r.first_attempt_ms,
+                        r.next_attempt_ms,
+                        r.last_status,
+                        r.last_error
+                    ])?;
+                    new_ids.push(conn.last_insert_rowid());
+                } else {
+                    conn.prepare_cached(
+                        "UPDATE retries SET attempts = ?2, next_ms = ?3, last_status = ?4, last_error = ?5 WHERE id = ?1",
+                    )?
+                    .execute(params![r.id, r.attempts, r.next_attempt_ms, r.last_status, r.last_error])?;
+                }
+            }
+            for id in &commit.removed_retries {
+                conn.prepare_cached("DELETE FROM retries WHERE id = ?1")?
+                    .execute([id])?;
+            }
+            for d in &commit.dead_letters {
+                conn.prepare_cached(
+                    "INSERT INTO dead_letters(destination, url, message_ids, body, webhook_id, attempts, first_ms, failed_ms, last_status, last_error, response_excerpt)
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    d.destination,
+                    d.url,
+                    ids_to_json(&d.message_ids),
+                    d.body,
+                    d.webhook_id,
+                    d.attempts,
+                    d.first_attempt_ms,
+                    d.failed_ms,
+                    d.last_status,
+                    d.last_error,
+                    d.response_excerpt
+                ])?;
+            }
+            for (url, reason) in &commit.disabled_urls {
+                conn.prepare_cached(
+                    "INSERT INTO url_state(destination, url, disabled_reason) VALUES(?1, ?2, ?3)
+                     ON CONFLICT(destination, url) DO UPDATE SET disabled_reason = excluded.disabled_reason",
+                )?
+                .execute(params![dest, url, reason])?;
+            }
+            Ok(new_ids)
+        })
+        .await
+    }
+
+    async fn due_retries(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RetryEntry>> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {RETRY_COLUMNS} FROM retries WHERE destination = ?1 AND next_ms <= ?2
+                 ORDER BY next_ms LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![destination, now_ms, limit as i64], row_to_retry)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn next_retry_ms(&self, destination: &str) -> Result<Option<i64>> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(next_ms) FROM retries WHERE destination = ?1",
+                [destination],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn retry_count(&self, destination: &str) -> Result<u64> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM retries WHERE destination = ?1",
+                [destination],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, destination: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, destination, url, message_ids, body, webhook_id, attempts, first_ms, failed_ms, last_status, last_error, response_excerpt
+                 FROM dead_letters WHERE destination = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![destination, limit as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    destination: r.get(1)?,
+                    url: r.get(2)?,
+                    message_ids: ids_from_json(&r.get::<_, String>(3)?),
+                    body: r.get(4)?,
+                    webhook_id: r.get(5)?,
+                    attempts: r.get(6)?,
+                    first_attempt_ms: r.get(7)?,
+                    failed_ms: r.get(8)?,
+                    last_status: r.get(9)?,
+                    last_error: r.get(10)?,
+                    response_excerpt: r.get(11)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn replay_dead_letters(&self, destination: &str, ids: Option<Vec<i64>>) -> Result<u64> {
+        let destination = destination.to_string();
+        self.write(move |conn| {
+            let now = now_ms();
+            let selected: Vec<i64> = match ids {
+                Some(ids) => ids,
+                None => {
+                    let mut stmt =
+                        conn.prepare_cached("SELECT id FROM dead_letters WHERE destination = ?1")?;
+                    let rows = stmt.query_map([&destination], |r| r.get::<_, i64>(0))?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()?
+                }
+            };
+            let mut moved = 0;
+            for id in selected {
+                // A replay is a fresh delivery: attempts and age start over.
+                let n = conn.execute(
+                    "INSERT INTO retries(destination, url, message_ids, body, webhook_id, attempts, first_ms, next_ms, last_status, last_error)
+                     SELECT destination, url, message_ids, body, webhook_id, 0, ?3, ?3, last_status, 'replayed from dead letters'
+                     FROM dead_letters WHERE id = ?1 AND destination = ?2",
+                    params![id, destination, now],
+                )?;
+                if n > 0 {
+                    conn.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+                    moved += 1;
+                }
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn attempts(&self, destination: &str, limit: usize) -> Result<Vec<Attempt>> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT destination, url, message_id, events, at_ms, status, latency_ms, error, outcome
+                 FROM attempts WHERE destination = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![destination, limit as i64], |r| {
+                Ok(Attempt {
+                    destination: r.get(0)?,
+                    url: r.get(1)?,
+                    message_id: r.get(2)?,
+                    events: r.get(3)?,
+                    at_ms: r.get(4)?,
+                    status: r.get(5)?,
+                    latency_ms: r.get::<_, i64>(6)? as u64,
+                    error: r.get(7)?,
+                    outcome: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn rejections(&self, source: &str, limit: usize) -> Result<Vec<StoredRejection>> {
+        let source_id = self.source_id(source)?;
+        let slug = source.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at_ms, idx, field, reason, excerpt FROM rejections
+                 WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![source_id, limit as i64], |r| {
+                Ok(StoredRejection {
+                    id: r.get(0)?,
+                    source: slug.clone(),
+                    at_ms: r.get(1)?,
+                    rejection: Rejection {
+                        index: r.get::<_, i64>(2)? as usize,
+                        field: r.get(3)?,
+                        reason: r.get(4)?,
+                        excerpt: r.get(5)?,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn disabled_urls(&self, destination: &str) -> Result<Vec<(String, String)>> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT url, disabled_reason FROM url_state WHERE destination = ?1",
+            )?;
+            let rows = stmt.query_map([destination], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn enable_urls(&self, destination: &str, url: Option<String>) -> Result<()> {
+        let destination = destination.to_string();
+        self.write(move |conn| {
+            match url {
+                Some(u) => conn.execute(
+                    "DELETE FROM url_state WHERE destination = ?1 AND url = ?2",
+                    params![destination, u],
+                )?,
+                None => conn.execute("DELETE FROM url_state WHERE destination = ?1", [destination])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn backlog(&self, destination: &str) -> Result<u64> {
+        let head = *self.head_tx.borrow();
+        let cursor = self.cursor(destination).await?.unwrap_or(head);
+        Ok(head.saturating_sub(cursor))
+    }
+
+    async fn put_source(&self, source: SourceRecord) -> Result<SourceRecord> {
+        let ids = self.source_ids.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO sources(slug, kind, write_key_hash, token_hash, created_ms) VALUES(?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(slug) DO UPDATE SET kind = excluded.kind,
+                   write_key_hash = COALESCE(excluded.write_key_hash, sources.write_key_hash),
+                   token_hash = COALESCE(excluded.token_hash, sources.token_hash)",
+                params![source.slug, source.kind, source.write_key_hash, source.token_hash, source.created_ms],
+            )?;
+            let (id, record) = conn.query_row(
+                "SELECT id, slug, kind, write_key_hash, token_hash, created_ms FROM sources WHERE slug = ?1",
+                [&source.slug],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        SourceRecord {
+                            slug: r.get(1)?,
+                            kind: r.get(2)?,
+                            write_key_hash: r.get(3)?,
+                            token_hash: r.get(4)?,
+                            created_ms: r.get(5)?,
+                        },
+                    ))
+                },
+            )?;
+            if let Ok(mut map) = ids.write() {
+                map.insert(record.slug.clone(), id);
+            }
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT slug, kind, write_key_hash, token_hash, created_ms FROM sources ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(SourceRecord {
+                    slug: r.get(0)?,
+                    kind: r.get(1)?,
+                    write_key_hash: r.get(2)?,
+                    token_hash: r.get(3)?,
+                    created_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn compact(&self, now_ms: i64) -> Result<()> {
+        let cutoff = now_ms - self.dedup_window_ms;
+        self.write(move |conn| {
+            conn.execute("DELETE FROM dedup WHERE received_ms < ?1", [cutoff])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let sender = self.jobs.lock().ok().and_then(|mut g| g.take());
+        drop(sender);
+        let handle = self.writer.lock().ok().and_then(|mut g| g.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-store-{name}-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn event(id: &str) -> NewEvent {
+        NewEvent {
+            message_id: id.to_string(),
+            user_id: Some("u".into()),
+            json: format!(r#"{{"messageId":"{id}"}}"#).into_bytes(),
+        }
+    }
+
+    async fn source(store: &EmbeddedStore, slug: &str) {
+        store
+            .put_source(SourceRecord {
+                slug: slug.into(),
+                kind: "tracking".into(),
+                write_key_hash: Some("h".into()),
+                token_hash: None,
+                created_ms: 0,
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn appends_dedups_and_reads_in_order() {
+        let dir = temp_dir("append");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        source(&store, "app").await;
+        let r = store
+            .append("web", vec![event("a"), event("b"), event("a")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(r, AppendReceipt { stored: 2, duplicates: 1 });
+        store.append("app", vec![event("a")], vec![]).await.unwrap();
+        assert_eq!(*store.subscribe().borrow(), 3);
+        let (events, upto) = store
+            .read_events(&["web".to_string()], 0, 1000, 100)
+            .await
+            .unwrap();
+        assert_eq!(upto, 3);
+        let ids: Vec<_> = events.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        store.close().await;
+
+        // Reopened: the log and the dedup index survive.
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        let r = store.append("web", vec![event("b")], vec![]).await.unwrap();
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(*store.subscribe().borrow(), 3);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn unknown_source_is_refused() {
+        let dir = temp_dir("unknown");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        let err = store.append("nope", vec![event("a")], vec![]).await.unwrap_err();
+        assert!(matches!(err, StoreError::UnknownSource(_)));
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn delivery_commit_moves_cursor_and_schedules() {
+        let dir = temp_dir("commit");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        assert_eq!(store.init_cursor("hook").await.unwrap(), 0);
+        store.append("web", vec![event("a")], vec![]).await.unwrap();
+        let ids = store
+            .commit_delivery(DeliveryCommit {
+                destination: "hook".into(),
+                cursor: Some(1),
+                retries: vec![RetryEntry {
+                    id: 0,
+                    destination: "hook".into(),
+                    url: None,
+                    message_ids: vec!["a".into()],
+                    body: b"{}".to_vec(),
+                    webhook_id: "msg_a".into(),
+                    attempts: 1,
+                    first_attempt_ms: 10,
+                    next_attempt_ms: 20,
+                    last_status: Some(500),
+                    last_error: "HTTP 500".into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(store.cursor("hook").await.unwrap(), Some(1));
+        assert!(store.due_retries("hook", 19, 10).await.unwrap().is_empty());
+        let due = store.due_retries("hook", 20, 10).await.unwrap();
+        assert_eq!(due[0].message_ids, ["a"]);
+        assert_eq!(store.backlog("hook").await.unwrap(), 0);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

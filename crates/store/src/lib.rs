@@ -1,0 +1,251 @@
+//! Storage for switchyard: the append-only event log, per-destination cursors,
+//! the retry schedule, dead letters, delivery attempts and configuration.
+//!
+//! [`Store`] is the one trait every backend implements; [`embedded`] is the
+//! default backend (SQLite in WAL mode, one directory on disk, group commit).
+//! A scale-out backend (NATS JetStream) implements the same trait, so HTTP and
+//! delivery code never learn which backend they run on. This crate knows
+//! nothing of HTTP or JavaScript.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+
+/// Errors from a store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unknown source {0:?}")]
+    UnknownSource(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A normalized message on its way into the log.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub message_id: String,
+    pub user_id: Option<String>,
+    /// Compact JSON: exactly what destinations receive.
+    pub json: Vec<u8>,
+}
+
+/// A message in the log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Position in the log, strictly increasing.
+    pub seq: u64,
+    pub source: String,
+    pub message_id: String,
+    pub received_ms: i64,
+    pub json: Vec<u8>,
+}
+
+/// A batch item refused by validation, kept so that nothing is dropped silently.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    pub field: Option<String>,
+    pub reason: String,
+    /// The start of the refused item, for diagnosis.
+    pub excerpt: String,
+}
+
+/// A recorded rejection, as listed by the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredRejection {
+    pub id: i64,
+    pub source: String,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub rejection: Rejection,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub stored: usize,
+    /// Messages whose `messageId` was already stored within the dedup window.
+    pub duplicates: usize,
+}
+
+/// One delivery waiting for its next try. `body` is the exact payload (one
+/// event, or a JSON array in batch mode); `url` is `None` when every URL of the
+/// destination is tried together (the classic first-success rule).
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryEntry {
+    /// 0 for an entry not yet stored.
+    pub id: i64,
+    pub destination: String,
+    pub url: Option<String>,
+    pub message_ids: Vec<String>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Stable across retries (Standard Webhooks `webhook-id`).
+    pub webhook_id: String,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub next_attempt_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: String,
+}
+
+/// A delivery given up on: kept for inspection and replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub destination: String,
+    pub url: Option<String>,
+    pub message_ids: Vec<String>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub webhook_id: String,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub failed_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: String,
+    /// The start of the receiver's last response body.
+    pub response_excerpt: String,
+}
+
+/// One HTTP attempt (or a deliberate deferral) of one delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub destination: String,
+    pub url: String,
+    /// The first message of the delivery.
+    pub message_id: String,
+    pub events: u32,
+    pub at_ms: i64,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+    /// `delivered`, `retry`, `dead_letter`, `gone`.
+    pub outcome: String,
+}
+
+/// Everything one delivery round changed, written in one transaction so a
+/// crash never leaves the cursor ahead of what was resolved.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryCommit {
+    pub destination: String,
+    /// New cursor position: every event up to it is delivered, scheduled or dead.
+    pub cursor: Option<u64>,
+    pub attempts: Vec<Attempt>,
+    /// Inserted when `id == 0`, updated otherwise.
+    pub retries: Vec<RetryEntry>,
+    pub removed_retries: Vec<i64>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// URLs switched off (410 Gone): (url, reason).
+    pub disabled_urls: Vec<(String, String)>,
+}
+
+/// A source as stored; credentials are hashes only.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRecord {
+    pub slug: String,
+    pub kind: String,
+    #[serde(skip)]
+    pub write_key_hash: Option<String>,
+    #[serde(skip)]
+    pub token_hash: Option<String>,
+    pub created_ms: i64,
+}
+
+/// The storage trait: one per backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends messages of one source (deduplicated by `messageId`) and records
+    /// rejected items. Resolves only once durable.
+    async fn append(
+        &self,
+        source: &str,
+        events: Vec<NewEvent>,
+        rejections: Vec<Rejection>,
+    ) -> Result<AppendReceipt>;
+
+    /// The newest committed log position; changes wake delivery workers.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Reads events of `sources` after `after`, scanning at most `scan` log
+    /// positions. Returns the events and the last position scanned.
+    async fn read_events(
+        &self,
+        sources: &[String],
+        after: u64,
+        scan: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, u64)>;
+
+    /// A destination's cursor, `None` if it never ran.
+    async fn cursor(&self, destination: &str) -> Result<Option<u64>>;
+
+    /// Applies one delivery round atomically. Returns the ids given to new retries.
+    async fn commit_delivery(&self, commit: DeliveryCommit) -> Result<Vec<i64>>;
+
+    /// Retries of a destination due at `now_ms`, oldest first.
+    async fn due_retries(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RetryEntry>>;
+
+    /// When the next retry of a destination is due.
+    async fn next_retry_ms(&self, destination: &str) -> Result<Option<i64>>;
+
+    /// Number of retries waiting for a destination.
+    async fn retry_count(&self, destination: &str) -> Result<u64>;
+
+    async fn dead_letters(&self, destination: &str, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Moves dead letters back to the retry schedule, due now. `None` = all of
+    /// the destination's. Returns how many were requeued.
+    async fn replay_dead_letters(&self, destination: &str, ids: Option<Vec<i64>>) -> Result<u64>;
+
+    async fn attempts(&self, destination: &str, limit: usize) -> Result<Vec<Attempt>>;
+
+    async fn rejections(&self, source: &str, limit: usize) -> Result<Vec<StoredRejection>>;
+
+    /// URLs switched off for a destination: (url, reason).
+    async fn disabled_urls(&self, destination: &str) -> Result<Vec<(String, String)>>;
+
+    /// Switches URLs of a destination back on (all when `url` is `None`).
+    async fn enable_urls(&self, destination: &str, url: Option<String>) -> Result<()>;
+
+    /// Number of log positions after a destination's cursor (queue depth).
+    async fn backlog(&self, destination: &str) -> Result<u64>;
+
+    /// Creates or updates a source. Hashes that are `None` keep the stored ones.
+    async fn put_source(&self, source: SourceRecord) -> Result<SourceRecord>;
+
+    async fn sources(&self) -> Result<Vec<SourceRecord>>;
+
+    /// Sets a destination's cursor if it has none (new destinations start at the head).
+    async fn init_cursor(&self, destination: &str) -> Result<u64>;
+
+    /// Small named values (admin token hash, schema facts).
+    async fn get_meta(&self, key: &str) -> Result<Option<String>>;
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+
+    /// Removes what has aged out: dedup entries older than the window.
+    async fn compact(&self, now_ms: i64) -> Result<()>;
+
+    /// Waits for pending writes and stops.
+    async fn close(&self);
+}
