@@ -1,1 +1,124 @@
-//! placeholder
+//! switchyard's HTTP doors: the Segment-compatible Tracking API, health,
+//! Prometheus metrics and the pipeline's read/repair endpoints.
+//!
+//! Handlers translate HTTP to calls of the spec, store and delivery crates;
+//! they hold no business logic of their own.
+
+pub mod admin;
+pub mod body;
+pub mod error;
+pub mod tracking;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use spec::{Limits, MessageType};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use store::secrets::Keyring;
+use store::Store;
+
+/// Everything a handler may use.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
+    pub keyring: Keyring,
+    /// Write-key digest → source slug.
+    write_keys: RwLock<HashMap<String, String>>,
+    admin_token_hash: RwLock<Option<String>>,
+    pub destinations: HashMap<String, Arc<delivery::WebhooksSink>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        keyring: Keyring,
+        destinations: HashMap<String, Arc<delivery::WebhooksSink>>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        AppState {
+            store,
+            limits,
+            keyring,
+            write_keys: RwLock::new(HashMap::new()),
+            admin_token_hash: RwLock::new(None),
+            destinations,
+            metrics,
+        }
+    }
+
+    /// Registers a source's write-key digest.
+    pub fn set_write_key_hash(&self, slug: &str, hash: &str) {
+        if let Ok(mut keys) = self.write_keys.write() {
+            keys.retain(|_, s| s != slug);
+            keys.insert(hash.to_string(), slug.to_string());
+        }
+    }
+
+    pub fn set_admin_token_hash(&self, hash: Option<String>) {
+        if let Ok(mut h) = self.admin_token_hash.write() {
+            *h = hash;
+        }
+    }
+
+    pub fn source_for_write_key(&self, key: &str) -> Option<String> {
+        let digest = self.keyring.hash(key);
+        self.write_keys.read().ok()?.get(&digest).cloned()
+    }
+
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let digest = self.keyring.hash(token);
+        self.admin_token_hash
+            .read()
+            .ok()
+            .and_then(|h| h.clone())
+            .is_some_and(|h| constant_time_eq(h.as_bytes(), digest.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
+    state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default()
+}
+
+async fn not_found(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// The router of every door.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut v1 = Router::new();
+    for kind in MessageType::CLIENT_TYPES {
+        v1 = v1.route(
+            &format!("/v1/{}", kind.as_str()),
+            post(move |s, h, b| tracking::single(s, kind, h, b)),
+        );
+    }
+    v1.route("/v1/batch", post(tracking::batch))
+        .route("/v1/import", post(tracking::batch))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))
+        .route("/api/v1/destinations/{name}/attempts", get(admin::attempts))
+        .route("/api/v1/destinations/{name}/deadletters", get(admin::dead_letters))
+        .route("/api/v1/destinations/{name}/deadletters/replay", post(admin::replay))
+        .route("/api/v1/destinations/{name}/urls/enable", post(admin::enable_urls))
+        .fallback(not_found)
+        // Bodies are capped by the handlers themselves, with JSON errors.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}

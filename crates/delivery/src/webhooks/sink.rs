@@ -104,6 +104,15 @@ impl WebhooksSink {
         &self.config
     }
 
+    /// Re-reads the disabled URLs from the store (after one was re-enabled).
+    pub async fn reload_disabled(&self) -> Result<Vec<(String, String)>, store::StoreError> {
+        let disabled = self.store.disabled_urls(&self.config.name).await?;
+        if let Ok(mut set) = self.disabled.lock() {
+            *set = disabled.iter().map(|(u, _)| u.clone()).collect();
+        }
+        Ok(disabled)
+    }
+
     /// Wakes the retry loop (after a replay was requested).
     pub fn wake_retries(&self) {
         self.retry_wake.notify_one();

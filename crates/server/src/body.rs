@@ -1,0 +1,70 @@
+//! Reading request bodies safely: a size cap before and after decompression,
+//! UTF-8 and JSON checks with messages a person can act on.
+
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use std::io::Read;
+
+/// Reads the body (at most `limit` bytes on the wire) and inflates gzip (at
+/// most `limit` bytes once inflated, so a gzip bomb is refused, not expanded).
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit")
+        {
+            ApiError::too_large(format!("request body exceeds the limit of {limit} bytes"))
+        } else {
+            ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let encoding = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(raw.to_vec()),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            decoder.read_to_end(&mut out).map_err(|e| {
+                ApiError::bad_request("bad_gzip", format!("the body is not valid gzip: {e}"))
+            })?;
+            if out.len() > limit {
+                return Err(ApiError::too_large(format!(
+                    "decompressed request body exceeds the limit of {limit} bytes"
+                )));
+            }
+            Ok(out)
+        }
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )),
+    }
+}
+
+/// Parses a JSON body, with distinct messages for bad UTF-8, bad syntax and
+/// excessive nesting.
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ApiError::bad_request(
+            "invalid_utf8",
+            format!("the body is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            ApiError::bad_request(
+                "json_too_deep",
+                "the JSON body is nested more than 128 levels deep",
+            )
+        } else if bytes.iter().all(u8::is_ascii_whitespace) {
+            ApiError::bad_request("malformed_json", "the body is empty; expected a JSON object")
+        } else {
+            ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+        }
+    })
+}

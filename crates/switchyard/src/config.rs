@@ -1,0 +1,264 @@
+//! `switchyard.toml`: its shape is a contract (fields are added, never renamed).
+//! String values may name environment variables as `${NAME}`.
+
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub functions: Vec<FunctionConfig>,
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+/// `[server]`: every field can also be set by a flag or an environment variable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// `nats://…` for the scale-out backend (not available yet).
+    pub store: Option<String>,
+    /// fsync every commit (default true); false = survives a process crash, not power loss.
+    pub fsync: Option<bool>,
+    pub dedup_window: Option<String>,
+    pub max_message_bytes: Option<usize>,
+    pub max_batch_bytes: Option<usize>,
+    pub max_batch_events: Option<usize>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub slug: String,
+    #[serde(default = "tracking")]
+    pub kind: String,
+    pub write_key: Option<String>,
+    pub function: Option<String>,
+    pub token: Option<String>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+}
+
+fn tracking() -> String {
+    "tracking".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    pub name: String,
+    pub kind: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DestinationConfig {
+    Webhooks(delivery::WebhooksConfig),
+    Function(FunctionDestinationConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionDestinationConfig {
+    pub name: String,
+}
+
+impl DestinationConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            DestinationConfig::Webhooks(w) => &w.name,
+            DestinationConfig::Function(f) => &f.name,
+        }
+    }
+}
+
+/// Replaces `${NAME}` in every string with the environment variable's value.
+fn expand_env(value: &mut toml::Value, path: &str) -> anyhow::Result<()> {
+    match value {
+        toml::Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| anyhow!("{path}: unterminated ${{…}} in {s:?}"))?;
+                let name = &after[..end];
+                let v = std::env::var(name).map_err(|_| {
+                    anyhow!("{path}: environment variable {name} is not set")
+                })?;
+                out.push_str(&v);
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                expand_env(v, &format!("{path}.{k}"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
+        let mut value: toml::Value =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
+        expand_env(&mut value, origin)?;
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("{origin}: {}", e.message()))?;
+        config.validate().with_context(|| origin.to_string())?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut slugs = std::collections::HashSet::new();
+        for s in &self.sources {
+            if s.slug.is_empty()
+                || !s
+                    .slug
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!(
+                    "source slug {:?} must be non-empty and use only letters, digits, '-' and '_'",
+                    s.slug
+                );
+            }
+            if !slugs.insert(s.slug.as_str()) {
+                bail!("source {:?} is declared twice", s.slug);
+            }
+            match s.kind.as_str() {
+                "tracking" => {}
+                "function" => {
+                    if s.function.is_none() {
+                        bail!("source {:?} has kind = \"function\" but no `function`", s.slug);
+                    }
+                }
+                other => bail!(
+                    "source {:?}: unknown kind {other:?} (expected \"tracking\" or \"function\")",
+                    s.slug
+                ),
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for d in &self.destinations {
+            if !names.insert(d.name()) {
+                bail!("destination {:?} is declared twice", d.name());
+            }
+            if let DestinationConfig::Webhooks(w) = d {
+                w.validate().map_err(|e| anyhow!(e))?;
+                for s in &w.sources {
+                    if !slugs.contains(s.as_str()) {
+                        bail!(
+                            "destination {:?}: source {s:?} is not declared in [[sources]]",
+                            w.name
+                        );
+                    }
+                }
+            }
+        }
+        for f in &self.functions {
+            if !matches!(f.kind.as_str(), "source" | "destination") {
+                bail!(
+                    "function {:?}: unknown kind {:?} (expected \"source\" or \"destination\")",
+                    f.name,
+                    f.kind
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_example_parses() {
+        let text = include_str!("../../../examples/switchyard.toml");
+        let c = Config::parse(text, "example").unwrap();
+        assert_eq!(c.sources.len(), 2);
+        let DestinationConfig::Webhooks(w) = &c.destinations[0] else {
+            panic!("webhooks expected")
+        };
+        assert_eq!(w.urls.len(), 1);
+        assert_eq!(w.shared_secret.as_deref(), Some("s3cret"));
+        assert_eq!(w.max_retry_age, std::time::Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = Config::parse(
+            "[[destinations]]\nkind = \"webhooks\"\nname = \"d\"\nurls = [\"http://x\"]\nshared_secert = \"x\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("shared_secert"), "{err:#}");
+    }
+
+    #[test]
+    fn too_many_urls_are_refused() {
+        let urls: Vec<String> = (0..6).map(|i| format!("\"http://h/{i}\"")).collect();
+        let text = format!(
+            "[[destinations]]\nkind = \"webhooks\"\nname = \"d\"\nurls = [{}]\n",
+            urls.join(",")
+        );
+        let err = Config::parse(&text, "t").unwrap_err();
+        assert!(format!("{err:#}").contains("1 to 5"), "{err:#}");
+    }
+
+    #[test]
+    fn env_vars_expand() {
+        std::env::set_var("SWITCHYARD_TEST_SECRET", "from-env");
+        let c = Config::parse(
+            "[[sources]]\nslug = \"web\"\nwrite_key = \"${SWITCHYARD_TEST_SECRET}\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].write_key.as_deref(), Some("from-env"));
+        let err = Config::parse(
+            "[[sources]]\nslug = \"web\"\nwrite_key = \"${SWITCHYARD_UNSET_VAR_X}\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("SWITCHYARD_UNSET_VAR_X"));
+    }
+
+    #[test]
+    fn destinations_must_name_declared_sources() {
+        let err = Config::parse(
+            "[[destinations]]\nkind = \"webhooks\"\nname = \"d\"\nsources = [\"nope\"]\nurls = [\"http://x\"]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("nope"));
+    }
+}

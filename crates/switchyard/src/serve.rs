@@ -1,0 +1,341 @@
+//! `switchyard serve`: opens the store, applies the configuration, starts the
+//! delivery workers and the HTTP server, and shuts down gracefully.
+
+use crate::config::{Config, DestinationConfig};
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use spec::Limits;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::secrets::{generate_credential, Keyring};
+use store::{EmbeddedOptions, EmbeddedStore, SourceRecord, Store};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (default: ./switchyard.toml when present).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHYARD_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory of the embedded store [default: ./switchyard-data].
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store URL: nats://… for the scale-out backend (not available yet).
+    #[arg(long, env = "SWITCHYARD_STORE")]
+    pub store: Option<String>,
+    /// fsync every group commit [default: true].
+    #[arg(long, env = "SWITCHYARD_FSYNC")]
+    pub fsync: Option<bool>,
+    /// Window in which duplicate messageIds are stored once [default: 24h].
+    #[arg(long, env = "SWITCHYARD_DEDUP_WINDOW")]
+    pub dedup_window: Option<String>,
+    /// Largest message in bytes [default: 32768].
+    #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest request body in bytes, after decompression [default: 512000].
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_BYTES")]
+    pub max_batch_bytes: Option<usize>,
+    /// Most messages per batch request [default: 2500].
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_EVENTS")]
+    pub max_batch_events: Option<usize>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Sets the admin token (otherwise one is generated on first start and printed once).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Master key, 64 hex digits (otherwise `master.key` in the data directory).
+    #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let result = match format {
+        "json" => builder.json().try_init(),
+        "text" => builder.try_init(),
+        other => bail!("unknown log format {other:?} (expected text or json)"),
+    };
+    result.map_err(|e| anyhow!("cannot start logging: {e}"))
+}
+
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_string()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0, 3600.0,
+            ],
+        )
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+/// Registers the configured sources; creates the default one on a first start
+/// with nothing configured. Returns the write-key digests to serve.
+async fn apply_sources(
+    store: &dyn Store,
+    keyring: &Keyring,
+    config: &Config,
+    listen: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let existing: HashMap<String, SourceRecord> = store
+        .sources()
+        .await?
+        .into_iter()
+        .map(|s| (s.slug.clone(), s))
+        .collect();
+    let mut wanted = config.sources.clone();
+    if wanted.is_empty() && existing.is_empty() {
+        wanted.push(crate::config::SourceConfig {
+            slug: "default".into(),
+            kind: "tracking".into(),
+            write_key: None,
+            function: None,
+            token: None,
+            settings: Default::default(),
+        });
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    for s in &wanted {
+        if s.kind == "function" {
+            tracing::warn!(source = %s.slug, "function sources are not served yet: POST /functions/{} answers 404", s.slug);
+        }
+        let previous = existing.get(&s.slug);
+        let (hash, generated) = match &s.write_key {
+            Some(k) => (Some(keyring.hash(k)), None),
+            None if previous.and_then(|p| p.write_key_hash.clone()).is_some() => (None, None),
+            None if s.kind == "tracking" => {
+                let key = generate_credential("wk_");
+                (Some(keyring.hash(&key)), Some(key))
+            }
+            None => (None, None),
+        };
+        store
+            .put_source(SourceRecord {
+                slug: s.slug.clone(),
+                kind: s.kind.clone(),
+                write_key_hash: hash,
+                token_hash: s.token.as_ref().map(|t| keyring.hash(t)),
+                created_ms: now,
+            })
+            .await?;
+        if let Some(key) = generated {
+            println!("switchyard: created source {:?}", s.slug);
+            println!("  write key: {key}   (shown once; only its digest is stored)");
+            println!("  send an event:");
+            println!(
+                "    curl -u {key}: http://{listen}/v1/track -H 'Content-Type: application/json' -d '{{\"userId\":\"u1\",\"event\":\"Hello\"}}'"
+            );
+            println!("  or point a Segment SDK at host http://{listen} with this write key");
+        }
+    }
+    Ok(store
+        .sources()
+        .await?
+        .into_iter()
+        .filter_map(|s| s.write_key_hash.map(|h| (s.slug, h)))
+        .collect())
+}
+
+async fn apply_admin_token(
+    store: &dyn Store,
+    keyring: &Keyring,
+    given: Option<&str>,
+) -> anyhow::Result<String> {
+    if let Some(token) = given {
+        let hash = keyring.hash(token);
+        store.put_meta("admin_token_hash", &hash).await?;
+        return Ok(hash);
+    }
+    if let Some(hash) = store.get_meta("admin_token_hash").await? {
+        return Ok(hash);
+    }
+    let token = generate_credential("sya_");
+    let hash = keyring.hash(&token);
+    store.put_meta("admin_token_hash", &hash).await?;
+    println!("switchyard: admin token: {token}   (shown once; for /api/v1/…)");
+    Ok(hash)
+}
+
+/// Switches disabled URLs back on when a destination's URL list changed.
+async fn reenable_changed_urls(store: &dyn Store, w: &delivery::WebhooksConfig) -> anyhow::Result<()> {
+    let key = format!("destination_urls:{}", w.name);
+    let fingerprint = w.urls.join("\n");
+    if store.get_meta(&key).await?.as_deref() != Some(fingerprint.as_str()) {
+        store.enable_urls(&w.name, None).await?;
+        store.put_meta(&key, &fingerprint).await?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests and deliveries");
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config_path = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => {
+            let default = PathBuf::from("switchyard.toml");
+            default.exists().then_some(default)
+        }
+    };
+    let config = match &config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let server = &config.server;
+    let log_format = args
+        .log_format
+        .clone()
+        .or(server.log_format.clone())
+        .unwrap_or_else(|| "text".into());
+    init_logging(&log_format)?;
+    let listen = args
+        .listen
+        .clone()
+        .or(server.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(server.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./switchyard-data"));
+    if let Some(url) = args.store.clone().or(server.store.clone()) {
+        bail!("store {url:?}: the NATS JetStream backend is not available in this build yet; remove `store` to use the embedded store");
+    }
+    let dedup_window = args
+        .dedup_window
+        .clone()
+        .or(server.dedup_window.clone())
+        .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("dedup_window: {e}")))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_message_bytes: args
+            .max_message_bytes
+            .or(server.max_message_bytes)
+            .unwrap_or(defaults.max_message_bytes),
+        max_batch_bytes: args
+            .max_batch_bytes
+            .or(server.max_batch_bytes)
+            .unwrap_or(defaults.max_batch_bytes),
+        max_batch_events: args
+            .max_batch_events
+            .or(server.max_batch_events)
+            .unwrap_or(defaults.max_batch_events),
+        max_message_id_chars: defaults.max_message_id_chars,
+    };
+    let destinations: Vec<delivery::WebhooksConfig> = config
+        .destinations
+        .iter()
+        .map(|d| match d {
+            DestinationConfig::Webhooks(w) => Ok(w.clone()),
+            DestinationConfig::Function(f) => Err(anyhow!(
+                "destination {:?}: destination functions are not available in this build yet",
+                f.name
+            )),
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut options = EmbeddedOptions::new(&data_dir);
+    options.fsync = args.fsync.or(server.fsync).unwrap_or(true);
+    options.dedup_window_ms = dedup_window.as_millis() as i64;
+    let embedded = EmbeddedStore::open(options)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(embedded);
+    let keyring = Keyring::load(&data_dir, args.master_key.as_deref()).map_err(|e| anyhow!(e))?;
+
+    let write_keys = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
+    let admin_hash = apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
+    for w in &destinations {
+        reenable_changed_urls(store.as_ref(), w).await?;
+    }
+    let metrics = install_metrics()?;
+    let engine = delivery::Engine::start(store.clone(), destinations)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let sinks = engine
+        .names()
+        .into_iter()
+        .filter_map(|n| engine.sink(&n).map(|s| (n, s.clone())))
+        .collect();
+    let state = Arc::new(server::AppState::new(
+        store.clone(),
+        limits,
+        keyring,
+        sinks,
+        Some(metrics),
+    ));
+    for (slug, hash) in &write_keys {
+        state.set_write_key_hash(slug, hash);
+    }
+    state.set_admin_token_hash(Some(admin_hash));
+
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        address = %local,
+        data_dir = %data_dir.display(),
+        config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
+        sources = write_keys.len(),
+        destinations = engine.names().len(),
+        "switchyard listening"
+    );
+    println!("switchyard: listening on http://{local}");
+
+    let compactor = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                if let Err(e) = store.compact(chrono::Utc::now().timestamp_millis()).await {
+                    tracing::warn!(error = %e, "compaction failed");
+                }
+            }
+        })
+    };
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    compactor.abort();
+    engine.shutdown().await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
