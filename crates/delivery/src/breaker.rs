@@ -185,7 +185,10 @@ impl UrlHealth {
         self.urls
             .lock()
             .ok()
-            .and_then(|u| u.get(url).map(|s| !matches!(s.breaker, BreakerState::Closed)))
+            .and_then(|u| {
+                u.get(url)
+                    .map(|s| !matches!(s.breaker, BreakerState::Closed))
+            })
             .unwrap_or(false)
     }
 }
@@ -206,10 +209,16 @@ mod tests {
         assert!(matches!(h.gate("u", t0), Gate::Wait(_)));
         let later = t0 + Duration::from_secs(6);
         assert_eq!(h.gate("u", later), Gate::Go, "the probe");
-        assert!(matches!(h.gate("u", later), Gate::Wait(_)), "only one probe");
+        assert!(
+            matches!(h.gate("u", later), Gate::Wait(_)),
+            "only one probe"
+        );
         h.record("u", Health::Failing, later);
         // Failed probe: open twice as long.
-        assert!(matches!(h.gate("u", later + Duration::from_secs(6)), Gate::Wait(_)));
+        assert!(matches!(
+            h.gate("u", later + Duration::from_secs(6)),
+            Gate::Wait(_)
+        ));
         let much_later = later + Duration::from_secs(11);
         assert_eq!(h.gate("u", much_later), Gate::Go);
         h.record("u", Health::Alive, much_later);
@@ -222,7 +231,15 @@ mod tests {
         let h = UrlHealth::new(BreakerConfig::default());
         let t0 = Instant::now();
         for i in 0..100 {
-            h.record("u", if i % 3 == 0 { Health::Failing } else { Health::Alive }, t0);
+            h.record(
+                "u",
+                if i % 3 == 0 {
+                    Health::Failing
+                } else {
+                    Health::Alive
+                },
+                t0,
+            );
         }
         assert_eq!(h.gate("u", t0), Gate::Go);
     }

@@ -34,7 +34,10 @@ pub struct Engine {
 
 impl Engine {
     /// Starts a worker set for every enabled destination.
-    pub async fn start(store: Arc<dyn Store>, destinations: Vec<WebhooksConfig>) -> Result<Engine, String> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        destinations: Vec<WebhooksConfig>,
+    ) -> Result<Engine, String> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut sinks = HashMap::new();
         let mut tasks = Vec::new();
@@ -47,7 +50,11 @@ impl Engine {
             tasks.extend(sink.spawn(shutdown_rx.clone()));
             sinks.insert(name, sink);
         }
-        Ok(Engine { sinks, tasks, shutdown })
+        Ok(Engine {
+            sinks,
+            tasks,
+            shutdown,
+        })
     }
 
     pub fn sink(&self, name: &str) -> Option<&Arc<WebhooksSink>> {

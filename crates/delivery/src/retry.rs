@@ -28,9 +28,7 @@ impl RetryPolicy {
     /// The delay ceiling after `attempts` failed tries (1 = the first failure).
     pub fn ceiling(&self, attempts: u32) -> Duration {
         let exp = attempts.saturating_sub(1).min(30);
-        self.initial
-            .saturating_mul(1u32 << exp)
-            .min(self.max_delay)
+        self.initial.saturating_mul(1u32 << exp).min(self.max_delay)
     }
 
     /// The delay before the next try: uniformly drawn from the upper half of
@@ -103,9 +101,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, e.g. \"4h\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, e.g. \"4h\"")
+    })?;
     let ms = match unit.trim() {
         "ms" => n,
         "" | "s" => n * 1000,
@@ -134,7 +132,10 @@ mod tests {
         assert_eq!(p.ceiling(50), Duration::from_secs(600));
         for attempts in 1..40 {
             let d = p.delay(attempts);
-            assert!(d >= p.ceiling(attempts) / 2 && d <= p.ceiling(attempts), "{attempts}: {d:?}");
+            assert!(
+                d >= p.ceiling(attempts) / 2 && d <= p.ceiling(attempts),
+                "{attempts}: {d:?}"
+            );
         }
     }
 
@@ -166,17 +167,47 @@ mod tests {
         assert_eq!(classify(Some(410), None), Verdict::Gone);
         assert_eq!(
             classify(Some(500), None),
-            Verdict::Retry { retry_after: None, slow_down: false }
+            Verdict::Retry {
+                retry_after: None,
+                slow_down: false
+            }
         );
         assert_eq!(
             classify(None, None),
-            Verdict::Retry { retry_after: None, slow_down: false }
+            Verdict::Retry {
+                retry_after: None,
+                slow_down: false
+            }
         );
         let ra = Some(Duration::from_secs(7));
-        assert_eq!(classify(Some(429), ra), Verdict::Retry { retry_after: ra, slow_down: true });
-        assert!(matches!(classify(Some(502), None), Verdict::Retry { slow_down: true, .. }));
-        assert!(matches!(classify(Some(504), None), Verdict::Retry { slow_down: true, .. }));
-        assert!(matches!(classify(Some(503), None), Verdict::Retry { slow_down: false, .. }));
+        assert_eq!(
+            classify(Some(429), ra),
+            Verdict::Retry {
+                retry_after: ra,
+                slow_down: true
+            }
+        );
+        assert!(matches!(
+            classify(Some(502), None),
+            Verdict::Retry {
+                slow_down: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(Some(504), None),
+            Verdict::Retry {
+                slow_down: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(Some(503), None),
+            Verdict::Retry {
+                slow_down: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -184,7 +215,10 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))

@@ -36,8 +36,8 @@ pub fn standard_webhooks_signature(
         .iter()
         .map(|secret| {
             let key = standard_webhooks_key(secret);
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key)
-                .expect("HMAC takes keys of any length");
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
             mac.update(webhook_id.as_bytes());
             mac.update(b".");
             mac.update(timestamp.to_string().as_bytes());
@@ -91,7 +91,13 @@ mod tests {
         let sig = standard_webhooks_signature(&["new", "old"], "id", 1, b"{}");
         let parts: Vec<_> = sig.split(' ').collect();
         assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0], standard_webhooks_signature(&["new"], "id", 1, b"{}"));
-        assert_eq!(parts[1], standard_webhooks_signature(&["old"], "id", 1, b"{}"));
+        assert_eq!(
+            parts[0],
+            standard_webhooks_signature(&["new"], "id", 1, b"{}")
+        );
+        assert_eq!(
+            parts[1],
+            standard_webhooks_signature(&["old"], "id", 1, b"{}")
+        );
     }
 }

@@ -16,7 +16,9 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("missing admin token: send `Authorization: Bearer <token>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing admin token: send `Authorization: Bearer <token>`")
+        })?;
     if state.is_admin_token(token.trim()) {
         Ok(())
     } else {

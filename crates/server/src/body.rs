@@ -10,8 +10,7 @@ use std::io::Read;
 /// most `limit` bytes once inflated, so a gzip bomb is refused, not expanded).
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit")
         {
             ApiError::too_large(format!("request body exceeds the limit of {limit} bytes"))
@@ -52,7 +51,10 @@ pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(ApiError::bad_request(
             "invalid_utf8",
-            format!("the body is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+            format!(
+                "the body is not valid UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
         ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
@@ -62,7 +64,10 @@ pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
                 "the JSON body is nested more than 128 levels deep",
             )
         } else if bytes.iter().all(u8::is_ascii_whitespace) {
-            ApiError::bad_request("malformed_json", "the body is empty; expected a JSON object")
+            ApiError::bad_request(
+                "malformed_json",
+                "the body is empty; expected a JSON object",
+            )
         } else {
             ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
         }

@@ -114,9 +114,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))
         .route("/api/v1/destinations/{name}/attempts", get(admin::attempts))
-        .route("/api/v1/destinations/{name}/deadletters", get(admin::dead_letters))
-        .route("/api/v1/destinations/{name}/deadletters/replay", post(admin::replay))
-        .route("/api/v1/destinations/{name}/urls/enable", post(admin::enable_urls))
+        .route(
+            "/api/v1/destinations/{name}/deadletters",
+            get(admin::dead_letters),
+        )
+        .route(
+            "/api/v1/destinations/{name}/deadletters/replay",
+            post(admin::replay),
+        )
+        .route(
+            "/api/v1/destinations/{name}/urls/enable",
+            post(admin::enable_urls),
+        )
         .fallback(not_found)
         // Bodies are capped by the handlers themselves, with JSON errors.
         .layer(DefaultBodyLimit::disable())

@@ -118,7 +118,10 @@ impl SpecError {
     }
 
     fn missing(field: &str, what: &str) -> Self {
-        Self::invalid(Some(field.to_string()), format!("{what} requires `{field}`"))
+        Self::invalid(
+            Some(field.to_string()),
+            format!("{what} requires `{field}`"),
+        )
     }
 }
 
@@ -236,7 +239,10 @@ fn canonicalize_numbers(v: &mut Value, depth: usize) {
     match v {
         Value::Number(n) => {
             if let Some(f) = n.as_f64() {
-                if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15
+                if !n.is_i64()
+                    && !n.is_u64()
+                    && f.fract() == 0.0
+                    && f.abs() < 9.007_199_254_740_992e15
                 {
                     *n = Number::from(f as i64);
                 }
@@ -472,18 +478,29 @@ mod tests {
         let err = run(json!({"userId": "u1"}), Some(MessageType::Track)).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("event"));
         assert_eq!(err.kind, SpecErrorKind::Invalid);
-        let err = run(json!({"userId": "u1", "event": 5}), Some(MessageType::Track)).unwrap_err();
+        let err = run(
+            json!({"userId": "u1", "event": 5}),
+            Some(MessageType::Track),
+        )
+        .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("event"));
     }
 
     #[test]
     fn every_call_needs_an_identity() {
         for t in MessageType::CLIENT_TYPES {
-            let err = run(json!({"event": "x", "groupId": "g", "previousId": "p"}), Some(t))
-                .unwrap_err();
+            let err = run(
+                json!({"event": "x", "groupId": "g", "previousId": "p"}),
+                Some(t),
+            )
+            .unwrap_err();
             assert_eq!(err.field.as_deref(), Some("userId"), "{t}");
         }
-        assert!(run(json!({"anonymousId": "a", "event": "x"}), Some(MessageType::Track)).is_ok());
+        assert!(run(
+            json!({"anonymousId": "a", "event": "x"}),
+            Some(MessageType::Track)
+        )
+        .is_ok());
         assert!(run(json!({"userId": 42}), Some(MessageType::Identify)).is_ok());
         let err = run(json!({"userId": true}), Some(MessageType::Identify)).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("userId"));
@@ -495,8 +512,16 @@ mod tests {
         assert_eq!(err.field.as_deref(), Some("groupId"));
         let err = run(json!({"userId": "u"}), Some(MessageType::Alias)).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("previousId"));
-        assert!(run(json!({"userId": "u", "groupId": "g"}), Some(MessageType::Group)).is_ok());
-        assert!(run(json!({"userId": "u", "previousId": "p"}), Some(MessageType::Alias)).is_ok());
+        assert!(run(
+            json!({"userId": "u", "groupId": "g"}),
+            Some(MessageType::Group)
+        )
+        .is_ok());
+        assert!(run(
+            json!({"userId": "u", "previousId": "p"}),
+            Some(MessageType::Alias)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -513,7 +538,11 @@ mod tests {
 
     #[test]
     fn endpoint_type_wins_over_body_type() {
-        let v = run(json!({"userId": "u", "type": "page"}), Some(MessageType::Identify)).unwrap();
+        let v = run(
+            json!({"userId": "u", "type": "page"}),
+            Some(MessageType::Identify),
+        )
+        .unwrap();
         assert_eq!(v["type"], "identify");
     }
 
@@ -543,13 +572,23 @@ mod tests {
     #[test]
     fn message_id_limits() {
         let long = "x".repeat(101);
-        let err = run(json!({"userId": "u", "messageId": long}), Some(MessageType::Identify))
-            .unwrap_err();
+        let err = run(
+            json!({"userId": "u", "messageId": long}),
+            Some(MessageType::Identify),
+        )
+        .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("messageId"));
         let ok = "x".repeat(100);
-        assert!(run(json!({"userId": "u", "messageId": ok}), Some(MessageType::Identify)).is_ok());
-        let err = run(json!({"userId": "u", "messageId": 7}), Some(MessageType::Identify))
-            .unwrap_err();
+        assert!(run(
+            json!({"userId": "u", "messageId": ok}),
+            Some(MessageType::Identify)
+        )
+        .is_ok());
+        let err = run(
+            json!({"userId": "u", "messageId": 7}),
+            Some(MessageType::Identify),
+        )
+        .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("messageId"));
     }
 
@@ -579,8 +618,11 @@ mod tests {
 
     #[test]
     fn bad_timestamp_is_named() {
-        let err = run(json!({"userId": "u", "timestamp": "yesterday"}), Some(MessageType::Identify))
-            .unwrap_err();
+        let err = run(
+            json!({"userId": "u", "timestamp": "yesterday"}),
+            Some(MessageType::Identify),
+        )
+        .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("timestamp"));
     }
 
@@ -614,12 +656,18 @@ mod tests {
 
     #[test]
     fn integral_floats_serialize_like_javascript() {
-        let v: Value = serde_json::from_str(r#"{"userId":"u","event":"e","properties":{"a":1.0,"b":39.95,"c":[2.0]}}"#).unwrap();
+        let v: Value = serde_json::from_str(
+            r#"{"userId":"u","event":"e","properties":{"a":1.0,"b":39.95,"c":[2.0]}}"#,
+        )
+        .unwrap();
         let limits = Limits::default();
         let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
         let m = normalize(v, Some(MessageType::Track), &ctx).unwrap();
         let s = String::from_utf8(m.json).unwrap();
-        assert!(s.contains(r#""properties":{"a":1,"b":39.95,"c":[2]}"#), "{s}");
+        assert!(
+            s.contains(r#""properties":{"a":1,"b":39.95,"c":[2]}"#),
+            "{s}"
+        );
     }
 
     #[test]
@@ -631,6 +679,9 @@ mod tests {
         let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
         let m = normalize(v, Some(MessageType::Track), &ctx).unwrap();
         let s = String::from_utf8(m.json).unwrap();
-        assert!(s.starts_with(r#"{"userId":"u","event":"e","properties":{"z":1,"a":2},"type":"track""#), "{s}");
+        assert!(
+            s.starts_with(r#"{"userId":"u","event":"e","properties":{"z":1,"a":2},"type":"track""#),
+            "{s}"
+        );
     }
 }

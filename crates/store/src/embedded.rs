@@ -747,7 +747,10 @@ impl Store for EmbeddedStore {
                     "DELETE FROM url_state WHERE destination = ?1 AND url = ?2",
                     params![destination, u],
                 )?,
-                None => conn.execute("DELETE FROM url_state WHERE destination = ?1", [destination])?,
+                None => conn.execute(
+                    "DELETE FROM url_state WHERE destination = ?1",
+                    [destination],
+                )?,
             };
             Ok(())
         })
@@ -899,7 +902,13 @@ mod tests {
             .append("web", vec![event("a"), event("b"), event("a")], vec![])
             .await
             .unwrap();
-        assert_eq!(r, AppendReceipt { stored: 2, duplicates: 1 });
+        assert_eq!(
+            r,
+            AppendReceipt {
+                stored: 2,
+                duplicates: 1
+            }
+        );
         store.append("app", vec![event("a")], vec![]).await.unwrap();
         assert_eq!(*store.subscribe().borrow(), 3);
         let (events, upto) = store
@@ -924,7 +933,10 @@ mod tests {
     async fn unknown_source_is_refused() {
         let dir = temp_dir("unknown");
         let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
-        let err = store.append("nope", vec![event("a")], vec![]).await.unwrap_err();
+        let err = store
+            .append("nope", vec![event("a")], vec![])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::UnknownSource(_)));
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -40,7 +40,8 @@ impl Keyring {
                 }
             }
         };
-        let bytes = hex::decode(&text).map_err(|_| "the master key must be 64 hex digits".to_string())?;
+        let bytes =
+            hex::decode(&text).map_err(|_| "the master key must be 64 hex digits".to_string())?;
         let master: [u8; 32] = bytes
             .try_into()
             .map_err(|_| "the master key must be 64 hex digits (32 bytes)".to_string())?;

@@ -95,9 +95,8 @@ fn expand_env(value: &mut toml::Value, path: &str) -> anyhow::Result<()> {
                     .find('}')
                     .ok_or_else(|| anyhow!("{path}: unterminated ${{…}} in {s:?}"))?;
                 let name = &after[..end];
-                let v = std::env::var(name).map_err(|_| {
-                    anyhow!("{path}: environment variable {name} is not set")
-                })?;
+                let v = std::env::var(name)
+                    .map_err(|_| anyhow!("{path}: environment variable {name} is not set"))?;
                 out.push_str(&v);
                 rest = &after[end + 1..];
             }
@@ -158,7 +157,10 @@ impl Config {
                 "tracking" => {}
                 "function" => {
                     if s.function.is_none() {
-                        bail!("source {:?} has kind = \"function\" but no `function`", s.slug);
+                        bail!(
+                            "source {:?} has kind = \"function\" but no `function`",
+                            s.slug
+                        );
                     }
                 }
                 other => bail!(

@@ -171,7 +171,10 @@ async fn apply_admin_token(
 }
 
 /// Switches disabled URLs back on when a destination's URL list changed.
-async fn reenable_changed_urls(store: &dyn Store, w: &delivery::WebhooksConfig) -> anyhow::Result<()> {
+async fn reenable_changed_urls(
+    store: &dyn Store,
+    w: &delivery::WebhooksConfig,
+) -> anyhow::Result<()> {
     let key = format!("destination_urls:{}", w.name);
     let fingerprint = w.urls.join("\n");
     if store.get_meta(&key).await?.as_deref() != Some(fingerprint.as_str()) {
@@ -279,7 +282,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let keyring = Keyring::load(&data_dir, args.master_key.as_deref()).map_err(|e| anyhow!(e))?;
 
     let write_keys = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
-    let admin_hash = apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
+    let admin_hash =
+        apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
     for w in &destinations {
         reenable_changed_urls(store.as_ref(), w).await?;
     }

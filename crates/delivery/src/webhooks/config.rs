@@ -174,10 +174,14 @@ impl WebhooksConfig {
             ));
         }
         if self.timeout_ms == 0 {
-            return Err(format!("destination {name:?}: `timeout_ms` must be positive"));
+            return Err(format!(
+                "destination {name:?}: `timeout_ms` must be positive"
+            ));
         }
         if self.concurrency == 0 {
-            return Err(format!("destination {name:?}: `concurrency` must be positive"));
+            return Err(format!(
+                "destination {name:?}: `concurrency` must be positive"
+            ));
         }
         if self.previous_shared_secret.is_some() && self.shared_secret.is_none() {
             return Err(format!(

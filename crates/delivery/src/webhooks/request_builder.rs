@@ -123,7 +123,10 @@ mod tests {
         cfg.shared_secret = Some("k".into());
         cfg.headers.insert("X-Env".into(), "prod".into());
         let r = build(&cfg, "http://x", "id", body, 0);
-        assert_eq!(header(&r, "x-signature"), Some(signing::segment_signature("k", body).as_str()));
+        assert_eq!(
+            header(&r, "x-signature"),
+            Some(signing::segment_signature("k", body).as_str())
+        );
         assert_eq!(header(&r, "x-env"), Some("prod"));
         assert_eq!(header(&r, "content-type"), Some("application/json"));
         assert!(header(&r, "user-agent").unwrap().starts_with("switchyard/"));
@@ -148,7 +151,10 @@ mod tests {
         assert_eq!(header(&r, "webhook-timestamp"), Some("1700000000"));
         assert_eq!(
             header(&r, "webhook-signature"),
-            Some(signing::standard_webhooks_signature(&["new", "old"], "msg_1", 1700000000, b"{}").as_str())
+            Some(
+                signing::standard_webhooks_signature(&["new", "old"], "msg_1", 1700000000, b"{}")
+                    .as_str()
+            )
         );
         assert!(header(&r, "x-signature").is_none());
     }

@@ -21,7 +21,10 @@ pub struct Sent {
 
 /// Builds the HTTP client of a destination: verified TLS (self-signed
 /// certificates refused), optional extra CA file, no redirects.
-pub fn client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+pub fn client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, String> {
     crate::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)

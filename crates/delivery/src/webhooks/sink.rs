@@ -15,7 +15,7 @@ use futures_util::stream::{self, StreamExt};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use store::{Attempt, DeadLetter, DeliveryCommit, RetryEntry, StoredEvent, Store};
+use store::{Attempt, DeadLetter, DeliveryCommit, RetryEntry, Store, StoredEvent};
 use tokio::sync::{watch, Notify};
 
 /// Events read from the log per round.
@@ -78,6 +78,12 @@ impl WebhooksSink {
         let timeout = Duration::from_millis(config.timeout_ms);
         let client = service::client(timeout, config.ca_file.as_deref())
             .map_err(|e| format!("destination {:?}: {e}", config.name))?;
+        // The cursor is fixed before any HTTP request is accepted, so a new
+        // destination starts exactly at the head and never skips an event.
+        store
+            .init_cursor(&config.name)
+            .await
+            .map_err(|e| format!("destination {:?}: {e}", config.name))?;
         let disabled = store
             .disabled_urls(&config.name)
             .await
@@ -120,7 +126,10 @@ impl WebhooksSink {
 
     /// Starts both loops; they stop when `shutdown` turns true, after
     /// finishing (and recording) the round in progress.
-    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let fresh = tokio::spawn(self.clone().fresh_loop(shutdown.clone()));
         let retries = tokio::spawn(self.clone().retry_loop(shutdown.clone()));
         let gauge = tokio::spawn(self.clone().gauge_loop(shutdown));
@@ -136,7 +145,10 @@ impl WebhooksSink {
         let mut jobs = Vec::new();
         for chunk in events.chunks(self.config.batch_size.max(1)) {
             let (body, webhook_id) = if self.config.batch_size == 1 {
-                (chunk[0].json.clone(), format!("msg_{}", chunk[0].message_id))
+                (
+                    chunk[0].json.clone(),
+                    format!("msg_{}", chunk[0].message_id),
+                )
             } else {
                 (
                     batch_body(chunk.iter().map(|e| e.json.as_slice())),
@@ -174,12 +186,18 @@ impl WebhooksSink {
             Some(u) => vec![u.clone()],
             None => self.config.urls.clone(),
         };
-        let live: Vec<String> = targets.into_iter().filter(|u| !self.is_disabled(u)).collect();
+        let live: Vec<String> = targets
+            .into_iter()
+            .filter(|u| !self.is_disabled(u))
+            .collect();
         if live.is_empty() {
-            job.last_error = "every URL of this delivery is disabled (410 Gone); re-enable it to replay".into();
+            job.last_error =
+                "every URL of this delivery is disabled (410 Gone); re-enable it to replay".into();
             return JobResult {
                 job,
-                resolution: Resolution::Dead { excerpt: String::new() },
+                resolution: Resolution::Dead {
+                    excerpt: String::new(),
+                },
                 attempts: vec![],
                 disabled: vec![],
             };
@@ -217,21 +235,25 @@ impl WebhooksSink {
                     self.health.record(url, Health::Alive, Instant::now());
                     "delivered"
                 }
-                Verdict::Retry { retry_after: ra, slow_down } => {
+                Verdict::Retry {
+                    retry_after: ra,
+                    slow_down,
+                } => {
                     retry = true;
                     if let Some(ra) = ra {
                         retry_after = Some(retry_after.map_or(*ra, |r: Duration| r.max(*ra)));
                     }
-                    let health = if *slow_down { Health::SlowDown(*ra) } else { Health::Failing };
+                    let health = if *slow_down {
+                        Health::SlowDown(*ra)
+                    } else {
+                        Health::Failing
+                    };
                     self.health.record(url, health, Instant::now());
                     "retry"
                 }
                 Verdict::Gone => {
                     self.health.record(url, Health::Alive, Instant::now());
-                    let reason = format!(
-                        "410 Gone at {}",
-                        spec::format_time(chrono::Utc::now())
-                    );
+                    let reason = format!("410 Gone at {}", spec::format_time(chrono::Utc::now()));
                     if let Ok(mut d) = self.disabled.lock() {
                         d.insert(url.clone());
                     }
@@ -280,7 +302,10 @@ impl WebhooksSink {
             let now_i = Instant::now();
             let mut next_ms = i64::MAX;
             if retry {
-                let delay = self.policy.delay(job.attempts.max(1)).max(retry_after.unwrap_or_default());
+                let delay = self
+                    .policy
+                    .delay(job.attempts.max(1))
+                    .max(retry_after.unwrap_or_default());
                 next_ms = at_ms + delay.as_millis() as i64;
             }
             if let Some(w) = wait_until {
@@ -294,12 +319,17 @@ impl WebhooksSink {
                     job.attempts,
                     age.as_secs(),
                     self.policy.max_age.as_secs(),
-                    if job.last_error.is_empty() { "receiver unavailable" } else { &job.last_error }
+                    if job.last_error.is_empty() {
+                        "receiver unavailable"
+                    } else {
+                        &job.last_error
+                    }
                 );
                 Resolution::Dead { excerpt }
             } else {
                 if job.last_error.is_empty() {
-                    job.last_error = "deferred: receiver paused (circuit breaker or slow-down)".into();
+                    job.last_error =
+                        "deferred: receiver paused (circuit breaker or slow-down)".into();
                 }
                 Resolution::Schedule { next_ms }
             }
@@ -309,7 +339,12 @@ impl WebhooksSink {
             }
             Resolution::Dead { excerpt }
         };
-        JobResult { job, resolution, attempts, disabled }
+        JobResult {
+            job,
+            resolution,
+            attempts,
+            disabled,
+        }
     }
 
     /// Runs jobs with bounded concurrency and folds their results into one commit.
@@ -407,8 +442,8 @@ impl WebhooksSink {
         let name = self.config.name.clone();
         let mut head_rx = self.store.subscribe();
         let mut cursor = loop {
-            match self.store.init_cursor(&name).await {
-                Ok(c) => break c,
+            match self.store.cursor(&name).await {
+                Ok(c) => break c.unwrap_or(0),
                 Err(e) => {
                     tracing::error!(destination = %name, error = %e, "cannot read the cursor; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -432,15 +467,18 @@ impl WebhooksSink {
                     _ = shutdown.changed() => continue,
                 }
             }
-            let (events, scanned_to) =
-                match self.store.read_events(&self.config.sources, cursor, SCAN_LIMIT, read_limit).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(destination = %name, error = %e, "cannot read the event log; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
+            let (events, scanned_to) = match self
+                .store
+                .read_events(&self.config.sources, cursor, SCAN_LIMIT, read_limit)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %e, "cannot read the event log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
             // Batch mode: wait (bounded) for a partial batch to fill up.
             if !stopping && !events.is_empty() && events.len() < self.config.batch_size {
                 let oldest = events[0].received_ms;
@@ -520,8 +558,10 @@ impl WebhooksSink {
         loop {
             let backlog = self.store.backlog(&name).await.unwrap_or(0);
             let retries = self.store.retry_count(&name).await.unwrap_or(0);
-            metrics::gauge!("switchyard_queue_depth", "destination" => name.clone()).set(backlog as f64);
-            metrics::gauge!("switchyard_retry_queue_depth", "destination" => name.clone()).set(retries as f64);
+            metrics::gauge!("switchyard_queue_depth", "destination" => name.clone())
+                .set(backlog as f64);
+            metrics::gauge!("switchyard_retry_queue_depth", "destination" => name.clone())
+                .set(retries as f64);
             for url in &self.config.urls {
                 metrics::gauge!("switchyard_circuit_open", "destination" => name.clone(), "url" => url.clone())
                     .set(if self.health.is_open(url) { 1.0 } else { 0.0 });

@@ -34,15 +34,27 @@ impl Drop for TempDir {
     }
 }
 
+/// An HTTP client for tests (installs the TLS provider first).
+pub fn http_client() -> reqwest::Client {
+    delivery::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Spawns a child and waits for a stdout line starting with `prefix`;
 /// the rest of its stdout keeps being drained. Returns the line's remainder.
-fn spawn_and_wait(mut cmd: Command, prefix: &str, what: &str) -> (Child, String, mpsc::Receiver<String>) {
+fn spawn_and_wait(
+    mut cmd: Command,
+    prefix: &str,
+    what: &str,
+) -> (Child, String, mpsc::Receiver<String>) {
     cmd.stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -62,7 +74,11 @@ fn spawn_and_wait(mut cmd: Command, prefix: &str, what: &str) -> (Child, String,
                     return (child, rest.trim().to_string(), rx);
                 }
             }
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait();
+                panic!("{what} exited before printing {prefix:?}: {status:?}");
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 panic!("{what} did not print {prefix:?} within 30 s");
             }
@@ -79,15 +95,17 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(secret: &str) -> Receiver {
+        let http = http_client();
         let mut cmd = Command::new("node");
         cmd.arg(repo_root().join("tests/support/receiver.js"))
             .env("RECEIVER_SECRET", secret)
+            .stdin(Stdio::piped())
             .stderr(Stdio::inherit());
         let (child, port, _rx) = spawn_and_wait(cmd, "PORT ", "the receiver (node)");
         Receiver {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            http,
         }
     }
 
@@ -119,7 +137,12 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds for the requests of `name` (or panics after `secs`).
-    pub async fn wait_until(&self, name: &str, secs: u64, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub async fn wait_until(
+        &self,
+        name: &str,
+        secs: u64,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let got = self.received(name).await;
@@ -130,7 +153,9 @@ impl Receiver {
                 panic!(
                     "receiver {name}: condition not met within {secs} s; got {} requests: {:#?}",
                     got.len(),
-                    got.iter().map(|r| (&r["status"], &r["raw"])).collect::<Vec<_>>()
+                    got.iter()
+                        .map(|r| (&r["status"], &r["raw"]))
+                        .collect::<Vec<_>>()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -150,7 +175,11 @@ impl Receiver {
 pub fn delivered(records: &[Value]) -> Vec<Value> {
     records
         .iter()
-        .filter(|r| r["status"].as_u64().is_some_and(|s| (200..300).contains(&s)))
+        .filter(|r| {
+            r["status"]
+                .as_u64()
+                .is_some_and(|s| (200..300).contains(&s))
+        })
         .cloned()
         .collect()
 }
@@ -180,6 +209,7 @@ pub struct Switchyard {
 impl Switchyard {
     /// Starts switchyard with `config` (TOML) on a random loopback port.
     pub fn start(config: &str) -> Switchyard {
+        let http = http_client();
         let dir = TempDir::new("server");
         std::fs::write(dir.0.join("switchyard.toml"), config).expect("write config");
         let mut s = Switchyard {
@@ -188,7 +218,7 @@ impl Switchyard {
             addr: "127.0.0.1:0".into(),
             dir,
             stdout: Vec::new(),
-            http: reqwest::Client::new(),
+            http,
         };
         s.spawn();
         s
@@ -212,7 +242,10 @@ impl Switchyard {
             .arg(ADMIN_TOKEN)
             .env("SWITCHYARD_LOG", "info,switchyard_delivery=debug")
             .stderr(Stdio::from(log));
-        let (child, url, rx) = spawn_and_wait(cmd, "switchyard: listening on ", "switchyard");
+        let (child, url, rx) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            spawn_and_wait(cmd, "switchyard: listening on ", "switchyard")
+        }))
+        .unwrap_or_else(|_| panic!("switchyard did not start; its log:\n{}", self.log()));
         self.stdout = rx.try_iter().collect();
         self.base = url.clone();
         self.addr = url.trim_start_matches("http://").to_string();
@@ -233,8 +266,13 @@ impl Switchyard {
 
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -256,7 +294,8 @@ impl Switchyard {
 
     /// POSTs `body` with HTTP Basic auth `write_key:`; returns status and JSON.
     pub async fn post(&self, path: &str, write_key: &str, body: &str) -> (u16, Value) {
-        self.post_with(path, Some(write_key), body.as_bytes().to_vec(), &[]).await
+        self.post_with(path, Some(write_key), body.as_bytes().to_vec(), &[])
+            .await
     }
 
     pub async fn post_with(
@@ -280,21 +319,32 @@ impl Switchyard {
         let resp = req.send().await.expect("POST to switchyard");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
-            .request(method.parse().expect("method"), format!("{}{path}", self.base))
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.base),
+            )
             .bearer_auth(ADMIN_TOKEN);
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.expect("admin request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
@@ -304,7 +354,10 @@ impl Switchyard {
             .send()
             .await
             .expect("GET");
-        (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
     }
 }
 

@@ -1,0 +1,464 @@
+//! End-to-end: the Tracking API's answers to good and bad input.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_answer_and_the_server_keeps_serving() {
+    let sy = Switchyard::start(&config_with(""));
+    let track = |b: &str| b.to_string();
+
+    // Malformed JSON.
+    let (s, b) = sy.post("/v1/track", "wk_web", "{\"userId\": ").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("malformed_json")),
+        "{b}"
+    );
+    // Empty body.
+    let (s, b) = sy.post("/v1/track", "wk_web", "").await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("empty"));
+    // Not an object.
+    let (s, b) = sy.post("/v1/track", "wk_web", "[1,2]").await;
+    assert_eq!(s, 400, "{b}");
+    // Missing fields, named.
+    let (s, b) = sy
+        .post("/v1/track", "wk_web", &track(r#"{"userId":"u"}"#))
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("event")),
+        "{b}"
+    );
+    let (s, b) = sy.post("/v1/identify", "wk_web", r#"{"traits":{}}"#).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("userId")),
+        "{b}"
+    );
+    let (s, b) = sy.post("/v1/group", "wk_web", r#"{"userId":"u"}"#).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("groupId")),
+        "{b}"
+    );
+    let (s, b) = sy.post("/v1/alias", "wk_web", r#"{"userId":"u"}"#).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("previousId")),
+        "{b}"
+    );
+    // Wrong types.
+    let (s, b) = sy
+        .post("/v1/track", "wk_web", r#"{"userId":"u","event":42}"#)
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("event")),
+        "{b}"
+    );
+    let (s, b) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"e","properties":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("properties")),
+        "{b}"
+    );
+    let (s, b) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"e","timestamp":"noon"}"#,
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("timestamp")),
+        "{b}"
+    );
+    // messageId too long.
+    let long = "m".repeat(101);
+    let (s, b) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            &json!({"userId": "u", "event": "e", "messageId": long}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("messageId")),
+        "{b}"
+    );
+    // Oversize message (> 32 KB) and oversize body (> 500 KB).
+    let big = "x".repeat(40 * 1024);
+    let (s, b) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            &json!({"userId": "u", "event": "e", "properties": {"b": big}}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("message_too_large")),
+        "{b}"
+    );
+    let huge = "x".repeat(600 * 1024);
+    let (s, b) = sy
+        .post("/v1/batch", "wk_web", &json!({"batch": [{"type": "track", "userId": "u", "event": "e", "properties": {"b": huge}}]}).to_string())
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+    // Invalid UTF-8.
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            Some("wk_web"),
+            b"{\"userId\":\"\xff\xfe\",\"event\":\"e\"}".to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_utf8")),
+        "{b}"
+    );
+    // Deep nesting.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let (s, b) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            &format!(r#"{{"userId":"u","event":"e","properties":{{"d":{deep}}}}}"#),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("json_too_deep")),
+        "{b}"
+    );
+    // Gzip: a valid body is accepted; a bomb is refused, not expanded.
+    let good = gzip(br#"{"userId":"u","event":"zipped"}"#);
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            Some("wk_web"),
+            good,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let bomb = gzip(&vec![b' '; 50 * 1024 * 1024]);
+    assert!(bomb.len() < 100 * 1024);
+    let (s, b) = sy
+        .post_with(
+            "/v1/batch",
+            Some("wk_web"),
+            bomb,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            Some("wk_web"),
+            b"not gzip".to_vec(),
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_gzip")),
+        "{b}"
+    );
+    let (s, _) = sy
+        .post_with(
+            "/v1/track",
+            Some("wk_web"),
+            b"{}".to_vec(),
+            &[("content-encoding", "br")],
+        )
+        .await;
+    assert_eq!(s, 415);
+    // Wrong and missing auth.
+    let (s, b) = sy
+        .post("/v1/track", "wk_wrong", r#"{"userId":"u","event":"e"}"#)
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{b}"
+    );
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            None,
+            br#"{"userId":"u","event":"e"}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 401, "{b}");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("write key"));
+    let (s, _) = sy
+        .post_with(
+            "/v1/track",
+            None,
+            br#"{"userId":"u","event":"e"}"#.to_vec(),
+            &[("authorization", "Bearer x")],
+        )
+        .await;
+    assert_eq!(s, 401);
+    // The write key in the body works too.
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            None,
+            br#"{"userId":"u","event":"e","writeKey":"wk_web"}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // Unknown route: JSON 404.
+    let (s, b) = sy.post("/v1/nope", "wk_web", "{}").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // Still serving.
+    let (s, text) = sy.get_text("/healthz").await;
+    assert_eq!(s, 200, "{text}");
+    let (s, b) = sy
+        .post("/v1/track", "wk_web", r#"{"userId":"u","event":"ok"}"#)
+        .await;
+    assert_eq!((s, b), (200, json!({"success": true})));
+}
+
+#[tokio::test]
+async fn a_batch_keeps_its_good_items_and_reports_the_bad_ones() {
+    let sy = Switchyard::start(&config_with(""));
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u", "event": "ok-1"},
+        {"type": "track", "userId": "u"},
+        {"type": "identify", "anonymousId": "a"},
+        {"type": "purchase", "userId": "u"},
+        {"userId": "u", "event": "no type"},
+    ]});
+    let (s, b) = sy.post("/v1/batch", "wk_web", &batch.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["success"], true);
+    let rejected = b["rejected"].as_array().unwrap();
+    let indices: Vec<u64> = rejected
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [1, 3, 4]);
+    assert_eq!(rejected[0]["field"], "event");
+    assert_eq!(rejected[1]["field"], "type");
+
+    // Rejections are kept and visible.
+    let (s, list) = sy
+        .admin("GET", "/api/v1/sources/web/rejections", None)
+        .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    assert!(list["data"][0]["excerpt"]
+        .as_str()
+        .unwrap()
+        .contains("no type"));
+
+    // No valid item at all: 400, with the reasons.
+    let (s, b) = sy
+        .post(
+            "/v1/batch",
+            "wk_web",
+            &json!({"batch": [{"type": "track"}]}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["rejected"][0]["index"], 0);
+    let (s, b) = sy.post("/v1/batch", "wk_web", r#"{"batch": []}"#).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (400, Some("batch")));
+    let (s, _) = sy.post("/v1/batch", "wk_web", r#"{"batch": {}}"#).await;
+    assert_eq!(s, 400);
+    // Too many events.
+    let many: Vec<Value> = (0..2501)
+        .map(|_| json!({"type": "track", "userId": "u", "event": "e"}))
+        .collect();
+    let (s, b) = sy
+        .post("/v1/batch", "wk_web", &json!({"batch": many}).to_string())
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("batch_too_large")),
+        "{b}"
+    );
+    // /v1/import is the same door.
+    let (s, b) = sy
+        .post(
+            "/v1/import",
+            "wk_web",
+            &json!({"batch": [{"type": "page", "userId": "u"}]}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test]
+async fn management_routes_refuse_missing_and_wrong_tokens() {
+    let sy = Switchyard::start(&config_with(""));
+    let client = http_client();
+    for (auth, expected) in [
+        (None, 401),
+        (Some("Bearer nope"), 401),
+        (Some("Basic d2tfd2ViOg=="), 401),
+    ] {
+        let mut req = client.get(format!("{}/api/v1/sources/web/rejections", sy.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), expected, "{auth:?}");
+    }
+    let (s, _) = sy
+        .admin("GET", "/api/v1/sources/nope/rejections", None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = sy
+        .admin("GET", "/api/v1/destinations/nope/deadletters", None)
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn metrics_count_per_source() {
+    let sy = Switchyard::start(&config_with(""));
+    let (s, _) = sy
+        .post("/v1/track", "wk_web", r#"{"userId":"u","event":"e"}"#)
+        .await;
+    assert_eq!(s, 200);
+    let (s, text) = sy.get_text("/metrics").await;
+    assert_eq!(s, 200);
+    assert!(
+        text.contains("switchyard_events_stored_total{source=\"web\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_events_received_total{source=\"web\"} 1"),
+        "{text}"
+    );
+}
+
+/// Runs `switchyard serve` with no configuration in `dir` until it listens;
+/// returns its stdout lines and the child.
+fn serve_bare(dir: &std::path::Path) -> (Vec<String>, std::process::Child) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("SWITCHYARD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("switchyard exited early: {lines:?}");
+        }
+        let done = line.contains("listening on");
+        lines.push(line.trim_end().to_string());
+        if done {
+            return (lines, child);
+        }
+    }
+}
+
+#[tokio::test]
+async fn first_start_without_configuration_creates_a_default_source() {
+    let dir = TempDir::new("firststart");
+    let (lines, child) = serve_bare(&dir.0);
+    let text = lines.join("\n");
+    assert!(text.contains("created source \"default\""), "{text}");
+    let key = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("write key: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a write key is printed")
+        .to_string();
+    assert!(key.starts_with("wk_"));
+    assert!(text.contains("admin token: sya_"), "{text}");
+    let base = lines
+        .last()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let resp = http_client()
+        .post(format!("{base}/v1/track"))
+        .basic_auth(&key, Some(""))
+        .body(r#"{"userId":"u","event":"Hello"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success(), "SIGTERM exits cleanly");
+    assert!(
+        dir.0.join("switchyard-data/switchyard.db").exists(),
+        "data in ./switchyard-data"
+    );
+
+    // Second start: the key is not shown again and still works.
+    let (lines, mut child) = serve_bare(&dir.0);
+    let text = lines.join("\n");
+    assert!(!text.contains("write key"), "{text}");
+    let base = lines
+        .last()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let resp = http_client()
+        .post(format!("{base}/v1/identify"))
+        .basic_auth(&key, Some(""))
+        .body(r#"{"userId":"u"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
