@@ -1,0 +1,382 @@
+//! `fetch` for functions: real HTTP through the host, within the invocation's
+//! budget, under an allow/deny policy checked on resolved addresses (the
+//! addresses checked are the addresses connected to: no DNS-rebinding gap).
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who functions may call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FetchPolicy {
+    /// Hosts (names or IP addresses) allowed even when they resolve to private
+    /// or loopback addresses.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Hosts always refused.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl FetchPolicy {
+    fn allowed_host(&self, host: &str) -> bool {
+        self.allow.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    fn denied_host(&self, host: &str) -> bool {
+        self.deny.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
+/// Private, loopback, link-local (cloud metadata), CGNAT, multicast and
+/// unspecified addresses: refused unless the host is allowed explicitly.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Resolves names and drops internal addresses unless the host is allowed.
+struct PolicyResolver {
+    policy: Arc<FetchPolicy>,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            if policy.denied_host(&host) {
+                return Err(format!("host {host} is denied by the fetch policy").into());
+            }
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect();
+            let allowed = policy.allowed_host(&host);
+            let usable: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| allowed || !is_internal(a.ip()))
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to private or loopback addresses, which functions may not call (add it to fetch_allow to permit)"
+                )
+                .into());
+            }
+            let iter: reqwest::dns::Addrs = Box::new(usable.into_iter());
+            Ok(iter)
+        })
+    }
+}
+
+/// Checks a URL before the request: scheme, denied hosts, IP literals (which
+/// never reach the resolver).
+fn check_url(policy: &FetchPolicy, url: &reqwest::Url) -> Result<(), String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "only http and https URLs can be fetched, not {:?}",
+            url.scheme()
+        ));
+    }
+    let host = url.host_str().unwrap_or_default();
+    if policy.denied_host(host) {
+        return Err(format!("host {host} is denied by the fetch policy"));
+    }
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        if is_internal(ip) && !policy.allowed_host(host) && !policy.allowed_host(literal) {
+            return Err(format!(
+                "{ip} is a private or loopback address, which functions may not call (add it to fetch_allow to permit)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A canned answer for offline tests, chosen by URL prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MockResponse {
+    pub url: String,
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+/// A request a function made (recorded for tests without side effects).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// How `fetch` is answered.
+#[derive(Debug, Clone)]
+pub enum FetchMode {
+    /// Real HTTP under the policy.
+    Live(Arc<FetchPolicy>),
+    /// No network: answers from the mocks (or 200 `{}`), requests recorded.
+    Mock(Arc<Vec<MockResponse>>),
+}
+
+/// Performs fetches for one worker thread.
+pub struct Fetcher {
+    mode: FetchMode,
+    client: Option<reqwest::Client>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// What the JavaScript side receives, as JSON.
+#[derive(Debug, Serialize)]
+struct FetchAnswer {
+    status: u16,
+    #[serde(rename = "statusText")]
+    status_text: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Fetcher {
+    pub fn new(mode: FetchMode) -> Result<Fetcher, String> {
+        let (client, runtime) = match &mode {
+            FetchMode::Live(policy) => {
+                crate::install_crypto_provider();
+                let policy_for_redirects = policy.clone();
+                let client = reqwest::Client::builder()
+                    .dns_resolver(Arc::new(PolicyResolver {
+                        policy: policy.clone(),
+                    }))
+                    .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                        if attempt.previous().len() >= 10 {
+                            return attempt.error("too many redirects");
+                        }
+                        match check_url(&policy_for_redirects, attempt.url()) {
+                            Ok(()) => attempt.follow(),
+                            Err(e) => attempt.error(e),
+                        }
+                    }))
+                    .user_agent(concat!("switchyard-functions/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| format!("cannot build the fetch client: {e}"))?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the fetch runtime: {e}"))?;
+                (Some(client), Some(runtime))
+            }
+            FetchMode::Mock(_) => (None, None),
+        };
+        Ok(Fetcher {
+            mode,
+            client,
+            runtime,
+        })
+    }
+
+    /// Runs one fetch; returns the JSON the prelude expects (`{error}` on failure).
+    pub fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        headers_json: &str,
+        body_b64: &str,
+        budget: Duration,
+        recorded: &mut Vec<RecordedRequest>,
+    ) -> String {
+        let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
+        let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
+        let body = if body_b64.is_empty() {
+            Vec::new()
+        } else {
+            match base64::engine::general_purpose::STANDARD.decode(body_b64) {
+                Ok(b) => b,
+                Err(_) => return error("invalid request body".into()),
+            }
+        };
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return error(format!("invalid URL {url:?}: {e}")),
+        };
+        recorded.push(RecordedRequest {
+            method: method.to_string(),
+            url: parsed.to_string(),
+            headers: headers.iter().cloned().collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        match &self.mode {
+            FetchMode::Mock(mocks) => {
+                let mock = mocks
+                    .iter()
+                    .filter(|m| parsed.as_str().starts_with(&m.url))
+                    .max_by_key(|m| m.url.len());
+                let (status, headers, body) = match mock {
+                    Some(m) => (
+                        m.status,
+                        m.headers.clone().into_iter().collect::<Vec<_>>(),
+                        match &m.body {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                    ),
+                    None => (
+                        200,
+                        vec![("content-type".to_string(), "application/json".to_string())],
+                        "{}".to_string(),
+                    ),
+                };
+                serde_json::to_string(&FetchAnswer {
+                    status,
+                    status_text: String::new(),
+                    headers,
+                    body: base64::engine::general_purpose::STANDARD.encode(body),
+                })
+                .unwrap_or_else(|e| error(e.to_string()))
+            }
+            FetchMode::Live(policy) => {
+                if let Err(e) = check_url(policy, &parsed) {
+                    return error(e);
+                }
+                let (Some(client), Some(runtime)) = (&self.client, &self.runtime) else {
+                    return error("fetch is not available".into());
+                };
+                if budget.is_zero() {
+                    return error("the function's time budget is spent".into());
+                }
+                let method = match reqwest::Method::from_bytes(method.as_bytes()) {
+                    Ok(m) => m,
+                    Err(_) => return error(format!("invalid method {method:?}")),
+                };
+                let mut request = client.request(method, parsed).timeout(budget).body(body);
+                for (k, v) in &headers {
+                    request = request.header(k.as_str(), v.as_str());
+                }
+                let result = runtime.block_on(async {
+                    let resp = request.send().await?;
+                    let status = resp.status();
+                    let headers: Vec<(String, String)> = resp
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let bytes = resp.bytes().await?;
+                    Ok::<_, reqwest::Error>((status, headers, bytes))
+                });
+                match result {
+                    Ok((status, headers, bytes)) => serde_json::to_string(&FetchAnswer {
+                        status: status.as_u16(),
+                        status_text: status.canonical_reason().unwrap_or("").to_string(),
+                        headers,
+                        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                    })
+                    .unwrap_or_else(|e| error(e.to_string())),
+                    Err(e) if e.is_timeout() => error(format!(
+                        "timed out: the function's time budget ({} ms left) ran out",
+                        budget.as_millis()
+                    )),
+                    Err(e) => error(error_chain(&e)),
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_ranges() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn literal_addresses_are_checked() {
+        let policy = FetchPolicy::default();
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(check_url(&policy, &url("http://127.0.0.1:9000/x")).is_err());
+        assert!(check_url(&policy, &url("http://[::1]/x")).is_err());
+        assert!(check_url(&policy, &url("file:///etc/passwd")).is_err());
+        assert!(check_url(&policy, &url("https://93.184.216.34/")).is_ok());
+        let allowed = FetchPolicy {
+            allow: vec!["127.0.0.1".into()],
+            deny: vec![],
+        };
+        assert!(check_url(&allowed, &url("http://127.0.0.1:9000/x")).is_ok());
+        let denied = FetchPolicy {
+            allow: vec![],
+            deny: vec!["api.example.com".into()],
+        };
+        assert!(check_url(&denied, &url("https://api.example.com/")).is_err());
+    }
+}

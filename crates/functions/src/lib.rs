@@ -1,0 +1,597 @@
+//! The JavaScript sandbox for source and destination functions.
+//!
+//! Functions run in QuickJS runtimes on a pool of worker threads. Each worker
+//! keeps one warm runtime per function version and reuses it (recycled every
+//! `recycle_after` calls), so an invocation costs microseconds, not a cold
+//! start. A runtime that timed out, ran out of memory or got stuck is dropped
+//! and never reused. This crate never touches the store: it takes a request or
+//! an event and returns what the function emitted, logged and answered.
+
+mod fetch;
+mod sandbox;
+
+pub use fetch::{is_internal, FetchMode, FetchPolicy, MockResponse, RecordedRequest};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Installs the process-wide TLS crypto provider (ring) once.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A function's code, identified by a version derived from its text.
+#[derive(Debug, Clone)]
+pub struct FunctionCode {
+    pub name: String,
+    pub source: Arc<str>,
+    /// Hex digest of the code: a new version gets fresh runtimes.
+    pub version: String,
+    /// Shown in stack traces and error line numbers.
+    pub file_name: String,
+}
+
+impl FunctionCode {
+    pub fn new(name: &str, file_name: &str, source: &str) -> FunctionCode {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(source.as_bytes());
+        FunctionCode {
+            name: name.to_string(),
+            source: Arc::from(source),
+            version: hex::encode(&digest[..8]),
+            file_name: file_name.to_string(),
+        }
+    }
+}
+
+/// Limits of one invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of an invocation, `fetch` included (Segment: 1 s).
+    pub timeout: Duration,
+    /// Memory cap of a runtime.
+    pub memory_bytes: usize,
+    /// Calls after which a warm runtime is replaced by a fresh one.
+    pub recycle_after: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 * 1024 * 1024,
+            recycle_after: 10_000,
+        }
+    }
+}
+
+/// One line of a function's console output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogLine {
+    pub at_ms: i64,
+    pub level: String,
+    pub message: String,
+}
+
+/// An object upserted with `Segment.set`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectSet {
+    pub collection: String,
+    pub id: String,
+    pub properties: Value,
+}
+
+/// The raw webhook request a source function receives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RawRequest {
+    pub method: String,
+    /// Absolute URL, query string included.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The body exactly as received.
+    #[serde(with = "base64_bytes")]
+    pub body: Vec<u8>,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An HTTP answer chosen by a function (`respond = "function"` sources).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// How an invocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The function threw (or rejected).
+    Thrown,
+    /// The budget ran out (loop, slow fetch, promise that never settles).
+    Timeout,
+    /// The memory cap was hit.
+    Memory,
+    /// A destination function has no handler for the event's type.
+    Unsupported,
+    /// The sandbox itself failed.
+    Internal,
+}
+
+/// A failed invocation, as users see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionError {
+    pub kind: ErrorKind,
+    pub name: String,
+    pub message: String,
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stack: String,
+}
+
+impl FunctionError {
+    fn timeout() -> Self {
+        FunctionError {
+            kind: ErrorKind::Timeout,
+            name: "TimeoutError".into(),
+            message: "the function exceeded its time budget and was stopped".into(),
+            line: None,
+            stack: String::new(),
+        }
+    }
+    fn memory() -> Self {
+        FunctionError {
+            kind: ErrorKind::Memory,
+            name: "MemoryError".into(),
+            message: "the function exceeded its memory limit and was stopped".into(),
+            line: None,
+            stack: String::new(),
+        }
+    }
+    fn internal(message: String) -> Self {
+        FunctionError {
+            kind: ErrorKind::Internal,
+            name: "InternalError".into(),
+            message,
+            line: None,
+            stack: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for FunctionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a source function run produced.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOutcome {
+    /// Messages from `Segment.*` (or the legacy `events`), not yet normalized.
+    pub messages: Vec<Value>,
+    pub objects: Vec<ObjectSet>,
+    pub response: Option<HttpAnswer>,
+    pub logs: Vec<LogLine>,
+    pub requests: Vec<RecordedRequest>,
+    pub error: Option<FunctionError>,
+}
+
+/// What a destination function run produced.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationOutcome {
+    /// The handler's return value.
+    pub result: Option<Value>,
+    pub logs: Vec<LogLine>,
+    pub requests: Vec<RecordedRequest>,
+    pub error: Option<FunctionError>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Source,
+    Destination,
+}
+
+impl Entry {
+    fn global(self) -> &'static str {
+        match self {
+            Entry::Source => "__invokeSource",
+            Entry::Destination => "__invokeDestination",
+        }
+    }
+}
+
+struct RawOutcome {
+    output: Result<Value, FunctionError>,
+    logs: Vec<LogLine>,
+    requests: Vec<RecordedRequest>,
+}
+
+fn decode_answer(v: &Value) -> Option<HttpAnswer> {
+    use base64::Engine;
+    let status = v.get("status")?.as_u64()? as u16;
+    let headers = v
+        .get("headers")
+        .and_then(|h| serde_json::from_value::<Vec<(String, String)>>(h.clone()).ok())
+        .unwrap_or_default();
+    let body = v
+        .get("body")
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .unwrap_or_default();
+    Some(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn function_error_from(v: &Value, unsupported: bool) -> FunctionError {
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    FunctionError {
+        kind: if unsupported {
+            ErrorKind::Unsupported
+        } else {
+            ErrorKind::Thrown
+        },
+        name: get("name"),
+        message: get("message"),
+        line: v.get("line").and_then(Value::as_u64).map(|l| l as u32),
+        stack: get("stack"),
+    }
+}
+
+fn source_outcome(raw: RawOutcome) -> SourceOutcome {
+    let mut out = SourceOutcome {
+        logs: raw.logs,
+        requests: raw.requests,
+        ..Default::default()
+    };
+    match raw.output {
+        Err(e) => out.error = Some(e),
+        Ok(v) if v.get("ok") == Some(&Value::Bool(true)) => {
+            out.messages = v
+                .get("messages")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            out.objects = v
+                .get("objects")
+                .and_then(|o| serde_json::from_value(o.clone()).ok())
+                .unwrap_or_default();
+            out.response = v.get("response").and_then(decode_answer);
+        }
+        Ok(v) => {
+            out.error = Some(function_error_from(
+                v.get("error").unwrap_or(&Value::Null),
+                false,
+            ))
+        }
+    }
+    out
+}
+
+fn destination_outcome(raw: RawOutcome) -> DestinationOutcome {
+    let mut out = DestinationOutcome {
+        logs: raw.logs,
+        requests: raw.requests,
+        ..Default::default()
+    };
+    match raw.output {
+        Err(e) => out.error = Some(e),
+        Ok(v) if v.get("ok") == Some(&Value::Bool(true)) => {
+            out.result = v.get("result").cloned().filter(|r| !r.is_null());
+        }
+        Ok(v) => {
+            let unsupported = v.get("unsupported") == Some(&Value::Bool(true));
+            out.error = Some(function_error_from(
+                v.get("error").unwrap_or(&Value::Null),
+                unsupported,
+            ));
+        }
+    }
+    out
+}
+
+fn run_in(
+    sandbox: &mut sandbox::Sandbox,
+    entry: Entry,
+    payload: &str,
+    settings: &str,
+    limits: &Limits,
+) -> RawOutcome {
+    let inv = sandbox.invoke(entry.global(), payload, settings, limits.timeout);
+    RawOutcome {
+        output: inv.output,
+        logs: inv.logs,
+        requests: inv.requests,
+    }
+}
+
+/// Runs one invocation on the current thread in a fresh runtime: for tests
+/// without side effects and the offline CLI (`fetch` per `mode`).
+fn run_once(
+    code: &FunctionCode,
+    entry: Entry,
+    payload: &str,
+    settings: &str,
+    limits: &Limits,
+    mode: FetchMode,
+) -> RawOutcome {
+    let fetcher = match fetch::Fetcher::new(mode) {
+        Ok(f) => Rc::new(f),
+        Err(e) => {
+            return RawOutcome {
+                output: Err(FunctionError::internal(e)),
+                logs: vec![],
+                requests: vec![],
+            }
+        }
+    };
+    match sandbox::Sandbox::new(code, limits, fetcher) {
+        Ok(mut sb) => run_in(&mut sb, entry, payload, settings, limits),
+        Err(e) => RawOutcome {
+            output: Err(e),
+            logs: vec![],
+            requests: vec![],
+        },
+    }
+}
+
+/// Runs a source function once, in a fresh runtime on this thread.
+pub fn run_source_once(
+    code: &FunctionCode,
+    request: &RawRequest,
+    settings: &Value,
+    limits: &Limits,
+    mode: FetchMode,
+) -> SourceOutcome {
+    let payload = serde_json::to_string(request).unwrap_or_default();
+    source_outcome(run_once(
+        code,
+        Entry::Source,
+        &payload,
+        &settings.to_string(),
+        limits,
+        mode,
+    ))
+}
+
+/// Runs a destination handler once (an array runs `onBatch`), in a fresh runtime.
+pub fn run_destination_once(
+    code: &FunctionCode,
+    event: &Value,
+    settings: &Value,
+    limits: &Limits,
+    mode: FetchMode,
+) -> DestinationOutcome {
+    destination_outcome(run_once(
+        code,
+        Entry::Destination,
+        &event.to_string(),
+        &settings.to_string(),
+        limits,
+        mode,
+    ))
+}
+
+/// Loads code and lists the handlers it defines, or the error that stops it loading.
+pub fn inspect(code: &FunctionCode, limits: &Limits) -> Result<Vec<String>, FunctionError> {
+    let fetcher = Rc::new(
+        fetch::Fetcher::new(FetchMode::Mock(Arc::new(Vec::new())))
+            .map_err(FunctionError::internal)?,
+    );
+    let sb = sandbox::Sandbox::new(code, limits, fetcher)?;
+    Ok(sb.handlers())
+}
+
+struct Task {
+    code: Arc<FunctionCode>,
+    entry: Entry,
+    payload: String,
+    settings: String,
+    limits: Limits,
+    reply: oneshot::Sender<RawOutcome>,
+}
+
+/// Worker threads with warm runtimes.
+pub struct Pool {
+    tx: Mutex<Option<mpsc::Sender<Task>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, policy: Arc<FetchPolicy>) {
+    let fetcher = match fetch::Fetcher::new(FetchMode::Live(policy)) {
+        Ok(f) => Rc::new(f),
+        Err(e) => {
+            tracing::error!(error = %e, "function worker cannot start");
+            return;
+        }
+    };
+    let mut warm: HashMap<String, sandbox::Sandbox> = HashMap::new();
+    loop {
+        let task = {
+            let Ok(guard) = rx.lock() else { return };
+            match guard.recv() {
+                Ok(t) => t,
+                Err(_) => return,
+            }
+        };
+        let key = task.code.name.clone();
+        let stale = warm.get(&key).is_some_and(|sb| {
+            sb.version != task.code.version || sb.poisoned || sb.calls >= task.limits.recycle_after
+        });
+        if stale {
+            warm.remove(&key);
+        }
+        if !warm.contains_key(&key) {
+            match sandbox::Sandbox::new(&task.code, &task.limits, fetcher.clone()) {
+                Ok(sb) => {
+                    warm.insert(key.clone(), sb);
+                }
+                Err(e) => {
+                    let _ = task.reply.send(RawOutcome {
+                        output: Err(e),
+                        logs: vec![],
+                        requests: vec![],
+                    });
+                    continue;
+                }
+            }
+        }
+        let Some(sb) = warm.get_mut(&key) else {
+            continue;
+        };
+        let outcome = run_in(sb, task.entry, &task.payload, &task.settings, &task.limits);
+        if sb.poisoned {
+            // Never reuse a runtime after a kill: drop it now.
+            warm.remove(&key);
+        }
+        let _ = task.reply.send(outcome);
+    }
+}
+
+impl Pool {
+    /// Starts `workers` threads; `fetch` follows `policy`.
+    pub fn new(workers: usize, policy: FetchPolicy) -> Pool {
+        let (tx, rx) = mpsc::channel::<Task>();
+        let rx = Arc::new(Mutex::new(rx));
+        let policy = Arc::new(policy);
+        let threads = (0..workers.max(1))
+            .filter_map(|i| {
+                let rx = rx.clone();
+                let policy = policy.clone();
+                std::thread::Builder::new()
+                    .name(format!("function-worker-{i}"))
+                    .stack_size(8 * 1024 * 1024)
+                    .spawn(move || worker(rx, policy))
+                    .ok()
+            })
+            .collect();
+        Pool {
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
+        }
+    }
+
+    async fn run(
+        &self,
+        code: Arc<FunctionCode>,
+        entry: Entry,
+        payload: String,
+        settings: String,
+        limits: Limits,
+    ) -> RawOutcome {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .tx
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().cloned())
+            .map(|tx| {
+                tx.send(Task {
+                    code,
+                    entry,
+                    payload,
+                    settings,
+                    limits,
+                    reply,
+                })
+                .is_ok()
+            })
+            .unwrap_or(false);
+        if !sent {
+            return RawOutcome {
+                output: Err(FunctionError::internal(
+                    "the function pool is shut down".into(),
+                )),
+                logs: vec![],
+                requests: vec![],
+            };
+        }
+        answer.await.unwrap_or_else(|_| RawOutcome {
+            output: Err(FunctionError::internal(
+                "the function worker stopped".into(),
+            )),
+            logs: vec![],
+            requests: vec![],
+        })
+    }
+
+    pub async fn run_source(
+        &self,
+        code: Arc<FunctionCode>,
+        request: &RawRequest,
+        settings: &Value,
+        limits: Limits,
+    ) -> SourceOutcome {
+        let payload = serde_json::to_string(request).unwrap_or_default();
+        source_outcome(
+            self.run(code, Entry::Source, payload, settings.to_string(), limits)
+                .await,
+        )
+    }
+
+    /// Runs the handler for `event`'s type; an array runs `onBatch`.
+    pub async fn run_destination(
+        &self,
+        code: Arc<FunctionCode>,
+        event: String,
+        settings: &Value,
+        limits: Limits,
+    ) -> DestinationOutcome {
+        destination_outcome(
+            self.run(
+                code,
+                Entry::Destination,
+                event,
+                settings.to_string(),
+                limits,
+            )
+            .await,
+        )
+    }
+
+    /// Stops the workers after the tasks in progress.
+    pub fn shutdown(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Ok(mut threads) = self.threads.lock() {
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! One QuickJS runtime running one function version, with limits.
+//!
+//! A sandbox has no file system, no environment and no process access: its
+//! only ways out are the host services in `__host` (logging, `fetch` under the
+//! policy, hashing, URL parsing). Every invocation has a deadline enforced by
+//! the interrupt handler (and by `fetch`'s own timeout), and the runtime has a
+//! memory cap. A sandbox that was interrupted, ran out of memory or left a
+//! promise that can never settle is *poisoned*: the pool drops it and never
+//! runs anything in it again.
+
+use crate::fetch::{Fetcher, RecordedRequest};
+use crate::{ErrorKind, FunctionCode, FunctionError, Limits, LogLine};
+use base64::Engine;
+use rquickjs::promise::PromiseState;
+use rquickjs::{Context, Ctx, Function, Object, Promise, Runtime, Value};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const PRELUDE: &str = include_str!("../js/prelude.js");
+/// Most log lines kept per invocation, and most bytes per line.
+const MAX_LOG_LINES: usize = 500;
+const MAX_LOG_LINE_BYTES: usize = 4096;
+
+fn vendored(name: &str) -> Option<&'static str> {
+    match name {
+        "lodash" => Some(include_str!("../js/vendor/lodash.min.js")),
+        "xml" => Some(include_str!("../js/vendor/xml/xml.js")),
+        "xml/escapeForXML" => Some(include_str!("../js/vendor/xml/escapeForXML.js")),
+        _ => None,
+    }
+}
+
+struct HostState {
+    deadline: Cell<Instant>,
+    interrupted: Cell<bool>,
+    logs: RefCell<Vec<LogLine>>,
+    recorded: RefCell<Vec<RecordedRequest>>,
+    fetcher: Rc<Fetcher>,
+}
+
+impl HostState {
+    fn remaining(&self) -> Duration {
+        self.deadline
+            .get()
+            .saturating_duration_since(Instant::now())
+    }
+
+    fn log(&self, level: &str, message: String) {
+        let mut logs = self.logs.borrow_mut();
+        if logs.len() >= MAX_LOG_LINES {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE_BYTES {
+            let mut cut = MAX_LOG_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        logs.push(LogLine {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            level: level.to_string(),
+            message,
+        });
+        if logs.len() == MAX_LOG_LINES {
+            logs.push(LogLine {
+                at_ms: chrono::Utc::now().timestamp_millis(),
+                level: "warn".into(),
+                message: format!("log limit reached: further lines of this invocation dropped ({MAX_LOG_LINES} kept)"),
+            });
+        }
+    }
+}
+
+/// What an invocation produced, as the prelude reports it.
+pub(crate) struct Invocation {
+    pub output: Result<serde_json::Value, FunctionError>,
+    pub logs: Vec<LogLine>,
+    pub requests: Vec<RecordedRequest>,
+}
+
+pub(crate) struct Sandbox {
+    // `ctx` must drop before `rt`.
+    ctx: Context,
+    rt: Runtime,
+    state: Rc<HostState>,
+    file_name: String,
+    pub version: String,
+    pub calls: u32,
+    pub poisoned: bool,
+}
+
+fn hash_bytes(alg: &str, data: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    Some(match alg.to_ascii_lowercase().as_str() {
+        "sha1" => sha1::Sha1::digest(data).to_vec(),
+        "sha256" => sha2::Sha256::digest(data).to_vec(),
+        "sha384" => sha2::Sha384::digest(data).to_vec(),
+        "sha512" => sha2::Sha512::digest(data).to_vec(),
+        "md5" => md5::Md5::digest(data).to_vec(),
+        _ => return None,
+    })
+}
+
+fn hmac_bytes(alg: &str, key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+    use hmac::{Hmac, Mac};
+    macro_rules! mac {
+        ($d:ty) => {{
+            let mut m = Hmac::<$d>::new_from_slice(key).ok()?;
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        }};
+    }
+    Some(match alg.to_ascii_lowercase().as_str() {
+        "sha1" => mac!(sha1::Sha1),
+        "sha256" => mac!(sha2::Sha256),
+        "sha384" => mac!(sha2::Sha384),
+        "sha512" => mac!(sha2::Sha512),
+        "md5" => mac!(md5::Md5),
+        _ => return None,
+    })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(s: &str) -> rquickjs::Result<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| rquickjs::Error::new_from_js("string", "base64 bytes"))
+}
+
+fn throw(ctx: &Ctx<'_>, message: String) -> rquickjs::Error {
+    match rquickjs::Exception::from_message(ctx.clone(), &message) {
+        Ok(e) => ctx.throw(e.into_value()),
+        Err(e) => e,
+    }
+}
+
+fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
+    let host = Object::new(ctx.clone())?;
+    let s = state.clone();
+    host.set(
+        "log",
+        Function::new(ctx.clone(), move |level: String, message: String| {
+            s.log(&level, message);
+        })?,
+    )?;
+    let s = state.clone();
+    host.set(
+        "fetch",
+        Function::new(
+            ctx.clone(),
+            move |method: String, url: String, headers: String, body: String| -> String {
+                let budget = s.remaining();
+                let mut recorded = s.recorded.borrow_mut();
+                s.fetcher
+                    .fetch(&method, &url, &headers, &body, budget, &mut recorded)
+            },
+        )?,
+    )?;
+    host.set(
+        "hash",
+        Function::new(ctx.clone(), |ctx: Ctx<'_>, alg: String, data: String| {
+            let data = unb64(&data)?;
+            hash_bytes(&alg, &data)
+                .map(|d| b64(&d))
+                .ok_or_else(|| throw(&ctx, format!("Digest method not supported: {alg}")))
+        })?,
+    )?;
+    host.set(
+        "hmac",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'_>, alg: String, key: String, data: String| {
+                let (key, data) = (unb64(&key)?, unb64(&data)?);
+                hmac_bytes(&alg, &key, &data)
+                    .map(|d| b64(&d))
+                    .ok_or_else(|| throw(&ctx, format!("Invalid digest: {alg}")))
+            },
+        )?,
+    )?;
+    host.set(
+        "randomBytes",
+        Function::new(ctx.clone(), |n: usize| {
+            use rand::RngCore;
+            let mut bytes = vec![0u8; n.min(1 << 20)];
+            rand::rng().fill_bytes(&mut bytes);
+            b64(&bytes)
+        })?,
+    )?;
+    host.set(
+        "uuid",
+        Function::new(ctx.clone(), || uuid::Uuid::new_v4().to_string())?,
+    )?;
+    host.set(
+        "parseUrl",
+        Function::new(
+            ctx.clone(),
+            |input: String, base: String| -> Option<String> {
+                let parsed = if base.is_empty() {
+                    url::Url::parse(&input)
+                } else {
+                    url::Url::parse(&base).and_then(|b| b.join(&input))
+                }
+                .ok()?;
+                let search = parsed.query().map(|q| format!("?{q}")).unwrap_or_default();
+                let hash = parsed
+                    .fragment()
+                    .map(|f| format!("#{f}"))
+                    .unwrap_or_default();
+                Some(
+                    serde_json::json!({
+                        "protocol": format!("{}:", parsed.scheme()),
+                        "username": parsed.username(),
+                        "password": parsed.password().unwrap_or(""),
+                        "hostname": parsed.host_str().unwrap_or(""),
+                        "port": parsed.port().map(|p| p.to_string()).unwrap_or_default(),
+                        "pathname": parsed.path(),
+                        "search": if search == "?" { String::new() } else { search },
+                        "hash": if hash == "#" { String::new() } else { hash },
+                    })
+                    .to_string(),
+                )
+            },
+        )?,
+    )?;
+    host.set(
+        "vendorSource",
+        Function::new(ctx.clone(), |ctx: Ctx<'_>, name: String| {
+            vendored(&name).ok_or_else(|| throw(&ctx, format!("no vendored module {name}")))
+        })?,
+    )?;
+    ctx.globals().set("__host", host)?;
+    Ok(())
+}
+
+/// Turns the pending exception into a [`FunctionError`].
+fn caught(ctx: &Ctx<'_>, err: rquickjs::Error, file: &str, state: &HostState) -> FunctionError {
+    if state.interrupted.get() {
+        return FunctionError::timeout();
+    }
+    let value: Value = if matches!(err, rquickjs::Error::Exception) {
+        ctx.catch()
+    } else {
+        let text = err.to_string();
+        if text.contains("out of memory") || text.contains("Allocation") {
+            return FunctionError::memory();
+        }
+        return FunctionError::internal(text);
+    };
+    let (name, message, stack) = match value.as_object() {
+        Some(obj) => (
+            obj.get::<_, Option<String>>("name")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "Error".into()),
+            obj.get::<_, Option<String>>("message")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            obj.get::<_, Option<String>>("stack")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        ),
+        None => (
+            "Error".to_string(),
+            value
+                .as_string()
+                .and_then(|s| s.to_string().ok())
+                .unwrap_or_else(|| format!("{value:?}")),
+            String::new(),
+        ),
+    };
+    if message.contains("out of memory") {
+        return FunctionError::memory();
+    }
+    if message == "interrupted" {
+        return FunctionError::timeout();
+    }
+    let line = stack
+        .split(&format!("{file}:"))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    FunctionError {
+        kind: if name == "SyntaxError" {
+            ErrorKind::Thrown
+        } else {
+            ErrorKind::Thrown
+        },
+        name,
+        message,
+        line,
+        stack,
+    }
+}
+
+impl Sandbox {
+    /// Creates a runtime and loads the prelude and the function's code.
+    pub fn new(
+        code: &FunctionCode,
+        limits: &Limits,
+        fetcher: Rc<Fetcher>,
+    ) -> Result<Sandbox, FunctionError> {
+        let rt = Runtime::new().map_err(|e| FunctionError::internal(e.to_string()))?;
+        rt.set_memory_limit(limits.memory_bytes);
+        rt.set_max_stack_size(1024 * 1024);
+        let ctx = Context::full(&rt).map_err(|e| FunctionError::internal(e.to_string()))?;
+        let state = Rc::new(HostState {
+            deadline: Cell::new(Instant::now() + limits.timeout),
+            interrupted: Cell::new(false),
+            logs: RefCell::new(Vec::new()),
+            recorded: RefCell::new(Vec::new()),
+            fetcher,
+        });
+        {
+            let s = state.clone();
+            rt.set_interrupt_handler(Some(Box::new(move || {
+                if Instant::now() >= s.deadline.get() {
+                    s.interrupted.set(true);
+                    true
+                } else {
+                    false
+                }
+            })));
+        }
+        let file_name = code.file_name.clone();
+        let loaded = ctx.with(|ctx| -> Result<(), FunctionError> {
+            install_host(&ctx, &state)
+                .map_err(|e| FunctionError::internal(format!("host setup: {e}")))?;
+            ctx.eval::<(), _>(PRELUDE)
+                .map_err(|e| caught(&ctx, e, "prelude.js", &state))
+                .map_err(|e| {
+                    FunctionError::internal(format!("prelude: {}: {}", e.name, e.message))
+                })?;
+            let mut options = rquickjs::context::EvalOptions::default();
+            options.global = true;
+            options.strict = false;
+            options.filename = Some(file_name.clone());
+            ctx.eval_with_options::<(), _>(code.source.as_bytes().to_vec(), options)
+                .map_err(|e| caught(&ctx, e, &file_name, &state))
+        });
+        let mut sandbox = Sandbox {
+            ctx,
+            rt,
+            state,
+            file_name,
+            version: code.version.clone(),
+            calls: 0,
+            poisoned: false,
+        };
+        match loaded {
+            Ok(()) => Ok(sandbox),
+            Err(e) => {
+                sandbox.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Names of the handlers the code defines (`onTrack`, `onBatch`, …).
+    pub fn handlers(&self) -> Vec<String> {
+        self.ctx.with(|ctx| {
+            let f: rquickjs::Result<Function> = ctx.globals().get("__handlers");
+            f.and_then(|f| f.call::<_, String>(()))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Calls `entry` (`__invokeSource` or `__invokeDestination`) and drives its
+    /// promise, jobs and timers until it settles or the budget runs out.
+    pub fn invoke(
+        &mut self,
+        entry: &str,
+        payload: &str,
+        settings: &str,
+        timeout: Duration,
+    ) -> Invocation {
+        self.calls += 1;
+        let state = self.state.clone();
+        state.deadline.set(Instant::now() + timeout);
+        state.interrupted.set(false);
+        state.logs.borrow_mut().clear();
+        state.recorded.borrow_mut().clear();
+        let file = self.file_name.clone();
+        let output = self.ctx.with(|ctx| -> Result<serde_json::Value, FunctionError> {
+            let f: Function = ctx
+                .globals()
+                .get(entry)
+                .map_err(|e| FunctionError::internal(format!("{entry}: {e}")))?;
+            let promise: Promise = f
+                .call((payload, settings, file.as_str()))
+                .map_err(|e| caught(&ctx, e, &file, &state))?;
+            loop {
+                while ctx.execute_pending_job() {
+                    if state.interrupted.get() {
+                        return Err(FunctionError::timeout());
+                    }
+                }
+                match promise.state() {
+                    PromiseState::Resolved => {
+                        let text: String = promise
+                            .result::<String>()
+                            .transpose()
+                            .map_err(|e| caught(&ctx, e, &file, &state))?
+                            .unwrap_or_default();
+                        return serde_json::from_str(&text)
+                            .map_err(|e| FunctionError::internal(format!("bad invocation result: {e}")));
+                    }
+                    PromiseState::Rejected => {
+                        let err = promise.result::<Value>().and_then(|r| r.err());
+                        return Err(match err {
+                            Some(e) => caught(&ctx, e, &file, &state),
+                            None => FunctionError::internal("the invocation was rejected".into()),
+                        });
+                    }
+                    PromiseState::Pending => {}
+                }
+                if state.interrupted.get() || state.remaining().is_zero() {
+                    return Err(FunctionError::timeout());
+                }
+                // Nothing runnable: wait for the next timer, if any.
+                let next: Function = ctx
+                    .globals()
+                    .get("__nextTimerDelay")
+                    .map_err(|e| FunctionError::internal(e.to_string()))?;
+                let delay: f64 = next.call(()).map_err(|e| caught(&ctx, e, &file, &state))?;
+                if delay < 0.0 {
+                    return Err(FunctionError {
+                        kind: ErrorKind::Timeout,
+                        name: "TimeoutError".into(),
+                        message: "the function returned a promise that never settles (nothing left to run)".into(),
+                        line: None,
+                        stack: String::new(),
+                    });
+                }
+                let wait = Duration::from_millis(delay as u64);
+                if wait > state.remaining() {
+                    std::thread::sleep(state.remaining());
+                    return Err(FunctionError::timeout());
+                }
+                std::thread::sleep(wait);
+                let run: Function = ctx
+                    .globals()
+                    .get("__runNextTimer")
+                    .map_err(|e| FunctionError::internal(e.to_string()))?;
+                run.call::<_, ()>(()).map_err(|e| caught(&ctx, e, &file, &state))?;
+            }
+        });
+        if let Err(e) = &output {
+            if matches!(
+                e.kind,
+                ErrorKind::Timeout | ErrorKind::Memory | ErrorKind::Internal
+            ) {
+                self.poisoned = true;
+            }
+        }
+        // Leave no garbage from this call for the next one to pay for.
+        if self.calls % 64 == 0 {
+            self.rt.run_gc();
+        }
+        Invocation {
+            output,
+            logs: state.logs.take(),
+            requests: state.recorded.take(),
+        }
+    }
+}

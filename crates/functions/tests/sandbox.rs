@@ -1,0 +1,540 @@
+//! The sandbox against real functions: Segment's contract, globals, limits.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_functions::*;
+
+fn code(src: &str) -> FunctionCode {
+    FunctionCode::new("f", "function.js", src)
+}
+
+fn request(body: &str) -> RawRequest {
+    RawRequest {
+        method: "POST".into(),
+        url: "https://hooks.example/functions/stigg?timestamp=123&x=a+b".into(),
+        headers: vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("X-Stigg-Signature".into(), "sig".into()),
+        ],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn mock() -> FetchMode {
+    FetchMode::Mock(Arc::new(vec![]))
+}
+
+fn run(src: &str, body: &str) -> SourceOutcome {
+    run_source_once(
+        &code(src),
+        &request(body),
+        &json!({"apiKey": "k"}),
+        &Limits::default(),
+        mock(),
+    )
+}
+
+const STIGG: &str = r#"
+async function onRequest(request, settings) {
+  const body = request.json();
+  if (!body.customer || !body.customer.id) {
+    return;
+  }
+  Segment.track({
+    event: body.type.split('.').join('_'),
+    userId: body.customer.id,
+    properties: body
+  });
+}
+"#;
+
+#[test]
+fn the_stigg_function_runs_unmodified() {
+    let out = run(
+        STIGG,
+        r#"{"type":"subscription.created","customer":{"id":"c-1"}}"#,
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.messages.len(), 1);
+    let m = &out.messages[0];
+    assert_eq!(m["type"], "track");
+    assert_eq!(m["event"], "subscription_created");
+    assert_eq!(m["userId"], "c-1");
+    assert_eq!(m["properties"]["customer"]["id"], "c-1");
+    let none = run(STIGG, r#"{"type":"x.y"}"#);
+    assert!(none.error.is_none() && none.messages.is_empty());
+}
+
+#[test]
+fn request_interface_matches_segment() {
+    let src = r#"
+async function onRequest(request, settings) {
+  Segment.identify({
+    userId: 'u',
+    traits: {
+      text: request.text(),
+      ct: request.headers.get('content-type'),
+      sig: request.headers.get('X-STIGG-SIGNATURE'),
+      missing: request.headers.get('nope'),
+      ts: request.url.searchParams.get('timestamp'),
+      x: request.url.searchParams.get('x'),
+      path: request.url.pathname,
+      key: settings.apiKey,
+    }
+  });
+}"#;
+    let raw = r#"{"b": 1, "a": [1.0, 2]}"#;
+    let out = run(src, raw);
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let t = &out.messages[0]["traits"];
+    assert_eq!(t["text"], raw, "the body exactly as received");
+    assert_eq!(t["ct"], "application/json");
+    assert_eq!(t["sig"], "sig");
+    assert_eq!(t["missing"], Value::Null);
+    assert_eq!(t["ts"], "123");
+    assert_eq!(t["x"], "a b");
+    assert_eq!(t["path"], "/functions/stigg");
+    assert_eq!(t["key"], "k");
+}
+
+#[test]
+fn every_segment_helper_and_set() {
+    let src = r#"
+async function onRequest(request) {
+  Segment.identify({ userId: 'u', traits: { a: 1 } });
+  Segment.track({ userId: 'u', event: 'E' });
+  Segment.page({ anonymousId: 'a', name: 'Home' });
+  Segment.screen({ userId: 'u', name: 'Main' });
+  Segment.group({ userId: 'u', groupId: 'g' });
+  Segment.alias({ userId: 'u', previousId: 'p' });
+  Segment.set({ collection: 'rooms', id: 42, properties: { size: 3 } });
+}"#;
+    let out = run(src, "{}");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let types: Vec<&str> = out
+        .messages
+        .iter()
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["identify", "track", "page", "screen", "group", "alias"]
+    );
+    assert_eq!(
+        out.objects,
+        vec![ObjectSet {
+            collection: "rooms".into(),
+            id: "42".into(),
+            properties: json!({"size": 3})
+        }]
+    );
+}
+
+#[test]
+fn a_missing_user_id_is_an_error_with_its_line() {
+    let src = "async function onRequest(request) {\n  Segment.track({ event: 'E' });\n}\n";
+    let out = run(src, "{}");
+    let e = out.error.expect("an error");
+    assert_eq!(e.name, "ValidationError");
+    assert!(e.message.contains("userId or anonymousId"), "{}", e.message);
+    assert_eq!(e.line, Some(2), "{e:?}");
+    assert!(
+        out.messages.is_empty(),
+        "nothing is emitted when the function fails"
+    );
+}
+
+#[test]
+fn thrown_error_classes_keep_their_names() {
+    for class in [
+        "ValidationError",
+        "InvalidEventPayload",
+        "EventNotSupported",
+        "RetryError",
+        "DropEvent",
+    ] {
+        let src = format!("async function onRequest() {{ throw new {class}('bad payload'); }}");
+        let e = run(&src, "{}").error.expect("error");
+        assert_eq!(
+            (e.name.as_str(), e.message.as_str(), e.kind),
+            (class, "bad payload", ErrorKind::Thrown)
+        );
+    }
+    let e = run("async function onRequest() { null.x; }", "{}")
+        .error
+        .unwrap();
+    assert_eq!(e.name, "TypeError");
+    let e = run("function onRequest( {", "{}").error.unwrap();
+    assert_eq!(e.name, "SyntaxError");
+    let e = run("const x = 1;", "{}").error.unwrap();
+    assert!(e.message.contains("onRequest"), "{e:?}");
+}
+
+#[test]
+fn the_legacy_form_runs() {
+    let src = r#"
+exports.processEvents = async (event) => {
+  const body = event.payload.body;
+  return {
+    events: [{ type: 'track', event: body.kind, userId: event.payload.queryParameters.x, properties: { h: event.payload.headers['x-stigg-signature'] } }],
+    objects: [{ collection: 'rooms', id: 'r1', properties: { n: 1 } }],
+  };
+};"#;
+    let out = run(src, r#"{"kind":"Legacy"}"#);
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.messages[0]["event"], "Legacy");
+    assert_eq!(out.messages[0]["userId"], "a b");
+    assert_eq!(out.messages[0]["properties"]["h"], "sig");
+    assert_eq!(out.objects[0].id, "r1");
+}
+
+#[test]
+fn globals_of_segments_runtime() {
+    let src = r#"
+async function onRequest(request) {
+  const crypto2 = require('crypto');
+  const hmac = crypto.createHmac('sha1', 'Jefe').update('what do ya want for nothing?').digest('hex');
+  const sha = crypto2.createHash('sha256').update('abc').digest('hex');
+  const b = Buffer.from('héllo', 'utf8');
+  const lodash = require('lodash');
+  const xmlOut = xml({ a: [{ b: 'c & d' }] });
+  const h = new Headers({ 'X-A': '1' }); h.append('x-a', '2');
+  const u = new URL('https://a.example/p?q=1#f'); u.searchParams.set('r', '2');
+  const waited = await new Promise((resolve) => setTimeout(() => resolve('later'), 5));
+  const fd = new FormData(); fd.append('k', 'v');
+  Segment.track({ userId: 'u', event: 'G', properties: {
+    hmac, sha,
+    b64: b.toString('base64'), hex: b.toString('hex'), back: Buffer.from(b.toString('base64'), 'base64').toString(),
+    atob: atob(btoa('hi')),
+    chunk: _.chunk([1, 2, 3], 2), same: lodash === _, get: _.get({ a: { b: 5 } }, 'a.b'),
+    xml: xmlOut, headers: h.get('x-a'), url: u.href, waited, fd: fd.get('k'),
+    uuid: crypto.randomUUID().length,
+    classes: [typeof ValidationError, typeof EventNotSupported, typeof InvalidEventPayload, typeof Response, typeof Request, typeof URLSearchParams, typeof fetch],
+  }});
+  console.log('hello', { a: 1 });
+  console.warn('careful');
+}"#;
+    let out = run(src, "{}");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let p = &out.messages[0]["properties"];
+    assert_eq!(p["hmac"], "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    assert_eq!(
+        p["sha"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(p["b64"], "aMOpbGxv");
+    assert_eq!(p["hex"], "68c3a96c6c6f");
+    assert_eq!(p["back"], "héllo");
+    assert_eq!(p["atob"], "hi");
+    assert_eq!(p["chunk"], json!([[1, 2], [3]]));
+    assert_eq!(p["same"], true);
+    assert_eq!(p["get"], 5);
+    assert_eq!(p["xml"], "<a><b>c &amp; d</b></a>");
+    assert_eq!(p["headers"], "1, 2");
+    assert_eq!(p["url"], "https://a.example/p?q=1&r=2#f");
+    assert_eq!(p["waited"], "later");
+    assert_eq!(p["fd"], "v");
+    assert_eq!(p["uuid"], 36);
+    assert!(
+        p["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t == "function"),
+        "{p}"
+    );
+    assert_eq!(out.logs.len(), 2);
+    assert_eq!(out.logs[0].message, r#"hello {"a":1}"#);
+    assert_eq!(out.logs[1].level, "warn");
+}
+
+#[test]
+fn a_function_can_answer_the_request() {
+    let src = r#"
+async function onRequest(request) {
+  const body = request.json();
+  if (body.challenge) return new Response(body.challenge, { status: 200, headers: { 'Content-Type': 'text/plain' } });
+  return { status: 202, body: { ok: true } };
+}"#;
+    let out = run(src, r#"{"challenge":"abc123"}"#);
+    let answer = out.response.expect("an answer");
+    assert_eq!(
+        (answer.status, answer.body.as_slice()),
+        (200, &b"abc123"[..])
+    );
+    assert!(answer
+        .headers
+        .contains(&("content-type".into(), "text/plain".into())));
+    let out = run(src, "{}");
+    let answer = out.response.expect("an answer");
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.body, br#"{"ok":true}"#);
+}
+
+#[test]
+fn no_file_system_environment_or_process() {
+    let src = r#"
+async function onRequest() {
+  const probes = {
+    std: typeof std, os: typeof os, env: JSON.stringify(process.env),
+    fs: (() => { try { require('fs'); return 'loaded'; } catch (e) { return e.code; } })(),
+    host: typeof __host,
+  };
+  Segment.track({ userId: 'u', event: 'P', properties: probes });
+}"#;
+    let out = run(src, "{}");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let p = &out.messages[0]["properties"];
+    assert_eq!(
+        p,
+        &json!({"std": "undefined", "os": "undefined", "env": "{}", "fs": "MODULE_NOT_FOUND", "host": "undefined"})
+    );
+}
+
+#[test]
+fn loops_and_stuck_promises_are_stopped() {
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let out = run_source_once(
+        &code("async function onRequest() { while (true) {} }"),
+        &request("{}"),
+        &json!({}),
+        &limits,
+        mock(),
+    );
+    assert_eq!(out.error.unwrap().kind, ErrorKind::Timeout);
+    let out = run_source_once(
+        &code("async function onRequest() { await new Promise(() => {}); }"),
+        &request("{}"),
+        &json!({}),
+        &limits,
+        mock(),
+    );
+    let e = out.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e:?}");
+    assert!(e.message.contains("never settles"));
+    let out = run_source_once(
+        &code("async function onRequest() { await Promise.resolve(); for (;;) {} }"),
+        &request("{}"),
+        &json!({}),
+        &limits,
+        mock(),
+    );
+    assert_eq!(out.error.unwrap().kind, ErrorKind::Timeout);
+    let out = run_source_once(
+        &code("async function onRequest() { await new Promise(r => setTimeout(r, 60000)); }"),
+        &request("{}"),
+        &json!({}),
+        &limits,
+        mock(),
+    );
+    assert_eq!(out.error.unwrap().kind, ErrorKind::Timeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_memory_bombs_do_not_take_the_pool_down() {
+    let pool = Pool::new(2, FetchPolicy::default());
+    let limits = Limits {
+        timeout: Duration::from_secs(5),
+        memory_bytes: 16 * 1024 * 1024,
+        recycle_after: 1000,
+    };
+    let bombs = [
+        "async function onRequest() { const a = []; for (;;) a.push(new Array(100000).fill(1)); }",
+        "async function onRequest() { let s = 'x'; for (;;) s += s; }",
+        "async function onRequest() { const o = {}; for (let i = 0; ; i++) o['k' + i] = { i, s: 'y'.repeat(100) }; }",
+        "function f() { return f() + 1; } async function onRequest() { f(); }",
+    ];
+    let healthy = Arc::new(code(STIGG));
+    for i in 0..300 {
+        let bomb = Arc::new(FunctionCode::new("bomb", "bomb.js", bombs[i % bombs.len()]));
+        let out = pool
+            .run_source(bomb, &request("{}"), &json!({}), limits)
+            .await;
+        let e = out.error.expect("the bomb is stopped");
+        assert!(
+            matches!(
+                e.kind,
+                ErrorKind::Memory | ErrorKind::Thrown | ErrorKind::Timeout
+            ),
+            "{e:?}"
+        );
+        if i % 50 == 0 {
+            let ok = pool
+                .run_source(
+                    healthy.clone(),
+                    &request(r#"{"type":"a.b","customer":{"id":"c"}}"#),
+                    &json!({}),
+                    limits,
+                )
+                .await;
+            assert!(ok.error.is_none(), "after {i} bombs: {:?}", ok.error);
+        }
+    }
+    let ok = pool
+        .run_source(
+            healthy,
+            &request(r#"{"type":"a.b","customer":{"id":"c"}}"#),
+            &json!({}),
+            limits,
+        )
+        .await;
+    assert_eq!(ok.messages.len(), 1);
+    pool.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_runtimes_are_reused_and_replaced_on_new_versions() {
+    let pool = Pool::new(1, FetchPolicy::default());
+    let v1 = Arc::new(FunctionCode::new("counter", "c.js", "let n = 0; async function onRequest() { n++; Segment.track({ userId: 'u', event: 'v1', properties: { n } }); }"));
+    let mut last = 0;
+    for _ in 0..5 {
+        let out = pool
+            .run_source(v1.clone(), &request("{}"), &json!({}), Limits::default())
+            .await;
+        last = out.messages[0]["properties"]["n"].as_i64().unwrap();
+    }
+    assert_eq!(last, 5, "one warm runtime served every call");
+    let v2 = Arc::new(FunctionCode::new(
+        "counter",
+        "c.js",
+        "async function onRequest() { Segment.track({ userId: 'u', event: 'v2' }); }",
+    ));
+    let out = pool
+        .run_source(v2, &request("{}"), &json!({}), Limits::default())
+        .await;
+    assert_eq!(out.messages[0]["event"], "v2");
+    pool.shutdown();
+}
+
+/// A one-shot HTTP server on loopback answering `body`.
+fn local_server(body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 65536];
+        let n = s.read(&mut buf).unwrap();
+        let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let resp = format!("HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        s.write_all(resp.as_bytes()).unwrap();
+        req
+    });
+    (port, handle)
+}
+
+#[test]
+fn fetch_is_real_and_private_addresses_are_refused_by_default() {
+    let src = r#"
+async function onRequest(request, settings) {
+  const res = await fetch(settings.url, { method: 'POST', headers: { Authorization: 'Basic ' + btoa('a:b') }, body: JSON.stringify({ hi: 1 }) });
+  const data = await res.json();
+  Segment.track({ userId: 'u', event: 'F', properties: { status: res.status, ok: res.ok, data } });
+}"#;
+    let (port, server) = local_server(r#"{"created":true}"#);
+    let url = format!("http://127.0.0.1:{port}/api");
+    let denied = run_source_once(
+        &code(src),
+        &request("{}"),
+        &json!({"url": url}),
+        &Limits::default(),
+        FetchMode::Live(Arc::new(FetchPolicy::default())),
+    );
+    let e = denied.error.expect("loopback refused");
+    assert!(e.message.contains("private or loopback"), "{e:?}");
+    let denied_name = run_source_once(
+        &code(src),
+        &request("{}"),
+        &json!({"url": format!("http://localhost:{port}/api")}),
+        &Limits::default(),
+        FetchMode::Live(Arc::new(FetchPolicy::default())),
+    );
+    assert!(denied_name
+        .error
+        .expect("a name resolving to loopback is refused too")
+        .message
+        .contains("private or loopback"));
+
+    let policy = FetchPolicy {
+        allow: vec!["127.0.0.1".into()],
+        deny: vec![],
+    };
+    let out = run_source_once(
+        &code(src),
+        &request("{}"),
+        &json!({"url": url}),
+        &Limits::default(),
+        FetchMode::Live(Arc::new(policy)),
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let p = &out.messages[0]["properties"];
+    assert_eq!(p["status"], 201);
+    assert_eq!(p["data"]["created"], true);
+    let seen = server.join().unwrap();
+    assert!(seen.starts_with("POST /api"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("authorization: basic ytpi"),
+        "{seen}"
+    );
+    assert!(seen.ends_with(r#"{"hi":1}"#), "{seen}");
+}
+
+#[test]
+fn destination_handlers_by_type_and_mocked_fetch() {
+    let src = r#"
+async function onTrack(event, settings) {
+  const res = await fetch('https://api.example.com/track', { method: 'POST', body: JSON.stringify({ e: event.event }), headers: { 'X-Key': settings.key } });
+  console.log('sent', res.status);
+  return { sent: event.event };
+}
+async function onBatch(events) { return events.map(() => ({ status: 200 })); }
+"#;
+    let c = code(src);
+    let mocks = FetchMode::Mock(Arc::new(vec![MockResponse {
+        url: "https://api.example.com/".into(),
+        status: 202,
+        headers: Default::default(),
+        body: json!({"ok": 1}),
+    }]));
+    let out = run_destination_once(
+        &c,
+        &json!({"type": "track", "event": "Bought"}),
+        &json!({"key": "k"}),
+        &Limits::default(),
+        mocks,
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.result, Some(json!({"sent": "Bought"})));
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].body, r#"{"e":"Bought"}"#);
+    assert_eq!(
+        out.requests[0].headers.get("x-key").map(String::as_str),
+        Some("k")
+    );
+    assert_eq!(out.logs[0].message, "sent 202");
+    let out = run_destination_once(
+        &c,
+        &json!({"type": "identify", "userId": "u"}),
+        &json!({}),
+        &Limits::default(),
+        mock(),
+    );
+    assert_eq!(out.error.unwrap().kind, ErrorKind::Unsupported);
+    let out = run_destination_once(
+        &c,
+        &json!([{"type": "track"}, {"type": "track"}]),
+        &json!({}),
+        &Limits::default(),
+        mock(),
+    );
+    assert_eq!(out.result, Some(json!([{"status": 200}, {"status": 200}])));
+    assert_eq!(
+        inspect(&c, &Limits::default()).unwrap(),
+        ["onTrack", "onBatch"]
+    );
+}
