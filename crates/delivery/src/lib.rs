@@ -8,6 +8,7 @@
 pub mod breaker;
 pub mod retry;
 pub mod signing;
+pub mod source_functions;
 pub mod webhooks;
 
 use std::collections::HashMap;

@@ -595,3 +595,79 @@ impl Pool {
         }
     }
 }
+
+/// Builds a request from a fixture of Segment's public functions library:
+/// `{"body": …, "headers": {…}, "url": "…"}` or with `"queryParameters": {…}`.
+/// A string body is taken as the raw text; anything else is sent as JSON.
+pub fn fixture_request(payload: &Value) -> Result<RawRequest, String> {
+    let obj = payload.as_object().ok_or(
+        "the payload must be an object with `body`, `headers` and `url` or `queryParameters`",
+    )?;
+    let body = match obj.get("body") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s.as_bytes().to_vec(),
+        Some(other) => serde_json::to_vec(other).map_err(|e| e.to_string())?,
+    };
+    let mut headers: Vec<(String, String)> = match obj.get("headers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(h)) => h
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| {
+                            i.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| i.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        Some(_) => return Err("`headers` must be an object".into()),
+    };
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        && !body.is_empty()
+    {
+        headers.push(("content-type".into(), "application/json".into()));
+    }
+    let mut url = match obj.get("url") {
+        Some(Value::String(u)) => {
+            url::Url::parse(u).map_err(|e| format!("invalid `url` {u:?}: {e}"))?
+        }
+        None | Some(Value::Null) => {
+            url::Url::parse("https://localhost/").map_err(|e| e.to_string())?
+        }
+        Some(_) => return Err("`url` must be a string".into()),
+    };
+    if let Some(q) = obj.get("queryParameters") {
+        let q = q.as_object().ok_or("`queryParameters` must be an object")?;
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in q {
+            pairs.append_pair(
+                k,
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+                    .as_str(),
+            );
+        }
+    }
+    Ok(RawRequest {
+        method: obj
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("POST")
+            .to_string(),
+        url: url.to_string(),
+        headers,
+        body,
+    })
+}

@@ -412,8 +412,27 @@ impl Sandbox {
                             .transpose()
                             .map_err(|e| caught(&ctx, e, &file, &state))?
                             .unwrap_or_default();
-                        return serde_json::from_str(&text)
-                            .map_err(|e| FunctionError::internal(format!("bad invocation result: {e}")));
+                        let value: serde_json::Value = serde_json::from_str(&text)
+                            .map_err(|e| FunctionError::internal(format!("bad invocation result: {e}")))?;
+                        // The prelude catches everything, engine failures included:
+                        // those still poison the runtime.
+                        if state.interrupted.get() {
+                            return Err(FunctionError::timeout());
+                        }
+                        let error = &value["error"];
+                        if error["name"] == "InternalError" {
+                            let message = error["message"].as_str().unwrap_or_default();
+                            if message.contains("out of memory") {
+                                return Err(FunctionError::memory());
+                            }
+                            if message.contains("interrupted") {
+                                return Err(FunctionError::timeout());
+                            }
+                            if message.contains("stack overflow") {
+                                return Err(FunctionError::internal("stack overflow".into()));
+                            }
+                        }
+                        return Ok(value);
                     }
                     PromiseState::Rejected => {
                         let err = promise.result::<Value>().and_then(|r| r.err());

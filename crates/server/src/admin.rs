@@ -161,3 +161,240 @@ pub async fn enable_urls(
         "disabled": disabled.into_iter().map(|(url, reason)| json!({"url": url, "reason": reason})).collect::<Vec<_>>(),
     })))
 }
+
+fn runner_for<'a>(
+    state: &'a AppState,
+    slug: &str,
+) -> Result<&'a Arc<delivery::source_functions::SourceRunner>, ApiError> {
+    state
+        .runner
+        .as_ref()
+        .filter(|r| r.source(slug).is_some())
+        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))
+}
+
+fn raw_to_json(r: &store::RawRecord) -> Value {
+    let request: Value = serde_json::from_slice::<functions::RawRequest>(&r.request)
+        .map(|req| {
+            json!({
+                "method": req.method,
+                "url": req.url,
+                "headers": req.headers,
+                "body": String::from_utf8_lossy(&req.body),
+            })
+        })
+        .unwrap_or(Value::Null);
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    v["request"] = request;
+    v
+}
+
+/// The webhook catcher: the source's 10 most recent raw requests.
+pub async fn captures(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let items = state.store.captures(&slug).await.map_err(store_error)?;
+    Ok(Json(
+        json!({ "data": items.iter().map(raw_to_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn function_logs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let items = state
+        .store
+        .function_logs(&slug, paging.limit())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "data": items })))
+}
+
+pub async fn function_health(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let runner = runner_for(&state, &slug)?;
+    let source = runner.source(&slug).map(|s| {
+        json!({"function": s.code.name, "version": s.code.version, "respond": if s.respond_inline { "function" } else { "ack" }})
+    });
+    Ok(Json(
+        json!({ "source": slug, "function": source, "health": runner.health(&slug) }),
+    ))
+}
+
+pub async fn resume_function(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let runner = runner_for(&state, &slug)?;
+    runner.resume(&slug);
+    Ok(Json(json!({ "health": runner.health(&slug) })))
+}
+
+pub async fn source_dead_letters(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let items = state
+        .store
+        .raw_requests(&slug, "dead", paging.limit())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(
+        json!({ "data": items.iter().map(raw_to_json).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn replay_source(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    body: Option<Json<ReplayRequest>>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let runner = runner_for(&state, &slug)?.clone();
+    let ids = body.and_then(|Json(b)| b.ids);
+    let replayed = state
+        .store
+        .replay_raw(&slug, ids)
+        .await
+        .map_err(store_error)?;
+    runner.wake();
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectQuery {
+    collection: Option<String>,
+    id: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn objects(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    Query(q): Query<ObjectQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let items = state
+        .store
+        .objects(
+            &slug,
+            q.collection,
+            q.id,
+            q.limit.unwrap_or(100).clamp(1, 1000),
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "data": items })))
+}
+
+/// A test run without side effects: nothing is stored or delivered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    /// Unsaved code to run instead of the deployed function.
+    code: Option<String>,
+    /// A captured request to run on (id from the captures list).
+    capture_id: Option<i64>,
+    /// A payload in the functions-library fixture shape: {body, headers, url | queryParameters}.
+    payload: Option<Value>,
+    /// Settings to use instead of the source's.
+    settings: Option<Value>,
+}
+
+pub async fn test_function(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    Json(req): Json<TestRequest>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let runner = runner_for(&state, &slug)?;
+    let Some(source) = runner.source(&slug) else {
+        return Err(ApiError::not_found(format!(
+            "source {slug:?} has no function"
+        )));
+    };
+    let raw = match (req.capture_id, &req.payload) {
+        (Some(id), None) => {
+            let captures = state.store.captures(&slug).await.map_err(store_error)?;
+            let record = captures.into_iter().find(|c| c.id == id).ok_or_else(|| {
+                ApiError::not_found(format!("no capture {id} for source {slug:?}"))
+            })?;
+            serde_json::from_slice::<functions::RawRequest>(&record.request)
+                .map_err(|e| ApiError::bad_request("bad_capture", e.to_string()))?
+        }
+        (None, Some(payload)) => functions::fixture_request(payload).map_err(|e| {
+            ApiError::bad_request("invalid_payload", e).with_field(Some("payload".into()))
+        })?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_test",
+                "give exactly one of `capture_id` or `payload`",
+            ))
+        }
+    };
+    let code = match req.code {
+        Some(code) => {
+            functions::FunctionCode::new(&source.code.name, &source.code.file_name, &code)
+        }
+        None => (*source.code).clone(),
+    };
+    let settings = req.settings.unwrap_or_else(|| source.settings.clone());
+    let limits = source.limits;
+    let spec_limits = *runner.spec_limits();
+    let outcome = tokio::task::spawn_blocking(move || {
+        // Live fetch is a side effect: tests answer every fetch with 200 {}.
+        functions::run_source_once(
+            &code,
+            &raw,
+            &settings,
+            &limits,
+            functions::FetchMode::Mock(Arc::new(Vec::new())),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let mut error = outcome.error.clone();
+    if error.is_none() {
+        if let Err(e) =
+            delivery::source_functions::normalize_emitted(&outcome.messages, &spec_limits)
+        {
+            error = Some(e);
+        }
+    }
+    // Encrypted settings never leave through an API, logs included.
+    if let Some(e) = &mut error {
+        e.message = source.redact(&e.message);
+    }
+    let logs: Vec<Value> = outcome
+        .logs
+        .iter()
+        .map(|l| json!({"at_ms": l.at_ms, "level": l.level, "message": source.redact(&l.message)}))
+        .collect();
+    Ok(Json(json!({
+        "events": outcome.messages,
+        "objects": outcome.objects,
+        "logs": logs,
+        "requests": outcome.requests,
+        "error": error.map(|e| json!({"name": e.name, "message": e.message, "line": e.line, "kind": e.kind})),
+    })))
+}

@@ -75,7 +75,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            axum::Json(serde_json::json!({ "error": self.body })),
+            // `code` and `message` also at the top level: the official SDKs
+            // read them there when they log a failed request.
+            axum::Json(serde_json::json!({
+                "error": self.body,
+                "code": self.body.code,
+                "message": self.body.message,
+            })),
         )
             .into_response()
     }

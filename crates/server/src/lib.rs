@@ -7,10 +7,11 @@
 pub mod admin;
 pub mod body;
 pub mod error;
+pub mod functions;
 pub mod tracking;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use spec::{Limits, MessageType};
@@ -27,6 +28,12 @@ pub struct AppState {
     /// Write-key digest → source slug.
     write_keys: RwLock<HashMap<String, String>>,
     admin_token_hash: RwLock<Option<String>>,
+    /// Function-token digest → source slug.
+    function_tokens: RwLock<HashMap<String, String>>,
+    /// Runs source functions (absent when no source has one).
+    pub runner: Option<Arc<delivery::source_functions::SourceRunner>>,
+    /// Largest raw request a function endpoint accepts (Segment: 2 MB).
+    pub max_function_body_bytes: usize,
     pub destinations: HashMap<String, Arc<delivery::WebhooksSink>>,
     pub metrics: Option<PrometheusHandle>,
 }
@@ -45,6 +52,9 @@ impl AppState {
             keyring,
             write_keys: RwLock::new(HashMap::new()),
             admin_token_hash: RwLock::new(None),
+            function_tokens: RwLock::new(HashMap::new()),
+            runner: None,
+            max_function_body_bytes: 2 * 1024 * 1024,
             destinations,
             metrics,
         }
@@ -56,6 +66,19 @@ impl AppState {
             keys.retain(|_, s| s != slug);
             keys.insert(hash.to_string(), slug.to_string());
         }
+    }
+
+    /// Registers a function source's token digest.
+    pub fn set_function_token_hash(&self, slug: &str, hash: &str) {
+        if let Ok(mut tokens) = self.function_tokens.write() {
+            tokens.retain(|_, s| s != slug);
+            tokens.insert(hash.to_string(), slug.to_string());
+        }
+    }
+
+    pub fn source_for_function_token(&self, token: &str) -> Option<String> {
+        let digest = self.keyring.hash(token);
+        self.function_tokens.read().ok()?.get(&digest).cloned()
     }
 
     pub fn set_admin_token_hash(&self, hash: Option<String>) {
@@ -110,6 +133,28 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     v1.route("/v1/batch", post(tracking::batch))
         .route("/v1/import", post(tracking::batch))
+        .route("/functions/{slug}", any(functions::without_token))
+        .route("/functions/{slug}/{token}", any(functions::with_token))
+        .route("/api/v1/sources/{slug}/captures", get(admin::captures))
+        .route("/api/v1/sources/{slug}/logs", get(admin::function_logs))
+        .route(
+            "/api/v1/sources/{slug}/function",
+            get(admin::function_health),
+        )
+        .route(
+            "/api/v1/sources/{slug}/function/resume",
+            post(admin::resume_function),
+        )
+        .route(
+            "/api/v1/sources/{slug}/deadletters",
+            get(admin::source_dead_letters),
+        )
+        .route(
+            "/api/v1/sources/{slug}/deadletters/replay",
+            post(admin::replay_source),
+        )
+        .route("/api/v1/sources/{slug}/objects", get(admin::objects))
+        .route("/api/v1/sources/{slug}/test", post(admin::test_function))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))

@@ -258,6 +258,10 @@ fn canonicalize_numbers(v: &mut Value, depth: usize) {
     }
 }
 
+/// Upper bound of the bytes normalization adds to a message (`messageId`,
+/// `receivedAt`, `timestamp`, `originalTimestamp`, `sentAt`, `type`).
+pub const NORMALIZATION_OVERHEAD: usize = 256;
+
 /// Validates and normalizes one message.
 ///
 /// `forced_type` is the type implied by the endpoint (`/v1/track` …); batch items
@@ -423,13 +427,15 @@ pub fn normalize(
     canonicalize_numbers(&mut value, 0);
     let json = serde_json::to_vec(&value)
         .map_err(|e| SpecError::invalid(None, format!("message cannot be serialized: {e}")))?;
-    if json.len() > ctx.limits.max_message_bytes {
+    // The limit applies to the message as the client sent it: the fields
+    // normalization adds (timestamps, messageId) do not count against it.
+    if json.len() > ctx.limits.max_message_bytes + NORMALIZATION_OVERHEAD {
         return Err(SpecError {
             kind: SpecErrorKind::TooLarge,
             field: None,
             message: format!(
-                "message is {} bytes; the limit is {} bytes",
-                json.len(),
+                "message is about {} bytes; the limit is {} bytes",
+                json.len().saturating_sub(NORMALIZATION_OVERHEAD),
                 ctx.limits.max_message_bytes
             ),
         });

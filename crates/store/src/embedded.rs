@@ -140,6 +140,40 @@ CREATE TABLE IF NOT EXISTS url_state(
     disabled_reason TEXT NOT NULL,
     PRIMARY KEY(destination, url)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS raw_requests(
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    request BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS raw_requests_due ON raw_requests(state, next_ms);
+CREATE TABLE IF NOT EXISTS captures(
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    request BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captures_source ON captures(source_id, id);
+CREATE TABLE IF NOT EXISTS function_logs(
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS function_logs_source ON function_logs(source_id, id);
+CREATE TABLE IF NOT EXISTS objects(
+    source_id INTEGER NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY(source_id, collection, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -177,6 +211,12 @@ impl EmbeddedStore {
         let path = options.data_dir.join("switchyard.db");
         let writer_conn = open_connection(&path, options.fsync)?;
         writer_conn.execute_batch(SCHEMA)?;
+        // A request being answered inline when the process died goes back to
+        // the queue: it was acknowledged only if its run completed.
+        writer_conn.execute(
+            "UPDATE raw_requests SET state = 'pending' WHERE state = 'inline'",
+            [],
+        )?;
 
         let head: u64 = writer_conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
@@ -356,6 +396,73 @@ fn row_to_retry(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetryEntry> {
 
 const RETRY_COLUMNS: &str = "id, destination, url, message_ids, body, webhook_id, attempts, first_ms, next_ms, last_status, last_error";
 
+/// Inserts events (deduplicated by messageId within the window) inside the
+/// current transaction; shared by tracking appends and source-function runs.
+fn insert_events(
+    conn: &Connection,
+    source_id: i64,
+    events: &[NewEvent],
+    window: i64,
+    pending_head: &AtomicU64,
+) -> Result<AppendReceipt> {
+    let now = now_ms();
+    let cutoff = now - window;
+    let mut receipt = AppendReceipt::default();
+    let mut dedup = conn.prepare_cached(
+        "INSERT INTO dedup(source_id, message_id, received_ms) VALUES(?1, ?2, ?3)
+         ON CONFLICT(source_id, message_id) DO UPDATE SET received_ms = excluded.received_ms
+         WHERE dedup.received_ms < ?4",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for e in events {
+        if dedup.execute(params![source_id, e.message_id, now, cutoff])? == 0 {
+            receipt.duplicates += 1;
+            continue;
+        }
+        insert.execute(params![source_id, e.message_id, e.user_id, now, e.json])?;
+        pending_head.fetch_max(conn.last_insert_rowid() as u64, Ordering::AcqRel);
+        receipt.stored += 1;
+    }
+    Ok(receipt)
+}
+
+fn insert_logs(conn: &Connection, source_id: i64, logs: &[FunctionLog]) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO function_logs(source_id, at_ms, level, message) VALUES(?1, ?2, ?3, ?4)",
+    )?;
+    for l in logs {
+        stmt.execute(params![source_id, l.at_ms, l.level, l.message])?;
+    }
+    Ok(())
+}
+
+fn row_to_raw(slug: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        id: r.get(0)?,
+        source: slug.to_string(),
+        received_ms: r.get(1)?,
+        request: r.get(2)?,
+        state: r.get(3)?,
+        attempts: r.get(4)?,
+        next_attempt_ms: r.get(5)?,
+        last_error: r.get(6)?,
+    })
+}
+
+const RAW_COLUMNS: &str = "id, received_ms, request, state, attempts, next_ms, last_error";
+
+impl EmbeddedStore {
+    fn source_ids_of(&self, sources: &[String]) -> Result<HashMap<i64, String>> {
+        let ids = self.source_ids.read().map_err(|_| StoreError::Closed)?;
+        Ok(sources
+            .iter()
+            .filter_map(|s| ids.get(s).map(|id| (*id, s.clone())))
+            .collect())
+    }
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn append(
@@ -369,25 +476,7 @@ impl Store for EmbeddedStore {
         let pending_head = self.pending_head.clone();
         self.write(move |conn| {
             let now = now_ms();
-            let cutoff = now - window;
-            let mut receipt = AppendReceipt::default();
-            let mut dedup = conn.prepare_cached(
-                "INSERT INTO dedup(source_id, message_id, received_ms) VALUES(?1, ?2, ?3)
-                 ON CONFLICT(source_id, message_id) DO UPDATE SET received_ms = excluded.received_ms
-                 WHERE dedup.received_ms < ?4",
-            )?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in &events {
-                if dedup.execute(params![source_id, e.message_id, now, cutoff])? == 0 {
-                    receipt.duplicates += 1;
-                    continue;
-                }
-                insert.execute(params![source_id, e.message_id, e.user_id, now, e.json])?;
-                pending_head.fetch_max(conn.last_insert_rowid() as u64, Ordering::AcqRel);
-                receipt.stored += 1;
-            }
+            let receipt = insert_events(conn, source_id, &events, window, &pending_head)?;
             if !rejections.is_empty() {
                 let mut rej = conn.prepare_cached(
                     "INSERT INTO rejections(source_id, at_ms, idx, field, reason, excerpt) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -847,6 +936,229 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn append_raw(&self, source: &str, request: Vec<u8>, state: &str) -> Result<i64> {
+        let source_id = self.source_id(source)?;
+        let state = state.to_string();
+        self.write(move |conn| {
+            let now = now_ms();
+            conn.prepare_cached(
+                "INSERT INTO raw_requests(source_id, received_ms, request, state, attempts, next_ms) VALUES(?1, ?2, ?3, ?4, 0, ?2)",
+            )?
+            .execute(params![source_id, now, request, state])?;
+            let id = conn.last_insert_rowid();
+            conn.prepare_cached("INSERT INTO captures(source_id, received_ms, request) VALUES(?1, ?2, ?3)")?
+                .execute(params![source_id, now, request])?;
+            conn.prepare_cached(
+                "DELETE FROM captures WHERE source_id = ?1 AND id NOT IN
+                 (SELECT id FROM captures WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2)",
+            )?
+            .execute(params![source_id, CAPTURES_PER_SOURCE as i64])?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn due_raw(
+        &self,
+        sources: &[String],
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>> {
+        let wanted = self.source_ids_of(sources)?;
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| {
+            let ids: Vec<String> = wanted.keys().map(|k| k.to_string()).collect();
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {RAW_COLUMNS}, source_id FROM raw_requests
+                 WHERE state = 'pending' AND next_ms <= ?1 AND source_id IN ({})
+                 ORDER BY next_ms, id LIMIT ?2",
+                ids.join(",")
+            ))?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
+                let source_id: i64 = r.get(7)?;
+                row_to_raw(wanted.get(&source_id).map(String::as_str).unwrap_or(""), r)
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn next_raw_ms(&self, sources: &[String]) -> Result<Option<i64>> {
+        let wanted = self.source_ids_of(sources)?;
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        self.read(move |conn| {
+            let ids: Vec<String> = wanted.keys().map(|k| k.to_string()).collect();
+            Ok(conn.query_row(
+                &format!(
+                    "SELECT MIN(next_ms) FROM raw_requests WHERE state = 'pending' AND source_id IN ({})",
+                    ids.join(",")
+                ),
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn complete_raw(
+        &self,
+        id: i64,
+        source: &str,
+        events: Vec<NewEvent>,
+        objects: Vec<(String, String, serde_json::Value)>,
+        logs: Vec<FunctionLog>,
+    ) -> Result<AppendReceipt> {
+        let source_id = self.source_id(source)?;
+        let window = self.dedup_window_ms;
+        let pending_head = self.pending_head.clone();
+        self.write(move |conn| {
+            let now = now_ms();
+            let receipt = insert_events(conn, source_id, &events, window, &pending_head)?;
+            let mut upsert = conn.prepare_cached(
+                "INSERT INTO objects(source_id, collection, id, properties, updated_ms) VALUES(?1, ?2, ?3, json(?4), ?5)
+                 ON CONFLICT(source_id, collection, id) DO UPDATE SET
+                   properties = json_patch(objects.properties, excluded.properties), updated_ms = excluded.updated_ms",
+            )?;
+            for (collection, object_id, properties) in &objects {
+                upsert.execute(params![source_id, collection, object_id, properties.to_string(), now])?;
+            }
+            insert_logs(conn, source_id, &logs)?;
+            conn.prepare_cached("UPDATE raw_requests SET state = 'done', last_error = '' WHERE id = ?1")?
+                .execute([id])?;
+            Ok(receipt)
+        })
+        .await
+    }
+
+    async fn fail_raw(
+        &self,
+        id: i64,
+        source: &str,
+        attempts: u32,
+        next_ms: Option<i64>,
+        error: String,
+        logs: Vec<FunctionLog>,
+    ) -> Result<()> {
+        let source_id = self.source_id(source)?;
+        self.write(move |conn| {
+            insert_logs(conn, source_id, &logs)?;
+            let (state, next) = match next_ms {
+                Some(n) => ("pending", n),
+                None => ("dead", now_ms()),
+            };
+            conn.prepare_cached(
+                "UPDATE raw_requests SET state = ?2, attempts = ?3, next_ms = ?4, last_error = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, state, attempts, next, error])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn raw_requests(
+        &self,
+        source: &str,
+        state: &str,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>> {
+        let source_id = self.source_id(source)?;
+        let (slug, state) = (source.to_string(), state.to_string());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {RAW_COLUMNS} FROM raw_requests WHERE source_id = ?1 AND state = ?2 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![source_id, state, limit as i64], |r| row_to_raw(&slug, r))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<u64> {
+        let source_id = self.source_id(source)?;
+        self.write(move |conn| {
+            let now = now_ms();
+            let n = match ids {
+                Some(ids) => {
+                    let mut n = 0;
+                    for id in ids {
+                        n += conn.execute(
+                            "UPDATE raw_requests SET state = 'pending', attempts = 0, next_ms = ?3
+                             WHERE id = ?1 AND source_id = ?2 AND state = 'dead'",
+                            params![id, source_id, now],
+                        )?;
+                    }
+                    n
+                }
+                None => conn.execute(
+                    "UPDATE raw_requests SET state = 'pending', attempts = 0, next_ms = ?2
+                     WHERE source_id = ?1 AND state = 'dead'",
+                    params![source_id, now],
+                )?,
+            };
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn captures(&self, source: &str) -> Result<Vec<RawRecord>> {
+        let source_id = self.source_id(source)?;
+        let slug = source.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, received_ms, request, 'captured', 0, 0, '' FROM captures WHERE source_id = ?1 ORDER BY id DESC",
+            )?;
+            let rows = stmt.query_map([source_id], |r| row_to_raw(&slug, r))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn function_logs(&self, source: &str, limit: usize) -> Result<Vec<FunctionLog>> {
+        let source_id = self.source_id(source)?;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at_ms, level, message FROM function_logs WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![source_id, limit as i64], |r| {
+                Ok(FunctionLog { at_ms: r.get(0)?, level: r.get(1)?, message: r.get(2)? })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn objects(
+        &self,
+        source: &str,
+        collection: Option<String>,
+        id: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>> {
+        let source_id = self.source_id(source)?;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT collection, id, properties, updated_ms FROM objects
+                 WHERE source_id = ?1 AND (?2 IS NULL OR collection = ?2) AND (?3 IS NULL OR id = ?3)
+                 ORDER BY collection, id LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![source_id, collection, id, limit as i64], |r| {
+                let props: String = r.get(2)?;
+                Ok(StoredObject {
+                    collection: r.get(0)?,
+                    id: r.get(1)?,
+                    properties: serde_json::from_str(&props).unwrap_or(serde_json::Value::Null),
+                    updated_ms: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn close(&self) {
         let sender = self.jobs.lock().ok().and_then(|mut g| g.take());
         drop(sender);
@@ -925,6 +1237,95 @@ mod tests {
         let r = store.append("web", vec![event("b")], vec![]).await.unwrap();
         assert_eq!(r.duplicates, 1);
         assert_eq!(*store.subscribe().borrow(), 3);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn raw_requests_flow_and_objects_merge() {
+        let dir = temp_dir("raw");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "hook").await;
+        let slugs = vec!["hook".to_string()];
+        for i in 0..12 {
+            store
+                .append_raw("hook", format!("{{\"n\":{i}}}").into_bytes(), "pending")
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.captures("hook").await.unwrap().len(),
+            CAPTURES_PER_SOURCE
+        );
+        let due = store.due_raw(&slugs, now_ms() + 1, 100).await.unwrap();
+        assert_eq!(due.len(), 12);
+        let obj = |p: serde_json::Value| vec![("rooms".to_string(), "r1".to_string(), p)];
+        store
+            .complete_raw(
+                due[0].id,
+                "hook",
+                vec![event("m1")],
+                obj(serde_json::json!({"a": 1, "b": 2})),
+                vec![],
+            )
+            .await
+            .unwrap();
+        store
+            .complete_raw(
+                due[1].id,
+                "hook",
+                vec![],
+                obj(serde_json::json!({"b": 3, "c": 4})),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let objects = store
+            .objects("hook", Some("rooms".into()), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            objects[0].properties,
+            serde_json::json!({"a": 1, "b": 3, "c": 4})
+        );
+        store
+            .fail_raw(
+                due[2].id,
+                "hook",
+                5,
+                None,
+                "boom".into(),
+                vec![FunctionLog {
+                    at_ms: 1,
+                    level: "error".into(),
+                    message: "boom".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        let dead = store.raw_requests("hook", "dead", 10).await.unwrap();
+        assert_eq!((dead.len(), dead[0].last_error.as_str()), (1, "boom"));
+        assert_eq!(
+            store.function_logs("hook", 10).await.unwrap()[0].message,
+            "boom"
+        );
+        assert_eq!(
+            store
+                .due_raw(&slugs, now_ms() + 1, 100)
+                .await
+                .unwrap()
+                .len(),
+            9
+        );
+        assert_eq!(store.replay_raw("hook", None).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .due_raw(&slugs, now_ms() + 1, 100)
+                .await
+                .unwrap()
+                .len(),
+            10
+        );
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -168,6 +168,42 @@ pub struct SourceRecord {
     pub created_ms: i64,
 }
 
+/// A raw webhook request waiting for (or done with) its source function.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawRecord {
+    pub id: i64,
+    pub source: String,
+    pub received_ms: i64,
+    /// The request as the functions crate serializes it (JSON).
+    #[serde(skip)]
+    pub request: Vec<u8>,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    /// `pending`, `inline` (being answered by the function), `done`, `dead`.
+    pub state: String,
+    pub last_error: String,
+}
+
+/// One line of a function's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionLog {
+    pub at_ms: i64,
+    pub level: String,
+    pub message: String,
+}
+
+/// An object upserted by a source function (`Segment.set`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredObject {
+    pub collection: String,
+    pub id: String,
+    pub properties: serde_json::Value,
+    pub updated_ms: i64,
+}
+
+/// Captured raw requests kept per source (the webhook catcher).
+pub const CAPTURES_PER_SOURCE: usize = 10;
+
 /// The storage trait: one per backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -246,6 +282,66 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes what has aged out: dedup entries older than the window.
     async fn compact(&self, now_ms: i64) -> Result<()>;
+
+    /// Stores a raw webhook request of a function source durably (and in the
+    /// source's captures, the 10 most recent kept). Returns its id.
+    async fn append_raw(&self, source: &str, request: Vec<u8>, state: &str) -> Result<i64>;
+
+    /// Pending raw requests due at `now_ms` for these sources, oldest first.
+    async fn due_raw(
+        &self,
+        sources: &[String],
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>>;
+
+    /// When the next pending raw request of these sources is due.
+    async fn next_raw_ms(&self, sources: &[String]) -> Result<Option<i64>>;
+
+    /// A successful run: appends its events, upserts its objects (properties
+    /// merged by id), records its logs and marks the request done — atomically.
+    async fn complete_raw(
+        &self,
+        id: i64,
+        source: &str,
+        events: Vec<NewEvent>,
+        objects: Vec<(String, String, serde_json::Value)>,
+        logs: Vec<FunctionLog>,
+    ) -> Result<AppendReceipt>;
+
+    /// A failed run: records its logs and error; schedules the next try at
+    /// `next_ms`, or dead-letters the request when `next_ms` is `None`.
+    async fn fail_raw(
+        &self,
+        id: i64,
+        source: &str,
+        attempts: u32,
+        next_ms: Option<i64>,
+        error: String,
+        logs: Vec<FunctionLog>,
+    ) -> Result<()>;
+
+    /// Raw requests of a source in a state (`dead`, `pending`, …), newest first.
+    async fn raw_requests(&self, source: &str, state: &str, limit: usize)
+        -> Result<Vec<RawRecord>>;
+
+    /// Dead raw requests back to pending, due now (all of the source's when `ids` is `None`).
+    async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<u64>;
+
+    /// The source's captured requests, newest first.
+    async fn captures(&self, source: &str) -> Result<Vec<RawRecord>>;
+
+    /// A source's function logs, newest first.
+    async fn function_logs(&self, source: &str, limit: usize) -> Result<Vec<FunctionLog>>;
+
+    /// Objects of a source, optionally of one collection and one id.
+    async fn objects(
+        &self,
+        source: &str,
+        collection: Option<String>,
+        id: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>>;
 
     /// Waits for pending writes and stops.
     async fn close(&self);

@@ -34,6 +34,19 @@ pub struct ServerConfig {
     pub max_batch_bytes: Option<usize>,
     pub max_batch_events: Option<usize>,
     pub log_format: Option<String>,
+    /// Hosts functions may `fetch` even when private or loopback.
+    #[serde(default)]
+    pub fetch_allow: Vec<String>,
+    /// Hosts functions may never `fetch`.
+    #[serde(default)]
+    pub fetch_deny: Vec<String>,
+    /// Threads running functions (default: the number of cores).
+    pub function_workers: Option<usize>,
+    /// Largest raw request a function endpoint accepts (default 2 MB).
+    pub max_function_body_bytes: Option<usize>,
+    /// Delay before a failed source-function run is retried; doubles each
+    /// time, 5 attempts in all (default 1000 ms).
+    pub function_retry_initial_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +60,9 @@ pub struct SourceConfig {
     pub token: Option<String>,
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Value>,
+    /// `ack` (default): answer 200 once stored. `function`: run the function
+    /// inline and answer with what it returns (challenge handshakes).
+    pub respond: Option<String>,
 }
 
 fn tracking() -> String {
@@ -58,7 +74,60 @@ fn tracking() -> String {
 pub struct FunctionConfig {
     pub name: String,
     pub kind: String,
+    /// Relative paths are resolved from the configuration file's directory.
     pub file: PathBuf,
+    /// The settings the function declares.
+    #[serde(default)]
+    pub settings: Vec<SettingDecl>,
+    /// Time budget per invocation (default 1000 ms, Segment's limit).
+    pub timeout_ms: Option<u64>,
+    /// Memory cap per runtime (default 64 MB).
+    pub memory_mb: Option<usize>,
+}
+
+/// A setting a function declares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingDecl {
+    pub name: String,
+    /// `string`, `boolean`, `number`, `array` or `map`.
+    #[serde(rename = "type", default = "string_type")]
+    pub kind: String,
+    #[serde(default)]
+    pub required: bool,
+    /// Never shown by any API, and redacted from function logs and errors.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// For people reading the configuration.
+    #[serde(default, rename = "description")]
+    pub _description: Option<String>,
+}
+
+fn string_type() -> String {
+    "string".to_string()
+}
+
+impl SettingDecl {
+    /// Checks a value against the declared type.
+    pub fn check(&self, value: &toml::Value) -> Result<(), String> {
+        let ok =
+            match self.kind.as_str() {
+                "string" => value.is_str(),
+                "boolean" => value.is_bool(),
+                "number" => value.is_integer() || value.is_float(),
+                "array" => value.is_array(),
+                "map" => value.is_table(),
+                other => return Err(format!(
+                    "setting {:?}: unknown type {other:?} (string, boolean, number, array, map)",
+                    self.name
+                )),
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("setting {:?} must be a {}", self.name, self.kind))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,9 +225,39 @@ impl Config {
             match s.kind.as_str() {
                 "tracking" => {}
                 "function" => {
-                    if s.function.is_none() {
+                    let Some(name) = &s.function else {
                         bail!(
                             "source {:?} has kind = \"function\" but no `function`",
+                            s.slug
+                        );
+                    };
+                    let Some(f) = self.functions.iter().find(|f| &f.name == name) else {
+                        bail!(
+                            "source {:?}: function {name:?} is not declared in [[functions]]",
+                            s.slug
+                        );
+                    };
+                    if f.kind != "source" {
+                        bail!(
+                            "source {:?}: function {name:?} is a {} function, not a source function",
+                            s.slug,
+                            f.kind
+                        );
+                    }
+                    for decl in &f.settings {
+                        match s.settings.get(&decl.name) {
+                            Some(v) => decl.check(v).map_err(|e| anyhow!("source {:?}: {e}", s.slug))?,
+                            None if decl.required => bail!(
+                                "source {:?}: required setting {:?} of function {name:?} is missing",
+                                s.slug,
+                                decl.name
+                            ),
+                            None => {}
+                        }
+                    }
+                    if !matches!(s.respond.as_deref(), None | Some("ack") | Some("function")) {
+                        bail!(
+                            "source {:?}: `respond` must be \"ack\" or \"function\"",
                             s.slug
                         );
                     }

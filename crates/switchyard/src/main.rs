@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod functions_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -21,12 +22,23 @@ struct Cli {
 enum Command {
     /// Run the server (tracking API, delivery workers, metrics).
     Serve(serve::ServeArgs),
+    /// Work with functions (offline test runs).
+    Functions(functions_cli::FunctionsArgs),
     /// Measure throughput and latency against a server started for the run.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Functions(args) = cli.command {
+        return match functions_cli::run(args) {
+            Ok(code) => std::process::ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("switchyard: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,6 +53,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Functions(_) => Ok(()),
         }
     });
     match result {

@@ -83,14 +83,20 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .context("cannot install the metrics recorder")
 }
 
+/// Credential digests to serve: (slug, digest).
+struct Credentials {
+    write_keys: Vec<(String, String)>,
+    function_tokens: Vec<(String, String)>,
+}
+
 /// Registers the configured sources; creates the default one on a first start
-/// with nothing configured. Returns the write-key digests to serve.
+/// with nothing configured. Returns the credential digests to serve.
 async fn apply_sources(
     store: &dyn Store,
     keyring: &Keyring,
     config: &Config,
     listen: &str,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Credentials> {
     let existing: HashMap<String, SourceRecord> = store
         .sources()
         .await?
@@ -106,14 +112,21 @@ async fn apply_sources(
             function: None,
             token: None,
             settings: Default::default(),
+            respond: None,
         });
     }
     let now = chrono::Utc::now().timestamp_millis();
     for s in &wanted {
-        if s.kind == "function" {
-            tracing::warn!(source = %s.slug, "function sources are not served yet: POST /functions/{} answers 404", s.slug);
-        }
         let previous = existing.get(&s.slug);
+        let (token_hash, generated_token) = match &s.token {
+            Some(t) => (Some(keyring.hash(t)), None),
+            None if s.kind != "function" => (None, None),
+            None if previous.and_then(|p| p.token_hash.clone()).is_some() => (None, None),
+            None => {
+                let token = generate_credential("tok_");
+                (Some(keyring.hash(&token)), Some(token))
+            }
+        };
         let (hash, generated) = match &s.write_key {
             Some(k) => (Some(keyring.hash(k)), None),
             None if previous.and_then(|p| p.write_key_hash.clone()).is_some() => (None, None),
@@ -128,7 +141,7 @@ async fn apply_sources(
                 slug: s.slug.clone(),
                 kind: s.kind.clone(),
                 write_key_hash: hash,
-                token_hash: s.token.as_ref().map(|t| keyring.hash(t)),
+                token_hash,
                 created_ms: now,
             })
             .await?;
@@ -141,13 +154,107 @@ async fn apply_sources(
             );
             println!("  or point a Segment SDK at host http://{listen} with this write key");
         }
+        if let Some(token) = generated_token {
+            println!("switchyard: function source {:?}", s.slug);
+            println!("  token: {token}   (shown once; only its digest is stored)");
+            println!(
+                "  webhook URL: http://{listen}/functions/{}/{token}",
+                s.slug
+            );
+        }
     }
-    Ok(store
-        .sources()
-        .await?
-        .into_iter()
-        .filter_map(|s| s.write_key_hash.map(|h| (s.slug, h)))
-        .collect())
+    let sources = store.sources().await?;
+    Ok(Credentials {
+        write_keys: sources
+            .iter()
+            .filter_map(|s| s.write_key_hash.clone().map(|h| (s.slug.clone(), h)))
+            .collect(),
+        function_tokens: sources
+            .iter()
+            .filter(|s| s.kind == "function")
+            .filter_map(|s| s.token_hash.clone().map(|h| (s.slug.clone(), h)))
+            .collect(),
+    })
+}
+
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => serde_json::Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Loads the code of every function source and checks that it loads.
+fn load_source_functions(
+    config: &Config,
+    config_dir: &std::path::Path,
+) -> anyhow::Result<Vec<delivery::source_functions::SourceFunction>> {
+    let mut out = Vec::new();
+    for s in config.sources.iter().filter(|s| s.kind == "function") {
+        let name = s.function.as_deref().unwrap_or_default();
+        let f = config
+            .functions
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| anyhow!("source {:?}: function {name:?} is not declared", s.slug))?;
+        let path = if f.file.is_absolute() {
+            f.file.clone()
+        } else {
+            config_dir.join(&f.file)
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("function {name:?}: cannot read {}", path.display()))?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "function.js".into());
+        let code = functions::FunctionCode::new(name, &file_name, &text);
+        let defaults = functions::Limits::default();
+        let limits = functions::Limits {
+            timeout: f
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.timeout),
+            memory_bytes: f
+                .memory_mb
+                .map(|m| m * 1024 * 1024)
+                .unwrap_or(defaults.memory_bytes),
+            ..defaults
+        };
+        functions::inspect(&code, &limits)
+            .map_err(|e| anyhow!("function {name:?} ({}) does not load: {e}", path.display()))?;
+        let settings = serde_json::Value::Object(
+            s.settings
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        );
+        let secrets = f
+            .settings
+            .iter()
+            .filter(|d| d.encrypted)
+            .filter_map(|d| s.settings.get(&d.name))
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        out.push(delivery::source_functions::SourceFunction {
+            secrets,
+            slug: s.slug.clone(),
+            code: Arc::new(code),
+            settings,
+            limits,
+            respond_inline: s.respond.as_deref() == Some("function"),
+        });
+    }
+    Ok(out)
 }
 
 async fn apply_admin_token(
@@ -281,7 +388,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(embedded);
     let keyring = Keyring::load(&data_dir, args.master_key.as_deref()).map_err(|e| anyhow!(e))?;
 
-    let write_keys = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
+    let config_dir = config_path
+        .as_ref()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let source_functions = load_source_functions(&config, &config_dir)?;
+    let credentials = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
     let admin_hash =
         apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
     for w in &destinations {
@@ -296,15 +408,45 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|n| engine.sink(&n).map(|s| (n, s.clone())))
         .collect();
-    let state = Arc::new(server::AppState::new(
-        store.clone(),
-        limits,
-        keyring,
-        sinks,
-        Some(metrics),
-    ));
-    for (slug, hash) in &write_keys {
+    let (workers_stop, workers_stop_rx) = tokio::sync::watch::channel(false);
+    let runner = if source_functions.is_empty() {
+        None
+    } else {
+        let workers = server.function_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        let pool = Arc::new(functions::Pool::new(
+            workers,
+            functions::FetchPolicy {
+                allow: server.fetch_allow.clone(),
+                deny: server.fetch_deny.clone(),
+            },
+        ));
+        let runner = delivery::source_functions::SourceRunner::new(
+            store.clone(),
+            pool,
+            source_functions,
+            limits,
+            Duration::from_millis(server.function_retry_initial_ms.unwrap_or(1000)),
+        );
+        Some(runner)
+    };
+    let runner_task = runner
+        .clone()
+        .map(|r| tokio::spawn(r.run(workers_stop_rx.clone())));
+    let mut app = server::AppState::new(store.clone(), limits, keyring, sinks, Some(metrics));
+    app.runner = runner.clone();
+    if let Some(max) = server.max_function_body_bytes {
+        app.max_function_body_bytes = max;
+    }
+    let state = Arc::new(app);
+    for (slug, hash) in &credentials.write_keys {
         state.set_write_key_hash(slug, hash);
+    }
+    for (slug, hash) in &credentials.function_tokens {
+        state.set_function_token_hash(slug, hash);
     }
     state.set_admin_token_hash(Some(admin_hash));
 
@@ -316,7 +458,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         address = %local,
         data_dir = %data_dir.display(),
         config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
-        sources = write_keys.len(),
+        sources = credentials.write_keys.len() + credentials.function_tokens.len(),
         destinations = engine.names().len(),
         "switchyard listening"
     );
@@ -338,6 +480,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     compactor.abort();
+    let _ = workers_stop.send(true);
+    if let Some(task) = runner_task {
+        let _ = task.await;
+    }
+    if let Some(r) = &runner {
+        let pool = r.pool().clone();
+        let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+    }
     engine.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

@@ -1,0 +1,380 @@
+//! Runs source functions over the raw requests stored by the function
+//! endpoints, and turns what they emit into events in the log.
+//!
+//! The HTTP door stores each raw request durably before answering; this
+//! worker runs the source's function on it (in the functions pool), validates
+//! and normalizes the messages with the spec crate, and stores them with the
+//! request's completion in one transaction. A failed run is retried with
+//! exponential backoff (5 attempts, as Segment does), then dead-lettered with
+//! its error: never dropped. A function that keeps failing is paused with a
+//! visible reason, so one broken function cannot eat the worker pool.
+
+use functions::{FunctionCode, FunctionError, HttpAnswer, Limits, Pool, RawRequest, SourceOutcome};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{FunctionLog, NewEvent, RawRecord, Store};
+use tokio::sync::{watch, Notify};
+
+/// Attempts before a raw request is dead-lettered (Segment: 5).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Consecutive failed runs after which a function is marked degraded.
+pub const DEGRADED_AFTER: u32 = 5;
+/// Consecutive failed runs after which a function is paused.
+pub const PAUSED_AFTER: u32 = 25;
+
+/// A function source as configured.
+#[derive(Debug, Clone)]
+pub struct SourceFunction {
+    pub slug: String,
+    pub code: Arc<FunctionCode>,
+    pub settings: Value,
+    pub limits: Limits,
+    /// Run inline and answer the sender with what the function returns.
+    pub respond_inline: bool,
+    /// Values of encrypted settings: redacted from logs and errors.
+    pub secrets: Vec<String>,
+}
+
+impl SourceFunction {
+    /// Replaces every secret value in `text` with `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        redact(&self.secrets, text)
+    }
+}
+
+/// Replaces every non-empty secret in `text` with `[redacted]`.
+pub fn redact(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    out
+}
+
+/// Health of a source's function, as shown by the API and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FunctionHealth {
+    /// `healthy`, `degraded` or `paused`.
+    pub status: &'static str,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// Works the raw-request queue of every function source.
+pub struct SourceRunner {
+    store: Arc<dyn Store>,
+    pool: Arc<Pool>,
+    sources: HashMap<String, SourceFunction>,
+    spec_limits: spec::Limits,
+    health: Mutex<HashMap<String, FunctionHealth>>,
+    wake: Notify,
+    /// Delay before the first retry of a failed run (default 1 s).
+    pub retry_initial: Duration,
+}
+
+/// Exponential backoff between runs of one request: 1, 2, 4, 8 × `initial`.
+fn backoff(initial: Duration, attempts: u32) -> Duration {
+    initial * (1u32 << attempts.saturating_sub(1).min(10))
+}
+
+fn to_logs(lines: &[functions::LogLine]) -> Vec<FunctionLog> {
+    lines
+        .iter()
+        .map(|l| FunctionLog {
+            at_ms: l.at_ms,
+            level: l.level.clone(),
+            message: l.message.clone(),
+        })
+        .collect()
+}
+
+/// Validates and normalizes what a function emitted: all or nothing.
+pub fn normalize_emitted(
+    messages: &[Value],
+    limits: &spec::Limits,
+) -> Result<Vec<NewEvent>, FunctionError> {
+    let ctx = spec::RequestContext::new(chrono::Utc::now(), limits);
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            spec::normalize(m.clone(), None, &ctx)
+                .map(|n| NewEvent {
+                    message_id: n.message_id,
+                    user_id: n.user_id,
+                    json: n.json,
+                })
+                .map_err(|e| FunctionError {
+                    kind: functions::ErrorKind::Thrown,
+                    name: "ValidationError".into(),
+                    message: format!("emitted message {i} is invalid: {}", e.message),
+                    line: None,
+                    stack: String::new(),
+                })
+        })
+        .collect()
+}
+
+impl SourceRunner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        pool: Arc<Pool>,
+        sources: Vec<SourceFunction>,
+        spec_limits: spec::Limits,
+        retry_initial: Duration,
+    ) -> Arc<SourceRunner> {
+        let health = sources
+            .iter()
+            .map(|s| {
+                (
+                    s.slug.clone(),
+                    FunctionHealth {
+                        status: "healthy",
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        Arc::new(SourceRunner {
+            store,
+            pool,
+            sources: sources.into_iter().map(|s| (s.slug.clone(), s)).collect(),
+            spec_limits,
+            health: Mutex::new(health),
+            wake: Notify::new(),
+            retry_initial,
+        })
+    }
+
+    pub fn source(&self, slug: &str) -> Option<&SourceFunction> {
+        self.sources.get(slug)
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    pub fn spec_limits(&self) -> &spec::Limits {
+        &self.spec_limits
+    }
+
+    /// The function health of a source.
+    pub fn health(&self, slug: &str) -> Option<FunctionHealth> {
+        self.health.lock().ok()?.get(slug).cloned()
+    }
+
+    /// Resumes a paused function (its pending requests run again).
+    pub fn resume(&self, slug: &str) {
+        if let Ok(mut h) = self.health.lock() {
+            if let Some(entry) = h.get_mut(slug) {
+                entry.status = "healthy";
+                entry.consecutive_failures = 0;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Wakes the worker (a raw request was stored or replayed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn record_result(&self, slug: &str, error: Option<&FunctionError>) {
+        let Ok(mut all) = self.health.lock() else {
+            return;
+        };
+        let h = all.entry(slug.to_string()).or_default();
+        match error {
+            None => {
+                *h = FunctionHealth {
+                    status: "healthy",
+                    consecutive_failures: 0,
+                    last_error: h.last_error.take(),
+                }
+            }
+            Some(e) => {
+                h.consecutive_failures += 1;
+                h.last_error = Some(e.to_string());
+                let before = h.status;
+                h.status = if h.consecutive_failures >= PAUSED_AFTER {
+                    "paused"
+                } else if h.consecutive_failures >= DEGRADED_AFTER {
+                    "degraded"
+                } else {
+                    "healthy"
+                };
+                if h.status != before {
+                    tracing::warn!(source = slug, status = h.status, failures = h.consecutive_failures,
+                        error = %e, "source function health changed");
+                }
+            }
+        }
+    }
+
+    /// Runs the function on one stored request and records the result.
+    /// Returns the outcome (for inline answers).
+    pub async fn process(&self, record: &RawRecord) -> Result<SourceOutcome, String> {
+        let Some(source) = self.sources.get(&record.source) else {
+            return Err(format!("source {:?} has no function", record.source));
+        };
+        let request: RawRequest = serde_json::from_slice(&record.request)
+            .map_err(|e| format!("stored request {} is unreadable: {e}", record.id))?;
+        let started = std::time::Instant::now();
+        let mut outcome = self
+            .pool
+            .run_source(
+                source.code.clone(),
+                &request,
+                &source.settings,
+                source.limits,
+            )
+            .await;
+        metrics::histogram!("switchyard_function_duration_seconds", "source" => source.slug.clone())
+            .record(started.elapsed().as_secs_f64());
+        let events = match &outcome.error {
+            None => match normalize_emitted(&outcome.messages, &self.spec_limits) {
+                Ok(events) => Some(events),
+                Err(e) => {
+                    outcome.error = Some(e);
+                    None
+                }
+            },
+            Some(_) => None,
+        };
+        let mut logs = to_logs(&outcome.logs);
+        for l in &mut logs {
+            l.message = source.redact(&l.message);
+        }
+        if let Some(e) = &mut outcome.error {
+            e.message = source.redact(&e.message);
+            e.stack = source.redact(&e.stack);
+        }
+        match events {
+            Some(events) => {
+                let objects = outcome
+                    .objects
+                    .iter()
+                    .map(|o| (o.collection.clone(), o.id.clone(), o.properties.clone()))
+                    .collect();
+                let count = events.len();
+                let receipt = self
+                    .store
+                    .complete_raw(record.id, &source.slug, events, objects, logs)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                metrics::counter!("switchyard_function_invocations_total", "source" => source.slug.clone(), "outcome" => "ok").increment(1);
+                metrics::counter!("switchyard_events_received_total", "source" => source.slug.clone()).increment(count as u64);
+                metrics::counter!("switchyard_events_stored_total", "source" => source.slug.clone()).increment(receipt.stored as u64);
+                self.record_result(&source.slug, None);
+            }
+            None => {
+                let error = outcome.error.clone().unwrap_or_else(|| FunctionError {
+                    kind: functions::ErrorKind::Internal,
+                    name: "Error".into(),
+                    message: "unknown failure".into(),
+                    line: None,
+                    stack: String::new(),
+                });
+                let attempts = record.attempts + 1;
+                let next = (attempts < MAX_ATTEMPTS).then(|| {
+                    chrono::Utc::now().timestamp_millis()
+                        + backoff(self.retry_initial, attempts).as_millis() as i64
+                });
+                logs.push(FunctionLog {
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    level: "error".into(),
+                    message: format!(
+                        "{error} — attempt {attempts} of {MAX_ATTEMPTS}{}",
+                        if next.is_some() {
+                            ", will retry"
+                        } else {
+                            ", dead-lettered"
+                        }
+                    ),
+                });
+                self.store
+                    .fail_raw(
+                        record.id,
+                        &source.slug,
+                        attempts,
+                        next,
+                        error.to_string(),
+                        logs,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                metrics::counter!("switchyard_function_invocations_total", "source" => source.slug.clone(), "outcome" => "error").increment(1);
+                tracing::warn!(source = %source.slug, request = record.id, attempts, error = %error, "source function failed");
+                self.record_result(&source.slug, Some(&error));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Runs inline for a `respond = "function"` source: the answer the sender gets.
+    pub async fn answer_inline(&self, record: &RawRecord) -> Result<Option<HttpAnswer>, String> {
+        let outcome = self.process(record).await?;
+        match outcome.error {
+            None => Ok(outcome.response),
+            Some(e) => Err(e.to_string()),
+        }
+    }
+
+    fn active_sources(&self) -> Vec<String> {
+        let health = self.health.lock().ok();
+        self.sources
+            .keys()
+            .filter(|s| {
+                health
+                    .as_ref()
+                    .and_then(|h| h.get(*s))
+                    .is_none_or(|h| h.status != "paused")
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The worker loop; stops when `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let concurrency = 8;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let active = self.active_sources();
+            let now = chrono::Utc::now().timestamp_millis();
+            let due = match self.store.due_raw(&active, now, 256).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the raw request queue");
+                    Vec::new()
+                }
+            };
+            if !due.is_empty() {
+                use futures_util::stream::{self, StreamExt};
+                let this = &self;
+                stream::iter(due)
+                    .for_each_concurrent(concurrency, |record| async move {
+                        if let Err(e) = this.process(&record).await {
+                            tracing::error!(request = record.id, error = %e, "cannot record a source function run");
+                        }
+                    })
+                    .await;
+                continue;
+            }
+            let next = self.store.next_raw_ms(&active).await.ok().flatten();
+            let wait = next
+                .map(|n| Duration::from_millis((n - now).max(0) as u64))
+                .unwrap_or(Duration::from_secs(5))
+                .clamp(Duration::from_millis(5), Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}

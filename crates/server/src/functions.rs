@@ -1,0 +1,179 @@
+//! The source-function door: `POST /functions/{source}`.
+//!
+//! The token comes in the path (`/functions/{source}/{token}`), the query
+//! (`?token=`) or a header (`X-Segment-Source-Function-Token`, or
+//! `X-Switchyard-Token`). The raw request (body exactly as received, any
+//! content type) is stored durably before the answer; the function runs from
+//! the store. Credentials are stripped before storing.
+
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use functions::RawRequest;
+use serde_json::json;
+use std::sync::Arc;
+
+pub const TOKEN_HEADERS: [&str; 2] = ["x-segment-source-function-token", "x-switchyard-token"];
+
+fn query_without_token(query: Option<&str>) -> (Option<String>, String) {
+    let mut token = None;
+    let kept: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            if let Some(v) = p.strip_prefix("token=") {
+                token = Some(v.to_string());
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    (token, kept.join("&"))
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    slug: String,
+    path_token: Option<String>,
+    method: Method,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (query_token, query) = query_without_token(query.as_deref());
+    let header_token = TOKEN_HEADERS.iter().find_map(|h| {
+        headers
+            .get(*h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let token = path_token.or(query_token).or(header_token).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing function token: put it in the URL (/functions/{source}/{token} or ?token=) or in the X-Segment-Source-Function-Token header",
+        )
+    })?;
+    let authorized = state.source_for_function_token(&token);
+    if authorized.as_deref() != Some(slug.as_str()) {
+        return Err(ApiError::unauthorized(format!(
+            "invalid token for source {slug:?}"
+        )));
+    }
+    let runner = state
+        .runner
+        .as_ref()
+        .and_then(|r| r.source(&slug).map(|s| (r.clone(), s.respond_inline)))
+        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
+    let (runner, inline) = runner;
+    // The body exactly as received: no decompression, no re-encoding.
+    let bytes = read_body(&HeaderMap::new(), body, state.max_function_body_bytes).await?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let url = format!(
+        "http://{host}/functions/{slug}{}{query}",
+        if query.is_empty() { "" } else { "?" }
+    );
+    let request = RawRequest {
+        method: method.to_string(),
+        url,
+        headers: headers
+            .iter()
+            .filter(|(k, _)| {
+                !TOKEN_HEADERS.contains(&k.as_str()) && *k != axum::http::header::AUTHORIZATION
+            })
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: bytes,
+    };
+    let stored = serde_json::to_vec(&request)
+        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
+    let id = state
+        .store
+        .append_raw(
+            &slug,
+            stored.clone(),
+            if inline { "inline" } else { "pending" },
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("request not stored, retry later: {e}")))?;
+    metrics::counter!("switchyard_function_requests_total", "source" => slug.clone()).increment(1);
+    if !inline {
+        runner.wake();
+        return Ok(Json(json!({"success": true})).into_response());
+    }
+    let record = store::RawRecord {
+        id,
+        source: slug.clone(),
+        received_ms: chrono::Utc::now().timestamp_millis(),
+        request: stored,
+        attempts: 0,
+        next_attempt_ms: 0,
+        state: "inline".into(),
+        last_error: String::new(),
+    };
+    match runner.answer_inline(&record).await {
+        Ok(Some(answer)) => {
+            let mut response = Response::new(Body::from(answer.body));
+            *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+            for (k, v) in answer.headers {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    axum::http::HeaderValue::from_str(&v),
+                ) {
+                    response.headers_mut().insert(k, v);
+                }
+            }
+            Ok(response)
+        }
+        Ok(None) => Ok(Json(json!({"success": true})).into_response()),
+        Err(e) => {
+            runner.wake();
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "function_failed",
+                format!("the function failed; the request is stored and will be retried: {e}"),
+            ))
+        }
+    }
+}
+
+/// `POST /functions/{source}`.
+pub async fn without_token(
+    State(state): State<Arc<AppState>>,
+    Path(slug): Path<String>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, slug, None, method, query, headers, body)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}
+
+/// `POST /functions/{source}/{token}`.
+pub async fn with_token(
+    State(state): State<Arc<AppState>>,
+    Path((slug, token)): Path<(String, String)>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, slug, Some(token), method, query, headers, body)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}

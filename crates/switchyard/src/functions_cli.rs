@@ -1,0 +1,190 @@
+//! `switchyard functions …`: work with functions without a server.
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct FunctionsArgs {
+    #[command(subcommand)]
+    pub command: FunctionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCommand {
+    /// Run a function file once against a payload (source) or an event
+    /// (destination), offline: nothing is stored or delivered.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The function's JavaScript file.
+    pub file: PathBuf,
+    /// Source function input: {"payload": {"body", "headers", "url" | "queryParameters"}, "settings": {…}}.
+    #[arg(long, conflicts_with = "event")]
+    pub payload: Option<PathBuf>,
+    /// Destination function input: one Spec event (or an array, for onBatch).
+    #[arg(long)]
+    pub event: Option<PathBuf>,
+    /// Settings as a JSON object (override the fixture's).
+    #[arg(long)]
+    pub settings: Option<PathBuf>,
+    /// Destination tests: answers for fetch, by URL prefix: [{"url", "status", "headers", "body"}].
+    #[arg(long)]
+    pub fetch_mock: Option<PathBuf>,
+    /// Source tests: let fetch reach the network (public addresses only) instead of answering 200 {}.
+    #[arg(long)]
+    pub live_fetch: bool,
+    /// Time budget in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Print one JSON document instead of a readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{what} {} is not valid JSON", path.display()))
+}
+
+fn error_json(e: &Option<functions::FunctionError>) -> Value {
+    match e {
+        None => Value::Null,
+        Some(e) => json!({"name": e.name, "message": e.message, "line": e.line}),
+    }
+}
+
+/// Returns the process exit code: 0 when the function succeeded, 1 when it failed.
+pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
+    let FunctionsCommand::Test(args) = args.command;
+    let source = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read function {}", args.file.display()))?;
+    let file_name = args
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "function.js".into());
+    let code = functions::FunctionCode::new(&file_name, &file_name, &source);
+    let limits = functions::Limits {
+        timeout: std::time::Duration::from_millis(args.timeout_ms),
+        ..functions::Limits::default()
+    };
+    let explicit_settings = args
+        .settings
+        .as_deref()
+        .map(|p| read_json(p, "settings"))
+        .transpose()?;
+    match (&args.payload, &args.event) {
+        (Some(payload_path), None) => {
+            let fixture = read_json(payload_path, "payload")?;
+            let payload = fixture
+                .get("payload")
+                .ok_or_else(|| anyhow!("{}: expected {{\"payload\": {{…}}, \"settings\": {{…}}}}", payload_path.display()))?;
+            let request = functions::fixture_request(payload)
+                .map_err(|e| anyhow!("{}: {e}", payload_path.display()))?;
+            let settings = explicit_settings
+                .or_else(|| fixture.get("settings").cloned())
+                .unwrap_or_else(|| json!({}));
+            let mode = if args.live_fetch {
+                functions::FetchMode::Live(Arc::new(functions::FetchPolicy::default()))
+            } else {
+                functions::FetchMode::Mock(Arc::new(Vec::new()))
+            };
+            let outcome = functions::run_source_once(&code, &request, &settings, &limits, mode);
+            let mut error = outcome.error.clone();
+            if error.is_none() {
+                if let Err(e) = delivery::source_functions::normalize_emitted(&outcome.messages, &spec::Limits::default()) {
+                    error = Some(e);
+                }
+            }
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "events": outcome.messages,
+                        "objects": outcome.objects,
+                        "logs": outcome.logs,
+                        "error": error_json(&error),
+                    }))?
+                );
+            } else {
+                println!("events ({}):", outcome.messages.len());
+                for m in &outcome.messages {
+                    println!("  {}", serde_json::to_string(m)?);
+                }
+                if !outcome.objects.is_empty() {
+                    println!("objects ({}):", outcome.objects.len());
+                    for o in &outcome.objects {
+                        println!("  {}/{} {}", o.collection, o.id, o.properties);
+                    }
+                }
+                print_logs(&outcome.logs);
+                print_error(&error, &file_name);
+            }
+            Ok(if error.is_some() { 1 } else { 0 })
+        }
+        (None, Some(event_path)) => {
+            let event = read_json(event_path, "event")?;
+            let settings = explicit_settings.unwrap_or_else(|| json!({}));
+            let mocks: Vec<functions::MockResponse> = match &args.fetch_mock {
+                Some(p) => serde_json::from_value(read_json(p, "fetch mock")?)
+                    .with_context(|| format!("{}: expected [{{\"url\", \"status\", \"headers\", \"body\"}}]", p.display()))?,
+                None => Vec::new(),
+            };
+            let outcome = functions::run_destination_once(
+                &code,
+                &event,
+                &settings,
+                &limits,
+                functions::FetchMode::Mock(Arc::new(mocks)),
+            );
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "result": outcome.result,
+                        "requests": outcome.requests,
+                        "logs": outcome.logs,
+                        "error": error_json(&outcome.error),
+                    }))?
+                );
+            } else {
+                println!("requests ({}):", outcome.requests.len());
+                for r in &outcome.requests {
+                    println!("  {} {} {}", r.method, r.url, r.body);
+                }
+                if let Some(result) = &outcome.result {
+                    println!("result: {result}");
+                }
+                print_logs(&outcome.logs);
+                print_error(&outcome.error, &file_name);
+            }
+            Ok(if outcome.error.is_some() { 1 } else { 0 })
+        }
+        _ => bail!("give --payload PAYLOAD.json (source function) or --event EVENT.json (destination function)"),
+    }
+}
+
+fn print_logs(logs: &[functions::LogLine]) {
+    if !logs.is_empty() {
+        println!("logs:");
+        for l in logs {
+            println!("  [{}] {}", l.level, l.message);
+        }
+    }
+}
+
+fn print_error(error: &Option<functions::FunctionError>, file: &str) {
+    if let Some(e) = error {
+        match e.line {
+            Some(line) => println!("error: {}: {} ({file}:{line})", e.name, e.message),
+            None => println!("error: {}: {}", e.name, e.message),
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! End-to-end: source functions behind `POST /functions/{source}`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config(receiver_url: &str) -> String {
+    format!(
+        r#"
+[server]
+function_retry_initial_ms = 50
+
+[[sources]]
+slug = "stigg"
+kind = "function"
+function = "stigg-to-track"
+token = "tok_stigg"
+
+[[sources]]
+slug = "verified"
+kind = "function"
+function = "verify"
+token = "tok_verified"
+respond = "function"
+settings = {{ signingSecret = "sign-me-123" }}
+
+[[sources]]
+slug = "broken"
+kind = "function"
+function = "broken"
+token = "tok_broken"
+
+[[functions]]
+name = "stigg-to-track"
+kind = "source"
+file = "{stigg}"
+
+[[functions]]
+name = "verify"
+kind = "source"
+file = "{verify}"
+settings = [{{ name = "signingSecret", type = "string", required = true, encrypted = true }}]
+
+[[functions]]
+name = "broken"
+kind = "source"
+file = "{broken}"
+timeout_ms = 300
+memory_mb = 16
+
+[[destinations]]
+name = "hook"
+kind = "webhooks"
+sources = ["stigg", "verified"]
+urls = ["{receiver_url}"]
+shared_secret = "s3cret"
+"#,
+        stigg = fixture("stigg.js"),
+        verify = fixture("verify.js"),
+        broken = fixture("broken.js"),
+    )
+}
+
+async fn post_raw(
+    sy: &Switchyard,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    sy.post_with(path, None, body.as_bytes().to_vec(), headers)
+        .await
+}
+
+#[tokio::test]
+async fn a_stigg_webhook_becomes_a_signed_track_event() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx.url("hook")));
+    let payload = r#"{"type":"subscription.created","customer":{"id":"cust-1"},"plan":"pro"}"#;
+    // The token in the header, the path and the query.
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/stigg",
+        payload,
+        &[("X-Segment-Source-Function-Token", "tok_stigg")],
+    )
+    .await;
+    assert_eq!((s, b), (200, json!({"success": true})));
+    let (s, _) = post_raw(&sy, "/functions/stigg/tok_stigg", payload, &[]).await;
+    assert_eq!(s, 200);
+    let (s, _) = post_raw(
+        &sy,
+        "/functions/stigg?token=tok_stigg&x=1",
+        r#"{"type":"customer.updated"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "no customer: accepted, nothing emitted");
+    let got = rx.wait_delivered("hook", 2, 30).await;
+    for r in &got {
+        assert_eq!(r["segmentSignatureValid"], true);
+        let b = body(r);
+        assert_eq!(
+            (
+                b["type"].as_str(),
+                b["event"].as_str(),
+                b["userId"].as_str()
+            ),
+            (Some("track"), Some("subscription_created"), Some("cust-1"))
+        );
+        assert_eq!(b["properties"]["plan"], "pro");
+        assert!(b["messageId"].is_string() && b["receivedAt"].is_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received("hook").await.len(), 2);
+
+    // Wrong or missing token.
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/stigg",
+        payload,
+        &[("X-Segment-Source-Function-Token", "nope")],
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (s, _) = post_raw(&sy, "/functions/stigg", payload, &[]).await;
+    assert_eq!(s, 401);
+    let (s, _) = post_raw(&sy, "/functions/stigg/tok_verified", payload, &[]).await;
+    assert_eq!(s, 401, "another source's token");
+    // Oversize body.
+    let big = "x".repeat(2 * 1024 * 1024 + 10);
+    let (s, b) = post_raw(&sy, "/functions/stigg/tok_stigg", &big, &[]).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    // The catcher kept the raw requests, credentials stripped.
+    let (s, caps) = sy
+        .admin("GET", "/api/v1/sources/stigg/captures", None)
+        .await;
+    assert_eq!(s, 200);
+    let caps = caps["data"].as_array().unwrap().clone();
+    assert_eq!(caps.len(), 3);
+    assert_eq!(caps[0]["request"]["body"], r#"{"type":"customer.updated"}"#);
+    assert!(
+        caps[0]["request"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/functions/stigg?x=1"),
+        "{}",
+        caps[0]
+    );
+    assert!(
+        !caps.iter().any(|c| c.to_string().contains("tok_stigg")),
+        "tokens never stored"
+    );
+
+    // Test without side effects on a capture, with unsaved code.
+    let id = caps[1]["id"].as_i64().unwrap();
+    let (s, t) = sy
+        .admin("POST", "/api/v1/sources/stigg/test", Some(json!({"capture_id": id, "code": "async function onRequest(r) { console.log('hi'); Segment.track({userId: 'x', event: r.json().type}); }"})))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["events"][0]["event"], "subscription.created");
+    assert_eq!(t["logs"][0]["message"], "hi");
+    assert_eq!(t["error"], Value::Null);
+    let (s, t) = sy
+        .admin("POST", "/api/v1/sources/stigg/test", Some(json!({"payload": {"body": {"type": "a"}}, "code": "async function onRequest() {\n  throw new ValidationError('nope');\n}"})))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(t["error"]["name"], "ValidationError");
+    assert_eq!(t["error"]["line"], 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received("hook").await.len(), 2, "tests deliver nothing");
+}
+
+#[tokio::test]
+async fn exact_bytes_challenge_answers_logs_and_objects() {
+    use hmac_helper::sign;
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx.url("hook")));
+    // The challenge handshake gets the function's own answer.
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/verified/tok_verified",
+        r#"{"challenge":"c-42"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!((s, b), (200, json!({"challenge": "c-42"})));
+    // Unusual spacing and key order: the signature over the exact bytes verifies.
+    let raw = "{ \"user\":\"u-9\",  \"plan\":\"team\", \"id\": 1.50 }";
+    let sig = sign("sign-me-123", raw);
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/verified/tok_verified",
+        raw,
+        &[("X-Signature", &sig)],
+    )
+    .await;
+    assert_eq!((s, b), (200, json!({"success": true})));
+    let got = rx.wait_delivered("hook", 1, 30).await;
+    let b = body(&got[0]);
+    assert_eq!(
+        (b["type"].as_str(), b["userId"].as_str()),
+        (Some("identify"), Some("u-9"))
+    );
+    assert_eq!(b["traits"]["plan"], "team");
+    // A bad signature: the function's error is the answer; nothing emitted.
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/verified/tok_verified",
+        raw,
+        &[("X-Signature", "bad")],
+    )
+    .await;
+    assert_eq!(s, 500, "{b}");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad signature"));
+    // Logs, with the encrypted setting redacted.
+    let (_, logs) = sy.admin("GET", "/api/v1/sources/verified/logs", None).await;
+    let text = logs.to_string();
+    assert!(text.contains("verified 1.5 with [redacted]"), "{text}");
+    assert!(!text.contains("sign-me-123"));
+    // Objects upserted by Segment.set.
+    let (s, objects) = sy
+        .admin(
+            "GET",
+            "/api/v1/sources/verified/objects?collection=accounts",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(objects["data"][0]["id"], "u-9");
+    assert_eq!(objects["data"][0]["properties"], json!({"plan": "team"}));
+}
+
+mod hmac_helper {
+    pub fn sign(secret: &str, body: &str) -> String {
+        // The sandbox's own HMAC is what is under test: compute this one in the
+        // receiver's language-neutral way, with node.
+        let out = std::process::Command::new("node")
+            .arg("-e")
+            .arg("const c=require('crypto');process.stdout.write(c.createHmac('sha256',process.argv[1]).update(process.argv[2]).digest('hex'))")
+            .arg(secret)
+            .arg(body)
+            .output()
+            .expect("node");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn failing_functions_are_retried_then_dead_lettered_and_the_server_survives() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx.url("hook")));
+    for mode in ["throw", "loop", "bomb"] {
+        let (s, _) = post_raw(
+            &sy,
+            "/functions/broken/tok_broken",
+            &json!({"mode": mode}).to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 200, "acknowledged once stored");
+    }
+    let mut dead = Value::Null;
+    for _ in 0..600 {
+        let (_, d) = sy
+            .admin("GET", "/api/v1/sources/broken/deadletters", None)
+            .await;
+        if d["data"].as_array().is_some_and(|a| a.len() == 3) {
+            dead = d;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let items = dead["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("three dead letters expected: {dead}"));
+    let errors: Vec<&str> = items
+        .iter()
+        .map(|d| d["last_error"].as_str().unwrap())
+        .collect();
+    assert!(items.iter().all(|d| d["attempts"] == 5), "{dead}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("InvalidEventPayload: cannot handle throw")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("time budget")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("memory limit")),
+        "{errors:?}"
+    );
+    // Still serving, and a healthy function on the same server still works.
+    let (s, _) = post_raw(
+        &sy,
+        "/functions/stigg/tok_stigg",
+        r#"{"type":"a.b","customer":{"id":"c"}}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200);
+    rx.wait_delivered("hook", 1, 30).await;
+    let (_, logs) = sy
+        .admin("GET", "/api/v1/sources/broken/logs?limit=100", None)
+        .await;
+    assert!(
+        logs.to_string().contains("attempt 5 of 5, dead-lettered"),
+        "{logs}"
+    );
+    // Replay puts them back in the queue.
+    let (s, r) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources/broken/deadletters/replay",
+            Some(json!({"ids": [items[0]["id"]]})),
+        )
+        .await;
+    assert_eq!((s, r["replayed"].clone()), (200, json!(1)));
+}
+
+#[tokio::test]
+async fn offline_test_command_with_a_functions_library_fixture() {
+    let dir = TempDir::new("cli");
+    let payload = dir.0.join("payload.json");
+    std::fs::write(
+        &payload,
+        json!({"payload": {"body": {"type": "subscription.created", "customer": {"id": "c-7"}}, "headers": {"content-type": "application/json"}, "queryParameters": {"a": "1"}}, "settings": {}}).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["functions", "test"])
+        .arg(fixture("stigg.js"))
+        .arg("--payload")
+        .arg(&payload)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["events"][0]["event"], "subscription_created");
+    assert_eq!(v["events"][0]["userId"], "c-7");
+    assert_eq!(v["objects"], json!([]));
+    assert_eq!(v["logs"], json!([]));
+    assert_eq!(v["error"], Value::Null);
+
+    let bad = dir.0.join("bad.js");
+    std::fs::write(&bad, "async function onRequest(request) {\n  const b = request.json();\n  throw new InvalidEventPayload('no ' + b.type);\n}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["functions", "test"])
+        .arg(&bad)
+        .arg("--payload")
+        .arg(&payload)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["error"],
+        json!({"name": "InvalidEventPayload", "message": "no subscription.created", "line": 3})
+    );
+}
