@@ -6,8 +6,11 @@
 //! HTTP requests; it reads the store and sends.
 
 pub mod breaker;
+pub mod filter;
+pub mod function;
 pub mod retry;
 pub mod signing;
+pub mod sink;
 pub mod source_functions;
 pub mod webhooks;
 
@@ -16,7 +19,35 @@ use std::sync::Arc;
 use store::Store;
 use tokio::sync::watch;
 
-pub use webhooks::{WebhooksConfig, WebhooksSink};
+pub use function::{FunctionDestinationConfig, FunctionTransport};
+pub use sink::{Sink, SinkSettings, Transport};
+pub use webhooks::{WebhooksConfig, WebhooksTransport};
+
+/// A destination ready to start: its settings and its transport.
+pub struct DestinationSpec {
+    pub settings: SinkSettings,
+    pub transport: Arc<dyn Transport>,
+}
+
+impl DestinationSpec {
+    /// A Webhooks destination.
+    pub async fn webhooks(config: WebhooksConfig, store: Arc<dyn Store>) -> Result<Self, String> {
+        let settings = SinkSettings {
+            name: config.name.clone(),
+            sources: config.sources.clone(),
+            batch_size: config.batch_size,
+            batch_max_wait_ms: config.batch_max_wait_ms,
+            concurrency: config.concurrency,
+            enabled: config.enabled,
+            filter: config.filter.clone(),
+        };
+        let transport = Arc::new(WebhooksTransport::new(config, store).await?);
+        Ok(DestinationSpec {
+            settings,
+            transport,
+        })
+    }
+}
 
 /// Installs the process-wide TLS crypto provider (ring) once.
 pub fn install_crypto_provider() {
@@ -28,7 +59,7 @@ pub fn install_crypto_provider() {
 
 /// The running destinations.
 pub struct Engine {
-    sinks: HashMap<String, Arc<WebhooksSink>>,
+    sinks: HashMap<String, Arc<Sink>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
@@ -37,17 +68,17 @@ impl Engine {
     /// Starts a worker set for every enabled destination.
     pub async fn start(
         store: Arc<dyn Store>,
-        destinations: Vec<WebhooksConfig>,
+        destinations: Vec<DestinationSpec>,
     ) -> Result<Engine, String> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut sinks = HashMap::new();
         let mut tasks = Vec::new();
-        for config in destinations {
-            let name = config.name.clone();
+        for spec in destinations {
+            let name = spec.settings.name.clone();
             if sinks.contains_key(&name) {
                 return Err(format!("destination {name:?} is declared twice"));
             }
-            let sink = WebhooksSink::new(config, store.clone()).await?;
+            let sink = Sink::new(spec.settings, store.clone(), spec.transport).await?;
             tasks.extend(sink.spawn(shutdown_rx.clone()));
             sinks.insert(name, sink);
         }
@@ -58,7 +89,7 @@ impl Engine {
         })
     }
 
-    pub fn sink(&self, name: &str) -> Option<&Arc<WebhooksSink>> {
+    pub fn sink(&self, name: &str) -> Option<&Arc<Sink>> {
         self.sinks.get(name)
     }
 

@@ -48,7 +48,7 @@ fn store_error(e: store::StoreError) -> ApiError {
 fn known_destination<'a>(
     state: &'a AppState,
     name: &str,
-) -> Result<&'a Arc<delivery::WebhooksSink>, ApiError> {
+) -> Result<&'a Arc<delivery::Sink>, ApiError> {
     state
         .destinations
         .get(name)
@@ -397,4 +397,21 @@ pub async fn test_function(
         "requests": outcome.requests,
         "error": error.map(|e| json!({"name": e.name, "message": e.message, "line": e.line, "kind": e.kind})),
     })))
+}
+
+/// Logs of a destination function's runs.
+pub async fn destination_logs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(destination): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    known_destination(&state, &destination)?;
+    let items = state
+        .store
+        .function_logs(&format!("destination:{destination}"), paging.limit())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "data": items })))
 }

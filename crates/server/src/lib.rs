@@ -34,7 +34,7 @@ pub struct AppState {
     pub runner: Option<Arc<delivery::source_functions::SourceRunner>>,
     /// Largest raw request a function endpoint accepts (Segment: 2 MB).
     pub max_function_body_bytes: usize,
-    pub destinations: HashMap<String, Arc<delivery::WebhooksSink>>,
+    pub destinations: HashMap<String, Arc<delivery::Sink>>,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -43,7 +43,7 @@ impl AppState {
         store: Arc<dyn Store>,
         limits: Limits,
         keyring: Keyring,
-        destinations: HashMap<String, Arc<delivery::WebhooksSink>>,
+        destinations: HashMap<String, Arc<delivery::Sink>>,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         AppState {
@@ -159,6 +159,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))
         .route("/api/v1/destinations/{name}/attempts", get(admin::attempts))
+        .route(
+            "/api/v1/destinations/{name}/logs",
+            get(admin::destination_logs),
+        )
         .route(
             "/api/v1/destinations/{name}/deadletters",
             get(admin::dead_letters),

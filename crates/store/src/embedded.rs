@@ -160,12 +160,12 @@ CREATE TABLE IF NOT EXISTS captures(
 CREATE INDEX IF NOT EXISTS captures_source ON captures(source_id, id);
 CREATE TABLE IF NOT EXISTS function_logs(
     id INTEGER PRIMARY KEY,
-    source_id INTEGER NOT NULL,
+    owner TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     level TEXT NOT NULL,
     message TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS function_logs_source ON function_logs(source_id, id);
+CREATE INDEX IF NOT EXISTS function_logs_owner ON function_logs(owner, id);
 CREATE TABLE IF NOT EXISTS objects(
     source_id INTEGER NOT NULL,
     collection TEXT NOT NULL,
@@ -428,12 +428,25 @@ fn insert_events(
     Ok(receipt)
 }
 
-fn insert_logs(conn: &Connection, source_id: i64, logs: &[FunctionLog]) -> Result<()> {
+/// Function log lines kept per owner; older lines are trimmed.
+const LOGS_PER_OWNER: i64 = 10_000;
+
+fn insert_logs(conn: &Connection, owner: &str, logs: &[FunctionLog]) -> Result<()> {
+    if logs.is_empty() {
+        return Ok(());
+    }
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO function_logs(source_id, at_ms, level, message) VALUES(?1, ?2, ?3, ?4)",
+        "INSERT INTO function_logs(owner, at_ms, level, message) VALUES(?1, ?2, ?3, ?4)",
     )?;
     for l in logs {
-        stmt.execute(params![source_id, l.at_ms, l.level, l.message])?;
+        stmt.execute(params![owner, l.at_ms, l.level, l.message])?;
+    }
+    let last = conn.last_insert_rowid();
+    if last % 1000 < logs.len() as i64 {
+        conn.prepare_cached(
+            "DELETE FROM function_logs WHERE owner = ?1 AND id <= (SELECT id FROM function_logs WHERE owner = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )?
+        .execute(params![owner, LOGS_PER_OWNER])?;
     }
     Ok(())
 }
@@ -1013,6 +1026,7 @@ impl Store for EmbeddedStore {
         logs: Vec<FunctionLog>,
     ) -> Result<AppendReceipt> {
         let source_id = self.source_id(source)?;
+        let slug = source.to_string();
         let window = self.dedup_window_ms;
         let pending_head = self.pending_head.clone();
         self.write(move |conn| {
@@ -1026,7 +1040,7 @@ impl Store for EmbeddedStore {
             for (collection, object_id, properties) in &objects {
                 upsert.execute(params![source_id, collection, object_id, properties.to_string(), now])?;
             }
-            insert_logs(conn, source_id, &logs)?;
+            insert_logs(conn, &slug, &logs)?;
             conn.prepare_cached("UPDATE raw_requests SET state = 'done', last_error = '' WHERE id = ?1")?
                 .execute([id])?;
             Ok(receipt)
@@ -1043,9 +1057,10 @@ impl Store for EmbeddedStore {
         error: String,
         logs: Vec<FunctionLog>,
     ) -> Result<()> {
-        let source_id = self.source_id(source)?;
+        self.source_id(source)?;
+        let slug = source.to_string();
         self.write(move |conn| {
-            insert_logs(conn, source_id, &logs)?;
+            insert_logs(conn, &slug, &logs)?;
             let (state, next) = match next_ms {
                 Some(n) => ("pending", n),
                 None => ("dead", now_ms()),
@@ -1117,18 +1132,24 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn function_logs(&self, source: &str, limit: usize) -> Result<Vec<FunctionLog>> {
-        let source_id = self.source_id(source)?;
+    async fn function_logs(&self, owner: &str, limit: usize) -> Result<Vec<FunctionLog>> {
+        let owner = owner.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT at_ms, level, message FROM function_logs WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT at_ms, level, message FROM function_logs WHERE owner = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![source_id, limit as i64], |r| {
+            let rows = stmt.query_map(params![owner, limit as i64], |r| {
                 Ok(FunctionLog { at_ms: r.get(0)?, level: r.get(1)?, message: r.get(2)? })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+
+    async fn append_logs(&self, owner: &str, logs: Vec<FunctionLog>) -> Result<()> {
+        let owner = owner.to_string();
+        self.write(move |conn| insert_logs(conn, &owner, &logs))
+            .await
     }
 
     async fn objects(

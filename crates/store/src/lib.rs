@@ -331,8 +331,11 @@ pub trait Store: Send + Sync + 'static {
     /// The source's captured requests, newest first.
     async fn captures(&self, source: &str) -> Result<Vec<RawRecord>>;
 
-    /// A source's function logs, newest first.
-    async fn function_logs(&self, source: &str, limit: usize) -> Result<Vec<FunctionLog>>;
+    /// Function logs of an owner (a source slug, or `destination:<name>`), newest first.
+    async fn function_logs(&self, owner: &str, limit: usize) -> Result<Vec<FunctionLog>>;
+
+    /// Appends function logs for an owner (a destination function's runs).
+    async fn append_logs(&self, owner: &str, logs: Vec<FunctionLog>) -> Result<()>;
 
     /// Objects of a source, optionally of one collection and one id.
     async fn objects(

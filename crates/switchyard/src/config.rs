@@ -110,18 +110,19 @@ fn string_type() -> String {
 impl SettingDecl {
     /// Checks a value against the declared type.
     pub fn check(&self, value: &toml::Value) -> Result<(), String> {
-        let ok =
-            match self.kind.as_str() {
-                "string" => value.is_str(),
-                "boolean" => value.is_bool(),
-                "number" => value.is_integer() || value.is_float(),
-                "array" => value.is_array(),
-                "map" => value.is_table(),
-                other => return Err(format!(
+        let ok = match self.kind.as_str() {
+            "string" => value.is_str(),
+            "boolean" => value.is_bool(),
+            "number" => value.is_integer() || value.is_float(),
+            "array" => value.is_array(),
+            "map" => value.is_table(),
+            other => {
+                return Err(format!(
                     "setting {:?}: unknown type {other:?} (string, boolean, number, array, map)",
                     self.name
-                )),
-            };
+                ))
+            }
+        };
         if ok {
             Ok(())
         } else {
@@ -134,12 +135,7 @@ impl SettingDecl {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DestinationConfig {
     Webhooks(delivery::WebhooksConfig),
-    Function(FunctionDestinationConfig),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct FunctionDestinationConfig {
-    pub name: String,
+    Function(delivery::FunctionDestinationConfig),
 }
 
 impl DestinationConfig {
@@ -273,15 +269,44 @@ impl Config {
             if !names.insert(d.name()) {
                 bail!("destination {:?} is declared twice", d.name());
             }
-            if let DestinationConfig::Webhooks(w) = d {
-                w.validate().map_err(|e| anyhow!(e))?;
-                for s in &w.sources {
-                    if !slugs.contains(s.as_str()) {
+            let sources = match d {
+                DestinationConfig::Webhooks(w) => {
+                    w.validate().map_err(|e| anyhow!(e))?;
+                    &w.sources
+                }
+                DestinationConfig::Function(f) => {
+                    f.validate().map_err(|e| anyhow!(e))?;
+                    let Some(decl) = self.functions.iter().find(|x| x.name == f.function) else {
                         bail!(
-                            "destination {:?}: source {s:?} is not declared in [[sources]]",
-                            w.name
+                            "destination {:?}: function {:?} is not declared in [[functions]]",
+                            f.name,
+                            f.function
                         );
+                    };
+                    if decl.kind != "destination" {
+                        bail!("destination {:?}: function {:?} is a {} function, not a destination function", f.name, f.function, decl.kind);
                     }
+                    for setting in &decl.settings {
+                        match f.settings.get(&setting.name) {
+                            Some(v) => setting.check(v).map_err(|e| anyhow!("destination {:?}: {e}", f.name))?,
+                            None if setting.required => bail!(
+                                "destination {:?}: required setting {:?} of function {:?} is missing",
+                                f.name,
+                                setting.name,
+                                f.function
+                            ),
+                            None => {}
+                        }
+                    }
+                    &f.sources
+                }
+            };
+            for s in sources {
+                if !slugs.contains(s.as_str()) {
+                    bail!(
+                        "destination {:?}: source {s:?} is not declared in [[sources]]",
+                        d.name()
+                    );
                 }
             }
         }

@@ -194,6 +194,81 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
 }
 
 /// Loads the code of every function source and checks that it loads.
+/// A function's code and limits, loaded from its file and checked to load.
+struct LoadedFunction {
+    code: Arc<functions::FunctionCode>,
+    limits: functions::Limits,
+    handlers: Vec<String>,
+}
+
+fn load_function<'a>(
+    config: &'a Config,
+    config_dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<(LoadedFunction, &'a crate::config::FunctionConfig)> {
+    let f = config
+        .functions
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| anyhow!("function {name:?} is not declared in [[functions]]"))?;
+    let path = if f.file.is_absolute() {
+        f.file.clone()
+    } else {
+        config_dir.join(&f.file)
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("function {name:?}: cannot read {}", path.display()))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "function.js".into());
+    let code = functions::FunctionCode::new(name, &file_name, &text);
+    let defaults = functions::Limits::default();
+    let limits = functions::Limits {
+        timeout: f
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.timeout),
+        memory_bytes: f
+            .memory_mb
+            .map(|m| m * 1024 * 1024)
+            .unwrap_or(defaults.memory_bytes),
+        ..defaults
+    };
+    let handlers = functions::inspect(&code, &limits)
+        .map_err(|e| anyhow!("function {name:?} ({}) does not load: {e}", path.display()))?;
+    Ok((
+        LoadedFunction {
+            code: Arc::new(code),
+            limits,
+            handlers,
+        },
+        f,
+    ))
+}
+
+/// Settings as JSON, and the values of the encrypted ones (to redact).
+fn settings_of(
+    decl: &crate::config::FunctionConfig,
+    values: &toml::Table,
+) -> (serde_json::Value, Vec<String>) {
+    let settings = serde_json::Value::Object(
+        values
+            .iter()
+            .map(|(k, v)| (k.clone(), toml_to_json(v)))
+            .collect(),
+    );
+    let secrets = decl
+        .settings
+        .iter()
+        .filter(|d| d.encrypted)
+        .filter_map(|d| values.get(&d.name))
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    (settings, secrets)
+}
+
+/// Loads the code of every function source.
 fn load_source_functions(
     config: &Config,
     config_dir: &std::path::Path,
@@ -201,58 +276,73 @@ fn load_source_functions(
     let mut out = Vec::new();
     for s in config.sources.iter().filter(|s| s.kind == "function") {
         let name = s.function.as_deref().unwrap_or_default();
-        let f = config
-            .functions
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| anyhow!("source {:?}: function {name:?} is not declared", s.slug))?;
-        let path = if f.file.is_absolute() {
-            f.file.clone()
-        } else {
-            config_dir.join(&f.file)
-        };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("function {name:?}: cannot read {}", path.display()))?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "function.js".into());
-        let code = functions::FunctionCode::new(name, &file_name, &text);
-        let defaults = functions::Limits::default();
-        let limits = functions::Limits {
-            timeout: f
-                .timeout_ms
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.timeout),
-            memory_bytes: f
-                .memory_mb
-                .map(|m| m * 1024 * 1024)
-                .unwrap_or(defaults.memory_bytes),
-            ..defaults
-        };
-        functions::inspect(&code, &limits)
-            .map_err(|e| anyhow!("function {name:?} ({}) does not load: {e}", path.display()))?;
-        let settings = serde_json::Value::Object(
-            s.settings
-                .iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        );
-        let secrets = f
-            .settings
-            .iter()
-            .filter(|d| d.encrypted)
-            .filter_map(|d| s.settings.get(&d.name))
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        let (loaded, decl) = load_function(config, config_dir, name)
+            .with_context(|| format!("source {:?}", s.slug))?;
+        let values: toml::Table = s.settings.clone().into_iter().collect();
+        let (settings, secrets) = settings_of(decl, &values);
         out.push(delivery::source_functions::SourceFunction {
             secrets,
             slug: s.slug.clone(),
-            code: Arc::new(code),
+            code: loaded.code,
             settings,
-            limits,
+            limits: loaded.limits,
             respond_inline: s.respond.as_deref() == Some("function"),
         });
+    }
+    Ok(out)
+}
+
+/// Builds every destination: its settings and transport.
+async fn build_destinations(
+    config: &Config,
+    config_dir: &std::path::Path,
+    store: &Arc<dyn Store>,
+    pool: Option<&Arc<functions::Pool>>,
+) -> anyhow::Result<Vec<delivery::DestinationSpec>> {
+    let mut out = Vec::new();
+    for d in &config.destinations {
+        match d {
+            DestinationConfig::Webhooks(w) => {
+                reenable_changed_urls(store.as_ref(), w).await?;
+                out.push(
+                    delivery::DestinationSpec::webhooks(w.clone(), store.clone())
+                        .await
+                        .map_err(|e| anyhow!(e))?,
+                );
+            }
+            DestinationConfig::Function(f) => {
+                let (loaded, decl) = load_function(config, config_dir, &f.function)
+                    .with_context(|| format!("destination {:?}", f.name))?;
+                let (settings, secrets) = settings_of(decl, &f.settings);
+                let batched = f.batch_size > 1 && loaded.handlers.iter().any(|h| h == "onBatch");
+                if f.batch_size > 1 && !batched {
+                    tracing::warn!(destination = %f.name, "batch_size > 1 but the function has no onBatch: events are delivered one by one");
+                }
+                let pool = pool.ok_or_else(|| anyhow!("internal: no function pool"))?;
+                out.push(delivery::DestinationSpec {
+                    settings: delivery::SinkSettings {
+                        name: f.name.clone(),
+                        sources: f.sources.clone(),
+                        batch_size: if batched { f.batch_size } else { 1 },
+                        batch_max_wait_ms: f.batch_max_wait_ms,
+                        concurrency: f.concurrency,
+                        enabled: f.enabled,
+                        filter: f.filter.clone(),
+                    },
+                    transport: Arc::new(delivery::FunctionTransport {
+                        name: f.name.clone(),
+                        code: loaded.code,
+                        settings,
+                        limits: loaded.limits,
+                        pool: pool.clone(),
+                        store: store.clone(),
+                        policy: f.retry_policy(),
+                        retry_unknown_errors: f.retry_unknown_errors,
+                        secrets,
+                    }),
+                });
+            }
+        }
     }
     Ok(out)
 }
@@ -368,18 +458,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(defaults.max_batch_events),
         max_message_id_chars: defaults.max_message_id_chars,
     };
-    let destinations: Vec<delivery::WebhooksConfig> = config
-        .destinations
-        .iter()
-        .map(|d| match d {
-            DestinationConfig::Webhooks(w) => Ok(w.clone()),
-            DestinationConfig::Function(f) => Err(anyhow!(
-                "destination {:?}: destination functions are not available in this build yet",
-                f.name
-            )),
-        })
-        .collect::<anyhow::Result<_>>()?;
-
     let mut options = EmbeddedOptions::new(&data_dir);
     options.fsync = args.fsync.or(server.fsync).unwrap_or(true);
     options.dedup_window_ms = dedup_window.as_millis() as i64;
@@ -396,10 +474,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let credentials = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
     let admin_hash =
         apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
-    for w in &destinations {
-        reenable_changed_urls(store.as_ref(), w).await?;
-    }
     let metrics = install_metrics()?;
+    let uses_functions = !source_functions.is_empty()
+        || config
+            .destinations
+            .iter()
+            .any(|d| matches!(d, DestinationConfig::Function(_)));
+    let pool = uses_functions.then(|| {
+        let workers = server.function_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        Arc::new(functions::Pool::new(
+            workers,
+            functions::FetchPolicy {
+                allow: server.fetch_allow.clone(),
+                deny: server.fetch_deny.clone(),
+            },
+        ))
+    });
+    let destinations = build_destinations(&config, &config_dir, &store, pool.as_ref()).await?;
     let engine = delivery::Engine::start(store.clone(), destinations)
         .await
         .map_err(|e| anyhow!(e))?;
@@ -409,29 +504,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .filter_map(|n| engine.sink(&n).map(|s| (n, s.clone())))
         .collect();
     let (workers_stop, workers_stop_rx) = tokio::sync::watch::channel(false);
-    let runner = if source_functions.is_empty() {
-        None
-    } else {
-        let workers = server.function_workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
-        let pool = Arc::new(functions::Pool::new(
-            workers,
-            functions::FetchPolicy {
-                allow: server.fetch_allow.clone(),
-                deny: server.fetch_deny.clone(),
-            },
-        ));
-        let runner = delivery::source_functions::SourceRunner::new(
-            store.clone(),
-            pool,
-            source_functions,
-            limits,
-            Duration::from_millis(server.function_retry_initial_ms.unwrap_or(1000)),
-        );
-        Some(runner)
+    let runner = match (&pool, source_functions.is_empty()) {
+        (Some(pool), false) => {
+            let pool = pool.clone();
+            let runner = delivery::source_functions::SourceRunner::new(
+                store.clone(),
+                pool,
+                source_functions,
+                limits,
+                Duration::from_millis(server.function_retry_initial_ms.unwrap_or(1000)),
+            );
+            Some(runner)
+        }
+        _ => None,
     };
     let runner_task = runner
         .clone()
@@ -484,11 +569,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = runner_task {
         let _ = task.await;
     }
-    if let Some(r) = &runner {
-        let pool = r.pool().clone();
+    engine.shutdown().await;
+    if let Some(pool) = pool {
         let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
     }
-    engine.shutdown().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -108,6 +108,9 @@ pub struct WebhooksConfig {
     /// Requests in flight at once for this destination.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Which events this destination receives (all when absent).
+    #[serde(default)]
+    pub filter: Option<crate::filter::Filter>,
     #[serde(default = "default_true")]
     pub enabled: bool,
 }
@@ -132,6 +135,7 @@ impl WebhooksConfig {
             retry_max_delay: default_retry_max_delay(),
             ca_file: None,
             concurrency: default_concurrency(),
+            filter: None,
             enabled: true,
         }
     }
@@ -182,6 +186,10 @@ impl WebhooksConfig {
             return Err(format!(
                 "destination {name:?}: `concurrency` must be positive"
             ));
+        }
+        if let Some(f) = &self.filter {
+            f.validate()
+                .map_err(|e| format!("destination {name:?}: filter: {e}"))?;
         }
         if self.previous_shared_secret.is_some() && self.shared_secret.is_none() {
             return Err(format!(

@@ -1,11 +1,12 @@
 //! The Webhooks destination, in the shape every destination kind shares:
 //! `config` (what the user writes), `request_builder` (delivery → request),
-//! `service` (sends it), `sink` (drives the log, retries, dead letters).
+//! `service` (sends it), `transport` (one attempt at a delivery, for the
+//! shared [`crate::sink::Sink`] that drives the log, retries and dead letters).
 
 pub mod config;
 pub mod request_builder;
 pub mod service;
-pub mod sink;
+pub mod transport;
 
 pub use config::{Fanout, SignatureScheme, WebhooksConfig};
-pub use sink::WebhooksSink;
+pub use transport::WebhooksTransport;

@@ -1,0 +1,106 @@
+//! What a user writes for a destination function, and its validation.
+
+use crate::filter::Filter;
+use crate::retry::{parse_duration, RetryPolicy};
+use serde::{Deserialize, Deserializer};
+use std::time::Duration;
+
+fn duration_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_batch_size() -> usize {
+    1
+}
+fn default_batch_wait_ms() -> u64 {
+    10_000
+}
+fn default_max_retry_age() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_retry_initial_ms() -> u64 {
+    1000
+}
+fn default_retry_max_delay() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 4)
+        .unwrap_or(8)
+}
+
+/// A destination function, as written in `switchyard.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDestinationConfig {
+    pub name: String,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// A `[[functions]]` entry with `kind = "destination"`.
+    pub function: String,
+    /// Values for the function's declared settings.
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Events per `onBatch` call when the function defines it (Segment: 20; up to 1,000).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill (Segment: 10 s).
+    #[serde(default = "default_batch_wait_ms")]
+    pub batch_max_wait_ms: u64,
+    #[serde(
+        default = "default_max_retry_age",
+        deserialize_with = "duration_from_str"
+    )]
+    pub max_retry_age: Duration,
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(
+        default = "default_retry_max_delay",
+        deserialize_with = "duration_from_str"
+    )]
+    pub retry_max_delay: Duration,
+    /// Invocations in flight at once (default: 4 per core).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Also retry errors other than `RetryError`, timeouts and memory kills.
+    #[serde(default)]
+    pub retry_unknown_errors: bool,
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl FunctionDestinationConfig {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(self.retry_initial_ms.max(1)),
+            max_delay: self.retry_max_delay.max(Duration::from_millis(1)),
+            max_age: self.max_retry_age,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if self.batch_size == 0 || self.batch_size > 1000 {
+            return Err(format!(
+                "destination {name:?}: `batch_size` must be between 1 and 1000"
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(format!(
+                "destination {name:?}: `concurrency` must be positive"
+            ));
+        }
+        if let Some(f) = &self.filter {
+            f.validate()
+                .map_err(|e| format!("destination {name:?}: filter: {e}"))?;
+        }
+        Ok(())
+    }
+}
