@@ -18,6 +18,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const PRELUDE: &str = include_str!("../js/prelude.js");
+const EXPOSE_HANDLERS: &str = r#"
+for (const name of ['onRequest', 'onTrack', 'onIdentify', 'onPage', 'onScreen', 'onGroup', 'onAlias', 'onDelete', 'onBatch']) {
+  try {
+    const f = (0, eval)(name);
+    if (typeof f === 'function' && typeof globalThis[name] !== 'function') globalThis[name] = f;
+  } catch (_) {}
+}
+"#;
 /// Most log lines kept per invocation, and most bytes per line.
 const MAX_LOG_LINES: usize = 500;
 const MAX_LOG_LINE_BYTES: usize = 4096;
@@ -344,7 +352,12 @@ impl Sandbox {
             options.strict = false;
             options.filename = Some(file_name.clone());
             ctx.eval_with_options::<(), _>(code.source.as_bytes().to_vec(), options)
-                .map_err(|e| caught(&ctx, e, &file_name, &state))
+                .map_err(|e| caught(&ctx, e, &file_name, &state))?;
+            // Handlers declared with `const`/`let` live in the global lexical
+            // scope, not on the global object: publish them where the
+            // invocation code looks.
+            ctx.eval::<(), _>(EXPOSE_HANDLERS)
+                .map_err(|e| caught(&ctx, e, "prelude.js", &state))
         });
         let mut sandbox = Sandbox {
             ctx,
