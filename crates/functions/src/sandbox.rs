@@ -297,11 +297,7 @@ fn caught(ctx: &Ctx<'_>, err: rquickjs::Error, file: &str, state: &HostState) ->
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok());
     FunctionError {
-        kind: if name == "SyntaxError" {
-            ErrorKind::Thrown
-        } else {
-            ErrorKind::Thrown
-        },
+        kind: ErrorKind::Thrown,
         name,
         message,
         line,
@@ -496,7 +492,7 @@ impl Sandbox {
             }
         }
         // Leave no garbage from this call for the next one to pay for.
-        if self.calls % 64 == 0 {
+        if self.calls.is_multiple_of(64) {
             self.rt.run_gc();
         }
         Invocation {

@@ -374,7 +374,8 @@ async fn metrics_count_per_source() {
 }
 
 /// Runs `switchyard serve` with no configuration in `dir` until it listens;
-/// returns its stdout lines and the child.
+/// returns its stdout lines and the child (which the caller stops and waits for).
+#[allow(clippy::zombie_processes)]
 fn serve_bare(dir: &std::path::Path) -> (Vec<String>, std::process::Child) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
