@@ -12,18 +12,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::unauthorized("missing admin token: send `Authorization: Bearer <token>`")
-        })?;
-    if state.is_admin_token(token.trim()) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized("invalid admin token"))
-    }
+    crate::manage::require_token(state, headers)
 }
 
 #[derive(Debug, Deserialize)]

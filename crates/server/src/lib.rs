@@ -8,10 +8,12 @@ pub mod admin;
 pub mod body;
 pub mod error;
 pub mod functions;
+pub mod manage;
+pub mod openapi;
 pub mod tracking;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use spec::{Limits, MessageType};
@@ -28,6 +30,10 @@ pub struct AppState {
     /// Write-key digest → source slug.
     write_keys: RwLock<HashMap<String, String>>,
     admin_token_hash: RwLock<Option<String>>,
+    /// User deletion requests of this process (also kept in the store's meta).
+    pub deletions: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// API token digest → read-only?
+    api_tokens: RwLock<HashMap<String, bool>>,
     /// Function-token digest → source slug.
     function_tokens: RwLock<HashMap<String, String>>,
     /// Runs source functions (absent when no source has one).
@@ -53,6 +59,8 @@ impl AppState {
             write_keys: RwLock::new(HashMap::new()),
             admin_token_hash: RwLock::new(None),
             function_tokens: RwLock::new(HashMap::new()),
+            api_tokens: RwLock::new(HashMap::new()),
+            deletions: std::sync::Mutex::new(Vec::new()),
             runner: None,
             max_function_body_bytes: 2 * 1024 * 1024,
             destinations,
@@ -92,13 +100,37 @@ impl AppState {
         self.write_keys.read().ok()?.get(&digest).cloned()
     }
 
-    pub fn is_admin_token(&self, token: &str) -> bool {
+    /// Registers (or, with `None`, forgets) an API token digest.
+    pub fn set_api_token(&self, digest: &str, read_only: Option<bool>) {
+        if let Ok(mut tokens) = self.api_tokens.write() {
+            match read_only {
+                Some(r) => {
+                    tokens.insert(digest.to_string(), r);
+                }
+                None => {
+                    tokens.remove(digest);
+                }
+            }
+        }
+    }
+
+    /// `Some(read_only)` for a valid management token, `None` otherwise.
+    pub fn token_access(&self, token: &str) -> Option<bool> {
         let digest = self.keyring.hash(token);
-        self.admin_token_hash
+        let bootstrap = self
+            .admin_token_hash
             .read()
             .ok()
             .and_then(|h| h.clone())
-            .is_some_and(|h| constant_time_eq(h.as_bytes(), digest.as_bytes()))
+            .is_some_and(|h| constant_time_eq(h.as_bytes(), digest.as_bytes()));
+        if bootstrap {
+            return Some(false);
+        }
+        self.api_tokens.read().ok()?.get(&digest).copied()
+    }
+
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        self.token_access(token).is_some()
     }
 }
 
@@ -157,6 +189,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sources/{slug}/test", post(admin::test_function))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route(
+            "/api/v1/tokens",
+            get(manage::list_tokens).post(manage::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(manage::revoke_token))
+        .route(
+            "/api/v1/deletions",
+            get(manage::list_deletions).post(manage::create_deletion),
+        )
+        .route("/api/v1/deletions/{id}", get(manage::get_deletion))
+        .route("/api/v1/sources", get(manage::list_sources))
+        .route("/api/v1/destinations", get(manage::list_destinations))
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))
         .route("/api/v1/destinations/{name}/attempts", get(admin::attempts))
         .route(
@@ -176,6 +221,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(admin::enable_urls),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            manage::read_only_guard,
+        ))
         // Bodies are capped by the handlers themselves, with JSON errors.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

@@ -174,6 +174,14 @@ CREATE TABLE IF NOT EXISTS objects(
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY(source_id, collection, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    read_only INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS meta(
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -1180,6 +1188,105 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn tokens(&self) -> Result<Vec<ApiToken>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, hash, read_only, created_ms FROM tokens WHERE revoked_ms IS NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ApiToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    hash: r.get(2)?,
+                    read_only: r.get::<_, i64>(3)? != 0,
+                    created_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn create_token(&self, name: &str, hash: &str, read_only: bool) -> Result<ApiToken> {
+        let (name, hash) = (name.to_string(), hash.to_string());
+        self.write(move |conn| {
+            let now = now_ms();
+            conn.execute(
+                "INSERT INTO tokens(name, hash, read_only, created_ms) VALUES(?1, ?2, ?3, ?4)",
+                params![name, hash, read_only as i64, now],
+            )?;
+            Ok(ApiToken {
+                id: conn.last_insert_rowid(),
+                name,
+                hash,
+                read_only,
+                created_ms: now,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+                params![id, now_ms()],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn sources_of_user(&self, user_id: &str) -> Result<Vec<String>> {
+        let user_id = user_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT s.slug FROM events e JOIN sources s ON s.id = e.source_id WHERE e.user_id = ?1",
+            )?;
+            let rows = stmt.query_map([user_id], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn purge_user(&self, user_id: &str, keep: Vec<String>) -> Result<PurgeReport> {
+        let user_id = user_id.to_string();
+        self.write(move |conn| {
+            conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purge_keep(id TEXT PRIMARY KEY); DELETE FROM purge_keep;")?;
+            for id in &keep {
+                conn.execute("INSERT OR IGNORE INTO purge_keep(id) VALUES(?1)", [id])?;
+            }
+            // JSON text of the id as it appears in stored bodies.
+            let quoted = serde_json::to_string(&user_id).unwrap_or_default();
+            let mut report = PurgeReport {
+                events: conn.execute(
+                    "DELETE FROM events WHERE user_id = ?1 AND message_id NOT IN (SELECT id FROM purge_keep)",
+                    [&user_id],
+                )? as u64,
+                ..Default::default()
+            };
+            report.raw_requests = purge_raw(conn, "raw_requests", &user_id)?;
+            report.captures = purge_raw(conn, "captures", &user_id)?;
+            report.objects = conn.execute("DELETE FROM objects WHERE id = ?1", [&user_id])? as u64;
+            let body_like = format!("%\"userId\":{}%", quoted.replace('%', "\\%").replace('_', "\\_"));
+            report.retries = conn.execute(
+                "DELETE FROM retries WHERE CAST(body AS TEXT) LIKE ?1 ESCAPE '\\'
+                 AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE retries.message_ids LIKE '%' || k.id || '%')",
+                [&body_like],
+            )? as u64;
+            report.dead_letters = conn.execute(
+                "DELETE FROM dead_letters WHERE CAST(body AS TEXT) LIKE ?1 ESCAPE '\\'
+                 AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE dead_letters.message_ids LIKE '%' || k.id || '%')",
+                [&body_like],
+            )? as u64;
+            report.rejections = conn.execute(
+                "DELETE FROM rejections WHERE excerpt LIKE ?1 ESCAPE '\\'",
+                [&body_like],
+            )? as u64;
+            Ok(report)
+        })
+        .await
+    }
+
     async fn close(&self) {
         let sender = self.jobs.lock().ok().and_then(|mut g| g.take());
         drop(sender);
@@ -1188,6 +1295,49 @@ impl Store for EmbeddedStore {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// Whether a stored raw request (JSON with a base64 `body`) mentions `needle`
+/// in its body, URL or headers.
+fn raw_mentions(request: &[u8], needle: &str) -> bool {
+    use base64::Engine;
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(request) else {
+        return false;
+    };
+    let body = v
+        .get("body")
+        .and_then(|b| b.as_str())
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .unwrap_or_default();
+    let needle_bytes = needle.as_bytes();
+    body.windows(needle_bytes.len().max(1))
+        .any(|w| w == needle_bytes)
+        || v.get("url")
+            .and_then(|u| u.as_str())
+            .is_some_and(|u| u.contains(needle))
+        || v.get("headers")
+            .is_some_and(|h| h.to_string().contains(needle))
+}
+
+/// Deletes the rows of `table` (with `id` and `request` columns) whose raw
+/// request mentions `needle`.
+fn purge_raw(conn: &Connection, table: &str, needle: &str) -> Result<u64> {
+    let ids: Vec<i64> = {
+        let mut stmt = conn.prepare(&format!("SELECT id, request FROM {table}"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut ids = Vec::new();
+        for row in rows {
+            let (id, request) = row?;
+            if raw_mentions(&request, needle) {
+                ids.push(id);
+            }
+        }
+        ids
+    };
+    for id in &ids {
+        conn.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
+    }
+    Ok(ids.len() as u64)
 }
 
 #[cfg(test)]

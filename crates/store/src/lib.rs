@@ -201,6 +201,29 @@ pub struct StoredObject {
     pub updated_ms: i64,
 }
 
+/// An API token (digest only).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiToken {
+    pub id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub read_only: bool,
+    pub created_ms: i64,
+}
+
+/// What a user deletion did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeReport {
+    pub events: u64,
+    pub raw_requests: u64,
+    pub captures: u64,
+    pub objects: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
+    pub rejections: u64,
+}
+
 /// Captured raw requests kept per source (the webhook catcher).
 pub const CAPTURES_PER_SOURCE: usize = 10;
 
@@ -345,6 +368,20 @@ pub trait Store: Send + Sync + 'static {
         id: Option<String>,
         limit: usize,
     ) -> Result<Vec<StoredObject>>;
+
+    /// API tokens that are not revoked.
+    async fn tokens(&self) -> Result<Vec<ApiToken>>;
+    async fn create_token(&self, name: &str, hash: &str, read_only: bool) -> Result<ApiToken>;
+    /// Returns whether a token was revoked.
+    async fn revoke_token(&self, id: i64) -> Result<bool>;
+
+    /// Sources with stored events of `user_id`.
+    async fn sources_of_user(&self, user_id: &str) -> Result<Vec<String>>;
+
+    /// Removes every stored trace of `user_id` (events, raw requests and
+    /// captures that mention it, objects with its id, pending retries and dead
+    /// letters carrying it), except the events whose ids are in `keep`.
+    async fn purge_user(&self, user_id: &str, keep: Vec<String>) -> Result<PurgeReport>;
 
     /// Waits for pending writes and stops.
     async fn close(&self);

@@ -1,5 +1,6 @@
 //! The `switchyard` command: parses arguments and wires the crates together.
 
+mod api_cli;
 mod bench;
 mod config;
 mod functions_cli;
@@ -24,6 +25,40 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Work with functions (offline test runs).
     Functions(functions_cli::FunctionsArgs),
+    /// Sources of a running server.
+    Sources {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        #[command(subcommand)]
+        command: api_cli::SourcesCommand,
+    },
+    /// Destinations of a running server.
+    Destinations {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        #[command(subcommand)]
+        command: api_cli::DestinationsCommand,
+    },
+    /// Dead letters: list and replay.
+    Deadletters {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        #[command(subcommand)]
+        command: api_cli::DeadLettersCommand,
+    },
+    /// Function logs of a source or destination.
+    Logs {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        #[command(flatten)]
+        args: api_cli::LogsArgs,
+    },
+    /// Delete a user: notify destinations, purge stored data.
+    DeleteUser {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        user_id: String,
+    },
     /// Measure throughput and latency against a server started for the run.
     Bench(bench::BenchArgs),
 }
@@ -54,13 +89,35 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Functions(_) => Ok(()),
+            Command::Sources { remote, command } => {
+                api_cli::run(remote, api_cli::Call::Sources(command)).await
+            }
+            Command::Destinations { remote, command } => {
+                api_cli::run(remote, api_cli::Call::Destinations(command)).await
+            }
+            Command::Deadletters { remote, command } => {
+                api_cli::run(remote, api_cli::Call::DeadLetters(command)).await
+            }
+            Command::Logs { remote, args } => api_cli::run(remote, api_cli::Call::Logs(args)).await,
+            Command::DeleteUser { remote, user_id } => {
+                api_cli::run(remote, api_cli::Call::DeleteUser(user_id)).await
+            }
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) if e.downcast_ref::<api_cli::ApiFailure>().is_some() => {
             eprintln!("switchyard: {e:#}");
             std::process::ExitCode::FAILURE
         }
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            std::process::ExitCode::from(2)
+        }
     }
+}
+
+/// Installs the TLS provider for the HTTP clients of the CLI.
+pub fn install_tls() {
+    delivery::install_crypto_provider();
 }

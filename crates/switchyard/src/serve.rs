@@ -533,6 +533,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for (slug, hash) in &credentials.function_tokens {
         state.set_function_token_hash(slug, hash);
     }
+    for token in store.tokens().await? {
+        state.set_api_token(&token.hash, Some(token.read_only));
+    }
     state.set_admin_token_hash(Some(admin_hash));
 
     let listener = tokio::net::TcpListener::bind(&listen)

@@ -1,0 +1,298 @@
+//! Management resources: API tokens, user deletion, and the lists of sources
+//! and destinations. Read-only tokens may only read (`GET`).
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use store::secrets::generate_credential;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Any valid management token (read-only included).
+pub fn require_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing API token: send `Authorization: Bearer <token>`")
+    })?;
+    state
+        .token_access(token)
+        .map(|_| ())
+        .ok_or_else(|| ApiError::unauthorized("invalid API token"))
+}
+
+/// Refuses writes (anything but GET/HEAD) to `/api/v1/…` with a read-only token.
+pub async fn read_only_guard(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/api/v1/") && !matches!(*request.method(), Method::GET | Method::HEAD) {
+        if let Some(true) = bearer(request.headers()).and_then(|t| state.token_access(t)) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "read_only_token",
+                "this token is read-only; use an admin token for changes",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn unavailable(e: store::StoreError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+pub async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let tokens = state.store.tokens().await.map_err(unavailable)?;
+    Ok(Json(json!({ "data": tokens })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_token(&state, &headers)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    if req.name.trim().is_empty() {
+        return Err(
+            ApiError::bad_request("invalid_body", "`name` must not be empty")
+                .with_field(Some("name".into())),
+        );
+    }
+    let token = generate_credential(if req.read_only { "syr_" } else { "sya_" });
+    let digest = state.keyring.hash(&token);
+    let record = state
+        .store
+        .create_token(&req.name, &digest, req.read_only)
+        .await
+        .map_err(unavailable)?;
+    state.set_api_token(&digest, Some(req.read_only));
+    let mut v = serde_json::to_value(&record).unwrap_or(Value::Null);
+    v["token"] = Value::String(token);
+    v["note"] = Value::String("the token is shown once; only its digest is stored".into());
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let tokens = state.store.tokens().await.map_err(unavailable)?;
+    let Some(token) = tokens.into_iter().find(|t| t.id == id) else {
+        return Err(ApiError::not_found(format!("no token {id}")));
+    };
+    state.store.revoke_token(id).await.map_err(unavailable)?;
+    state.set_api_token(&token.hash, None);
+    Ok(Json(json!({ "revoked": id })))
+}
+
+pub async fn list_sources(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let sources = state.store.sources().await.map_err(unavailable)?;
+    let data: Vec<Value> = sources
+        .into_iter()
+        .map(|s| {
+            let function = state
+                .runner
+                .as_ref()
+                .and_then(|r| r.source(&s.slug))
+                .map(|f| json!({"name": f.code.name, "version": f.code.version}));
+            json!({
+                "slug": s.slug,
+                "kind": s.kind,
+                "created_ms": s.created_ms,
+                "write_key": s.write_key_hash.as_ref().map(|_| "********"),
+                "token": s.token_hash.as_ref().map(|_| "********"),
+                "function": function,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })))
+}
+
+pub async fn list_destinations(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let mut names: Vec<_> = state.destinations.keys().cloned().collect();
+    names.sort();
+    let mut data = Vec::new();
+    for name in names {
+        let sink = &state.destinations[&name];
+        let s = sink.settings();
+        data.push(json!({
+            "name": name,
+            "sources": s.sources,
+            "batch_size": s.batch_size,
+            "enabled": s.enabled,
+            "backlog": state.store.backlog(&name).await.map_err(unavailable)?,
+            "retries": state.store.retry_count(&name).await.map_err(unavailable)?,
+            "disabled_urls": state.store.disabled_urls(&name).await.map_err(unavailable)?
+                .into_iter().map(|(url, reason)| json!({"url": url, "reason": reason})).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Json(json!({ "data": data })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeletion {
+    #[serde(rename = "userId")]
+    user_id: String,
+}
+
+/// `POST /api/v1/deletions`: forwards `{"type":"delete","userId"}` to every
+/// destination of the sources that hold the user's events (through the log:
+/// signed, retried, `onDelete` for functions), then purges the user's stored
+/// events, raw requests, captures, objects, retries and dead letters.
+pub async fn create_deletion(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewDeletion>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_token(&state, &headers)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let user_id = req.user_id.trim().to_string();
+    if user_id.is_empty() {
+        return Err(
+            ApiError::bad_request("invalid_body", "`userId` must not be empty")
+                .with_field(Some("userId".into())),
+        );
+    }
+    let id = format!("del_{}", uuid_like());
+    let now = chrono::Utc::now();
+    let sources = state
+        .store
+        .sources_of_user(&user_id)
+        .await
+        .map_err(unavailable)?;
+    let mut notices = Vec::new();
+    for source in &sources {
+        let message_id = format!("{id}_{source}");
+        let notice = spec::delete_notice(&user_id, &message_id, now);
+        state
+            .store
+            .append(
+                source,
+                vec![store::NewEvent {
+                    message_id: notice.message_id.clone(),
+                    user_id: notice.user_id.clone(),
+                    json: notice.json,
+                }],
+                vec![],
+            )
+            .await
+            .map_err(unavailable)?;
+        notices.push(json!({"source": source, "message_id": message_id}));
+    }
+    let keep = notices
+        .iter()
+        .filter_map(|n| n["message_id"].as_str().map(str::to_string))
+        .collect();
+    let purged = state
+        .store
+        .purge_user(&user_id, keep)
+        .await
+        .map_err(unavailable)?;
+    let record = json!({
+        "id": id,
+        "userId": user_id,
+        "created_at": spec::format_time(now),
+        "status": "completed",
+        "affected_sources": sources,
+        "notices": notices,
+        "purged": purged,
+        "note": "delete notices are delivered like any event: see each destination's attempts for their message_id",
+    });
+    tracing::info!(deletion = %id, sources = sources.len(), "user deletion completed");
+    let _ = state
+        .store
+        .put_meta(&format!("deletion:{id}"), &record.to_string())
+        .await;
+    if let Ok(mut all) = state.deletions.lock() {
+        all.push(record.clone());
+    }
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+fn uuid_like() -> String {
+    store::secrets::generate_credential("")
+}
+
+pub async fn get_deletion(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let stored = state
+        .store
+        .get_meta(&format!("deletion:{id}"))
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::not_found(format!("no deletion {id}")))?;
+    let mut record: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
+    // Progress of the notices, from the destinations' attempt logs.
+    let mut deliveries = Vec::new();
+    for (name, _) in state.destinations.iter() {
+        let attempts = state
+            .store
+            .attempts(name, 1000)
+            .await
+            .map_err(unavailable)?;
+        for n in record["notices"].as_array().cloned().unwrap_or_default() {
+            let mid = n["message_id"].as_str().unwrap_or_default();
+            if let Some(a) = attempts.iter().find(|a| a.message_id == mid) {
+                deliveries.push(json!({"destination": name, "message_id": mid, "outcome": a.outcome, "at_ms": a.at_ms}));
+            }
+        }
+    }
+    record["deliveries"] = Value::Array(deliveries);
+    Ok(Json(record))
+}
+
+pub async fn list_deletions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let all = state
+        .deletions
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    Ok(Json(json!({ "data": all })))
+}

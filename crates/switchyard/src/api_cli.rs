@@ -1,0 +1,354 @@
+//! CLI commands that talk to a running server's management API.
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// An API token (the admin token, or one made with `POST /api/v1/tokens`).
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// List sources.
+    List,
+    /// The webhook catcher: recent raw requests of a function source.
+    Captures { slug: String },
+    /// Batch items refused by validation.
+    Rejections { slug: String },
+    /// Objects set by a source function.
+    Objects {
+        slug: String,
+        #[arg(long)]
+        collection: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DestinationsCommand {
+    /// List destinations with their backlog.
+    List,
+    /// Delivery attempts, newest first.
+    Attempts {
+        name: String,
+        #[arg(short = 'n', default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Dead letters of a destination (or of a function source with --source).
+    List {
+        #[arg(long, required_unless_present = "source")]
+        destination: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Deliver dead letters again (all, or --id …).
+    Replay {
+        #[arg(long, required_unless_present = "source")]
+        destination: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Logs of a source function.
+    #[arg(long, required_unless_present = "destination")]
+    pub source: Option<String>,
+    /// Logs of a destination function.
+    #[arg(long)]
+    pub destination: Option<String>,
+    #[arg(short = 'n', default_value_t = 100)]
+    pub limit: usize,
+}
+
+pub enum Call {
+    Sources(SourcesCommand),
+    Destinations(DestinationsCommand),
+    DeadLetters(DeadLettersCommand),
+    Logs(LogsArgs),
+    DeleteUser(String),
+}
+
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base.trim_end_matches('/')))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            return Err(ApiFailure(format!("{status}: {message}")).into());
+        }
+        Ok(value)
+    }
+}
+
+/// A refusal from the server (exit code 1), as opposed to a usage or connection error (2).
+#[derive(Debug)]
+pub struct ApiFailure(pub String);
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.replace('\n', " "),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows of `data` as a table of `columns`.
+fn table(data: &Value, columns: &[&str]) {
+    let rows: Vec<Vec<String>> = data
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count().min(60))
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| {
+                let c: String = c.chars().take(60).collect();
+                format!("{c:<w$}")
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
+    crate::install_tls();
+    let token = remote
+        .token
+        .clone()
+        .ok_or_else(|| anyhow!("an API token is needed: --token or SWITCHYARD_TOKEN"))?;
+    let client = Client {
+        base: remote.server.clone(),
+        token,
+        http: reqwest::Client::new(),
+    };
+    use reqwest::Method;
+    let (value, columns): (Value, &[&str]) = match call {
+        Call::Sources(SourcesCommand::List) => (
+            client.send(Method::GET, "/api/v1/sources", None).await?,
+            &["slug", "kind", "created_ms"],
+        ),
+        Call::Sources(SourcesCommand::Captures { slug }) => (
+            client
+                .send(
+                    Method::GET,
+                    &format!("/api/v1/sources/{slug}/captures"),
+                    None,
+                )
+                .await?,
+            &["id", "received_ms", "request"],
+        ),
+        Call::Sources(SourcesCommand::Rejections { slug }) => (
+            client
+                .send(
+                    Method::GET,
+                    &format!("/api/v1/sources/{slug}/rejections"),
+                    None,
+                )
+                .await?,
+            &["at_ms", "index", "field", "reason"],
+        ),
+        Call::Sources(SourcesCommand::Objects { slug, collection }) => {
+            let q = collection
+                .map(|c| format!("?collection={c}"))
+                .unwrap_or_default();
+            (
+                client
+                    .send(
+                        Method::GET,
+                        &format!("/api/v1/sources/{slug}/objects{q}"),
+                        None,
+                    )
+                    .await?,
+                &["collection", "id", "properties"],
+            )
+        }
+        Call::Destinations(DestinationsCommand::List) => (
+            client
+                .send(Method::GET, "/api/v1/destinations", None)
+                .await?,
+            &["name", "sources", "backlog", "retries", "enabled"],
+        ),
+        Call::Destinations(DestinationsCommand::Attempts { name, limit }) => (
+            client
+                .send(
+                    Method::GET,
+                    &format!("/api/v1/destinations/{name}/attempts?limit={limit}"),
+                    None,
+                )
+                .await?,
+            &[
+                "at_ms",
+                "message_id",
+                "url",
+                "status",
+                "latency_ms",
+                "outcome",
+                "error",
+            ],
+        ),
+        Call::DeadLetters(DeadLettersCommand::List {
+            destination,
+            source,
+        }) => match (destination, source) {
+            (Some(d), _) => (
+                client
+                    .send(
+                        Method::GET,
+                        &format!("/api/v1/destinations/{d}/deadletters"),
+                        None,
+                    )
+                    .await?,
+                &["id", "message_ids", "attempts", "last_status", "last_error"],
+            ),
+            (None, Some(s)) => (
+                client
+                    .send(
+                        Method::GET,
+                        &format!("/api/v1/sources/{s}/deadletters"),
+                        None,
+                    )
+                    .await?,
+                &["id", "received_ms", "attempts", "last_error"],
+            ),
+            _ => unreachable!("clap requires one"),
+        },
+        Call::DeadLetters(DeadLettersCommand::Replay {
+            destination,
+            source,
+            ids,
+        }) => {
+            let body = if ids.is_empty() {
+                json!({})
+            } else {
+                json!({ "ids": ids })
+            };
+            let path = match (destination, source) {
+                (Some(d), _) => format!("/api/v1/destinations/{d}/deadletters/replay"),
+                (None, Some(s)) => format!("/api/v1/sources/{s}/deadletters/replay"),
+                _ => unreachable!("clap requires one"),
+            };
+            let v = client.send(Method::POST, &path, Some(body)).await?;
+            if !remote.json {
+                println!("replayed {}", cell(&v["replayed"]));
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Logs(args) => {
+            let path = match (&args.source, &args.destination) {
+                (Some(s), _) => format!("/api/v1/sources/{s}/logs?limit={}", args.limit),
+                (None, Some(d)) => format!("/api/v1/destinations/{d}/logs?limit={}", args.limit),
+                _ => unreachable!("clap requires one"),
+            };
+            (
+                client.send(Method::GET, &path, None).await?,
+                &["at_ms", "level", "message"],
+            )
+        }
+        Call::DeleteUser(user) => {
+            let v = client
+                .send(
+                    Method::POST,
+                    "/api/v1/deletions",
+                    Some(json!({ "userId": user })),
+                )
+                .await?;
+            if !remote.json {
+                println!(
+                    "deletion {}: {} source(s) notified, purged {}",
+                    cell(&v["id"]),
+                    v["notices"].as_array().map_or(0, |n| n.len()),
+                    v["purged"]
+                );
+                return Ok(());
+            }
+            (v, &[])
+        }
+    };
+    if remote.json || columns.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        table(&value["data"], columns);
+    }
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! End-to-end: the management API's auth, OpenAPI document, tokens, user
+//! deletion and the CLI.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use server::openapi::{Auth, ROUTES};
+use std::time::Duration;
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config(rx: &Receiver) -> String {
+    format!(
+        r#"
+[[sources]]
+slug = "web"
+kind = "tracking"
+write_key = "wk_web"
+
+[[sources]]
+slug = "stigg"
+kind = "function"
+function = "stigg"
+token = "tok_stigg"
+
+[[functions]]
+name = "stigg"
+kind = "source"
+file = "{stigg}"
+
+[[destinations]]
+name = "hook"
+kind = "webhooks"
+sources = ["web", "stigg"]
+urls = ["{url}"]
+shared_secret = "s3cret"
+retry_initial_ms = 100
+"#,
+        stigg = fixture("stigg.js"),
+        url = rx.url("hook"),
+    )
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{slug}", "stigg")
+        .replace("{name}", "hook")
+        .replace("{id}", "999")
+        .replace("{token}", "tok_stigg")
+}
+
+async fn call(sy: &Switchyard, method: &str, path: &str, auth: Option<&str>) -> (u16, Value) {
+    let client = http_client();
+    let mut req = client
+        .request(
+            method.to_uppercase().parse().unwrap(),
+            format!("{}{}", sy.base, concrete(path)),
+        )
+        .header("content-type", "application/json");
+    if method != "get" {
+        req = req.body("{}");
+    }
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn every_management_route_checks_its_token() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, t) = sy
+        .admin(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "viewer", "read_only": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    let read_only = format!("Bearer {}", t["token"].as_str().unwrap());
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let basic_write_key = format!("Basic {}", base64_of("wk_web:"));
+    let wrong: [(&str, Option<&str>); 5] = [
+        ("no token", None),
+        ("wrong token", Some("Bearer nope")),
+        ("write key as Basic", Some(&basic_write_key)),
+        ("write key as Bearer", Some("Bearer wk_web")),
+        ("function token", Some("Bearer tok_stigg")),
+    ];
+    let mut checked = 0;
+    for (method, path, auth, _) in ROUTES {
+        if *auth != Auth::Api {
+            continue;
+        }
+        for (what, header) in &wrong {
+            let (s, b) = call(&sy, method, path, *header).await;
+            assert_eq!(s, 401, "{method} {path} with {what}: {b}");
+            assert_eq!(b["error"]["code"], "unauthorized");
+        }
+        let (s, b) = call(&sy, method, path, Some(&read_only)).await;
+        if *method == "get" {
+            assert!(s != 401 && s != 403, "{method} {path} read-only: {s} {b}");
+        } else {
+            assert_eq!(
+                (s, b["error"]["code"].as_str()),
+                (403, Some("read_only_token")),
+                "{method} {path}"
+            );
+        }
+        // With the admin token the route exists and answers JSON.
+        let (s, b) = call(&sy, method, path, Some(&admin)).await;
+        assert!(s != 401 && s != 403 && s != 405, "{method} {path}: {s} {b}");
+        if s == 404 {
+            assert!(
+                !b["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("no route"),
+                "{method} {path} is not routed"
+            );
+        }
+        assert!(b.is_object(), "{method} {path}: {b}");
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked}");
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, text) = sy.get_text("/api/v1/openapi.json").await;
+    assert_eq!(s, 200);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operation_ids = std::collections::HashSet::new();
+    for (path, item) in paths {
+        assert!(path.starts_with('/'));
+        for (method, op) in item.as_object().unwrap() {
+            assert!(["get", "post", "put", "delete", "patch"].contains(&method.as_str()));
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{path}"
+            );
+            assert!(
+                operation_ids.insert(op["operationId"].as_str().unwrap().to_string()),
+                "duplicate operationId at {path}"
+            );
+            let declared: Vec<&str> = op["parameters"]
+                .as_array()
+                .map(|p| p.iter().map(|x| x["name"].as_str().unwrap()).collect())
+                .unwrap_or_default();
+            for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                assert!(
+                    declared.contains(&seg.trim_matches(|c| c == '{' || c == '}')),
+                    "{path}: {seg} undeclared"
+                );
+            }
+            for req in op["security"].as_array().unwrap() {
+                for scheme in req.as_object().unwrap().keys() {
+                    assert!(
+                        doc["components"]["securitySchemes"][scheme].is_object(),
+                        "{scheme}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum::<usize>(),
+        ROUTES.len()
+    );
+    // Every non-management route answers (management ones: see the auth test).
+    for (method, path, auth, _) in ROUTES {
+        if *auth == Auth::Api {
+            continue;
+        }
+        let header = match auth {
+            Auth::WriteKey => Some(format!("Basic {}", base64_of("wk_web:"))),
+            Auth::FunctionToken => None,
+            _ => None,
+        };
+        let (s, b) = call(
+            &sy,
+            method,
+            &format!(
+                "{path}{}",
+                if *auth == Auth::FunctionToken && !path.contains("{token}") {
+                    "?token=tok_stigg"
+                } else {
+                    ""
+                }
+            ),
+            header.as_deref(),
+        )
+        .await;
+        assert!(s != 404 && s != 405 && s != 401, "{method} {path}: {s} {b}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_created_shown_once_and_revoked() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, t) = sy
+        .admin("POST", "/api/v1/tokens", Some(json!({"name": "ci"})))
+        .await;
+    assert_eq!(s, 201);
+    let token = t["token"].as_str().unwrap().to_string();
+    let id = t["id"].as_i64().unwrap();
+    let (_, list) = sy.admin("GET", "/api/v1/tokens", None).await;
+    assert!(!list.to_string().contains(&token), "never shown again");
+    let (s, _) = call(
+        &sy,
+        "post",
+        "/api/v1/sources/{slug}/function/resume",
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = sy
+        .admin("DELETE", &format!("/api/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &sy,
+        "get",
+        "/api/v1/sources",
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, b) = sy
+        .admin(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "x", "admin": true})),
+        )
+        .await;
+    assert_eq!(s, 400, "unknown fields are refused: {b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("admin"));
+}
+
+#[tokio::test]
+async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    for (i, user) in ["u1", "u2", "u1"].iter().enumerate() {
+        let (s, _) = sy
+            .post(
+                "/v1/track",
+                "wk_web",
+                &json!({"userId": user, "event": "E", "messageId": format!("t{i}")}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (s, _) = sy
+        .post_with(
+            "/functions/stigg/tok_stigg",
+            None,
+            br#"{"type":"a.b","customer":{"id":"u1"}}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    rx.wait_delivered("hook", 4, 30).await;
+
+    let (s, d) = sy
+        .admin("POST", "/api/v1/deletions", Some(json!({"userId": "u1"})))
+        .await;
+    assert_eq!(s, 201, "{d}");
+    let mut sources: Vec<&str> = d["affected_sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["stigg", "web"]);
+    assert_eq!(d["purged"]["events"], 3, "{d}");
+    assert!(d["purged"]["captures"].as_u64().unwrap() >= 1, "{d}");
+
+    // Every affected source's destinations get the signed delete notice.
+    let got = rx
+        .wait_until("hook", 30, |r| {
+            r.iter().filter(|x| body(x)["type"] == "delete").count() == 2
+        })
+        .await;
+    for r in got.iter().filter(|x| body(x)["type"] == "delete") {
+        assert_eq!(body(r)["userId"], "u1");
+        assert_eq!(r["segmentSignatureValid"], true);
+    }
+    let id = d["id"].as_str().unwrap();
+    let mut progress = Value::Null;
+    for _ in 0..50 {
+        let (_, p) = sy
+            .admin("GET", &format!("/api/v1/deletions/{id}"), None)
+            .await;
+        if p["deliveries"].as_array().is_some_and(|a| a.len() == 2) {
+            progress = p;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        progress["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["outcome"] == "delivered"),
+        "{progress}"
+    );
+
+    // Nothing of u1 remains in the store but the delete notices; u2 is untouched.
+    let db = rusqlite::Connection::open(sy.dir.0.join("data/switchyard.db")).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM events WHERE user_id = 'u1' AND CAST(body AS TEXT) NOT LIKE '%\"type\":\"delete\"%'"), 0);
+    assert_eq!(count("SELECT COUNT(*) FROM events WHERE user_id = 'u2'"), 1);
+    let captures: Vec<Vec<u8>> = {
+        let mut stmt = db.prepare("SELECT request FROM captures").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    assert!(captures.is_empty(), "the capture mentioning u1 is gone");
+    assert_eq!(count("SELECT COUNT(*) FROM raw_requests"), 0);
+}
+
+fn cli(sy: &Switchyard, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_lists_and_replays_dead_letters() {
+    let rx = Receiver::start("s3cret");
+    rx.control("hook", json!({"status": 400, "times": -1}))
+        .await;
+    let sy = Switchyard::start(&config(&rx));
+    for i in 0..3 {
+        let (s, _) = sy
+            .post(
+                "/v1/track",
+                "wk_web",
+                &json!({"userId": "u", "event": "E", "messageId": format!("c{i}")}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let (code, out) = cli(&sy, &["deadletters", "list", "--destination", "hook"]);
+        assert_eq!(code, 0, "{out}");
+        if out.lines().count() == 4 {
+            listed = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed.starts_with("ID"), "{listed}");
+    assert!(listed.contains("HTTP 400"), "{listed}");
+    let (code, out) = cli(
+        &sy,
+        &["deadletters", "list", "--destination", "hook", "--json"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    rx.control("hook", json!({"status": 200, "times": 0})).await;
+    let (code, out) = cli(&sy, &["deadletters", "replay", "--destination", "hook"]);
+    assert_eq!((code, out.trim()), (0, "replayed 3"));
+    rx.wait_delivered("hook", 3, 30).await;
+    // Exit codes: 1 when the server refuses, 2 for usage or connection errors.
+    let (code, _) = cli(&sy, &["deadletters", "list", "--destination", "nope"]);
+    assert_eq!(code, 1);
+    let (code, _) = cli(
+        &sy,
+        &["destinations", "list", "--server", "http://127.0.0.1:9"],
+    );
+    assert_eq!(code, 2);
+    let (code, out) = cli(&sy, &["destinations", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("hook"), "{out}");
+}
