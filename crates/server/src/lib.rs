@@ -200,7 +200,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(manage::list_deletions).post(manage::create_deletion),
         )
         .route("/api/v1/deletions/{id}", get(manage::get_deletion))
-        .route("/api/v1/sources", get(manage::list_sources))
+        .route(
+            "/api/v1/sources",
+            get(manage::list_sources).post(manage::create_source),
+        )
+        .route("/api/v1/sources/{slug}/rotate", post(manage::rotate_source))
+        .route("/api/v1/sources/{slug}/events", get(manage::recent_events))
+        .route(
+            "/api/v1/sources/{slug}/events/stream",
+            get(manage::stream_events),
+        )
         .route("/api/v1/destinations", get(manage::list_destinations))
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))
         .route("/api/v1/destinations/{name}/attempts", get(admin::attempts))

@@ -296,3 +296,200 @@ pub async fn list_deletions(
         .unwrap_or_default();
     Ok(Json(json!({ "data": all })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSource {
+    slug: String,
+    #[serde(default = "tracking_kind")]
+    kind: String,
+    /// Optional: generated (and returned once) when absent.
+    write_key: Option<String>,
+}
+
+fn tracking_kind() -> String {
+    "tracking".into()
+}
+
+/// `POST /api/v1/sources`: a new tracking source, live at once.
+pub async fn create_source(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewSource>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_token(&state, &headers)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    if req.kind != "tracking" {
+        return Err(ApiError::bad_request(
+            "unsupported_kind",
+            "only tracking sources can be created through the API; function sources are declared in switchyard.toml (their code comes from files)",
+        )
+        .with_field(Some("kind".into())));
+    }
+    let valid = !req.slug.is_empty()
+        && req
+            .slug
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(ApiError::bad_request(
+            "invalid_slug",
+            "`slug` must use only letters, digits, '-' and '_'",
+        )
+        .with_field(Some("slug".into())));
+    }
+    let existing = state.store.sources().await.map_err(unavailable)?;
+    if existing.iter().any(|s| s.slug == req.slug) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("source {:?} exists", req.slug),
+        ));
+    }
+    let key = req.write_key.unwrap_or_else(|| generate_credential("wk_"));
+    let digest = state.keyring.hash(&key);
+    let record = state
+        .store
+        .put_source(store::SourceRecord {
+            slug: req.slug.clone(),
+            kind: "tracking".into(),
+            write_key_hash: Some(digest.clone()),
+            token_hash: None,
+            created_ms: chrono::Utc::now().timestamp_millis(),
+        })
+        .await
+        .map_err(unavailable)?;
+    state.set_write_key_hash(&record.slug, &digest);
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"slug": record.slug, "kind": record.kind, "write_key": key, "note": "the write key is shown once; only its digest is stored"}),
+        ),
+    ))
+}
+
+/// `POST /api/v1/sources/{slug}/rotate`: a new write key (tracking) or token
+/// (function source); the old one stops working at once.
+pub async fn rotate_source(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let sources = state.store.sources().await.map_err(unavailable)?;
+    let source = sources
+        .into_iter()
+        .find(|s| s.slug == slug)
+        .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))?;
+    let function = source.kind == "function";
+    let secret = generate_credential(if function { "tok_" } else { "wk_" });
+    let digest = state.keyring.hash(&secret);
+    state
+        .store
+        .put_source(store::SourceRecord {
+            write_key_hash: (!function).then(|| digest.clone()),
+            token_hash: function.then(|| digest.clone()),
+            ..source
+        })
+        .await
+        .map_err(unavailable)?;
+    if function {
+        state.set_function_token_hash(&slug, &digest);
+        Ok(Json(
+            json!({"slug": slug, "token": secret, "note": "shown once"}),
+        ))
+    } else {
+        state.set_write_key_hash(&slug, &digest);
+        Ok(Json(
+            json!({"slug": slug, "write_key": secret, "note": "shown once"}),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/sources/{slug}/events`: the debugger backlog, newest first.
+pub async fn recent_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let events = state
+        .store
+        .recent_events(&slug, q.limit.unwrap_or(50).clamp(1, 1000))
+        .await
+        .map_err(|e| match e {
+            store::StoreError::UnknownSource(s) => {
+                ApiError::not_found(format!("unknown source {s:?}"))
+            }
+            other => unavailable(other),
+        })?;
+    let data: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_slice(&e.json).unwrap_or(Value::Null))
+        .collect();
+    Ok(Json(json!({ "data": data })))
+}
+
+/// `GET /api/v1/sources/{slug}/events/stream`: the live debugger, as
+/// Server-Sent Events (one `data:` line of JSON per stored event).
+pub async fn stream_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::stream;
+    require_token(&state, &headers)?;
+    let known = state.store.sources().await.map_err(unavailable)?;
+    if !known.iter().any(|s| s.slug == slug) {
+        return Err(ApiError::not_found(format!("unknown source {slug:?}")));
+    }
+    let rx = state.store.subscribe();
+    let cursor = *rx.borrow();
+    let store = state.store.clone();
+    let sources = vec![slug];
+    let events = stream::unfold(
+        (
+            store,
+            rx,
+            cursor,
+            std::collections::VecDeque::<Value>::new(),
+            sources,
+        ),
+        |(store, mut rx, mut cursor, mut pending, sources)| async move {
+            loop {
+                if let Some(next) = pending.pop_front() {
+                    let event = Event::default().data(next.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (store, rx, cursor, pending, sources),
+                    ));
+                }
+                if *rx.borrow_and_update() <= cursor && rx.changed().await.is_err() {
+                    return None;
+                }
+                match store.read_events(&sources, cursor, 100_000, 500).await {
+                    Ok((events, upto)) => {
+                        cursor = upto;
+                        pending.extend(
+                            events
+                                .iter()
+                                .map(|e| serde_json::from_slice(&e.json).unwrap_or(Value::Null)),
+                        );
+                    }
+                    Err(_) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

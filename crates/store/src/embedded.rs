@@ -561,6 +561,27 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn recent_events(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>> {
+        let source_id = self.source_id(source)?;
+        let slug = source.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, message_id, received_ms, body FROM events WHERE source_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![source_id, limit as i64], |r| {
+                Ok(StoredEvent {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    source: slug.clone(),
+                    message_id: r.get(1)?,
+                    received_ms: r.get(2)?,
+                    json: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn cursor(&self, destination: &str) -> Result<Option<u64>> {
         let destination = destination.to_string();
         self.read(move |conn| {

@@ -252,6 +252,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, u64)>;
 
+    /// The newest events of a source (the debugger backlog), newest first.
+    async fn recent_events(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>>;
+
     /// A destination's cursor, `None` if it never ran.
     async fn cursor(&self, destination: &str) -> Result<Option<u64>>;
 

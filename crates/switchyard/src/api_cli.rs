@@ -88,6 +88,7 @@ pub enum Call {
     DeadLetters(DeadLettersCommand),
     Logs(LogsArgs),
     DeleteUser(String),
+    Tail(String),
 }
 
 struct Client {
@@ -325,6 +326,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 &["at_ms", "level", "message"],
             )
         }
+        Call::Tail(slug) => return tail(&client, &slug).await,
         Call::DeleteUser(user) => {
             let v = client
                 .send(
@@ -349,6 +351,44 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         table(&value["data"], columns);
+    }
+    Ok(())
+}
+
+/// Prints each event of a source as it is stored (one JSON line per event).
+async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
+    let mut resp = client
+        .http
+        .get(format!(
+            "{}/api/v1/sources/{slug}/events/stream",
+            client.base.trim_end_matches('/')
+        ))
+        .bearer_auth(&client.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", client.base))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        return Err(ApiFailure(format!(
+            "{status}: {}",
+            v["error"]["message"].as_str().unwrap_or("request failed")
+        ))
+        .into());
+    }
+    let mut buffer = String::new();
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    while let Some(chunk) = resp.chunk().await.context("the stream broke")? {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                writeln!(out, "{}", data.trim_start())?;
+                out.flush()?;
+            }
+        }
     }
     Ok(())
 }

@@ -53,6 +53,12 @@ enum Command {
         #[command(flatten)]
         args: api_cli::LogsArgs,
     },
+    /// Print a source's events live, one JSON line each.
+    Tail {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        source: String,
+    },
     /// Delete a user: notify destinations, purge stored data.
     DeleteUser {
         #[command(flatten)]
@@ -99,6 +105,9 @@ fn main() -> std::process::ExitCode {
                 api_cli::run(remote, api_cli::Call::DeadLetters(command)).await
             }
             Command::Logs { remote, args } => api_cli::run(remote, api_cli::Call::Logs(args)).await,
+            Command::Tail { remote, source } => {
+                api_cli::run(remote, api_cli::Call::Tail(source)).await
+            }
             Command::DeleteUser { remote, user_id } => {
                 api_cli::run(remote, api_cli::Call::DeleteUser(user_id)).await
             }

@@ -67,6 +67,14 @@ async fn call(sy: &Switchyard, method: &str, path: &str, auth: Option<&str>) -> 
     }
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
+    let streaming = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+    if streaming {
+        // A live stream never ends: its answer is the open stream itself.
+        return (status, json!({"stream": true}));
+    }
     let text = resp.text().await.unwrap_or_default();
     (
         status,
@@ -414,4 +422,92 @@ async fn the_cli_lists_and_replays_dead_letters() {
     let (code, out) = cli(&sy, &["destinations", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("hook"), "{out}");
+}
+
+#[tokio::test]
+async fn sources_are_created_rotated_and_tailed_live() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, created) = sy
+        .admin("POST", "/api/v1/sources", Some(json!({"slug": "mobile"})))
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let key = created["write_key"].as_str().unwrap().to_string();
+    let (s, _) = sy.post("/v1/identify", &key, r#"{"userId":"m1"}"#).await;
+    assert_eq!(s, 200, "a new source works at once");
+    let (s, b) = sy
+        .admin("POST", "/api/v1/sources", Some(json!({"slug": "mobile"})))
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("conflict")));
+    let (s, _) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "x", "kind": "function"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // Rotation: the old key stops working, the new one works.
+    let (s, rotated) = sy
+        .admin("POST", "/api/v1/sources/mobile/rotate", None)
+        .await;
+    assert_eq!(s, 200);
+    let new_key = rotated["write_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        sy.post("/v1/identify", &key, r#"{"userId":"m1"}"#).await.0,
+        401
+    );
+    assert_eq!(
+        sy.post("/v1/identify", &new_key, r#"{"userId":"m1"}"#)
+            .await
+            .0,
+        200
+    );
+    let (s, list) = sy.admin("GET", "/api/v1/sources", None).await;
+    assert_eq!(s, 200);
+    assert!(!list.to_string().contains(&new_key), "keys are masked");
+
+    // The debugger backlog and the live tail through the CLI.
+    let (_, recent) = sy
+        .admin("GET", "/api/v1/sources/mobile/events?limit=10", None)
+        .await;
+    assert_eq!(recent["data"].as_array().unwrap().len(), 2);
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["tail", "mobile"])
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let (s, _) = sy
+            .post(
+                "/v1/track",
+                &new_key,
+                &json!({"userId": "m1", "event": format!("Live {i}")}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let stdout = tail.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("tail printed 3 events")
+        .unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    for (i, line) in lines.iter().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["event"], format!("Live {i}"));
+    }
 }
