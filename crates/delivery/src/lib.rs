@@ -57,53 +57,116 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// The running destinations.
-pub struct Engine {
-    sinks: HashMap<String, Arc<Sink>>,
+/// A destination as written in `switchyard.toml` or sent to the API.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DestinationConfig {
+    Webhooks(WebhooksConfig),
+    Function(FunctionDestinationConfig),
+}
+
+impl DestinationConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            DestinationConfig::Webhooks(w) => &w.name,
+            DestinationConfig::Function(f) => &f.name,
+        }
+    }
+
+    pub fn sources(&self) -> &[String] {
+        match self {
+            DestinationConfig::Webhooks(w) => &w.sources,
+            DestinationConfig::Function(f) => &f.sources,
+        }
+    }
+}
+
+struct Running {
+    sink: Arc<Sink>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    shutdown: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+/// The running destinations; destinations can be added, replaced and removed
+/// while the server runs.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    running: tokio::sync::RwLock<HashMap<String, Running>>,
 }
 
 impl Engine {
-    /// Starts a worker set for every enabled destination.
+    /// Starts a worker set for every destination.
     pub async fn start(
         store: Arc<dyn Store>,
         destinations: Vec<DestinationSpec>,
-    ) -> Result<Engine, String> {
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut sinks = HashMap::new();
-        let mut tasks = Vec::new();
+    ) -> Result<Arc<Engine>, String> {
+        let engine = Arc::new(Engine {
+            store,
+            running: tokio::sync::RwLock::new(HashMap::new()),
+        });
         for spec in destinations {
-            let name = spec.settings.name.clone();
-            if sinks.contains_key(&name) {
-                return Err(format!("destination {name:?} is declared twice"));
-            }
-            let sink = Sink::new(spec.settings, store.clone(), spec.transport).await?;
-            tasks.extend(sink.spawn(shutdown_rx.clone()));
-            sinks.insert(name, sink);
+            engine.add(spec).await?;
         }
-        Ok(Engine {
-            sinks,
-            tasks,
-            shutdown,
-        })
+        Ok(engine)
     }
 
-    pub fn sink(&self, name: &str) -> Option<&Arc<Sink>> {
-        self.sinks.get(name)
+    /// Starts a new destination; its cursor starts at the head of the log.
+    pub async fn add(&self, spec: DestinationSpec) -> Result<(), String> {
+        let name = spec.settings.name.clone();
+        let mut running = self.running.write().await;
+        if running.contains_key(&name) {
+            return Err(format!("destination {name:?} exists"));
+        }
+        let sink = Sink::new(spec.settings, self.store.clone(), spec.transport).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = sink.spawn(stop_rx);
+        running.insert(name, Running { sink, tasks, stop });
+        Ok(())
     }
 
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<_> = self.sinks.keys().cloned().collect();
+    /// Stops a destination after its round in progress. Its cursor, retries
+    /// and dead letters stay in the store (a destination added again under the
+    /// same name resumes where it stopped).
+    pub async fn remove(&self, name: &str) -> bool {
+        let removed = self.running.write().await.remove(name);
+        match removed {
+            Some(r) => {
+                let _ = r.stop.send(true);
+                for t in r.tasks {
+                    let _ = t.await;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces a destination's configuration (stop, then start again).
+    pub async fn replace(&self, spec: DestinationSpec) -> Result<(), String> {
+        self.remove(&spec.settings.name).await;
+        self.add(spec).await
+    }
+
+    pub async fn sink(&self, name: &str) -> Option<Arc<Sink>> {
+        self.running.read().await.get(name).map(|r| r.sink.clone())
+    }
+
+    pub async fn names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.running.read().await.keys().cloned().collect();
         names.sort();
         names
     }
 
     /// Asks every worker to finish its round and stop, and waits for them.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self.running.write().await.drain().map(|(_, r)| r).collect();
+        for r in &all {
+            let _ = r.stop.send(true);
+        }
+        for r in all {
+            for t in r.tasks {
+                let _ = t.await;
+            }
         }
     }
 }

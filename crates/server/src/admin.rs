@@ -34,13 +34,11 @@ fn store_error(e: store::StoreError) -> ApiError {
     }
 }
 
-fn known_destination<'a>(
-    state: &'a AppState,
-    name: &str,
-) -> Result<&'a Arc<delivery::Sink>, ApiError> {
+async fn known_destination(state: &AppState, name: &str) -> Result<Arc<delivery::Sink>, ApiError> {
     state
-        .destinations
-        .get(name)
+        .engine
+        .sink(name)
+        .await
         .ok_or_else(|| ApiError::not_found(format!("unknown destination {name:?}")))
 }
 
@@ -66,7 +64,7 @@ pub async fn attempts(
     Query(paging): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    known_destination(&state, &destination)?;
+    known_destination(&state, &destination).await?;
     let items = state
         .store
         .attempts(&destination, paging.limit())
@@ -82,7 +80,7 @@ pub async fn dead_letters(
     Query(paging): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    known_destination(&state, &destination)?;
+    known_destination(&state, &destination).await?;
     let items = state
         .store
         .dead_letters(&destination, paging.limit())
@@ -114,7 +112,7 @@ pub async fn replay(
     body: Option<Json<ReplayRequest>>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let sink = known_destination(&state, &destination)?.clone();
+    let sink = known_destination(&state, &destination).await?;
     let ids = body.and_then(|Json(b)| b.ids);
     let replayed = state
         .store
@@ -138,7 +136,7 @@ pub async fn enable_urls(
     body: Option<Json<EnableRequest>>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let sink = known_destination(&state, &destination)?.clone();
+    let sink = known_destination(&state, &destination).await?;
     let url = body.and_then(|Json(b)| b.url);
     state
         .store
@@ -396,7 +394,7 @@ pub async fn destination_logs(
     Query(paging): Query<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    known_destination(&state, &destination)?;
+    known_destination(&state, &destination).await?;
     let items = state
         .store
         .function_logs(&format!("destination:{destination}"), paging.limit())

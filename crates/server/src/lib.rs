@@ -40,7 +40,8 @@ pub struct AppState {
     pub runner: Option<Arc<delivery::source_functions::SourceRunner>>,
     /// Largest raw request a function endpoint accepts (Segment: 2 MB).
     pub max_function_body_bytes: usize,
-    pub destinations: HashMap<String, Arc<delivery::Sink>>,
+    /// The running destinations.
+    pub engine: Arc<delivery::Engine>,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -49,7 +50,7 @@ impl AppState {
         store: Arc<dyn Store>,
         limits: Limits,
         keyring: Keyring,
-        destinations: HashMap<String, Arc<delivery::Sink>>,
+        engine: Arc<delivery::Engine>,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         AppState {
@@ -63,7 +64,7 @@ impl AppState {
             deletions: std::sync::Mutex::new(Vec::new()),
             runner: None,
             max_function_body_bytes: 2 * 1024 * 1024,
-            destinations,
+            engine,
             metrics,
         }
     }
@@ -210,7 +211,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/sources/{slug}/events/stream",
             get(manage::stream_events),
         )
-        .route("/api/v1/destinations", get(manage::list_destinations))
+        .route(
+            "/api/v1/destinations",
+            get(manage::list_destinations).post(manage::create_destination),
+        )
+        .route(
+            "/api/v1/destinations/{name}",
+            get(manage::get_destination)
+                .put(manage::put_destination)
+                .delete(manage::delete_destination),
+        )
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))
         .route("/api/v1/destinations/{name}/attempts", get(admin::attempts))
         .route(

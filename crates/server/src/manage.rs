@@ -147,11 +147,11 @@ pub async fn list_destinations(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let mut names: Vec<_> = state.destinations.keys().cloned().collect();
-    names.sort();
     let mut data = Vec::new();
-    for name in names {
-        let sink = &state.destinations[&name];
+    for name in state.engine.names().await {
+        let Some(sink) = state.engine.sink(&name).await else {
+            continue;
+        };
         let s = sink.settings();
         data.push(json!({
             "name": name,
@@ -267,7 +267,8 @@ pub async fn get_deletion(
     let mut record: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
     // Progress of the notices, from the destinations' attempt logs.
     let mut deliveries = Vec::new();
-    for (name, _) in state.destinations.iter() {
+    for name in state.engine.names().await {
+        let name = &name;
         let attempts = state
             .store
             .attempts(name, 1000)
@@ -492,4 +493,191 @@ pub async fn stream_events(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Masks secrets in a stored destination configuration.
+fn masked(mut config: Value) -> Value {
+    for key in ["shared_secret", "previous_shared_secret"] {
+        if config.get(key).is_some_and(|v| !v.is_null()) {
+            config[key] = Value::String("********".into());
+        }
+    }
+    if let Some(settings) = config.get_mut("settings").and_then(Value::as_object_mut) {
+        for v in settings.values_mut() {
+            *v = Value::String("********".into());
+        }
+    }
+    config
+}
+
+async fn stored_destination(
+    state: &AppState,
+    name: &str,
+) -> Result<Option<(Value, String)>, ApiError> {
+    let all = state.store.destinations().await.map_err(unavailable)?;
+    Ok(all
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, config, origin)| (serde_json::from_str(&config).unwrap_or(Value::Null), origin)))
+}
+
+pub async fn get_destination(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let (config, origin) = stored_destination(&state, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown destination {name:?}")))?;
+    Ok(Json(json!({
+        "name": name,
+        "origin": origin,
+        "running": state.engine.sink(&name).await.is_some(),
+        "config": masked(config),
+    })))
+}
+
+/// Parses, checks and starts (or replaces) a webhooks destination from JSON.
+async fn apply_destination(
+    state: &AppState,
+    name: &str,
+    mut body: Value,
+    replace: bool,
+) -> Result<Value, ApiError> {
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), Value::String(name.to_string()));
+        }
+        Some(Value::String(n)) if n == name => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "`name` must match the destination in the URL",
+            )
+            .with_field(Some("name".into())))
+        }
+    }
+    obj.entry("kind")
+        .or_insert_with(|| Value::String("webhooks".into()));
+    let config: delivery::DestinationConfig = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::bad_request("invalid_destination", e.to_string()))?;
+    let delivery::DestinationConfig::Webhooks(webhooks) = config else {
+        return Err(ApiError::bad_request(
+            "unsupported_kind",
+            "destination functions are declared in switchyard.toml (their code comes from files); the API manages webhooks destinations",
+        )
+        .with_field(Some("kind".into())));
+    };
+    webhooks
+        .validate()
+        .map_err(|e| ApiError::bad_request("invalid_destination", e))?;
+    let known: Vec<String> = state
+        .store
+        .sources()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|s| s.slug)
+        .collect();
+    if let Some(missing) = webhooks.sources.iter().find(|s| !known.contains(s)) {
+        return Err(
+            ApiError::bad_request("unknown_source", format!("unknown source {missing:?}"))
+                .with_field(Some("sources".into())),
+        );
+    }
+    let spec = delivery::DestinationSpec::webhooks(webhooks, state.store.clone())
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_destination", e))?;
+    if replace {
+        // A changed configuration switches URLs disabled by 410 back on.
+        state
+            .store
+            .enable_urls(name, None)
+            .await
+            .map_err(unavailable)?;
+        state.engine.replace(spec).await
+    } else {
+        state.engine.add(spec).await
+    }
+    .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+    state
+        .store
+        .put_destination(name, &body.to_string(), "api")
+        .await
+        .map_err(unavailable)?;
+    Ok(json!({"name": name, "origin": "api", "running": true, "config": masked(body)}))
+}
+
+/// `POST /api/v1/destinations`: a new webhooks destination, live at once
+/// (it receives events stored from now on).
+pub async fn create_destination(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_token(&state, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_body", "`name` is required")
+                .with_field(Some("name".into()))
+        })?
+        .to_string();
+    if stored_destination(&state, &name).await?.is_some()
+        || state.engine.sink(&name).await.is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("destination {name:?} exists"),
+        ));
+    }
+    let out = apply_destination(&state, &name, body, false).await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `PUT /api/v1/destinations/{name}`: replaces the configuration (urls,
+/// headers, secret, batching, filter, enabled…); the cursor is kept.
+pub async fn put_destination(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    if stored_destination(&state, &name).await?.is_none() {
+        return Err(ApiError::not_found(format!("unknown destination {name:?}")));
+    }
+    Ok(Json(apply_destination(&state, &name, body, true).await?))
+}
+
+/// `DELETE /api/v1/destinations/{name}`: stops it and forgets its configuration
+/// (its attempts and dead letters stay readable).
+pub async fn delete_destination(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let stopped = state.engine.remove(&name).await;
+    let existed = state
+        .store
+        .delete_destination(&name)
+        .await
+        .map_err(unavailable)?;
+    if !stopped && !existed {
+        return Err(ApiError::not_found(format!("unknown destination {name:?}")));
+    }
+    Ok(Json(json!({"deleted": name})))
 }

@@ -174,6 +174,12 @@ CREATE TABLE IF NOT EXISTS objects(
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY(source_id, collection, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS destinations(
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens(
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -1205,6 +1211,37 @@ impl Store for EmbeddedStore {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn destinations(&self) -> Result<Vec<(String, String, String)>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT name, config, origin FROM destinations ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn put_destination(&self, name: &str, config: &str, origin: &str) -> Result<()> {
+        let (name, config, origin) = (name.to_string(), config.to_string(), origin.to_string());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO destinations(name, config, origin, updated_ms) VALUES(?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET config = excluded.config, origin = excluded.origin, updated_ms = excluded.updated_ms",
+                params![name, config, origin, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_destination(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM destinations WHERE name = ?1", [name])? > 0)
         })
         .await
     }

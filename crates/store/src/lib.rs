@@ -372,6 +372,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredObject>>;
 
+    /// Stored destination configurations: (name, JSON, origin `file` or `api`).
+    async fn destinations(&self) -> Result<Vec<(String, String, String)>>;
+    async fn put_destination(&self, name: &str, config: &str, origin: &str) -> Result<()>;
+    /// Returns whether it existed.
+    async fn delete_destination(&self, name: &str) -> Result<bool>;
+
     /// API tokens that are not revoked.
     async fn tokens(&self) -> Result<Vec<ApiToken>>;
     async fn create_token(&self, name: &str, hash: &str, read_only: bool) -> Result<ApiToken>;

@@ -17,6 +17,26 @@ pub struct Config {
     pub functions: Vec<FunctionConfig>,
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
+    /// The `[[destinations]]` tables as written (env expanded), stored as JSON.
+    #[serde(skip)]
+    pub raw_destinations: Vec<serde_json::Value>,
+}
+
+/// A TOML value as JSON.
+pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => serde_json::Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
 }
 
 /// `[server]`: every field can also be set by a flag or an environment variable.
@@ -131,21 +151,7 @@ impl SettingDecl {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum DestinationConfig {
-    Webhooks(delivery::WebhooksConfig),
-    Function(delivery::FunctionDestinationConfig),
-}
-
-impl DestinationConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            DestinationConfig::Webhooks(w) => &w.name,
-            DestinationConfig::Function(f) => &f.name,
-        }
-    }
-}
+pub use delivery::DestinationConfig;
 
 /// Replaces `${NAME}` in every string with the environment variable's value.
 fn expand_env(value: &mut toml::Value, path: &str) -> anyhow::Result<()> {
@@ -188,9 +194,15 @@ impl Config {
         let mut value: toml::Value =
             toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
         expand_env(&mut value, origin)?;
-        let config: Config = value
+        let raw_destinations = value
+            .get("destinations")
+            .and_then(toml::Value::as_array)
+            .map(|a| a.iter().map(toml_to_json).collect())
+            .unwrap_or_default();
+        let mut config: Config = value
             .try_into()
             .map_err(|e: toml::de::Error| anyhow!("{origin}: {}", e.message()))?;
+        config.raw_destinations = raw_destinations;
         config.validate().with_context(|| origin.to_string())?;
         Ok(config)
     }

@@ -1,7 +1,7 @@
 //! `switchyard serve`: opens the store, applies the configuration, starts the
 //! delivery workers and the HTTP server, and shuts down gracefully.
 
-use crate::config::{Config, DestinationConfig};
+use crate::config::{toml_to_json, Config, DestinationConfig};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -177,22 +177,6 @@ async fn apply_sources(
     })
 }
 
-fn toml_to_json(v: &toml::Value) -> serde_json::Value {
-    match v {
-        toml::Value::String(s) => serde_json::Value::String(s.clone()),
-        toml::Value::Integer(i) => serde_json::Value::from(*i),
-        toml::Value::Float(f) => serde_json::Value::from(*f),
-        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
-        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
-        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => serde_json::Value::Object(
-            t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// Loads the code of every function source and checks that it loads.
 /// A function's code and limits, loaded from its file and checked to load.
 struct LoadedFunction {
@@ -293,14 +277,54 @@ fn load_source_functions(
 }
 
 /// Builds every destination: its settings and transport.
+/// Applies the file's destinations to the store (the file wins for the names
+/// it declares; file-declared destinations no longer in it are removed;
+/// destinations created through the API are kept) and returns every stored one.
+async fn reconcile_destinations(
+    store: &dyn Store,
+    config: &Config,
+) -> anyhow::Result<Vec<DestinationConfig>> {
+    let declared: Vec<String> = config
+        .destinations
+        .iter()
+        .map(|d| d.name().to_string())
+        .collect();
+    for (d, raw) in config.destinations.iter().zip(&config.raw_destinations) {
+        store
+            .put_destination(d.name(), &raw.to_string(), "file")
+            .await?;
+    }
+    let mut out = Vec::new();
+    for (name, json, origin) in store.destinations().await? {
+        if origin == "file" && !declared.contains(&name) {
+            store.delete_destination(&name).await?;
+            tracing::info!(destination = %name, "destination removed from the configuration file: stopped");
+            continue;
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                serde_json::from_value::<DestinationConfig>(v).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                tracing::error!(destination = %name, error = %e, "stored destination is invalid: not started")
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn build_destinations(
+    destinations: &[DestinationConfig],
     config: &Config,
     config_dir: &std::path::Path,
     store: &Arc<dyn Store>,
     pool: Option<&Arc<functions::Pool>>,
 ) -> anyhow::Result<Vec<delivery::DestinationSpec>> {
     let mut out = Vec::new();
-    for d in &config.destinations {
+    for d in destinations {
         match d {
             DestinationConfig::Webhooks(w) => {
                 reenable_changed_urls(store.as_ref(), w).await?;
@@ -479,7 +503,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         || config
             .destinations
             .iter()
-            .any(|d| matches!(d, DestinationConfig::Function(_)));
+            .any(|d| matches!(d, DestinationConfig::Function(_)))
+        || store
+            .destinations()
+            .await?
+            .iter()
+            .any(|(_, json, _)| json.contains("\"kind\":\"function\""));
     let pool = uses_functions.then(|| {
         let workers = server.function_workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -494,15 +523,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
         ))
     });
-    let destinations = build_destinations(&config, &config_dir, &store, pool.as_ref()).await?;
+    let stored_destinations = reconcile_destinations(store.as_ref(), &config).await?;
+    let destinations = build_destinations(
+        &stored_destinations,
+        &config,
+        &config_dir,
+        &store,
+        pool.as_ref(),
+    )
+    .await?;
     let engine = delivery::Engine::start(store.clone(), destinations)
         .await
         .map_err(|e| anyhow!(e))?;
-    let sinks = engine
-        .names()
-        .into_iter()
-        .filter_map(|n| engine.sink(&n).map(|s| (n, s.clone())))
-        .collect();
     let (workers_stop, workers_stop_rx) = tokio::sync::watch::channel(false);
     let runner = match (&pool, source_functions.is_empty()) {
         (Some(pool), false) => {
@@ -521,7 +553,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runner_task = runner
         .clone()
         .map(|r| tokio::spawn(r.run(workers_stop_rx.clone())));
-    let mut app = server::AppState::new(store.clone(), limits, keyring, sinks, Some(metrics));
+    let mut app = server::AppState::new(
+        store.clone(),
+        limits,
+        keyring,
+        engine.clone(),
+        Some(metrics),
+    );
     app.runner = runner.clone();
     if let Some(max) = server.max_function_body_bytes {
         app.max_function_body_bytes = max;
@@ -547,7 +585,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %data_dir.display(),
         config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
         sources = credentials.write_keys.len() + credentials.function_tokens.len(),
-        destinations = engine.names().len(),
+        destinations = engine.names().await.len(),
         "switchyard listening"
     );
     println!("switchyard: listening on http://{local}");

@@ -511,3 +511,104 @@ async fn sources_are_created_rotated_and_tailed_live() {
         assert_eq!(v["event"], format!("Live {i}"));
     }
 }
+
+#[tokio::test]
+async fn destinations_are_created_changed_and_removed_at_run_time() {
+    let rx = Receiver::start("s3cret");
+    let mut sy = Switchyard::start(&config(&rx));
+    let send = |sy: &Switchyard, id: &str| {
+        let body = json!({"userId": "u", "event": "E", "messageId": id}).to_string();
+        let sy_base = sy.base.clone();
+        async move {
+            let resp = http_client()
+                .post(format!("{sy_base}/v1/track"))
+                .basic_auth("wk_web", Some(""))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+    };
+    let (s, b) = sy
+        .admin("POST", "/api/v1/destinations", Some(json!({"name": "api-hook", "kind": "webhooks", "sources": ["web"], "urls": [rx.url("api1")], "shared_secret": "s3cret"})))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["config"]["shared_secret"], "********");
+    send(&sy, "a1").await;
+    let got = rx.wait_delivered("api1", 1, 30).await;
+    assert_eq!(got[0]["segmentSignatureValid"], true);
+
+    // Bad configurations are refused with the reason.
+    let (s, b) = sy
+        .admin(
+            "POST",
+            "/api/v1/destinations",
+            Some(json!({"name": "x", "urls": ["http://a"], "sharedSecret": "typo"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sharedSecret"),
+        "{b}"
+    );
+    let (s, _) = sy
+        .admin("POST", "/api/v1/destinations", Some(json!({"name": "x", "urls": ["http://a/1", "http://a/2", "http://a/3", "http://a/4", "http://a/5", "http://a/6"]})))
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = sy
+        .admin(
+            "POST",
+            "/api/v1/destinations",
+            Some(json!({"name": "x", "sources": ["nope"], "urls": ["http://a"]})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = sy
+        .admin(
+            "POST",
+            "/api/v1/destinations",
+            Some(json!({"name": "api-hook", "urls": ["http://a"]})),
+        )
+        .await;
+    assert_eq!(s, 409);
+
+    // Change the URL: new events go to the new one.
+    let (s, b) = sy
+        .admin(
+            "PUT",
+            "/api/v1/destinations/api-hook",
+            Some(json!({"sources": ["web"], "urls": [rx.url("api2")], "shared_secret": "s3cret"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    send(&sy, "a2").await;
+    let got = rx.wait_delivered("api2", 1, 30).await;
+    assert_eq!(body(&got[0])["messageId"], "a2");
+
+    // It survives a restart.
+    sy.restart();
+    send(&sy, "a3").await;
+    rx.wait_delivered("api2", 2, 30).await;
+    let (s, d) = sy.admin("GET", "/api/v1/destinations/api-hook", None).await;
+    assert_eq!(
+        (s, d["origin"].as_str(), d["running"].as_bool()),
+        (200, Some("api"), Some(true)),
+        "{d}"
+    );
+
+    // Removed: nothing more is sent.
+    let (s, _) = sy
+        .admin("DELETE", "/api/v1/destinations/api-hook", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = sy.admin("GET", "/api/v1/destinations/api-hook", None).await;
+    assert_eq!(s, 404);
+    send(&sy, "a4").await;
+    rx.wait_delivered("hook", 4, 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received("api2").await.len(), 2);
+}
