@@ -495,6 +495,13 @@ pub async fn stream_events(
         .into_response())
 }
 
+/// A digest of a configuration (secrets included, never shown), so that
+/// `switchyard apply` can tell whether a destination changed.
+pub fn config_digest(config: &Value) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(config.to_string().as_bytes()))
+}
+
 /// Masks secrets in a stored destination configuration.
 fn masked(mut config: Value) -> Value {
     for key in ["shared_secret", "previous_shared_secret"] {
@@ -534,6 +541,7 @@ pub async fn get_destination(
         "name": name,
         "origin": origin,
         "running": state.engine.sink(&name).await.is_some(),
+        "digest": config_digest(&config),
         "config": masked(config),
     })))
 }

@@ -89,6 +89,7 @@ pub enum Call {
     Logs(LogsArgs),
     DeleteUser(String),
     Tail(String),
+    FollowLogs(LogsArgs),
 }
 
 struct Client {
@@ -171,13 +172,21 @@ fn table(data: &Value, columns: &[&str]) {
                 .max(c.len())
         })
         .collect();
+    // Every column but the last is cut at 60 characters; the last (a
+    // message, an error) is shown whole.
+    let last = columns.len().saturating_sub(1);
     let line = |cells: Vec<String>| {
         cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| {
-                let c: String = c.chars().take(60).collect();
-                format!("{c:<w$}")
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == last {
+                    c.clone()
+                } else {
+                    let c: String = c.chars().take(60).collect();
+                    format!("{c:<w$}")
+                }
             })
             .collect::<Vec<_>>()
             .join("  ")
@@ -327,6 +336,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             )
         }
         Call::Tail(slug) => return tail(&client, &slug).await,
+        Call::FollowLogs(args) => return follow_logs(&client, &args).await,
         Call::DeleteUser(user) => {
             let v = client
                 .send(
@@ -391,4 +401,39 @@ async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints function logs, then new lines as they come (polling once a second).
+async fn follow_logs(client: &Client, args: &LogsArgs) -> anyhow::Result<()> {
+    let base = match (&args.source, &args.destination) {
+        (Some(s), _) => format!("/api/v1/sources/{s}/logs"),
+        (None, Some(d)) => format!("/api/v1/destinations/{d}/logs"),
+        _ => unreachable!("clap requires one"),
+    };
+    let mut seen: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
+    let mut first = true;
+    loop {
+        let limit = if first { args.limit } else { 1000 };
+        let v = client
+            .send(reqwest::Method::GET, &format!("{base}?limit={limit}"), None)
+            .await?;
+        let mut lines: Vec<Value> = v["data"].as_array().cloned().unwrap_or_default();
+        lines.reverse();
+        for l in lines {
+            let key = (
+                l["at_ms"].as_i64().unwrap_or(0),
+                l["message"].as_str().unwrap_or("").to_string(),
+            );
+            if seen.insert(key) {
+                println!(
+                    "{} [{}] {}",
+                    cell(&l["at_ms"]),
+                    cell(&l["level"]),
+                    cell(&l["message"])
+                );
+            }
+        }
+        first = false;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

@@ -17,6 +17,16 @@ pub enum FunctionsCommand {
     /// Run a function file once against a payload (source) or an event
     /// (destination), offline: nothing is stored or delivered.
     Test(TestArgs),
+    /// Logs of a deployed function, from a running server.
+    Logs {
+        #[command(flatten)]
+        remote: crate::api_cli::Remote,
+        #[command(flatten)]
+        args: crate::api_cli::LogsArgs,
+        /// Keep printing new lines as they come.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -62,7 +72,9 @@ fn error_json(e: &Option<functions::FunctionError>) -> Value {
 
 /// Returns the process exit code: 0 when the function succeeded, 1 when it failed.
 pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
-    let FunctionsCommand::Test(args) = args.command;
+    let FunctionsCommand::Test(args) = args.command else {
+        unreachable!("remote subcommands run on the async path")
+    };
     let source = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read function {}", args.file.display()))?;
     let file_name = args

@@ -1,6 +1,7 @@
 //! The `switchyard` command: parses arguments and wires the crates together.
 
 mod api_cli;
+mod apply;
 mod bench;
 mod config;
 mod functions_cli;
@@ -65,12 +66,63 @@ enum Command {
         remote: api_cli::Remote,
         user_id: String,
     },
+    /// Reconcile a running server to a configuration file (prints the plan first).
+    Apply {
+        #[command(flatten)]
+        remote: api_cli::Remote,
+        #[command(flatten)]
+        args: apply::ApplyArgs,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Measure throughput and latency against a server started for the run.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "switchyard",
+            &mut std::io::stdout(),
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    if let Command::Functions(functions_cli::FunctionsArgs {
+        command:
+            functions_cli::FunctionsCommand::Logs {
+                remote,
+                args,
+                follow,
+            },
+    }) = cli.command
+    {
+        let call = if follow {
+            api_cli::Call::FollowLogs(args)
+        } else {
+            api_cli::Call::Logs(args)
+        };
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => match rt.block_on(api_cli::run(remote, call)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard: {e:#}");
+                    let failure = e.downcast_ref::<api_cli::ApiFailure>().is_some();
+                    std::process::ExitCode::from(if failure { 1 } else { 2 })
+                }
+            },
+            Err(e) => {
+                eprintln!("switchyard: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Functions(args) = cli.command {
         return match functions_cli::run(args) {
             Ok(code) => std::process::ExitCode::from(code as u8),
@@ -94,7 +146,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Functions(_) => Ok(()),
+            Command::Functions(_) | Command::Completions { .. } => Ok(()),
+            Command::Apply { remote, args } => apply::run(remote, args).await,
             Command::Sources { remote, command } => {
                 api_cli::run(remote, api_cli::Call::Sources(command)).await
             }

@@ -612,3 +612,102 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received("api2").await.len(), 2);
 }
+
+#[tokio::test]
+async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let dir = TempDir::new("apply");
+    let file = dir.0.join("next.toml");
+    let next = config(&rx).replace(&rx.url("hook"), &rx.url("hook2"))
+        + &format!(
+            "\n[[sources]]\nslug = \"newsrc\"\nkind = \"tracking\"\nwrite_key = \"wk_new\"\n\n[[destinations]]\nname = \"extra\"\nkind = \"webhooks\"\nsources = [\"newsrc\"]\nurls = [\"{}\"]\nshared_secret = \"s3cret\"\n",
+            rx.url("extra")
+        );
+    std::fs::write(&file, &next).unwrap();
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "--config", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cli(&sy, &args)
+    };
+    let (code, plan) = apply(&["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("+ create source newsrc"), "{plan}");
+    assert!(plan.contains("~ change destination hook"), "{plan}");
+    assert!(plan.contains("+ create destination extra"), "{plan}");
+    assert_eq!(
+        sy.post("/v1/track", "wk_new", r#"{"userId":"u","event":"E"}"#)
+            .await
+            .0,
+        401,
+        "dry run changes nothing"
+    );
+
+    let (code, out) = apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("applied"), "{out}");
+    assert_eq!(
+        sy.post("/v1/track", "wk_new", r#"{"userId":"u","event":"E"}"#)
+            .await
+            .0,
+        200
+    );
+    rx.wait_delivered("extra", 1, 30).await;
+    assert_eq!(
+        sy.post("/v1/track", "wk_web", r#"{"userId":"u","event":"E"}"#)
+            .await
+            .0,
+        200
+    );
+    rx.wait_delivered("hook2", 1, 30).await;
+
+    let (code, plan) = apply(&["--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(plan.contains("no changes"), "idempotent: {plan}");
+
+    // Dropping a destination from the file removes it.
+    std::fs::write(
+        &file,
+        config(&rx).replace(&rx.url("hook"), &rx.url("hook2"))
+            + "\n[[sources]]\nslug = \"newsrc\"\nkind = \"tracking\"\n",
+    )
+    .unwrap();
+    let (code, plan) = apply(&[]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("- remove destination extra"), "{plan}");
+    let (s, _) = sy.admin("GET", "/api/v1/destinations/extra", None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn function_logs_and_completions_from_the_cli() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, _) = sy
+        .post_with(
+            "/functions/stigg/tok_stigg",
+            None,
+            br#"{"customer":{"id":"c"},"type":null}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut out = String::new();
+    for _ in 0..100 {
+        let (code, o) = cli(&sy, &["functions", "logs", "--source", "stigg", "-n", "10"]);
+        assert_eq!(code, 0, "{o}");
+        if o.contains("TypeError") {
+            out = o;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(out.contains("attempt 1 of 5, will retry"), "{out}");
+    let (code, script) = cli(&sy, &["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        script.contains("switchyard") && script.contains("deadletters"),
+        "{}",
+        &script[..200.min(script.len())]
+    );
+}
