@@ -6,6 +6,7 @@
 //! HTTP requests; it reads the store and sends.
 
 pub mod breaker;
+pub mod catalog;
 pub mod filter;
 pub mod function;
 pub mod retry;

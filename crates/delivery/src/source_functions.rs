@@ -67,7 +67,7 @@ pub struct FunctionHealth {
 pub struct SourceRunner {
     store: Arc<dyn Store>,
     pool: Arc<Pool>,
-    sources: HashMap<String, SourceFunction>,
+    sources: std::sync::RwLock<HashMap<String, SourceFunction>>,
     spec_limits: spec::Limits,
     health: Mutex<HashMap<String, FunctionHealth>>,
     wake: Notify,
@@ -141,7 +141,9 @@ impl SourceRunner {
         Arc::new(SourceRunner {
             store,
             pool,
-            sources: sources.into_iter().map(|s| (s.slug.clone(), s)).collect(),
+            sources: std::sync::RwLock::new(
+                sources.into_iter().map(|s| (s.slug.clone(), s)).collect(),
+            ),
             spec_limits,
             health: Mutex::new(health),
             wake: Notify::new(),
@@ -149,8 +151,37 @@ impl SourceRunner {
         })
     }
 
-    pub fn source(&self, slug: &str) -> Option<&SourceFunction> {
-        self.sources.get(slug)
+    /// The function source `slug`, as configured now.
+    pub fn source(&self, slug: &str) -> Option<SourceFunction> {
+        self.sources.read().ok()?.get(slug).cloned()
+    }
+
+    /// Adds or replaces a function source (a deploy or a new source): the
+    /// next run of its requests uses it.
+    pub fn upsert(&self, source: SourceFunction) {
+        if let Ok(mut h) = self.health.lock() {
+            h.entry(source.slug.clone()).or_insert(FunctionHealth {
+                status: "healthy",
+                ..Default::default()
+            });
+        }
+        if let Ok(mut all) = self.sources.write() {
+            all.insert(source.slug.clone(), source);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Sources running the function `name`.
+    pub fn sources_of_function(&self, name: &str) -> Vec<SourceFunction> {
+        self.sources
+            .read()
+            .map(|all| {
+                all.values()
+                    .filter(|s| s.code.name == name)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -217,7 +248,7 @@ impl SourceRunner {
     /// Runs the function on one stored request and records the result.
     /// Returns the outcome (for inline answers).
     pub async fn process(&self, record: &RawRecord) -> Result<SourceOutcome, String> {
-        let Some(source) = self.sources.get(&record.source) else {
+        let Some(source) = self.source(&record.source) else {
             return Err(format!("source {:?} has no function", record.source));
         };
         let request: RawRequest = serde_json::from_slice(&record.request)
@@ -325,15 +356,19 @@ impl SourceRunner {
 
     fn active_sources(&self) -> Vec<String> {
         let health = self.health.lock().ok();
-        self.sources
-            .keys()
+        let sources = self
+            .sources
+            .read()
+            .map(|s| s.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        sources
+            .into_iter()
             .filter(|s| {
                 health
                     .as_ref()
-                    .and_then(|h| h.get(*s))
+                    .and_then(|h| h.get(s))
                     .is_none_or(|h| h.status != "paused")
             })
-            .cloned()
             .collect()
     }
 

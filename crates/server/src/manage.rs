@@ -357,6 +357,7 @@ pub async fn create_source(
             write_key_hash: Some(digest.clone()),
             token_hash: None,
             created_ms: chrono::Utc::now().timestamp_millis(),
+            config: None,
         })
         .await
         .map_err(unavailable)?;

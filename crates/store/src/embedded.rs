@@ -63,8 +63,23 @@ CREATE TABLE IF NOT EXISTS sources(
     kind TEXT NOT NULL,
     write_key_hash TEXT,
     token_hash TEXT,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    config TEXT
 );
+CREATE TABLE IF NOT EXISTS functions(
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    deployed_version INTEGER NOT NULL DEFAULT 0,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS function_versions(
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY(name, version)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY,
     source_id INTEGER NOT NULL,
@@ -904,14 +919,15 @@ impl Store for EmbeddedStore {
         let ids = self.source_ids.clone();
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO sources(slug, kind, write_key_hash, token_hash, created_ms) VALUES(?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO sources(slug, kind, write_key_hash, token_hash, created_ms, config) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(slug) DO UPDATE SET kind = excluded.kind,
                    write_key_hash = COALESCE(excluded.write_key_hash, sources.write_key_hash),
-                   token_hash = COALESCE(excluded.token_hash, sources.token_hash)",
-                params![source.slug, source.kind, source.write_key_hash, source.token_hash, source.created_ms],
+                   token_hash = COALESCE(excluded.token_hash, sources.token_hash),
+                   config = COALESCE(excluded.config, sources.config)",
+                params![source.slug, source.kind, source.write_key_hash, source.token_hash, source.created_ms, source.config],
             )?;
             let (id, record) = conn.query_row(
-                "SELECT id, slug, kind, write_key_hash, token_hash, created_ms FROM sources WHERE slug = ?1",
+                "SELECT id, slug, kind, write_key_hash, token_hash, created_ms, config FROM sources WHERE slug = ?1",
                 [&source.slug],
                 |r| {
                     Ok((
@@ -922,6 +938,7 @@ impl Store for EmbeddedStore {
                             write_key_hash: r.get(3)?,
                             token_hash: r.get(4)?,
                             created_ms: r.get(5)?,
+                            config: r.get(6)?,
                         },
                     ))
                 },
@@ -937,7 +954,7 @@ impl Store for EmbeddedStore {
     async fn sources(&self) -> Result<Vec<SourceRecord>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT slug, kind, write_key_hash, token_hash, created_ms FROM sources ORDER BY id",
+                "SELECT slug, kind, write_key_hash, token_hash, created_ms, config FROM sources ORDER BY id",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(SourceRecord {
@@ -946,6 +963,7 @@ impl Store for EmbeddedStore {
                     write_key_hash: r.get(2)?,
                     token_hash: r.get(3)?,
                     created_ms: r.get(4)?,
+                    config: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1246,6 +1264,135 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn save_function(
+        &self,
+        name: &str,
+        kind: &str,
+        code: &str,
+        settings: &str,
+    ) -> Result<u32> {
+        let (name, kind, code, settings) = (
+            name.to_string(),
+            kind.to_string(),
+            code.to_string(),
+            settings.to_string(),
+        );
+        self.write(move |conn| {
+            let now = now_ms();
+            conn.execute(
+                "INSERT INTO functions(name, kind, settings, deployed_version, updated_ms) VALUES(?1, ?2, ?3, 0, ?4)
+                 ON CONFLICT(name) DO UPDATE SET settings = excluded.settings, updated_ms = excluded.updated_ms",
+                params![name, kind, settings, now],
+            )?;
+            let latest: Option<(u32, String)> = conn
+                .query_row(
+                    "SELECT version, code FROM function_versions WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                    [&name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match latest {
+                Some((v, existing)) if existing == code => Ok(v),
+                other => {
+                    let v = other.map_or(1, |(v, _)| v + 1);
+                    conn.execute(
+                        "INSERT INTO function_versions(name, version, code, created_ms) VALUES(?1, ?2, ?3, ?4)",
+                        params![name, v, code, now],
+                    )?;
+                    Ok(v)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn functions(&self) -> Result<Vec<FunctionRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT f.name, f.kind, f.settings, COALESCE(MAX(v.version), 0), f.deployed_version, f.updated_ms
+                 FROM functions f LEFT JOIN function_versions v ON v.name = f.name GROUP BY f.name ORDER BY f.name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let settings: String = r.get(2)?;
+                Ok(FunctionRecord {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    settings: serde_json::from_str(&settings).unwrap_or(serde_json::Value::Null),
+                    latest_version: r.get(3)?,
+                    deployed_version: r.get(4)?,
+                    updated_ms: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn function_code(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<(u32, String)>> {
+        let name = name.to_string();
+        self.read(move |conn| {
+            let version = match version {
+                Some(v) => Some(v),
+                None => conn
+                    .query_row(
+                        "SELECT deployed_version FROM functions WHERE name = ?1",
+                        [&name],
+                        |r| r.get::<_, u32>(0),
+                    )
+                    .optional()?,
+            };
+            let Some(version) = version else {
+                return Ok(None);
+            };
+            Ok(conn
+                .query_row(
+                    "SELECT version, code FROM function_versions WHERE name = ?1 AND version = ?2",
+                    params![name, version],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn deploy_function(&self, name: &str, version: u32) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |conn| {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT 1 FROM function_versions WHERE name = ?1 AND version = ?2",
+                    params![name, version],
+                    |_| Ok(true),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if exists {
+                conn.execute(
+                    "UPDATE functions SET deployed_version = ?2, updated_ms = ?3 WHERE name = ?1",
+                    params![name, version, now_ms()],
+                )?;
+            }
+            Ok(exists)
+        })
+        .await
+    }
+
+    async fn function_versions(&self, name: &str) -> Result<Vec<(u32, i64, usize)>> {
+        let name = name.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT version, created_ms, length(code) FROM function_versions WHERE name = ?1 ORDER BY version DESC",
+            )?;
+            let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as usize)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn tokens(&self) -> Result<Vec<ApiToken>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -1428,6 +1575,7 @@ mod tests {
                 write_key_hash: Some("h".into()),
                 token_hash: None,
                 created_ms: 0,
+                config: None,
             })
             .await
             .unwrap();

@@ -166,6 +166,9 @@ pub struct SourceRecord {
     #[serde(skip)]
     pub token_hash: Option<String>,
     pub created_ms: i64,
+    /// Function sources: `{"function", "settings", "respond"}` as JSON.
+    #[serde(skip)]
+    pub config: Option<String>,
 }
 
 /// A raw webhook request waiting for (or done with) its source function.
@@ -210,6 +213,20 @@ pub struct ApiToken {
     pub hash: String,
     pub read_only: bool,
     pub created_ms: i64,
+}
+
+/// A function kept in the store, with its versions.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionRecord {
+    pub name: String,
+    /// `source` or `destination`.
+    pub kind: String,
+    /// The declared settings, as JSON.
+    pub settings: serde_json::Value,
+    pub latest_version: u32,
+    /// The version that runs; 0 when never deployed.
+    pub deployed_version: u32,
+    pub updated_ms: i64,
 }
 
 /// What a user deletion did.
@@ -377,6 +394,27 @@ pub trait Store: Send + Sync + 'static {
     async fn put_destination(&self, name: &str, config: &str, origin: &str) -> Result<()>;
     /// Returns whether it existed.
     async fn delete_destination(&self, name: &str) -> Result<bool>;
+
+    /// Saves code as the function's next version (creating the function);
+    /// returns the version. Saving the same code as the latest is a no-op.
+    async fn save_function(
+        &self,
+        name: &str,
+        kind: &str,
+        code: &str,
+        settings: &str,
+    ) -> Result<u32>;
+    async fn functions(&self) -> Result<Vec<FunctionRecord>>;
+    /// A version's code (`None`: the deployed one).
+    async fn function_code(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<(u32, String)>>;
+    /// Makes `version` the one that runs.
+    async fn deploy_function(&self, name: &str, version: u32) -> Result<bool>;
+    /// (version, created_ms, bytes) of every version, newest first.
+    async fn function_versions(&self, name: &str) -> Result<Vec<(u32, i64, usize)>>;
 
     /// API tokens that are not revoked.
     async fn tokens(&self) -> Result<Vec<ApiToken>>;

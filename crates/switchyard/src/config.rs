@@ -105,51 +105,7 @@ pub struct FunctionConfig {
     pub memory_mb: Option<usize>,
 }
 
-/// A setting a function declares.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SettingDecl {
-    pub name: String,
-    /// `string`, `boolean`, `number`, `array` or `map`.
-    #[serde(rename = "type", default = "string_type")]
-    pub kind: String,
-    #[serde(default)]
-    pub required: bool,
-    /// Never shown by any API, and redacted from function logs and errors.
-    #[serde(default)]
-    pub encrypted: bool,
-    /// For people reading the configuration.
-    #[serde(default, rename = "description")]
-    pub _description: Option<String>,
-}
-
-fn string_type() -> String {
-    "string".to_string()
-}
-
-impl SettingDecl {
-    /// Checks a value against the declared type.
-    pub fn check(&self, value: &toml::Value) -> Result<(), String> {
-        let ok = match self.kind.as_str() {
-            "string" => value.is_str(),
-            "boolean" => value.is_bool(),
-            "number" => value.is_integer() || value.is_float(),
-            "array" => value.is_array(),
-            "map" => value.is_table(),
-            other => {
-                return Err(format!(
-                    "setting {:?}: unknown type {other:?} (string, boolean, number, array, map)",
-                    self.name
-                ))
-            }
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("setting {:?} must be a {}", self.name, self.kind))
-        }
-    }
-}
+pub use delivery::catalog::SettingDecl;
 
 pub use delivery::DestinationConfig;
 
@@ -254,7 +210,7 @@ impl Config {
                     }
                     for decl in &f.settings {
                         match s.settings.get(&decl.name) {
-                            Some(v) => decl.check(v).map_err(|e| anyhow!("source {:?}: {e}", s.slug))?,
+                            Some(v) => decl.check(&toml_to_json(v)).map_err(|e| anyhow!("source {:?}: {e}", s.slug))?,
                             None if decl.required => bail!(
                                 "source {:?}: required setting {:?} of function {name:?} is missing",
                                 s.slug,
@@ -300,7 +256,7 @@ impl Config {
                     }
                     for setting in &decl.settings {
                         match f.settings.get(&setting.name) {
-                            Some(v) => setting.check(v).map_err(|e| anyhow!("destination {:?}: {e}", f.name))?,
+                            Some(v) => setting.check(&toml_to_json(v)).map_err(|e| anyhow!("destination {:?}: {e}", f.name))?,
                             None if setting.required => bail!(
                                 "destination {:?}: required setting {:?} of function {:?} is missing",
                                 f.name,

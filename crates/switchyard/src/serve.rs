@@ -1,7 +1,7 @@
 //! `switchyard serve`: opens the store, applies the configuration, starts the
 //! delivery workers and the HTTP server, and shuts down gracefully.
 
-use crate::config::{toml_to_json, Config, DestinationConfig};
+use crate::config::{Config, DestinationConfig};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -143,6 +143,14 @@ async fn apply_sources(
                 write_key_hash: hash,
                 token_hash,
                 created_ms: now,
+                config: (s.kind == "function").then(|| {
+                    serde_json::json!({
+                        "function": s.function,
+                        "settings": crate::config::toml_to_json(&toml::Value::Table(s.settings.clone().into_iter().collect())),
+                        "respond": s.respond.clone().unwrap_or_else(|| "ack".into()),
+                    })
+                    .to_string()
+                }),
             })
             .await?;
         if let Some(key) = generated {
@@ -178,105 +186,62 @@ async fn apply_sources(
 }
 
 /// Loads the code of every function source and checks that it loads.
-/// A function's code and limits, loaded from its file and checked to load.
-struct LoadedFunction {
-    code: Arc<functions::FunctionCode>,
-    limits: functions::Limits,
-    handlers: Vec<String>,
-}
-
-fn load_function<'a>(
-    config: &'a Config,
-    config_dir: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<(LoadedFunction, &'a crate::config::FunctionConfig)> {
-    let f = config
-        .functions
-        .iter()
-        .find(|f| f.name == name)
-        .ok_or_else(|| anyhow!("function {name:?} is not declared in [[functions]]"))?;
-    let path = if f.file.is_absolute() {
-        f.file.clone()
-    } else {
-        config_dir.join(&f.file)
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("function {name:?}: cannot read {}", path.display()))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "function.js".into());
-    let code = functions::FunctionCode::new(name, &file_name, &text);
-    let defaults = functions::Limits::default();
-    let limits = functions::Limits {
-        timeout: f
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.timeout),
-        memory_bytes: f
-            .memory_mb
-            .map(|m| m * 1024 * 1024)
-            .unwrap_or(defaults.memory_bytes),
-        ..defaults
-    };
-    let handlers = functions::inspect(&code, &limits)
-        .map_err(|e| anyhow!("function {name:?} ({}) does not load: {e}", path.display()))?;
-    Ok((
-        LoadedFunction {
-            code: Arc::new(code),
-            limits,
-            handlers,
-        },
-        f,
-    ))
-}
-
-/// Settings as JSON, and the values of the encrypted ones (to redact).
-fn settings_of(
-    decl: &crate::config::FunctionConfig,
-    values: &toml::Table,
-) -> (serde_json::Value, Vec<String>) {
-    let settings = serde_json::Value::Object(
-        values
-            .iter()
-            .map(|(k, v)| (k.clone(), toml_to_json(v)))
-            .collect(),
-    );
-    let secrets = decl
-        .settings
-        .iter()
-        .filter(|d| d.encrypted)
-        .filter_map(|d| values.get(&d.name))
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    (settings, secrets)
-}
-
-/// Loads the code of every function source.
-fn load_source_functions(
+/// Saves every `[[functions]]` file as the function's next version (a no-op
+/// when unchanged) and deploys it: at start the file is the truth.
+async fn apply_file_functions(
+    store: &dyn Store,
     config: &Config,
     config_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    for f in &config.functions {
+        let path = if f.file.is_absolute() {
+            f.file.clone()
+        } else {
+            config_dir.join(&f.file)
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("function {:?}: cannot read {}", f.name, path.display()))?;
+        let spec = delivery::catalog::FunctionSpec {
+            settings: f.settings.clone(),
+            timeout_ms: f.timeout_ms,
+            memory_mb: f.memory_mb,
+        };
+        let code = functions::FunctionCode::new(&f.name, &format!("{}.js", f.name), &text);
+        functions::inspect(&code, &spec.limits()).map_err(|e| {
+            anyhow!(
+                "function {:?} ({}) does not load: {e}",
+                f.name,
+                path.display()
+            )
+        })?;
+        let version = store
+            .save_function(&f.name, &f.kind, &text, &serde_json::to_string(&spec)?)
+            .await?;
+        store.deploy_function(&f.name, version).await?;
+    }
+    Ok(())
+}
+
+/// Every function source in the store, put together.
+async fn load_source_functions(
+    store: &dyn Store,
 ) -> anyhow::Result<Vec<delivery::source_functions::SourceFunction>> {
     let mut out = Vec::new();
-    for s in config.sources.iter().filter(|s| s.kind == "function") {
-        let name = s.function.as_deref().unwrap_or_default();
-        let (loaded, decl) = load_function(config, config_dir, name)
-            .with_context(|| format!("source {:?}", s.slug))?;
-        let values: toml::Table = s.settings.clone().into_iter().collect();
-        let (settings, secrets) = settings_of(decl, &values);
-        out.push(delivery::source_functions::SourceFunction {
-            secrets,
-            slug: s.slug.clone(),
-            code: loaded.code,
-            settings,
-            limits: loaded.limits,
-            respond_inline: s.respond.as_deref() == Some("function"),
-        });
+    for s in store.sources().await? {
+        let (true, Some(config)) = (s.kind == "function", s.config.as_deref()) else {
+            continue;
+        };
+        let binding: delivery::catalog::SourceBinding = serde_json::from_str(config)
+            .with_context(|| format!("source {:?}: stored configuration is unreadable", s.slug))?;
+        out.push(
+            delivery::catalog::source_function(store, &s.slug, &binding)
+                .await
+                .map_err(|e| anyhow!("source {:?}: {e}", s.slug))?,
+        );
     }
     Ok(out)
 }
 
-/// Builds every destination: its settings and transport.
 /// Applies the file's destinations to the store (the file wins for the names
 /// it declares; file-declared destinations no longer in it are removed;
 /// destinations created through the API are kept) and returns every stored one.
@@ -318,55 +283,19 @@ async fn reconcile_destinations(
 
 async fn build_destinations(
     destinations: &[DestinationConfig],
-    config: &Config,
-    config_dir: &std::path::Path,
     store: &Arc<dyn Store>,
     pool: Option<&Arc<functions::Pool>>,
 ) -> anyhow::Result<Vec<delivery::DestinationSpec>> {
     let mut out = Vec::new();
     for d in destinations {
-        match d {
-            DestinationConfig::Webhooks(w) => {
-                reenable_changed_urls(store.as_ref(), w).await?;
-                out.push(
-                    delivery::DestinationSpec::webhooks(w.clone(), store.clone())
-                        .await
-                        .map_err(|e| anyhow!(e))?,
-                );
-            }
-            DestinationConfig::Function(f) => {
-                let (loaded, decl) = load_function(config, config_dir, &f.function)
-                    .with_context(|| format!("destination {:?}", f.name))?;
-                let (settings, secrets) = settings_of(decl, &f.settings);
-                let batched = f.batch_size > 1 && loaded.handlers.iter().any(|h| h == "onBatch");
-                if f.batch_size > 1 && !batched {
-                    tracing::warn!(destination = %f.name, "batch_size > 1 but the function has no onBatch: events are delivered one by one");
-                }
-                let pool = pool.ok_or_else(|| anyhow!("internal: no function pool"))?;
-                out.push(delivery::DestinationSpec {
-                    settings: delivery::SinkSettings {
-                        name: f.name.clone(),
-                        sources: f.sources.clone(),
-                        batch_size: if batched { f.batch_size } else { 1 },
-                        batch_max_wait_ms: f.batch_max_wait_ms,
-                        concurrency: f.concurrency,
-                        enabled: f.enabled,
-                        filter: f.filter.clone(),
-                    },
-                    transport: Arc::new(delivery::FunctionTransport {
-                        name: f.name.clone(),
-                        code: loaded.code,
-                        settings,
-                        limits: loaded.limits,
-                        pool: pool.clone(),
-                        store: store.clone(),
-                        policy: f.retry_policy(),
-                        retry_unknown_errors: f.retry_unknown_errors,
-                        secrets,
-                    }),
-                });
-            }
+        if let DestinationConfig::Webhooks(w) = d {
+            reenable_changed_urls(store.as_ref(), w).await?;
         }
+        out.push(
+            delivery::catalog::destination(store, pool, d)
+                .await
+                .map_err(|e| anyhow!("destination {:?}: {e}", d.name()))?,
+        );
     }
     Ok(out)
 }
@@ -494,62 +423,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|p| p.parent().map(|d| d.to_path_buf()))
         .unwrap_or_else(|| PathBuf::from("."));
-    let source_functions = load_source_functions(&config, &config_dir)?;
+    apply_file_functions(store.as_ref(), &config, &config_dir).await?;
     let credentials = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
+    let source_functions = load_source_functions(store.as_ref()).await?;
     let admin_hash =
         apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
     let metrics = install_metrics()?;
-    let uses_functions = !source_functions.is_empty()
-        || config
-            .destinations
-            .iter()
-            .any(|d| matches!(d, DestinationConfig::Function(_)))
-        || store
-            .destinations()
-            .await?
-            .iter()
-            .any(|(_, json, _)| json.contains("\"kind\":\"function\""));
-    let pool = uses_functions.then(|| {
-        let workers = server.function_workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
-        Arc::new(functions::Pool::new(
-            workers,
-            functions::FetchPolicy {
-                allow: server.fetch_allow.clone(),
-                deny: server.fetch_deny.clone(),
-            },
-        ))
+    // Functions can be created at run time: the pool is always there (its
+    // threads are idle until a function runs).
+    let workers = server.function_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     });
+    let pool = Arc::new(functions::Pool::new(
+        workers,
+        functions::FetchPolicy {
+            allow: server.fetch_allow.clone(),
+            deny: server.fetch_deny.clone(),
+        },
+    ));
     let stored_destinations = reconcile_destinations(store.as_ref(), &config).await?;
-    let destinations = build_destinations(
-        &stored_destinations,
-        &config,
-        &config_dir,
-        &store,
-        pool.as_ref(),
-    )
-    .await?;
+    let destinations = build_destinations(&stored_destinations, &store, Some(&pool)).await?;
     let engine = delivery::Engine::start(store.clone(), destinations)
         .await
         .map_err(|e| anyhow!(e))?;
     let (workers_stop, workers_stop_rx) = tokio::sync::watch::channel(false);
-    let runner = match (&pool, source_functions.is_empty()) {
-        (Some(pool), false) => {
-            let pool = pool.clone();
-            let runner = delivery::source_functions::SourceRunner::new(
-                store.clone(),
-                pool,
-                source_functions,
-                limits,
-                Duration::from_millis(server.function_retry_initial_ms.unwrap_or(1000)),
-            );
-            Some(runner)
-        }
-        _ => None,
-    };
+    let runner = Some(delivery::source_functions::SourceRunner::new(
+        store.clone(),
+        pool.clone(),
+        source_functions,
+        limits,
+        Duration::from_millis(server.function_retry_initial_ms.unwrap_or(1000)),
+    ));
     let runner_task = runner
         .clone()
         .map(|r| tokio::spawn(r.run(workers_stop_rx.clone())));
@@ -611,9 +517,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     engine.shutdown().await;
-    if let Some(pool) = pool {
-        let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
-    }
+    let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
