@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod error;
 pub mod functions;
+pub mod functions_api;
 pub mod manage;
 pub mod openapi;
 pub mod tracking;
@@ -191,6 +192,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .route(
+            "/api/v1/functions",
+            get(functions_api::list).post(functions_api::create),
+        )
+        .route(
+            "/api/v1/functions/{name}",
+            get(functions_api::get).put(functions_api::update),
+        )
+        .route(
+            "/api/v1/functions/{name}/versions",
+            get(functions_api::versions),
+        )
+        .route(
+            "/api/v1/functions/{name}/deploy",
+            post(functions_api::deploy),
+        )
+        .route("/api/v1/functions/{name}/test", post(functions_api::test))
         .route(
             "/api/v1/tokens",
             get(manage::list_tokens).post(manage::create_token),

@@ -304,8 +304,17 @@ pub struct NewSource {
     slug: String,
     #[serde(default = "tracking_kind")]
     kind: String,
-    /// Optional: generated (and returned once) when absent.
+    /// Tracking sources. Optional: generated (and returned once) when absent.
     write_key: Option<String>,
+    /// Function sources: the function to run.
+    function: Option<String>,
+    /// Function sources: values for the function's declared settings.
+    #[serde(default)]
+    settings: Value,
+    /// Function sources: `ack` (default) or `function`.
+    respond: Option<String>,
+    /// Function sources. Optional: generated (and returned once) when absent.
+    token: Option<String>,
 }
 
 fn tracking_kind() -> String {
@@ -320,12 +329,22 @@ pub async fn create_source(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_token(&state, &headers)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
-    if req.kind != "tracking" {
+    if !matches!(req.kind.as_str(), "tracking" | "function") {
         return Err(ApiError::bad_request(
-            "unsupported_kind",
-            "only tracking sources can be created through the API; function sources are declared in switchyard.toml (their code comes from files)",
+            "invalid_kind",
+            "`kind` must be \"tracking\" or \"function\"",
         )
         .with_field(Some("kind".into())));
+    }
+    if !matches!(
+        req.respond.as_deref(),
+        None | Some("ack") | Some("function")
+    ) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "`respond` must be \"ack\" or \"function\"",
+        )
+        .with_field(Some("respond".into())));
     }
     let valid = !req.slug.is_empty()
         && req
@@ -347,6 +366,9 @@ pub async fn create_source(
             format!("source {:?} exists", req.slug),
         ));
     }
+    if req.kind == "function" {
+        return create_function_source(&state, req).await;
+    }
     let key = req.write_key.unwrap_or_else(|| generate_credential("wk_"));
     let digest = state.keyring.hash(&key);
     let record = state
@@ -367,6 +389,63 @@ pub async fn create_source(
         Json(
             json!({"slug": record.slug, "kind": record.kind, "write_key": key, "note": "the write key is shown once; only its digest is stored"}),
         ),
+    ))
+}
+
+async fn create_function_source(
+    state: &AppState,
+    req: NewSource,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(runner) = &state.runner else {
+        return Err(ApiError::unavailable(
+            "functions are not enabled on this server",
+        ));
+    };
+    let function = req.function.clone().ok_or_else(|| {
+        ApiError::bad_request("invalid_body", "a function source needs `function`")
+            .with_field(Some("function".into()))
+    })?;
+    let binding = delivery::catalog::SourceBinding {
+        function,
+        settings: if req.settings.is_null() {
+            json!({})
+        } else {
+            req.settings.clone()
+        },
+        respond: Some(req.respond.clone().unwrap_or_else(|| "ack".into())),
+    };
+    let source = delivery::catalog::source_function(state.store.as_ref(), &req.slug, &binding)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_source", e))?;
+    let token = req
+        .token
+        .clone()
+        .unwrap_or_else(|| generate_credential("tok_"));
+    let digest = state.keyring.hash(&token);
+    state
+        .store
+        .put_source(store::SourceRecord {
+            slug: req.slug.clone(),
+            kind: "function".into(),
+            write_key_hash: None,
+            token_hash: Some(digest.clone()),
+            created_ms: chrono::Utc::now().timestamp_millis(),
+            config: Some(serde_json::to_string(&binding).unwrap_or_default()),
+        })
+        .await
+        .map_err(unavailable)?;
+    runner.upsert(source);
+    state.set_function_token_hash(&req.slug, &digest);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "slug": req.slug,
+            "kind": "function",
+            "function": binding.function,
+            "token": token,
+            "url": format!("/functions/{}/{token}", req.slug),
+            "note": "the token is shown once; only its digest is stored",
+        })),
     ))
 }
 
@@ -577,16 +656,6 @@ async fn apply_destination(
         .or_insert_with(|| Value::String("webhooks".into()));
     let config: delivery::DestinationConfig = serde_json::from_value(body.clone())
         .map_err(|e| ApiError::bad_request("invalid_destination", e.to_string()))?;
-    let delivery::DestinationConfig::Webhooks(webhooks) = config else {
-        return Err(ApiError::bad_request(
-            "unsupported_kind",
-            "destination functions are declared in switchyard.toml (their code comes from files); the API manages webhooks destinations",
-        )
-        .with_field(Some("kind".into())));
-    };
-    webhooks
-        .validate()
-        .map_err(|e| ApiError::bad_request("invalid_destination", e))?;
     let known: Vec<String> = state
         .store
         .sources()
@@ -595,13 +664,18 @@ async fn apply_destination(
         .into_iter()
         .map(|s| s.slug)
         .collect();
-    if let Some(missing) = webhooks.sources.iter().find(|s| !known.contains(s)) {
+    if let Some(missing) = config.sources().iter().find(|s| !known.contains(s)) {
         return Err(
             ApiError::bad_request("unknown_source", format!("unknown source {missing:?}"))
                 .with_field(Some("sources".into())),
         );
     }
-    let spec = delivery::DestinationSpec::webhooks(webhooks, state.store.clone())
+    if let delivery::DestinationConfig::Webhooks(w) = &config {
+        w.validate()
+            .map_err(|e| ApiError::bad_request("invalid_destination", e))?;
+    }
+    let pool = state.runner.as_ref().map(|r| r.pool().clone());
+    let spec = delivery::catalog::destination(&state.store, pool.as_ref(), &config)
         .await
         .map_err(|e| ApiError::bad_request("invalid_destination", e))?;
     if replace {

@@ -92,6 +92,48 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ),
     (
         "get",
+        "/api/v1/functions",
+        Auth::Api,
+        "Functions, their latest and deployed versions",
+    ),
+    (
+        "post",
+        "/api/v1/functions",
+        Auth::Api,
+        "Create a function ({name, kind, code, settings?, timeout_ms?, memory_mb?, deploy?})",
+    ),
+    (
+        "get",
+        "/api/v1/functions/{name}",
+        Auth::Api,
+        "A function and its latest code",
+    ),
+    (
+        "put",
+        "/api/v1/functions/{name}",
+        Auth::Api,
+        "Save new code as the next version ({code, settings?, deploy?})",
+    ),
+    (
+        "get",
+        "/api/v1/functions/{name}/versions",
+        Auth::Api,
+        "A function's versions",
+    ),
+    (
+        "post",
+        "/api/v1/functions/{name}/deploy",
+        Auth::Api,
+        "Deploy the latest (or {version}); running sources and destinations switch at once",
+    ),
+    (
+        "post",
+        "/api/v1/functions/{name}/test",
+        Auth::Api,
+        "Run once without side effects ({payload} or {event}, settings, code?, fetch_mock?)",
+    ),
+    (
+        "get",
         "/api/v1/sources",
         Auth::Api,
         "Sources (credentials masked)",

@@ -26,6 +26,32 @@ pub struct Remote {
 pub enum SourcesCommand {
     /// List sources.
     List,
+    /// Create a source: tracking (default) or, with --function, a function source.
+    Create {
+        slug: String,
+        /// Run this function on the source's webhooks.
+        #[arg(long)]
+        function: Option<String>,
+        /// The function's settings, as a JSON object.
+        #[arg(long)]
+        settings: Option<String>,
+        /// `ack` (default) or `function` (the function answers the sender).
+        #[arg(long)]
+        respond: Option<String>,
+    },
+    /// Run a source's function on a captured (or given) request, without side effects.
+    Test {
+        slug: String,
+        /// A capture id (see `sources captures`).
+        #[arg(long, required_unless_present = "payload")]
+        capture: Option<i64>,
+        /// A fixture file {"payload": {...}, "settings": {...}}.
+        #[arg(long)]
+        payload: Option<std::path::PathBuf>,
+        /// Unsaved code to run instead of the deployed function.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
     /// The webhook catcher: recent raw requests of a function source.
     Captures { slug: String },
     /// Batch items refused by validation.
@@ -42,6 +68,21 @@ pub enum SourcesCommand {
 pub enum DestinationsCommand {
     /// List destinations with their backlog.
     List,
+    /// Create a webhooks destination.
+    Create {
+        name: String,
+        #[arg(long = "source", required = true)]
+        sources: Vec<String>,
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        #[arg(long)]
+        secret: Option<String>,
+        /// `first-success` (default) or `all`.
+        #[arg(long)]
+        fanout: Option<String>,
+    },
+    /// Stop and remove a destination.
+    Delete { name: String },
     /// Delivery attempts, newest first.
     Attempts {
         name: String,
@@ -90,6 +131,8 @@ pub enum Call {
     DeleteUser(String),
     Tail(String),
     FollowLogs(LogsArgs),
+    /// (method, path, body, what to print)
+    Raw(reqwest::Method, String, Option<Value>),
 }
 
 struct Client {
@@ -213,6 +256,142 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
     };
     use reqwest::Method;
     let (value, columns): (Value, &[&str]) = match call {
+        Call::Raw(method, path, body) => (client.send(method, &path, body).await?, &[]),
+        Call::Sources(SourcesCommand::Create {
+            slug,
+            function,
+            settings,
+            respond,
+        }) => {
+            let mut body = json!({ "slug": slug });
+            if let Some(f) = function {
+                body["kind"] = json!("function");
+                body["function"] = json!(f);
+                if let Some(s) = settings {
+                    body["settings"] =
+                        serde_json::from_str(&s).context("--settings must be a JSON object")?;
+                }
+                if let Some(r) = respond {
+                    body["respond"] = json!(r);
+                }
+            }
+            let v = client
+                .send(Method::POST, "/api/v1/sources", Some(body))
+                .await?;
+            if !remote.json {
+                match v["token"].as_str() {
+                    Some(token) => {
+                        println!("source {}: token {token} (shown once)", cell(&v["slug"]));
+                        println!(
+                            "webhook URL: {}/functions/{}/{token}",
+                            client.base.trim_end_matches('/'),
+                            cell(&v["slug"])
+                        );
+                    }
+                    None => println!(
+                        "source {}: write key {} (shown once)",
+                        cell(&v["slug"]),
+                        cell(&v["write_key"])
+                    ),
+                }
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Sources(SourcesCommand::Test {
+            slug,
+            capture,
+            payload,
+            file,
+        }) => {
+            let mut body = json!({});
+            if let Some(id) = capture {
+                body["capture_id"] = json!(id);
+            }
+            if let Some(p) = payload {
+                let fixture: Value = serde_json::from_str(
+                    &std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
+                )
+                .with_context(|| format!("{} is not JSON", p.display()))?;
+                body["payload"] = fixture.get("payload").cloned().unwrap_or(fixture.clone());
+                if let Some(s) = fixture.get("settings") {
+                    body["settings"] = s.clone();
+                }
+            }
+            if let Some(f) = file {
+                body["code"] = json!(std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read {}", f.display()))?);
+            }
+            let v = client
+                .send(
+                    Method::POST,
+                    &format!("/api/v1/sources/{slug}/test"),
+                    Some(body),
+                )
+                .await?;
+            if !remote.json {
+                println!(
+                    "events ({}):",
+                    v["events"].as_array().map_or(0, |a| a.len())
+                );
+                for e in v["events"].as_array().cloned().unwrap_or_default() {
+                    println!("  {e}");
+                }
+                for l in v["logs"].as_array().cloned().unwrap_or_default() {
+                    println!("  [{}] {}", cell(&l["level"]), cell(&l["message"]));
+                }
+                if !v["error"].is_null() {
+                    println!(
+                        "error: {}: {} (line {})",
+                        cell(&v["error"]["name"]),
+                        cell(&v["error"]["message"]),
+                        cell(&v["error"]["line"])
+                    );
+                    return Err(ApiFailure("the function failed".into()).into());
+                }
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Destinations(DestinationsCommand::Create {
+            name,
+            sources,
+            urls,
+            secret,
+            fanout,
+        }) => {
+            let mut body =
+                json!({"name": name, "kind": "webhooks", "sources": sources, "urls": urls});
+            if let Some(s) = secret {
+                body["shared_secret"] = json!(s);
+            }
+            if let Some(f) = fanout {
+                body["fanout"] = json!(f);
+            }
+            let v = client
+                .send(Method::POST, "/api/v1/destinations", Some(body))
+                .await?;
+            if !remote.json {
+                println!("destination {} created", cell(&v["name"]));
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Destinations(DestinationsCommand::Delete { name }) => {
+            let v = client
+                .send(
+                    Method::DELETE,
+                    &format!("/api/v1/destinations/{name}"),
+                    None,
+                )
+                .await?;
+            if !remote.json {
+                println!("destination {name} deleted");
+                return Ok(());
+            }
+            (v, &[])
+        }
         Call::Sources(SourcesCommand::List) => (
             client.send(Method::GET, "/api/v1/sources", None).await?,
             &["slug", "kind", "created_ms"],

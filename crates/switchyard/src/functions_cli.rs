@@ -17,6 +17,46 @@ pub enum FunctionsCommand {
     /// Run a function file once against a payload (source) or an event
     /// (destination), offline: nothing is stored or delivered.
     Test(TestArgs),
+    /// Create a function on a running server from a file.
+    Create {
+        #[command(flatten)]
+        remote: crate::api_cli::Remote,
+        name: String,
+        /// `source` or `destination`.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Declared settings: a JSON array of {name, type, required, encrypted}.
+        #[arg(long)]
+        settings_schema: Option<PathBuf>,
+        /// Deploy it at once.
+        #[arg(long)]
+        deploy: bool,
+    },
+    /// Save a file as a function's next version.
+    Update {
+        #[command(flatten)]
+        remote: crate::api_cli::Remote,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        deploy: bool,
+    },
+    /// Deploy a function's latest (or given) version.
+    Deploy {
+        #[command(flatten)]
+        remote: crate::api_cli::Remote,
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// List the functions of a running server.
+    List {
+        #[command(flatten)]
+        remote: crate::api_cli::Remote,
+    },
     /// Logs of a deployed function, from a running server.
     Logs {
         #[command(flatten)]

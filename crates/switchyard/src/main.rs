@@ -91,19 +91,111 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::SUCCESS;
     }
-    if let Command::Functions(functions_cli::FunctionsArgs {
-        command:
-            functions_cli::FunctionsCommand::Logs {
+    if let Command::Functions(functions_cli::FunctionsArgs { command }) = cli.command {
+        use functions_cli::FunctionsCommand as F;
+        let (remote, call) = match command {
+            F::Test(args) => {
+                return match functions_cli::run(functions_cli::FunctionsArgs {
+                    command: F::Test(args),
+                }) {
+                    Ok(code) => std::process::ExitCode::from(code as u8),
+                    Err(e) => {
+                        eprintln!("switchyard: {e:#}");
+                        std::process::ExitCode::from(2)
+                    }
+                };
+            }
+            F::Logs {
                 remote,
                 args,
                 follow,
-            },
-    }) = cli.command
-    {
-        let call = if follow {
-            api_cli::Call::FollowLogs(args)
-        } else {
-            api_cli::Call::Logs(args)
+            } => (
+                remote,
+                if follow {
+                    api_cli::Call::FollowLogs(args)
+                } else {
+                    api_cli::Call::Logs(args)
+                },
+            ),
+            F::List { remote } => (
+                remote,
+                api_cli::Call::Raw(reqwest::Method::GET, "/api/v1/functions".into(), None),
+            ),
+            F::Deploy {
+                remote,
+                name,
+                version,
+            } => (
+                remote,
+                api_cli::Call::Raw(
+                    reqwest::Method::POST,
+                    format!("/api/v1/functions/{name}/deploy"),
+                    Some(serde_json::json!({ "version": version })),
+                ),
+            ),
+            F::Create {
+                remote,
+                name,
+                kind,
+                file,
+                settings_schema,
+                deploy,
+            } => {
+                let code = match std::fs::read_to_string(&file) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("switchyard: cannot read {}: {e}", file.display());
+                        return std::process::ExitCode::from(2);
+                    }
+                };
+                let mut body =
+                    serde_json::json!({"name": name, "kind": kind, "code": code, "deploy": deploy});
+                if let Some(p) = settings_schema {
+                    match std::fs::read_to_string(&p)
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    {
+                        Some(v) => body["settings"] = v,
+                        None => {
+                            eprintln!(
+                                "switchyard: {} is not a JSON array of settings",
+                                p.display()
+                            );
+                            return std::process::ExitCode::from(2);
+                        }
+                    }
+                }
+                (
+                    remote,
+                    api_cli::Call::Raw(
+                        reqwest::Method::POST,
+                        "/api/v1/functions".into(),
+                        Some(body),
+                    ),
+                )
+            }
+            F::Update {
+                remote,
+                name,
+                file,
+                deploy,
+            } => {
+                let code = match std::fs::read_to_string(&file) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("switchyard: cannot read {}: {e}", file.display());
+                        return std::process::ExitCode::from(2);
+                    }
+                };
+                (
+                    remote,
+                    api_cli::Call::Raw(
+                        reqwest::Method::PUT,
+                        format!("/api/v1/functions/{name}"),
+                        Some(serde_json::json!({"code": code, "deploy": deploy})),
+                    ),
+                )
+            }
         };
         return match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -119,15 +211,6 @@ fn main() -> std::process::ExitCode {
             },
             Err(e) => {
                 eprintln!("switchyard: {e}");
-                std::process::ExitCode::from(2)
-            }
-        };
-    }
-    if let Command::Functions(args) = cli.command {
-        return match functions_cli::run(args) {
-            Ok(code) => std::process::ExitCode::from(code as u8),
-            Err(e) => {
-                eprintln!("switchyard: {e:#}");
                 std::process::ExitCode::from(2)
             }
         };

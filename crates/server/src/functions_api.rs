@@ -1,0 +1,398 @@
+//! Functions through the API: create, save new versions, deploy (sources and
+//! destinations running the function switch at once), list versions, test
+//! without side effects. Function sources are created under `/sources`.
+
+use crate::error::ApiError;
+use crate::manage::require_token;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use delivery::catalog::{FunctionSpec, SourceBinding};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn unavailable(e: store::StoreError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+fn invalid(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::bad_request("invalid_body", e.body_text())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionBody {
+    name: Option<String>,
+    kind: Option<String>,
+    code: String,
+    #[serde(default)]
+    settings: Option<Vec<delivery::catalog::SettingDecl>>,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<usize>,
+    /// Deploy the saved version at once.
+    #[serde(default)]
+    deploy: bool,
+}
+
+async fn record(state: &AppState, name: &str) -> Result<Option<store::FunctionRecord>, ApiError> {
+    Ok(state
+        .store
+        .functions()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|f| f.name == name))
+}
+
+/// Saves code as a new version after checking that it loads.
+async fn save(
+    state: &AppState,
+    name: &str,
+    kind: &str,
+    body: &FunctionBody,
+    previous: Option<FunctionSpec>,
+) -> Result<u32, ApiError> {
+    let mut spec = previous.unwrap_or_default();
+    if let Some(s) = &body.settings {
+        spec.settings = s.clone();
+    }
+    if body.timeout_ms.is_some() {
+        spec.timeout_ms = body.timeout_ms;
+    }
+    if body.memory_mb.is_some() {
+        spec.memory_mb = body.memory_mb;
+    }
+    let code = functions::FunctionCode::new(name, &format!("{name}.js"), &body.code);
+    let limits = spec.limits();
+    let checked = tokio::task::spawn_blocking(move || functions::inspect(&code, &limits))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if let Err(e) = checked {
+        return Err(
+            ApiError::bad_request("invalid_code", e.to_string()).with_field(Some("code".into()))
+        );
+    }
+    state
+        .store
+        .save_function(
+            name,
+            kind,
+            &body.code,
+            &serde_json::to_string(&spec).unwrap_or_default(),
+        )
+        .await
+        .map_err(unavailable)
+}
+
+/// Switches every source and destination running `name` to its deployed version.
+async fn roll_out(state: &AppState, name: &str) -> Result<Value, ApiError> {
+    let mut sources = Vec::new();
+    if let Some(runner) = &state.runner {
+        for s in runner.sources_of_function(name) {
+            let binding = SourceBinding {
+                function: name.to_string(),
+                settings: s.settings.clone(),
+                respond: Some(if s.respond_inline { "function" } else { "ack" }.into()),
+            };
+            let rebuilt =
+                delivery::catalog::source_function(state.store.as_ref(), &s.slug, &binding)
+                    .await
+                    .map_err(|e| ApiError::bad_request("deploy_failed", e))?;
+            runner.upsert(rebuilt);
+            sources.push(s.slug);
+        }
+    }
+    let mut destinations = Vec::new();
+    for (dest, config, _) in state.store.destinations().await.map_err(unavailable)? {
+        let Ok(parsed) = serde_json::from_str::<Value>(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                serde_json::from_value::<delivery::DestinationConfig>(v).map_err(|e| e.to_string())
+            })
+        else {
+            continue;
+        };
+        if let delivery::DestinationConfig::Function(f) = &parsed {
+            if f.function == name {
+                let pool = state.runner.as_ref().map(|r| r.pool().clone());
+                let spec = delivery::catalog::destination(&state.store, pool.as_ref(), &parsed)
+                    .await
+                    .map_err(|e| ApiError::bad_request("deploy_failed", e))?;
+                state
+                    .engine
+                    .replace(spec)
+                    .await
+                    .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+                destinations.push(dest);
+            }
+        }
+    }
+    Ok(json!({"sources": sources, "destinations": destinations}))
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let all = state.store.functions().await.map_err(unavailable)?;
+    Ok(Json(json!({ "data": all })))
+}
+
+/// `POST /api/v1/functions`: `{name, kind, code, settings?, timeout_ms?, memory_mb?, deploy?}`.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<FunctionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_token(&state, &headers)?;
+    let Json(body) = body.map_err(invalid)?;
+    let name = body
+        .name
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_body", "`name` is required")
+                .with_field(Some("name".into()))
+        })?;
+    let kind = body.kind.clone().unwrap_or_default();
+    if !matches!(kind.as_str(), "source" | "destination") {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "`kind` must be \"source\" or \"destination\"",
+        )
+        .with_field(Some("kind".into())));
+    }
+    if record(&state, &name).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("function {name:?} exists; PUT /api/v1/functions/{name} saves a new version"),
+        ));
+    }
+    let version = save(&state, &name, &kind, &body, None).await?;
+    if body.deploy {
+        state
+            .store
+            .deploy_function(&name, version)
+            .await
+            .map_err(unavailable)?;
+    }
+    let f = record(&state, &name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "function": f, "version": version })),
+    ))
+}
+
+/// `PUT /api/v1/functions/{name}`: saves new code (and declarations) as the next version.
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<FunctionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let Json(body) = body.map_err(invalid)?;
+    let existing = record(&state, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
+    if body.kind.as_deref().is_some_and(|k| k != existing.kind) {
+        return Err(
+            ApiError::bad_request("invalid_body", "a function's kind cannot change")
+                .with_field(Some("kind".into())),
+        );
+    }
+    let previous: FunctionSpec =
+        serde_json::from_value(existing.settings.clone()).unwrap_or_default();
+    let version = save(&state, &name, &existing.kind, &body, Some(previous)).await?;
+    let mut rolled = Value::Null;
+    if body.deploy {
+        state
+            .store
+            .deploy_function(&name, version)
+            .await
+            .map_err(unavailable)?;
+        rolled = roll_out(&state, &name).await?;
+    }
+    Ok(Json(
+        json!({ "function": record(&state, &name).await?, "version": version, "deployed_to": rolled }),
+    ))
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let f = record(&state, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
+    let latest = state
+        .store
+        .function_code(&name, Some(f.latest_version))
+        .await
+        .map_err(unavailable)?
+        .map(|(_, code)| code);
+    Ok(Json(json!({ "function": f, "code": latest })))
+}
+
+pub async fn versions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let f = record(&state, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
+    let versions = state
+        .store
+        .function_versions(&name)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({
+        "data": versions.iter().map(|(v, at, bytes)| json!({"version": v, "created_ms": at, "bytes": bytes, "deployed": *v == f.deployed_version})).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    version: Option<u32>,
+}
+
+/// `POST /api/v1/functions/{name}/deploy`: the latest (or given) version runs from now on.
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<DeployBody>>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let f = record(&state, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
+    let version = body
+        .and_then(|Json(b)| b.version)
+        .unwrap_or(f.latest_version);
+    if !state
+        .store
+        .deploy_function(&name, version)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(
+            ApiError::not_found(format!("function {name:?} has no version {version}"))
+                .with_field(Some("version".into())),
+        );
+    }
+    let rolled = roll_out(&state, &name).await?;
+    Ok(Json(
+        json!({ "name": name, "deployed_version": version, "deployed_to": rolled }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestBody {
+    /// Unsaved code; default: the deployed version (or `version`).
+    code: Option<String>,
+    version: Option<u32>,
+    /// Source functions: a fixture `{body, headers, url | queryParameters}`.
+    payload: Option<Value>,
+    /// Destination functions: a Spec event (or an array, for onBatch).
+    event: Option<Value>,
+    #[serde(default)]
+    settings: Value,
+    /// Destination functions: answers for fetch by URL prefix.
+    #[serde(default)]
+    fetch_mock: Vec<functions::MockResponse>,
+}
+
+/// `POST /api/v1/functions/{name}/test`: runs once, nothing stored or delivered;
+/// `fetch` is answered by `fetch_mock` (or 200 `{}`) and recorded.
+pub async fn test(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<TestBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let Json(body) = body.map_err(invalid)?;
+    let f = record(&state, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
+    let spec: FunctionSpec = serde_json::from_value(f.settings.clone()).unwrap_or_default();
+    let text = match body.code {
+        Some(c) => c,
+        None => state
+            .store
+            .function_code(
+                &name,
+                body.version
+                    .or(Some(f.latest_version).filter(|_| f.deployed_version == 0)),
+            )
+            .await
+            .map_err(unavailable)?
+            .map(|(_, c)| c)
+            .ok_or_else(|| ApiError::not_found(format!("function {name:?}: no such version")))?,
+    };
+    let code = functions::FunctionCode::new(&name, &format!("{name}.js"), &text);
+    let limits = spec.limits();
+    let settings = if body.settings.is_null() {
+        json!({})
+    } else {
+        body.settings
+    };
+    let mode = functions::FetchMode::Mock(Arc::new(body.fetch_mock));
+    let spec_limits = state.limits;
+    let error_json = |e: &Option<functions::FunctionError>| {
+        e.as_ref()
+            .map(|e| json!({"name": e.name, "message": e.message, "line": e.line, "kind": e.kind}))
+    };
+    match (f.kind.as_str(), body.payload, body.event) {
+        ("source", Some(payload), None) => {
+            let request = functions::fixture_request(&payload).map_err(|e| {
+                ApiError::bad_request("invalid_payload", e).with_field(Some("payload".into()))
+            })?;
+            let out = tokio::task::spawn_blocking(move || {
+                functions::run_source_once(&code, &request, &settings, &limits, mode)
+            })
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let mut error = out.error.clone();
+            if error.is_none() {
+                if let Err(e) =
+                    delivery::source_functions::normalize_emitted(&out.messages, &spec_limits)
+                {
+                    error = Some(e);
+                }
+            }
+            Ok(Json(
+                json!({"events": out.messages, "objects": out.objects, "logs": out.logs, "requests": out.requests, "error": error_json(&error)}),
+            ))
+        }
+        ("destination", None, Some(event)) => {
+            let out = tokio::task::spawn_blocking(move || {
+                functions::run_destination_once(&code, &event, &settings, &limits, mode)
+            })
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            Ok(Json(
+                json!({"result": out.result, "requests": out.requests, "logs": out.logs, "error": error_json(&out.error)}),
+            ))
+        }
+        ("source", _, _) => Err(ApiError::bad_request(
+            "invalid_test",
+            "a source function is tested with `payload`",
+        )),
+        _ => Err(ApiError::bad_request(
+            "invalid_test",
+            "a destination function is tested with `event`",
+        )),
+    }
+}
