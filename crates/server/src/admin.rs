@@ -19,6 +19,8 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 #[serde(deny_unknown_fields)]
 pub struct Paging {
     limit: Option<usize>,
+    /// Attempts: only this outcome (`delivered`, `retry`, `rejected`, `gone`, `dead_letter`, …).
+    outcome: Option<String>,
 }
 
 impl Paging {
@@ -67,7 +69,7 @@ pub async fn attempts(
     known_destination(&state, &destination).await?;
     let items = state
         .store
-        .attempts(&destination, paging.limit())
+        .attempts(&destination, paging.limit(), paging.outcome.clone())
         .await
         .map_err(store_error)?;
     Ok(Json(json!({ "data": items })))
@@ -103,6 +105,20 @@ pub async fn dead_letters(
 pub struct ReplayRequest {
     /// Dead letter ids; absent = all of the destination's.
     ids: Option<Vec<i64>>,
+    /// Only those that failed at or after this time (Unix ms).
+    since_ms: Option<i64>,
+    /// Only those that failed before this time (Unix ms).
+    until_ms: Option<i64>,
+}
+
+impl ReplayRequest {
+    fn selection(self) -> store::Selection {
+        store::Selection {
+            ids: self.ids,
+            since_ms: self.since_ms,
+            until_ms: self.until_ms,
+        }
+    }
 }
 
 pub async fn replay(
@@ -113,14 +129,45 @@ pub async fn replay(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let sink = known_destination(&state, &destination).await?;
-    let ids = body.and_then(|Json(b)| b.ids);
+    let selection = body.map(|Json(b)| b.selection()).unwrap_or_default();
     let replayed = state
         .store
-        .replay_dead_letters(&destination, ids)
+        .replay_dead_letters(&destination, selection)
         .await
         .map_err(store_error)?;
     sink.wake_retries();
     Ok(Json(json!({ "replayed": replayed })))
+}
+
+/// `DELETE /api/v1/destinations/{name}/deadletters`: discards dead letters
+/// (body `{ids?, since_ms?, until_ms?}`; none = all).
+pub async fn discard(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(destination): Path<String>,
+    body: Option<Json<ReplayRequest>>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    if state.engine.sink(&destination).await.is_none()
+        && !state
+            .store
+            .destinations()
+            .await
+            .map_err(store_error)?
+            .iter()
+            .any(|(n, _, _)| *n == destination)
+    {
+        return Err(ApiError::not_found(format!(
+            "unknown destination {destination:?}"
+        )));
+    }
+    let selection = body.map(|Json(b)| b.selection()).unwrap_or_default();
+    let discarded = state
+        .store
+        .discard_dead_letters(&destination, selection)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "discarded": discarded })))
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -247,7 +247,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/v1/destinations/{name}/deadletters",
-            get(admin::dead_letters),
+            get(admin::dead_letters).delete(admin::discard),
         )
         .route(
             "/api/v1/destinations/{name}/deadletters/replay",

@@ -218,6 +218,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         Auth::Api,
         "Destination function logs",
     ),
+    ("delete", "/api/v1/destinations/{name}/deadletters", Auth::Api, "Discard dead letters ({ids?, since_ms?, until_ms?}; none = all)"),
     (
         "get",
         "/api/v1/destinations/{name}/deadletters",

@@ -457,6 +457,27 @@ fn insert_events(
     Ok(receipt)
 }
 
+/// Ids of the dead letters of `destination` that `selection` picks.
+fn selected_dead_letters(
+    conn: &Connection,
+    destination: &str,
+    selection: &Selection,
+) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM dead_letters WHERE destination = ?1
+         AND (?2 IS NULL OR failed_ms >= ?2) AND (?3 IS NULL OR failed_ms < ?3) ORDER BY id",
+    )?;
+    let rows = stmt.query_map(
+        params![destination, selection.since_ms, selection.until_ms],
+        |r| r.get::<_, i64>(0),
+    )?;
+    let mut ids = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    if let Some(wanted) = &selection.ids {
+        ids.retain(|id| wanted.contains(id));
+    }
+    Ok(ids)
+}
+
 /// Function log lines kept per owner; older lines are trimmed.
 const LOGS_PER_OWNER: i64 = 10_000;
 
@@ -796,21 +817,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn replay_dead_letters(&self, destination: &str, ids: Option<Vec<i64>>) -> Result<u64> {
+    async fn replay_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64> {
         let destination = destination.to_string();
         self.write(move |conn| {
             let now = now_ms();
-            let selected: Vec<i64> = match ids {
-                Some(ids) => ids,
-                None => {
-                    let mut stmt =
-                        conn.prepare_cached("SELECT id FROM dead_letters WHERE destination = ?1")?;
-                    let rows = stmt.query_map([&destination], |r| r.get::<_, i64>(0))?;
-                    rows.collect::<rusqlite::Result<Vec<_>>>()?
-                }
-            };
             let mut moved = 0;
-            for id in selected {
+            for id in selected_dead_letters(conn, &destination, &selection)? {
                 // A replay is a fresh delivery: attempts and age start over.
                 let n = conn.execute(
                     "INSERT INTO retries(destination, url, message_ids, body, webhook_id, attempts, first_ms, next_ms, last_status, last_error)
@@ -828,14 +840,34 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn attempts(&self, destination: &str, limit: usize) -> Result<Vec<Attempt>> {
+    async fn discard_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64> {
+        let destination = destination.to_string();
+        self.write(move |conn| {
+            let mut n = 0;
+            for id in selected_dead_letters(conn, &destination, &selection)? {
+                n += conn.execute(
+                    "DELETE FROM dead_letters WHERE id = ?1 AND destination = ?2",
+                    params![id, destination],
+                )? as u64;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn attempts(
+        &self,
+        destination: &str,
+        limit: usize,
+        outcome: Option<String>,
+    ) -> Result<Vec<Attempt>> {
         let destination = destination.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT destination, url, message_id, events, at_ms, status, latency_ms, error, outcome
-                 FROM attempts WHERE destination = ?1 ORDER BY id DESC LIMIT ?2",
+                 FROM attempts WHERE destination = ?1 AND (?3 IS NULL OR outcome = ?3) ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![destination, limit as i64], |r| {
+            let rows = stmt.query_map(params![destination, limit as i64, outcome], |r| {
                 Ok(Attempt {
                     destination: r.get(0)?,
                     url: r.get(1)?,

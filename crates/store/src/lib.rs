@@ -156,6 +156,17 @@ pub struct DeliveryCommit {
     pub disabled_urls: Vec<(String, String)>,
 }
 
+/// Which dead letters an operation applies to: by id, by failure time, or all.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    pub ids: Option<Vec<i64>>,
+    /// Failed at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Failed before (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
 /// A source as stored; credentials are hashes only.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRecord {
@@ -296,9 +307,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves dead letters back to the retry schedule, due now. `None` = all of
     /// the destination's. Returns how many were requeued.
-    async fn replay_dead_letters(&self, destination: &str, ids: Option<Vec<i64>>) -> Result<u64>;
+    async fn replay_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64>;
 
-    async fn attempts(&self, destination: &str, limit: usize) -> Result<Vec<Attempt>>;
+    /// Deletes dead letters for good. Returns how many.
+    async fn discard_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64>;
+
+    /// Attempts, newest first, optionally only those with one outcome.
+    async fn attempts(
+        &self,
+        destination: &str,
+        limit: usize,
+        outcome: Option<String>,
+    ) -> Result<Vec<Attempt>>;
 
     async fn rejections(&self, source: &str, limit: usize) -> Result<Vec<StoredRejection>>;
 

@@ -108,6 +108,19 @@ pub enum DeadLettersCommand {
         source: Option<String>,
         #[arg(long = "id")]
         ids: Vec<i64>,
+        /// Only those that failed at or after this time (Unix ms).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// Only those that failed before this time (Unix ms).
+        #[arg(long)]
+        until_ms: Option<i64>,
+    },
+    /// Delete dead letters of a destination for good (all, or --id …).
+    Discard {
+        #[arg(long)]
+        destination: String,
+        #[arg(long = "id")]
+        ids: Vec<i64>,
     },
 }
 
@@ -481,16 +494,45 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             ),
             _ => unreachable!("clap requires one"),
         },
-        Call::DeadLetters(DeadLettersCommand::Replay {
-            destination,
-            source,
-            ids,
-        }) => {
+        Call::DeadLetters(DeadLettersCommand::Discard { destination, ids }) => {
             let body = if ids.is_empty() {
                 json!({})
             } else {
                 json!({ "ids": ids })
             };
+            let v = client
+                .send(
+                    Method::DELETE,
+                    &format!("/api/v1/destinations/{destination}/deadletters"),
+                    Some(body),
+                )
+                .await?;
+            if !remote.json {
+                println!("discarded {}", cell(&v["discarded"]));
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::DeadLetters(DeadLettersCommand::Replay {
+            destination,
+            source,
+            ids,
+            since_ms,
+            until_ms,
+        }) => {
+            let mut body = if ids.is_empty() {
+                json!({})
+            } else {
+                json!({ "ids": ids })
+            };
+            if destination.is_some() {
+                if let Some(t) = since_ms {
+                    body["since_ms"] = json!(t);
+                }
+                if let Some(t) = until_ms {
+                    body["until_ms"] = json!(t);
+                }
+            }
             let path = match (destination, source) {
                 (Some(d), _) => format!("/api/v1/destinations/{d}/deadletters/replay"),
                 (None, Some(s)) => format!("/api/v1/sources/{s}/deadletters/replay"),

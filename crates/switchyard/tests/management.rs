@@ -407,10 +407,47 @@ async fn the_cli_lists_and_replays_dead_letters() {
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    let (s, rejected) = sy
+        .admin(
+            "GET",
+            "/api/v1/destinations/hook/attempts?outcome=rejected",
+            None,
+        )
+        .await;
+    assert_eq!((s, rejected["data"].as_array().unwrap().len()), (200, 3));
+    let first = v["data"][0]["id"].as_i64().unwrap().to_string();
+    let (code, out) = cli(
+        &sy,
+        &[
+            "deadletters",
+            "discard",
+            "--destination",
+            "hook",
+            "--id",
+            &first,
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "discarded 1"));
+    let (code, out) = cli(
+        &sy,
+        &[
+            "deadletters",
+            "replay",
+            "--destination",
+            "hook",
+            "--until-ms",
+            "1",
+        ],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "replayed 0"),
+        "none failed before 1970"
+    );
     rx.control("hook", json!({"status": 200, "times": 0})).await;
     let (code, out) = cli(&sy, &["deadletters", "replay", "--destination", "hook"]);
-    assert_eq!((code, out.trim()), (0, "replayed 3"));
-    rx.wait_delivered("hook", 3, 30).await;
+    assert_eq!((code, out.trim()), (0, "replayed 2"));
+    rx.wait_delivered("hook", 2, 30).await;
     // Exit codes: 1 when the server refuses, 2 for usage or connection errors.
     let (code, _) = cli(&sy, &["deadletters", "list", "--destination", "nope"]);
     assert_eq!(code, 1);
