@@ -108,6 +108,7 @@ async fn roll_out(state: &AppState, name: &str) -> Result<Value, ApiError> {
     for (dest, config, _) in state.store.destinations().await.map_err(unavailable)? {
         let Ok(parsed) = serde_json::from_str::<Value>(&config)
             .map_err(|e| e.to_string())
+            .and_then(|mut v| state.keyring.open_config(&mut v).map(|_| v))
             .and_then(|v| {
                 serde_json::from_value::<delivery::DestinationConfig>(v).map_err(|e| e.to_string())
             })

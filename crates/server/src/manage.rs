@@ -430,7 +430,12 @@ async fn create_function_source(
             write_key_hash: None,
             token_hash: Some(digest.clone()),
             created_ms: chrono::Utc::now().timestamp_millis(),
-            config: Some(serde_json::to_string(&binding).unwrap_or_default()),
+            config: Some({
+                // Settings are encrypted at rest with the master key.
+                let mut sealed = serde_json::to_value(&binding).unwrap_or(Value::Null);
+                state.keyring.seal_config(&mut sealed);
+                sealed.to_string()
+            }),
         })
         .await
         .map_err(unavailable)?;
@@ -605,7 +610,13 @@ async fn stored_destination(
     Ok(all
         .into_iter()
         .find(|(n, _, _)| n == name)
-        .map(|(_, config, origin)| (serde_json::from_str(&config).unwrap_or(Value::Null), origin)))
+        .map(|(_, config, origin)| {
+            let mut v: Value = serde_json::from_str(&config).unwrap_or(Value::Null);
+            if let Err(e) = state.keyring.open_config(&mut v) {
+                tracing::error!(destination = name, error = %e, "cannot decrypt a stored destination");
+            }
+            (v, origin)
+        }))
 }
 
 pub async fn get_destination(
@@ -692,10 +703,17 @@ async fn apply_destination(
     .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
     state
         .store
-        .put_destination(name, &body.to_string(), "api")
+        .put_destination(name, &sealed(state, &body), "api")
         .await
         .map_err(unavailable)?;
     Ok(json!({"name": name, "origin": "api", "running": true, "config": masked(body)}))
+}
+
+/// The configuration as stored: secrets encrypted with the master key.
+fn sealed(state: &AppState, config: &Value) -> String {
+    let mut v = config.clone();
+    state.keyring.seal_config(&mut v);
+    v.to_string()
 }
 
 /// `POST /api/v1/destinations`: a new webhooks destination, live at once

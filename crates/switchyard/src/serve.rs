@@ -144,12 +144,14 @@ async fn apply_sources(
                 token_hash,
                 created_ms: now,
                 config: (s.kind == "function").then(|| {
-                    serde_json::json!({
+                    let mut binding = serde_json::json!({
                         "function": s.function,
                         "settings": crate::config::toml_to_json(&toml::Value::Table(s.settings.clone().into_iter().collect())),
                         "respond": s.respond.clone().unwrap_or_else(|| "ack".into()),
-                    })
-                    .to_string()
+                    });
+                    // Settings are encrypted at rest with the master key.
+                    keyring.seal_config(&mut binding);
+                    binding.to_string()
                 }),
             })
             .await?;
@@ -225,13 +227,19 @@ async fn apply_file_functions(
 /// Every function source in the store, put together.
 async fn load_source_functions(
     store: &dyn Store,
+    keyring: &Keyring,
 ) -> anyhow::Result<Vec<delivery::source_functions::SourceFunction>> {
     let mut out = Vec::new();
     for s in store.sources().await? {
         let (true, Some(config)) = (s.kind == "function", s.config.as_deref()) else {
             continue;
         };
-        let binding: delivery::catalog::SourceBinding = serde_json::from_str(config)
+        let mut stored: serde_json::Value = serde_json::from_str(config)
+            .with_context(|| format!("source {:?}: stored configuration is unreadable", s.slug))?;
+        keyring
+            .open_config(&mut stored)
+            .map_err(|e| anyhow!("source {:?}: {e}", s.slug))?;
+        let binding: delivery::catalog::SourceBinding = serde_json::from_value(stored)
             .with_context(|| format!("source {:?}: stored configuration is unreadable", s.slug))?;
         out.push(
             delivery::catalog::source_function(store, &s.slug, &binding)
@@ -247,6 +255,7 @@ async fn load_source_functions(
 /// destinations created through the API are kept) and returns every stored one.
 async fn reconcile_destinations(
     store: &dyn Store,
+    keyring: &Keyring,
     config: &Config,
 ) -> anyhow::Result<Vec<DestinationConfig>> {
     let declared: Vec<String> = config
@@ -255,8 +264,11 @@ async fn reconcile_destinations(
         .map(|d| d.name().to_string())
         .collect();
     for (d, raw) in config.destinations.iter().zip(&config.raw_destinations) {
+        // Secrets (shared secrets, settings) are encrypted at rest.
+        let mut sealed = raw.clone();
+        keyring.seal_config(&mut sealed);
         store
-            .put_destination(d.name(), &raw.to_string(), "file")
+            .put_destination(d.name(), &sealed.to_string(), "file")
             .await?;
     }
     let mut out = Vec::new();
@@ -268,6 +280,7 @@ async fn reconcile_destinations(
         }
         let parsed = serde_json::from_str::<serde_json::Value>(&json)
             .map_err(|e| e.to_string())
+            .and_then(|mut v| keyring.open_config(&mut v).map(|_| v))
             .and_then(|v| {
                 serde_json::from_value::<DestinationConfig>(v).map_err(|e| e.to_string())
             });
@@ -425,7 +438,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("."));
     apply_file_functions(store.as_ref(), &config, &config_dir).await?;
     let credentials = apply_sources(store.as_ref(), &keyring, &config, &listen).await?;
-    let source_functions = load_source_functions(store.as_ref()).await?;
+    let source_functions = load_source_functions(store.as_ref(), &keyring).await?;
     let admin_hash =
         apply_admin_token(store.as_ref(), &keyring, args.admin_token.as_deref()).await?;
     let metrics = install_metrics()?;
@@ -443,7 +456,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             deny: server.fetch_deny.clone(),
         },
     ));
-    let stored_destinations = reconcile_destinations(store.as_ref(), &config).await?;
+    let stored_destinations = reconcile_destinations(store.as_ref(), &keyring, &config).await?;
     let destinations = build_destinations(&stored_destinations, &store, Some(&pool)).await?;
     let engine = delivery::Engine::start(store.clone(), destinations)
         .await

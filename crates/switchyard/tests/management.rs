@@ -572,6 +572,22 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
         .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["config"]["shared_secret"], "********");
+    // Secrets are encrypted at rest: the database never holds them in clear.
+    let db = rusqlite::Connection::open(sy.dir.0.join("data/switchyard.db")).unwrap();
+    let stored: Vec<String> = db
+        .prepare("SELECT config FROM destinations")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored
+            .iter()
+            .all(|c| !c.contains("s3cret") && c.contains("enc:v1:")),
+        "{stored:?}"
+    );
     send(&sy, "a1").await;
     let got = rx.wait_delivered("api1", 1, 30).await;
     assert_eq!(got[0]["segmentSignatureValid"], true);
