@@ -461,17 +461,16 @@ async fn paced(
     let own0 = cpu_secs(std::process::id());
     let machine0 = machine_cpu_secs().0;
     let t0 = Instant::now();
-    client::run_paced(
-        server.addr,
-        WRITE_KEY,
-        prefix,
-        args.event_bytes,
-        args.latency_rate,
+    let spec = client::PacedSpec {
+        addr: server.addr,
+        write_key: WRITE_KEY.to_string(),
+        prefix: prefix.to_string(),
+        event_bytes: args.event_bytes,
+        rate: args.latency_rate,
         count,
-        args.latency_connections,
-        book.clone(),
-    )
-    .await;
+        connections: args.latency_connections,
+    };
+    client::run_paced(&spec, book.clone()).await;
     let sending = t0.elapsed().as_secs_f64();
     let cpu = (server.cpu_secs() - cpu0) / sending.max(1e-9);
     let own = (cpu_secs(std::process::id()) - own0) / sending.max(1e-9);
@@ -599,7 +598,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !args.no_bare && !loads.is_empty() {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "--bare-server"]);
-        let bare = Child::spawn(
+        let mut bare = Child::spawn(
             "bare handler",
             cmd,
             &scratch.path.join("bare.log"),
@@ -630,13 +629,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await;
             report.throughput.push(t);
+            bare.check_alive()?;
         }
         report.bare_peak = Some(bare.memory());
         bare.stop(secs(5.0)).await;
     }
 
     write_config(&scratch.path.join("switchyard.toml"), receiver_addr, &args)?;
-    let server = Child::spawn(
+    let mut server = Child::spawn(
         "switchyard server",
         serve_command(&exe, &scratch.path, &args),
         &scratch.path.join("server.log"),
@@ -670,6 +670,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ),
         );
         let p = paced(&args, &server, &receiver, &paced_prefix, paced_count).await;
+        server.check_alive()?;
         accepted += p.accepted as u64;
         report.paced = Some(p);
     }
@@ -706,6 +707,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .await;
         accepted += t.result.total_ok_events;
         report.throughput.push(t);
+        server.check_alive()?;
     }
     if !args.no_destination && !loads.is_empty() {
         // A short look at how far delivery is behind at the end.
@@ -741,7 +743,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // switchyard drains its whole delivery backlog before exiting on SIGTERM:
     // after a few seconds the rest is left for the kill (the data is scratch).
     let status = server.stop(secs(5.0)).await;
-    if let Some(s) = status.filter(|s| !s.success()) {
+    if let Some(s) = status.filter(|s| !s.success() && s.code().is_some()) {
         progress(quiet, format!("switchyard exited with {s}"));
     }
 
@@ -833,7 +835,7 @@ fn print_table(report: &Report, args: &BenchArgs) {
     if !report.throughput.is_empty() {
         println!();
         println!(
-            "{:<11} {:<10} {:>10} {:>11} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>11}",
+            "{:<11} {:<10} {:>10} {:>11} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>11}",
             "server",
             "endpoint",
             "req/s",
@@ -843,6 +845,7 @@ fn print_table(report: &Report, args: &BenchArgs) {
             "errors",
             "srv CPU",
             "gen CPU",
+            "others",
             "µs/event",
             "delivered/s"
         );

@@ -105,11 +105,24 @@ impl Child {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         eprintln!(
-            "bench: the {} did not stop within {grace:?}; killing it",
+            "bench: the {} had not exited {grace:?} after SIGTERM; killing it",
             self.name
         );
         let _ = self.child.kill();
         self.child.wait().ok()
+    }
+
+    /// Fails, with the exit status and the end of the log, if the child died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => bail!(
+                "the {} (pid {}) died during the run: {status}; the end of its log:\n{}",
+                self.name,
+                self.pid,
+                tail(&self.log, 30)
+            ),
+            _ => Ok(()),
+        }
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

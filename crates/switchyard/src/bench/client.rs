@@ -361,19 +361,30 @@ impl PacedBook {
     }
 }
 
-/// Sends `count` single events through `/v1/track` at `rate` per second
-/// (open loop: the schedule does not wait for answers), over `connections`
-/// connections; event `n` has message id `{prefix}{n}`.
-pub async fn run_paced(
-    addr: SocketAddr,
-    write_key: &str,
-    prefix: &str,
-    event_bytes: usize,
-    rate: u64,
-    count: usize,
-    connections: usize,
-    book: Arc<PacedBook>,
-) {
+/// The paced (open-loop) phase: `count` single events through `/v1/track` at
+/// `rate` per second over `connections` connections; event `n` has message id
+/// `{prefix}{n}-…`.
+pub struct PacedSpec {
+    pub addr: SocketAddr,
+    pub write_key: String,
+    pub prefix: String,
+    pub event_bytes: usize,
+    pub rate: u64,
+    pub count: usize,
+    pub connections: usize,
+}
+
+/// Runs the paced phase: the schedule does not wait for answers.
+pub async fn run_paced(spec: &PacedSpec, book: Arc<PacedBook>) {
+    let PacedSpec {
+        addr,
+        event_bytes,
+        rate,
+        count,
+        connections,
+        ..
+    } = *spec;
+    let (write_key, prefix) = (spec.write_key.as_str(), spec.prefix.as_str());
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
