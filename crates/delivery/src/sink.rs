@@ -35,6 +35,8 @@ pub struct Job {
     pub first_attempt_ms: i64,
     /// When the oldest event of a fresh job was received (lag metric).
     pub received_ms: Option<i64>,
+    /// Log position of the job's first event (fresh jobs; 0 for retries).
+    pub first_seq: u64,
     pub last_status: Option<u16>,
     pub last_error: String,
 }
@@ -255,6 +257,7 @@ impl Sink {
                     attempts: 0,
                     first_attempt_ms: now,
                     received_ms: chunk.iter().map(|e| e.received_ms).min(),
+                    first_seq: chunk[0].seq,
                     last_status: None,
                     last_error: String::new(),
                 });
@@ -264,18 +267,49 @@ impl Sink {
     }
 
     /// Runs jobs with bounded concurrency and folds their results into one commit.
-    async fn run_round(&self, jobs: Vec<Job>, cursor: Option<u64>) -> DeliveryCommit {
+    ///
+    /// On shutdown no new job is started (those in flight finish); the cursor
+    /// then stops before the first job not attempted, so the rest resumes at
+    /// the next start.
+    async fn run_round(
+        &self,
+        jobs: Vec<Job>,
+        cursor: Option<u64>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> DeliveryCommit {
         let name = self.settings.name.clone();
+        let firsts: Vec<u64> = jobs.iter().map(|j| j.first_seq).collect();
+        let attempted: Vec<usize> = Vec::new();
+        let attempted = std::sync::Mutex::new(attempted);
+        let results: Vec<JobResult> = stream::iter(jobs.into_iter().enumerate())
+            .take_while(|_| std::future::ready(!*shutdown.borrow()))
+            .map(|(i, job)| {
+                if let Ok(mut a) = attempted.lock() {
+                    a.push(i);
+                }
+                self.transport.deliver(job)
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        let attempted = attempted.into_inner().unwrap_or_default();
+        let cursor = match cursor {
+            Some(c) if attempted.len() < firsts.len() => {
+                let done: std::collections::HashSet<usize> = attempted.into_iter().collect();
+                let first_left = (0..firsts.len())
+                    .filter(|i| !done.contains(i))
+                    .map(|i| firsts[i])
+                    .min()
+                    .unwrap_or(c + 1);
+                Some(first_left.saturating_sub(1).min(c))
+            }
+            other => other,
+        };
         let mut commit = DeliveryCommit {
             destination: name.clone(),
             cursor,
             ..Default::default()
         };
-        let results: Vec<JobResult> = stream::iter(jobs)
-            .map(|job| self.transport.deliver(job))
-            .buffer_unordered(self.settings.concurrency)
-            .collect()
-            .await;
         let now = now_ms();
         let outcomes: Vec<(Job, Resolution)> = results
             .into_iter()
@@ -385,12 +419,13 @@ impl Sink {
         let batch_wait = Duration::from_millis(self.settings.batch_max_wait_ms);
         let read_limit = READ_LIMIT.max(self.settings.batch_size * 4);
         loop {
-            let stopping = *shutdown.borrow();
+            // Stopping: the round in progress was recorded; what is left of
+            // the backlog stays behind the cursor and resumes at the next start.
+            if *shutdown.borrow() {
+                return;
+            }
             let head = *head_rx.borrow_and_update();
             if head <= cursor {
-                if stopping {
-                    return;
-                }
                 tokio::select! {
                     _ = head_rx.changed() => continue,
                     _ = shutdown.changed() => continue,
@@ -409,7 +444,7 @@ impl Sink {
                 }
             };
             // Batch mode: wait (bounded) for a partial batch to fill up.
-            if !stopping && !events.is_empty() && events.len() < self.settings.batch_size {
+            if !events.is_empty() && events.len() < self.settings.batch_size {
                 let oldest = events[0].received_ms;
                 let wait_ms = oldest + batch_wait.as_millis() as i64 - now_ms();
                 if wait_ms > 0 {
@@ -423,16 +458,14 @@ impl Sink {
             }
             if !self.settings.enabled {
                 // A disabled destination keeps its cursor: nothing is skipped.
-                if stopping {
-                    return;
-                }
                 let _ = shutdown.changed().await;
                 continue;
             }
             let jobs = self.jobs_for(&events);
-            let commit = self.run_round(jobs, Some(scanned_to)).await;
+            let commit = self.run_round(jobs, Some(scanned_to), &shutdown).await;
+            let reached = commit.cursor.unwrap_or(scanned_to);
             self.commit(commit).await;
-            cursor = scanned_to;
+            cursor = reached;
         }
     }
 
@@ -461,11 +494,12 @@ impl Sink {
                         attempts: r.attempts,
                         first_attempt_ms: r.first_attempt_ms,
                         received_ms: None,
+                        first_seq: 0,
                         last_status: r.last_status,
                         last_error: r.last_error,
                     })
                     .collect();
-                let commit = self.run_round(jobs, None).await;
+                let commit = self.run_round(jobs, None, &shutdown).await;
                 self.commit(commit).await;
                 continue;
             }

@@ -191,18 +191,18 @@ pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         let mut events = Vec::with_capacity(items.len());
         let mut rejections = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
-            let shown = excerpt(&item);
-            match spec::normalize(item, None, &ctx) {
+            match spec::normalize_or_return(item, None, &ctx) {
                 Ok(m) => events.push(NewEvent {
                     message_id: m.message_id,
                     user_id: m.user_id,
                     json: m.json,
                 }),
-                Err(e) => rejections.push(Rejection {
+                // Only refused items pay for their excerpt.
+                Err((e, item)) => rejections.push(Rejection {
                     index,
                     field: e.field,
                     reason: e.message,
-                    excerpt: shown,
+                    excerpt: excerpt(&item),
                 }),
             }
         }

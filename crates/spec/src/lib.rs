@@ -271,10 +271,41 @@ pub fn normalize(
     forced_type: Option<MessageType>,
     ctx: &RequestContext<'_>,
 ) -> Result<Message, SpecError> {
-    let Value::Object(mut obj) = value else {
-        return Err(SpecError::invalid(None, "a message must be a JSON object"));
-    };
+    normalize_or_return(value, forced_type, ctx).map_err(|(e, _)| e)
+}
 
+/// Like [`normalize`], but gives the (partly normalized) message back with
+/// the error, so a caller can show what was refused without having copied
+/// every valid message beforehand.
+#[allow(clippy::result_large_err)] // the error path is the rare one
+pub fn normalize_or_return(
+    value: Value,
+    forced_type: Option<MessageType>,
+    ctx: &RequestContext<'_>,
+) -> Result<Message, (SpecError, Value)> {
+    let mut obj = match value {
+        Value::Object(obj) => obj,
+        other => {
+            return Err((
+                SpecError::invalid(None, "a message must be a JSON object"),
+                other,
+            ))
+        }
+    };
+    match fill(&mut obj, forced_type, ctx) {
+        Ok((kind, message_id, user_id)) => {
+            finish(obj, kind, message_id, user_id, ctx).map_err(|e| (e, Value::Null))
+        }
+        Err(e) => Err((e, Value::Object(obj))),
+    }
+}
+
+/// Validates and fills one message in place; returns its type, id and user.
+fn fill(
+    obj: &mut Map<String, Value>,
+    forced_type: Option<MessageType>,
+    ctx: &RequestContext<'_>,
+) -> Result<(MessageType, String, Option<String>), SpecError> {
     let kind = match forced_type {
         Some(t) => t,
         None => match obj.get("type") {
@@ -304,8 +335,8 @@ pub fn normalize(
     // The write key is a credential: it never travels further than the door.
     obj.remove("writeKey");
 
-    let user_id = identifier(&obj, "userId")?;
-    let anonymous_id = identifier(&obj, "anonymousId")?;
+    let user_id = identifier(obj, "userId")?;
+    let anonymous_id = identifier(obj, "anonymousId")?;
     if user_id.is_none() && anonymous_id.is_none() && kind != MessageType::Delete {
         return Err(SpecError::invalid(
             Some("userId".to_string()),
@@ -326,12 +357,12 @@ pub fn normalize(
             }
         },
         MessageType::Group => {
-            if identifier(&obj, "groupId")?.is_none() {
+            if identifier(obj, "groupId")?.is_none() {
                 return Err(SpecError::missing("groupId", "group"));
             }
         }
         MessageType::Alias => {
-            if identifier(&obj, "previousId")?.is_none() {
+            if identifier(obj, "previousId")?.is_none() {
                 return Err(SpecError::missing("previousId", "alias"));
             }
         }
@@ -348,7 +379,7 @@ pub fn normalize(
         MessageType::Identify | MessageType::Delete => {}
     }
     for field in ["properties", "traits", "context", "integrations"] {
-        require_object(&obj, field)?;
+        require_object(obj, field)?;
     }
 
     let message_id = match obj.get("messageId") {
@@ -384,8 +415,8 @@ pub fn normalize(
         }
     };
 
-    merge_under(&mut obj, "context", ctx.context);
-    merge_under(&mut obj, "integrations", ctx.integrations);
+    merge_under(obj, "context", ctx.context);
+    merge_under(obj, "integrations", ctx.integrations);
 
     // Clock-skew correction, as Segment does it: the client's `timestamp` is
     // kept as `originalTimestamp`, and `timestamp` becomes
@@ -423,6 +454,17 @@ pub fn normalize(
         Value::String(format_time(ctx.received_at)),
     );
 
+    Ok((kind, message_id, user_id))
+}
+
+/// Serializes a filled message and checks its size.
+fn finish(
+    obj: Map<String, Value>,
+    kind: MessageType,
+    message_id: String,
+    user_id: Option<String>,
+    ctx: &RequestContext<'_>,
+) -> Result<Message, SpecError> {
     let mut value = Value::Object(obj);
     canonicalize_numbers(&mut value, 0);
     let json = serde_json::to_vec(&value)

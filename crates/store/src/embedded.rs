@@ -297,15 +297,17 @@ impl EmbeddedStore {
     {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn: &Connection| -> Completion {
+            // Cached statements: each job's savepoint is not parsed again.
             let outcome = (|| {
-                conn.execute_batch("SAVEPOINT job")?;
+                conn.prepare_cached("SAVEPOINT job")?.execute([])?;
                 match f(conn) {
                     Ok(v) => {
-                        conn.execute_batch("RELEASE job")?;
+                        conn.prepare_cached("RELEASE job")?.execute([])?;
                         Ok(v)
                     }
                     Err(e) => {
-                        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                        conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+                        conn.prepare_cached("RELEASE job")?.execute([])?;
                         Err(e)
                     }
                 }

@@ -524,3 +524,48 @@ async fn scheduled_retries_survive_a_graceful_restart() {
     assert_eq!(body(&got[0])["messageId"], "p1");
     assert_eq!(got[0]["segmentSignatureValid"], true);
 }
+
+#[tokio::test]
+async fn sigterm_with_a_backlog_stops_promptly_and_the_backlog_resumes() {
+    let rx = Receiver::start("s3cret");
+    // A slow receiver: 300 ms per request, one at a time.
+    rx.control("hook", json!({"status": 200, "times": -1, "delayMs": 300}))
+        .await;
+    let mut sy = Switchyard::start(&config_with(&hook(
+        "hook",
+        &rx.url("hook"),
+        "concurrency = 1",
+    )));
+    let batch: Vec<Value> = (0..300)
+        .map(
+            |i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("b{i}")}),
+        )
+        .collect();
+    let (s, _) = sy
+        .post(
+            "/v1/batch",
+            "wk_web",
+            &json!({ "batch": batch }).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    rx.wait_until("hook", 30, |r| !r.is_empty()).await;
+    // The whole backlog would take 90 s: SIGTERM must not wait for it.
+    assert!(
+        sy.terminate(),
+        "SIGTERM exits cleanly (within the harness's 30 s)"
+    );
+    rx.control("hook", json!({"status": 200, "times": 0})).await;
+    sy.restart();
+    let got = rx
+        .wait_until("hook", 60, |r| {
+            delivered(r)
+                .iter()
+                .map(|x| body(x)["messageId"].as_str().unwrap_or("").to_string())
+                .collect::<HashSet<_>>()
+                .len()
+                == 300
+        })
+        .await;
+    assert!(delivered(&got).len() >= 300);
+}
