@@ -396,7 +396,11 @@ async fn offline_destination_test_with_fetch_mocks() {
     );
     assert_eq!(v["error"], Value::Null);
     // Without mocks every fetch gets 200 {}.
-    std::fs::write(&settings, json!({"webhookUrl": "https://hooks.slack.example/T1"}).to_string()).unwrap();
+    std::fs::write(
+        &settings,
+        json!({"webhookUrl": "https://hooks.slack.example/T1"}).to_string(),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["functions", "test"])
         .arg(fixture("slack.js"))
