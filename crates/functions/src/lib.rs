@@ -10,7 +10,7 @@
 mod fetch;
 mod sandbox;
 
-pub use fetch::{is_internal, FetchMode, FetchPolicy, MockResponse, RecordedRequest};
+pub use fetch::{error_chain, is_internal, FetchMode, FetchPolicy, MockResponse, RecordedRequest};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

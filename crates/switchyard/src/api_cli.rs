@@ -148,14 +148,29 @@ pub enum Call {
     Raw(reqwest::Method, String, Option<Value>),
 }
 
-struct Client {
+/// A client of a running server's management API.
+pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    async fn send(
+    /// A client for `remote`; fails without a token.
+    pub fn new(remote: &Remote) -> anyhow::Result<Client> {
+        crate::install_tls();
+        Ok(Client {
+            base: remote.server.clone(),
+            token: remote
+                .token
+                .clone()
+                .ok_or_else(|| anyhow!("an API token is needed: --token or SWITCHYARD_TOKEN"))?,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Sends a request; a non-2xx answer is an [`ApiFailure`] with the server's message.
+    pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -257,16 +272,7 @@ fn table(data: &Value, columns: &[&str]) {
 }
 
 pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
-    crate::install_tls();
-    let token = remote
-        .token
-        .clone()
-        .ok_or_else(|| anyhow!("an API token is needed: --token or SWITCHYARD_TOKEN"))?;
-    let client = Client {
-        base: remote.server.clone(),
-        token,
-        http: reqwest::Client::new(),
-    };
+    let client = Client::new(&remote)?;
     use reqwest::Method;
     let (value, columns): (Value, &[&str]) = match call {
         Call::Raw(method, path, body) => (client.send(method, &path, body).await?, &[]),

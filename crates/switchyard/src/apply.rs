@@ -1,9 +1,10 @@
 //! `switchyard apply`: reconciles a running server to a configuration file
 //! through the API, idempotently, printing the plan first.
 
-use crate::api_cli::{ApiFailure, Remote};
+use crate::api_cli::{Client, Remote};
 use crate::config::{Config, DestinationConfig};
-use anyhow::{anyhow, Context};
+
+use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -30,62 +31,14 @@ fn digest(v: &Value) -> String {
     hex::encode(sha2::Sha256::digest(v.to_string().as_bytes()))
 }
 
-async fn call(
-    http: &reqwest::Client,
-    remote: &Remote,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let mut req = http
-        .request(
-            method,
-            format!("{}{path}", remote.server.trim_end_matches('/')),
-        )
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", remote.server))?;
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
-fn expect_ok((status, body): (u16, Value), what: &str) -> anyhow::Result<Value> {
-    if (200..300).contains(&status) {
-        Ok(body)
-    } else {
-        Err(ApiFailure(format!(
-            "{what}: {status} {}",
-            body["error"]["message"].as_str().unwrap_or("failed")
-        ))
-        .into())
-    }
-}
-
 pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
-    crate::install_tls();
     let config = Config::load(&args.config)?;
-    let token = remote
-        .token
-        .clone()
-        .ok_or_else(|| anyhow!("an API token is needed: --token or SWITCHYARD_TOKEN"))?;
-    let http = reqwest::Client::new();
+    let client = Client::new(&remote)?;
     use reqwest::Method;
-    let sources = expect_ok(
-        call(&http, &remote, &token, Method::GET, "/api/v1/sources", None).await?,
-        "list sources",
-    )?;
+    let sources = client
+        .send(Method::GET, "/api/v1/sources", None)
+        .await
+        .with_context(|| "list sources")?;
     let existing_sources: Vec<String> = sources["data"]
         .as_array()
         .map(|a| {
@@ -94,18 +47,10 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let destinations = expect_ok(
-        call(
-            &http,
-            &remote,
-            &token,
-            Method::GET,
-            "/api/v1/destinations",
-            None,
-        )
-        .await?,
-        "list destinations",
-    )?;
+    let destinations = client
+        .send(Method::GET, "/api/v1/destinations", None)
+        .await
+        .with_context(|| "list destinations")?;
     let existing_destinations: Vec<String> = destinations["data"]
         .as_array()
         .map(|a| {
@@ -147,18 +92,10 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             });
             continue;
         }
-        let current = expect_ok(
-            call(
-                &http,
-                &remote,
-                &token,
-                Method::GET,
-                &format!("/api/v1/destinations/{name}"),
-                None,
-            )
-            .await?,
-            &format!("read destination {name:?}"),
-        )?;
+        let current = client
+            .send(Method::GET, &format!("/api/v1/destinations/{name}"), None)
+            .await
+            .with_context(|| format!("read destination {name:?}"))?;
         if current["digest"].as_str() != Some(digest(raw).as_str()) {
             steps.push(Step::ChangeDestination {
                 name,
@@ -194,18 +131,10 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     for step in steps {
         match step {
             Step::CreateSource { slug, body } => {
-                let v = expect_ok(
-                    call(
-                        &http,
-                        &remote,
-                        &token,
-                        Method::POST,
-                        "/api/v1/sources",
-                        Some(&body),
-                    )
-                    .await?,
-                    &format!("create source {slug:?}"),
-                )?;
+                let v = client
+                    .send(Method::POST, "/api/v1/sources", Some(body.clone()))
+                    .await
+                    .with_context(|| format!("create source {slug:?}"))?;
                 if body.get("write_key").is_none() {
                     println!(
                         "  source {slug}: write key {} (shown once)",
@@ -214,46 +143,30 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 }
             }
             Step::CreateDestination { name, body } => {
-                expect_ok(
-                    call(
-                        &http,
-                        &remote,
-                        &token,
-                        Method::POST,
-                        "/api/v1/destinations",
-                        Some(&body),
-                    )
-                    .await?,
-                    &format!("create destination {name:?}"),
-                )?;
+                client
+                    .send(Method::POST, "/api/v1/destinations", Some(body.clone()))
+                    .await
+                    .with_context(|| format!("create destination {name:?}"))?;
             }
             Step::ChangeDestination { name, body } => {
-                expect_ok(
-                    call(
-                        &http,
-                        &remote,
-                        &token,
+                client
+                    .send(
                         Method::PUT,
                         &format!("/api/v1/destinations/{name}"),
-                        Some(&body),
+                        Some(body.clone()),
                     )
-                    .await?,
-                    &format!("change destination {name:?}"),
-                )?;
+                    .await
+                    .with_context(|| format!("change destination {name:?}"))?;
             }
             Step::RemoveDestination { name } => {
-                expect_ok(
-                    call(
-                        &http,
-                        &remote,
-                        &token,
+                client
+                    .send(
                         Method::DELETE,
                         &format!("/api/v1/destinations/{name}"),
                         None,
                     )
-                    .await?,
-                    &format!("remove destination {name:?}"),
-                )?;
+                    .await
+                    .with_context(|| format!("remove destination {name:?}"))?;
             }
         }
     }

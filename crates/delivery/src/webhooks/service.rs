@@ -45,20 +45,7 @@ pub fn client(
         .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))
 }
 
-/// Flattens an error and its causes into one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+pub use functions::error_chain;
 
 /// Sends `request`; every failure is folded into [`Sent`].
 pub async fn send(client: &reqwest::Client, request: OutgoingRequest, timeout: Duration) -> Sent {
