@@ -1027,11 +1027,46 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn compact(&self, now_ms: i64) -> Result<()> {
-        let cutoff = now_ms - self.dedup_window_ms;
+    async fn compact(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        destinations: &[String],
+    ) -> Result<CompactReport> {
+        let dedup_cutoff = now_ms - self.dedup_window_ms;
+        let cutoff = now_ms - retention_ms;
+        let destinations = destinations.to_vec();
         self.write(move |conn| {
-            conn.execute("DELETE FROM dedup WHERE received_ms < ?1", [cutoff])?;
-            Ok(())
+            // Events are removed only once every destination has passed them.
+            let mut floor = u64::MAX;
+            for d in &destinations {
+                let c: Option<i64> = conn
+                    .query_row("SELECT seq FROM cursors WHERE destination = ?1", [d], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                floor = floor.min(c.unwrap_or(0) as u64);
+            }
+            let floor = if floor == u64::MAX {
+                i64::MAX
+            } else {
+                floor as i64
+            };
+            Ok(CompactReport {
+                dedup: conn.execute("DELETE FROM dedup WHERE received_ms < ?1", [dedup_cutoff])?
+                    as u64,
+                events: conn.execute(
+                    "DELETE FROM events WHERE received_ms < ?1 AND seq <= ?2",
+                    params![cutoff, floor],
+                )? as u64,
+                attempts: conn.execute("DELETE FROM attempts WHERE at_ms < ?1", [cutoff])? as u64,
+                raw_requests: conn.execute(
+                    "DELETE FROM raw_requests WHERE state = 'done' AND received_ms < ?1",
+                    [cutoff],
+                )? as u64,
+                rejections: conn.execute("DELETE FROM rejections WHERE at_ms < ?1", [cutoff])?
+                    as u64,
+            })
         })
         .await
     }

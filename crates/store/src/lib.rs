@@ -240,6 +240,16 @@ pub struct FunctionRecord {
     pub updated_ms: i64,
 }
 
+/// What a compaction removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompactReport {
+    pub events: u64,
+    pub attempts: u64,
+    pub raw_requests: u64,
+    pub rejections: u64,
+    pub dedup: u64,
+}
+
 /// What a user deletion did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PurgeReport {
@@ -343,8 +353,17 @@ pub trait Store: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
 
-    /// Removes what has aged out: dedup entries older than the window.
-    async fn compact(&self, now_ms: i64) -> Result<()>;
+    /// Removes what has aged out: dedup entries older than the dedup window;
+    /// events older than `retention_ms` that every destination in
+    /// `destinations` has passed; attempts, finished raw requests and
+    /// rejections older than `retention_ms`. Dead letters are kept until
+    /// replayed or discarded. Returns what was removed.
+    async fn compact(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        destinations: &[String],
+    ) -> Result<CompactReport>;
 
     /// Stores a raw webhook request of a function source durably (and in the
     /// source's captures, the 10 most recent kept). Returns its id.

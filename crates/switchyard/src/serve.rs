@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// Window in which duplicate messageIds are stored once [default: 24h].
     #[arg(long, env = "SWITCHYARD_DEDUP_WINDOW")]
     pub dedup_window: Option<String>,
+    /// How long delivered events, attempts and finished raw requests are kept [default: 7d].
+    #[arg(long, env = "SWITCHYARD_RETENTION")]
+    pub retention: Option<String>,
     /// Largest message in bytes [default: 32768].
     #[arg(long, env = "SWITCHYARD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -408,6 +411,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("dedup_window: {e}")))
         .transpose()?
         .unwrap_or(Duration::from_secs(24 * 3600));
+    let retention = args
+        .retention
+        .clone()
+        .or(server.retention.clone())
+        .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("retention: {e}")))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(7 * 24 * 3600));
     let defaults = Limits::default();
     let limits = Limits {
         max_message_bytes: args
@@ -511,11 +521,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let compactor = {
         let store = store.clone();
+        let engine = engine.clone();
+        // Often enough that nothing outlives the retention by much.
+        let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                if let Err(e) = store.compact(chrono::Utc::now().timestamp_millis()).await {
-                    tracing::warn!(error = %e, "compaction failed");
+                tokio::time::sleep(every).await;
+                let destinations = engine.names().await;
+                match store
+                    .compact(
+                        chrono::Utc::now().timestamp_millis(),
+                        retention.as_millis() as i64,
+                        &destinations,
+                    )
+                    .await
+                {
+                    Ok(r) => tracing::debug!(
+                        events = r.events,
+                        attempts = r.attempts,
+                        raw_requests = r.raw_requests,
+                        "compacted"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "compaction failed"),
                 }
             }
         })

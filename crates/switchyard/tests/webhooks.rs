@@ -569,3 +569,69 @@ async fn sigterm_with_a_backlog_stops_promptly_and_the_backlog_resumes() {
         .await;
     assert!(delivered(&got).len() >= 300);
 }
+
+#[tokio::test]
+async fn delivered_events_and_attempts_age_out_but_undelivered_ones_stay() {
+    let rx = Receiver::start("s3cret");
+    rx.control("slow", json!({"status": 0, "times": -1})).await;
+    let config = format!(
+        "[server]\nretention = \"1s\"\n\n{}",
+        config_with(&format!(
+            "{}\n{}",
+            hook("hook", &rx.url("hook"), ""),
+            hook(
+                "stuck",
+                &rx.url("slow"),
+                "timeout_ms = 60000\nconcurrency = 1"
+            )
+        ))
+    );
+    let sy = Switchyard::start(&config);
+    for i in 0..3 {
+        let (s, _) = sy
+            .post(
+                "/v1/track",
+                "wk_web",
+                &json!({"userId": "u", "event": "E", "messageId": format!("r{i}")}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    rx.wait_delivered("hook", 3, 30).await;
+    let db = rusqlite::Connection::open(sy.dir.0.join("data/switchyard.db")).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // "stuck" has not passed them: the events stay; the attempts age out.
+    assert_eq!(count("SELECT COUNT(*) FROM events"), 3);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM attempts WHERE destination = 'hook'"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn events_every_destination_passed_are_removed_after_the_retention() {
+    let rx = Receiver::start("s3cret");
+    let config = format!(
+        "[server]\nretention = \"1s\"\n\n{}",
+        config_with(&hook("hook", &rx.url("hook"), ""))
+    );
+    let sy = Switchyard::start(&config);
+    let (s, _) = sy
+        .post("/v1/track", "wk_web", r#"{"userId":"u","event":"E"}"#)
+        .await;
+    assert_eq!(s, 200);
+    rx.wait_delivered("hook", 1, 30).await;
+    let db = rusqlite::Connection::open(sy.dir.0.join("data/switchyard.db")).unwrap();
+    let mut left = -1;
+    for _ in 0..100 {
+        left = db
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0);
+}
