@@ -14,6 +14,8 @@
 // POST /_reset                 forget everything
 'use strict';
 const http = require('http');
+const https = require('https');
+const fs = require('fs');
 const crypto = require('crypto');
 
 const secret = process.env.RECEIVER_SECRET || '';
@@ -41,7 +43,11 @@ function verifyStandard(headers, raw) {
   return sig.split(' ').includes(expected);
 }
 
-const server = http.createServer((req, res) => {
+// RECEIVER_TLS_CERT / RECEIVER_TLS_KEY: serve HTTPS with that certificate.
+const tls = process.env.RECEIVER_TLS_CERT
+  ? { cert: fs.readFileSync(process.env.RECEIVER_TLS_CERT), key: fs.readFileSync(process.env.RECEIVER_TLS_KEY) }
+  : null;
+const handler = (req, res) => {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
@@ -91,10 +97,20 @@ const server = http.createServer((req, res) => {
     const answer = () => reply(status, { status }, headers);
     if (b && b.delayMs) setTimeout(answer, b.delayMs); else answer();
   });
-});
+};
+// With TLS, webhooks arrive over HTTPS and the test's control routes stay on
+// plain HTTP (a second port).
+const server = http.createServer(handler);
+const tlsServer = tls ? https.createServer(tls, handler) : null;
 server.keepAliveTimeout = 65000;
 server.listen(0, '127.0.0.1', () => {
-  process.stdout.write(`PORT ${server.address().port}\n`);
+  if (!tlsServer) {
+    process.stdout.write(`PORT ${server.address().port}\n`);
+    return;
+  }
+  tlsServer.listen(0, '127.0.0.1', () => {
+    process.stdout.write(`PORT ${server.address().port} TLSPORT ${tlsServer.address().port}\n`);
+  });
 });
 process.on('SIGTERM', () => process.exit(0));
 // The test harness holds our stdin: when it goes away, so do we.

@@ -635,3 +635,122 @@ async fn events_every_destination_passed_are_removed_after_the_retention() {
     }
     assert_eq!(left, 0);
 }
+
+/// A private CA and a `localhost` certificate it signed, made with openssl.
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=switchyard test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[tokio::test]
+async fn tls_is_verified_unknown_issuers_refused_and_a_ca_file_trusted() {
+    let dir = TempDir::new("tls");
+    let (ca, cert, key) = private_ca(&dir.0);
+    let rx = Receiver::start_with(
+        "s3cret",
+        &[("RECEIVER_TLS_CERT", &cert), ("RECEIVER_TLS_KEY", &key)],
+    );
+    let tls = rx.tls_base.clone().expect("an HTTPS port");
+    let dests = format!(
+        "{}\n{}",
+        hook(
+            "untrusted",
+            &format!("{tls}/hook/untrusted"),
+            "max_retry_age = \"1s\""
+        ),
+        hook(
+            "trusted",
+            &format!("{tls}/hook/trusted"),
+            &format!("ca_file = \"{ca}\"")
+        )
+    );
+    let sy = Switchyard::start(&config_with(&dests));
+    let (s, _) = sy
+        .post("/v1/track", "wk_web", r#"{"userId":"u","event":"E"}"#)
+        .await;
+    assert_eq!(s, 200);
+    let got = rx.wait_delivered("trusted", 1, 30).await;
+    assert_eq!(got[0]["segmentSignatureValid"], true);
+    // Without the CA the certificate is refused: no request reaches the receiver.
+    let mut attempts = Value::Null;
+    for _ in 0..100 {
+        let (_, a) = sy
+            .admin("GET", "/api/v1/destinations/untrusted/attempts", None)
+            .await;
+        if a["data"].as_array().is_some_and(|x| !x.is_empty()) {
+            attempts = a;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = attempts["data"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        error.contains("certificate") || error.contains("issuer"),
+        "{attempts}"
+    );
+    assert!(rx.received("untrusted").await.is_empty());
+}

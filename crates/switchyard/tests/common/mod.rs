@@ -90,20 +90,32 @@ fn spawn_and_wait(
 pub struct Receiver {
     child: Child,
     pub base: String,
+    /// The HTTPS base of webhooks when started with a certificate.
+    pub tls_base: Option<String>,
     http: reqwest::Client,
 }
 
 impl Receiver {
     pub fn start(secret: &str) -> Receiver {
+        Self::start_with(secret, &[])
+    }
+
+    /// Starts the receiver with extra environment (e.g. `RECEIVER_TLS_CERT`).
+    pub fn start_with(secret: &str, env: &[(&str, &str)]) -> Receiver {
         let http = http_client();
         let mut cmd = Command::new("node");
         cmd.arg(repo_root().join("tests/support/receiver.js"))
             .env("RECEIVER_SECRET", secret)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::piped())
             .stderr(Stdio::inherit());
-        let (child, port, _rx) = spawn_and_wait(cmd, "PORT ", "the receiver (node)");
+        let (child, ports, _rx) = spawn_and_wait(cmd, "PORT ", "the receiver (node)");
+        let mut words = ports.split_whitespace();
+        let port = words.next().unwrap_or_default().to_string();
+        let tls_port = words.nth(1).map(str::to_string);
         Receiver {
             child,
+            tls_base: tls_port.map(|p| format!("https://localhost:{p}")),
             base: format!("http://127.0.0.1:{port}"),
             http,
         }
