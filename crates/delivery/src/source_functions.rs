@@ -171,6 +171,13 @@ impl SourceRunner {
         self.wake.notify_one();
     }
 
+    /// Stops running a source's function (the source was deleted).
+    pub fn remove(&self, slug: &str) {
+        if let Ok(mut all) = self.sources.write() {
+            all.remove(slug);
+        }
+    }
+
     /// Sources running the function `name`.
     pub fn sources_of_function(&self, name: &str) -> Vec<SourceFunction> {
         self.sources

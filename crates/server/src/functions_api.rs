@@ -312,6 +312,9 @@ pub struct TestBody {
     /// Destination functions: answers for fetch by URL prefix.
     #[serde(default)]
     fetch_mock: Vec<functions::MockResponse>,
+    /// Really send the function's requests (under the fetch policy) instead of mocking them.
+    #[serde(default)]
+    live_fetch: bool,
 }
 
 /// `POST /api/v1/functions/{name}/test`: runs once, nothing stored or delivered;
@@ -349,7 +352,11 @@ pub async fn test(
     } else {
         body.settings
     };
-    let mode = functions::FetchMode::Mock(Arc::new(body.fetch_mock));
+    let mode = if body.live_fetch {
+        functions::FetchMode::Live(Arc::new(state.fetch_policy.clone()))
+    } else {
+        functions::FetchMode::Mock(Arc::new(body.fetch_mock))
+    };
     let spec_limits = state.limits;
     let error_json = |e: &Option<functions::FunctionError>| {
         e.as_ref()

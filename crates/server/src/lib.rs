@@ -41,6 +41,8 @@ pub struct AppState {
     pub runner: Option<Arc<delivery::source_functions::SourceRunner>>,
     /// Largest raw request a function endpoint accepts (Segment: 2 MB).
     pub max_function_body_bytes: usize,
+    /// Who functions may call, for test runs that really send (`live_fetch`).
+    pub fetch_policy: ::functions::FetchPolicy,
     /// The running destinations.
     pub engine: Arc<delivery::Engine>,
     pub metrics: Option<PrometheusHandle>,
@@ -65,6 +67,7 @@ impl AppState {
             deletions: std::sync::Mutex::new(Vec::new()),
             runner: None,
             max_function_body_bytes: 2 * 1024 * 1024,
+            fetch_policy: ::functions::FetchPolicy::default(),
             engine,
             metrics,
         }
@@ -75,6 +78,16 @@ impl AppState {
         if let Ok(mut keys) = self.write_keys.write() {
             keys.retain(|_, s| s != slug);
             keys.insert(hash.to_string(), slug.to_string());
+        }
+    }
+
+    /// Forgets every credential of a source.
+    pub fn forget_source(&self, slug: &str) {
+        if let Ok(mut keys) = self.write_keys.write() {
+            keys.retain(|_, s| s != slug);
+        }
+        if let Ok(mut tokens) = self.function_tokens.write() {
+            tokens.retain(|_, s| s != slug);
         }
     }
 
@@ -222,6 +235,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/sources",
             get(manage::list_sources).post(manage::create_source),
+        )
+        .route(
+            "/api/v1/sources/{slug}",
+            axum::routing::delete(manage::delete_source),
         )
         .route("/api/v1/sources/{slug}/rotate", post(manage::rotate_source))
         .route("/api/v1/sources/{slug}/events", get(manage::recent_events))

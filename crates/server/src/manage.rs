@@ -782,3 +782,27 @@ pub async fn delete_destination(
     }
     Ok(Json(json!({"deleted": name})))
 }
+
+/// `DELETE /api/v1/sources/{slug}`: the source stops accepting events at once
+/// (its write key or token stops working); events already stored are still
+/// delivered.
+pub async fn delete_source(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    if !state
+        .store
+        .delete_source(&slug)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiError::not_found(format!("unknown source {slug:?}")));
+    }
+    state.forget_source(&slug);
+    if let Some(runner) = &state.runner {
+        runner.remove(&slug);
+    }
+    Ok(Json(json!({ "deleted": slug })))
+}

@@ -133,6 +133,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "Run once without side effects ({payload} or {event}, settings, code?, fetch_mock?)",
     ),
     ("post", "/api/v1/sources", Auth::Api, "Create a source: tracking {slug, write_key?} or function {slug, kind: function, function, settings?, respond?, token?}; credentials shown once"),
+    ("delete", "/api/v1/sources/{slug}", Auth::Api, "Delete a source: its credentials stop working; stored events are still delivered"),
     ("post", "/api/v1/sources/{slug}/rotate", Auth::Api, "Rotate a source's write key or function token; shown once"),
     ("get", "/api/v1/sources/{slug}/events", Auth::Api, "Recent events of a source (the debugger backlog)"),
     ("get", "/api/v1/sources/{slug}/events/stream", Auth::Api, "Live events of a source as Server-Sent Events"),

@@ -985,6 +985,16 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn delete_source(&self, slug: &str) -> Result<bool> {
+        let slug = slug.to_string();
+        self.write(move |conn| {
+            // The id stays known to this process so that queued events can
+            // still be read; a new source of the same slug gets a new id.
+            Ok(conn.execute("DELETE FROM sources WHERE slug = ?1", [slug])? > 0)
+        })
+        .await
+    }
+
     async fn sources(&self) -> Result<Vec<SourceRecord>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(

@@ -344,6 +344,10 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or updates a source. Hashes that are `None` keep the stored ones.
     async fn put_source(&self, source: SourceRecord) -> Result<SourceRecord>;
 
+    /// Removes a source's record and credentials (its stored events stay,
+    /// for destinations still delivering them). Returns whether it existed.
+    async fn delete_source(&self, slug: &str) -> Result<bool>;
+
     async fn sources(&self) -> Result<Vec<SourceRecord>>;
 
     /// Sets a destination's cursor if it has none (new destinations start at the head).

@@ -493,6 +493,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(max) = server.max_function_body_bytes {
         app.max_function_body_bytes = max;
     }
+    app.fetch_policy = functions::FetchPolicy {
+        allow: server.fetch_allow.clone(),
+        deny: server.fetch_deny.clone(),
+    };
     let state = Arc::new(app);
     for (slug, hash) in &credentials.write_keys {
         state.set_write_key_hash(slug, hash);

@@ -415,3 +415,34 @@ async fn offline_destination_test_with_fetch_mocks() {
     assert_eq!(v["error"], Value::Null, "{v}");
     assert_eq!(v["requests"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn api_test_runs_mock_fetch_or_really_send_when_asked() {
+    let rx = Receiver::start("unused");
+    let sy = Switchyard::start(&functions_config(&rx));
+    let event = json!({"type": "track", "userId": "u", "event": "Tested"});
+    let settings = json!({"webhookUrl": rx.url("live")});
+    let (s, out) = sy
+        .admin(
+            "POST",
+            "/api/v1/functions/slack/test",
+            Some(json!({"event": event, "settings": settings})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["error"], Value::Null);
+    assert_eq!(out["requests"][0]["url"], rx.url("live"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.received("live").await.is_empty(), "mocked: nothing sent");
+    let (s, out) = sy
+        .admin(
+            "POST",
+            "/api/v1/functions/slack/test",
+            Some(json!({"event": event, "settings": settings, "live_fetch": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["error"], Value::Null, "{out}");
+    let got = rx.wait_delivered("live", 1, 30).await;
+    assert_eq!(body(&got[0])["text"], "*Tested* by u");
+}

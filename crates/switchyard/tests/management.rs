@@ -504,6 +504,15 @@ async fn sources_are_created_rotated_and_tailed_live() {
     let (s, list) = sy.admin("GET", "/api/v1/sources", None).await;
     assert_eq!(s, 200);
     assert!(!list.to_string().contains(&new_key), "keys are masked");
+    // A deleted source's key stops working at once.
+    let (s, _) = sy
+        .admin("POST", "/api/v1/sources", Some(json!({"slug": "gone"})))
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = sy.admin("DELETE", "/api/v1/sources/gone", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = sy.admin("DELETE", "/api/v1/sources/gone", None).await;
+    assert_eq!(s, 404);
 
     // The debugger backlog and the live tail through the CLI.
     let (_, recent) = sy
