@@ -97,7 +97,12 @@ pub async fn dead_letters(
             v
         })
         .collect();
-    Ok(Json(json!({ "data": data })))
+    let total = state
+        .store
+        .dead_letter_count(&destination)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "data": data, "total": total })))
 }
 
 #[derive(Debug, Deserialize, Default)]

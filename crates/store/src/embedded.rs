@@ -791,6 +791,18 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn dead_letter_count(&self, destination: &str) -> Result<u64> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM dead_letters WHERE destination = ?1",
+                [destination],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
     async fn dead_letters(&self, destination: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let destination = destination.to_string();
         self.read(move |conn| {

@@ -315,6 +315,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn dead_letters(&self, destination: &str, limit: usize) -> Result<Vec<DeadLetter>>;
 
+    /// How many dead letters a destination has.
+    async fn dead_letter_count(&self, destination: &str) -> Result<u64>;
+
     /// Moves dead letters back to the retry schedule, due now. `None` = all of
     /// the destination's. Returns how many were requeued.
     async fn replay_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64>;

@@ -526,6 +526,10 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             since_ms,
             until_ms,
         }) => {
+            if let (Some(d), true, None, None) = (&destination, ids.is_empty(), since_ms, until_ms)
+            {
+                return replay_all(&client, d, remote.json).await;
+            }
             let mut body = if ids.is_empty() {
                 json!({})
             } else {
@@ -663,4 +667,53 @@ async fn follow_logs(client: &Client, args: &LogsArgs) -> anyhow::Result<()> {
         first = false;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// Replays every dead letter of a destination in chunks, with a progress bar
+/// (on a terminal) — thousands of dead letters do not make one long silent call.
+async fn replay_all(client: &Client, destination: &str, json_out: bool) -> anyhow::Result<()> {
+    use reqwest::Method;
+    const CHUNK: usize = 200;
+    let list = format!("/api/v1/destinations/{destination}/deadletters?limit={CHUNK}");
+    let first = client.send(Method::GET, &list, None).await?;
+    let total = first["total"].as_u64().unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} dead letters replayed ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut page = first;
+    let mut replayed = 0u64;
+    loop {
+        let ids: Vec<i64> = page["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d["id"].as_i64()).collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            break;
+        }
+        let v = client
+            .send(
+                Method::POST,
+                &format!("/api/v1/destinations/{destination}/deadletters/replay"),
+                Some(json!({ "ids": ids })),
+            )
+            .await?;
+        let n = v["replayed"].as_u64().unwrap_or(0);
+        replayed += n;
+        bar.inc(n);
+        if n == 0 {
+            break;
+        }
+        page = client.send(Method::GET, &list, None).await?;
+    }
+    bar.finish_and_clear();
+    if json_out {
+        println!("{}", json!({ "replayed": replayed }));
+    } else {
+        println!("replayed {replayed}");
+    }
+    Ok(())
 }

@@ -773,3 +773,50 @@ async fn function_logs_and_completions_from_the_cli() {
         &script[..200.min(script.len())]
     );
 }
+
+#[tokio::test]
+async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
+    let rx = Receiver::start("s3cret");
+    rx.control("hook", json!({"status": 400, "times": -1}))
+        .await;
+    let sy = Switchyard::start(&config(&rx));
+    let batch: Vec<Value> = (0..450)
+        .map(
+            |i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("m{i}")}),
+        )
+        .collect();
+    let (s, _) = sy
+        .post(
+            "/v1/batch",
+            "wk_web",
+            &json!({ "batch": batch }).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut total = 0;
+    for _ in 0..300 {
+        let (_, d) = sy
+            .admin("GET", "/api/v1/destinations/hook/deadletters?limit=1", None)
+            .await;
+        total = d["total"].as_u64().unwrap_or(0);
+        if total == 450 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(total, 450);
+    rx.control("hook", json!({"status": 200, "times": 0})).await;
+    let (code, out) = cli(&sy, &["deadletters", "replay", "--destination", "hook"]);
+    assert_eq!((code, out.trim()), (0, "replayed 450"));
+    let got = rx
+        .wait_until("hook", 60, |r| {
+            delivered(r)
+                .iter()
+                .map(|x| body(x)["messageId"].as_str().unwrap_or("").to_string())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 450
+        })
+        .await;
+    assert_eq!(delivered(&got).len(), 450, "each once");
+}
