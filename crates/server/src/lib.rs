@@ -41,6 +41,8 @@ pub struct AppState {
     pub runner: Option<Arc<delivery::source_functions::SourceRunner>>,
     /// Largest raw request a function endpoint accepts (Segment: 2 MB).
     pub max_function_body_bytes: usize,
+    /// Turns true when the server begins a graceful shutdown (see [`AppState::begin_shutdown`]).
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Who functions may call, for test runs that really send (`live_fetch`).
     pub fetch_policy: ::functions::FetchPolicy,
     /// The running destinations.
@@ -68,6 +70,7 @@ impl AppState {
             runner: None,
             max_function_body_bytes: 2 * 1024 * 1024,
             fetch_policy: ::functions::FetchPolicy::default(),
+            stopping: tokio::sync::watch::channel(false).0,
             engine,
             metrics,
         }
@@ -89,6 +92,11 @@ impl AppState {
         if let Ok(mut tokens) = self.function_tokens.write() {
             tokens.retain(|_, s| s != slug);
         }
+    }
+
+    /// Ends live streams (SSE) so that a graceful shutdown is not held up.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Registers a function source's token digest.

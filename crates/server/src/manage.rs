@@ -547,19 +547,27 @@ pub async fn stream_events(
             rx,
             cursor,
             std::collections::VecDeque::<Value>::new(),
-            sources,
+            (sources, state.stopping.subscribe()),
         ),
-        |(store, mut rx, mut cursor, mut pending, sources)| async move {
+        |(store, mut rx, mut cursor, mut pending, (sources, mut stopping))| async move {
             loop {
+                // Live streams end when the server stops, so that a connected
+                // `tail` never holds up a graceful shutdown.
+                if *stopping.borrow() {
+                    return None;
+                }
                 if let Some(next) = pending.pop_front() {
                     let event = Event::default().data(next.to_string());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (store, rx, cursor, pending, sources),
+                        (store, rx, cursor, pending, (sources, stopping)),
                     ));
                 }
-                if *rx.borrow_and_update() <= cursor && rx.changed().await.is_err() {
-                    return None;
+                if *rx.borrow_and_update() <= cursor {
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return None },
+                        _ = stopping.changed() => return None,
+                    }
                 }
                 match store.read_events(&sources, cursor, 100_000, 500).await {
                     Ok((events, upto)) => {

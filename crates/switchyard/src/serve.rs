@@ -551,8 +551,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
-    axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+    axum::serve(listener, server::router(state.clone()))
+        .with_graceful_shutdown({
+            let state = state.clone();
+            async move {
+                shutdown_signal().await;
+                state.begin_shutdown();
+            }
+        })
         .await
         .context("HTTP server failed")?;
     compactor.abort();

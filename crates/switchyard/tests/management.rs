@@ -820,3 +820,20 @@ async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
         .await;
     assert_eq!(delivered(&got).len(), 450, "each once");
 }
+
+#[tokio::test]
+async fn a_connected_tail_does_not_hold_up_a_graceful_shutdown() {
+    let rx = Receiver::start("s3cret");
+    let mut sy = Switchyard::start(&config(&rx));
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["tail", "web"])
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sy.terminate(), "SIGTERM exits while a live stream is open");
+    let _ = tail.kill();
+    let _ = tail.wait();
+}
