@@ -425,6 +425,9 @@ struct Task {
     reply: oneshot::Sender<RawOutcome>,
 }
 
+/// Warm runtimes one worker thread keeps (one per function).
+const MAX_WARM_PER_WORKER: usize = 32;
+
 /// Worker threads with warm runtimes.
 pub struct Pool {
     tx: Mutex<Option<mpsc::Sender<Task>>>,
@@ -454,6 +457,13 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, policy: Arc<FetchPolicy>) {
         });
         if stale {
             warm.remove(&key);
+        }
+        if !warm.contains_key(&key) && warm.len() >= MAX_WARM_PER_WORKER {
+            // Bounded memory with many functions: make room (the dropped one
+            // is rebuilt on its next call).
+            if let Some(victim) = warm.keys().next().cloned() {
+                warm.remove(&victim);
+            }
         }
         if !warm.contains_key(&key) {
             match sandbox::Sandbox::new(&task.code, &task.limits, fetcher.clone()) {
