@@ -10,10 +10,15 @@
 //!    time from each 200 to the event's arrival at the in-process receiver;
 //! 4. switchyard, `track` then `batch`, closed loop, same bodies as the bare
 //!    handler got; the delivery backlog is left to drain (bounded) in between;
-//! 5. switchyard, peak RSS (`VmHWM`).
+//! 5. switchyard, peak RSS (`VmHWM`);
+//! 6. the destination phases `fn-track`, `fn-batch`, `webhooks`,
+//!    `webhooks-batch`: each on a fresh server with that one destination, a
+//!    backlog ingested through `/v1/batch`, then how fast the destination
+//!    drains it to the receiver (see `destinations.rs`).
 
 mod children;
 mod client;
+mod destinations;
 mod receiver;
 
 use anyhow::{bail, Context};
@@ -39,6 +44,14 @@ pub enum Phase {
     Track,
     /// `/v1/batch` throughput.
     Batch,
+    /// Drain rate of a destination function's `onTrack` (one fetch per event).
+    FnTrack,
+    /// Drain rate of a destination function's `onBatch` (one fetch per batch).
+    FnBatch,
+    /// Drain rate of the webhooks destination, one event per request.
+    Webhooks,
+    /// Drain rate of the webhooks destination, `--fn-batch-size` events per request.
+    WebhooksBatch,
 }
 
 #[derive(Debug, Args)]
@@ -67,9 +80,32 @@ pub struct BenchArgs {
     /// Connections of the paced delivery-latency phase.
     #[arg(long, default_value_t = 16)]
     pub latency_connections: usize,
-    /// Phases to run against switchyard (and the bare handler): latency, track, batch.
-    #[arg(long, value_delimiter = ',', default_value = "latency,track,batch")]
+    /// Phases to run: latency, track, batch (switchyard and the bare handler),
+    /// then fn-track, fn-batch, webhooks, webhooks-batch (a fresh server each).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "latency,track,batch,fn-track,fn-batch,webhooks,webhooks-batch"
+    )]
     pub phases: Vec<Phase>,
+    /// Events ingested (through `/v1/batch`) for each destination phase.
+    #[arg(long, default_value_t = 200_000)]
+    pub drain_events: u64,
+    /// Longest drain measured per destination phase, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_duration: f64,
+    /// `batch_size` of the `fn-batch` and `webhooks-batch` phases.
+    #[arg(long, default_value_t = 100)]
+    pub fn_batch_size: usize,
+    /// `function_workers` of the server in the function phases (default: the server's, one per core).
+    #[arg(long)]
+    pub function_workers: Option<usize>,
+    /// JavaScript file to use in the function phases instead of the built-in
+    /// one. It gets `settings.url` (the receiver) and `settings.apiKey`; the
+    /// receiver counts one event per request, or the `"messageId":` keys of a
+    /// body that is a JSON array.
+    #[arg(long)]
+    pub function_file: Option<std::path::PathBuf>,
     /// Skip the bare-handler comparison.
     #[arg(long)]
     pub no_bare: bool,
@@ -234,6 +270,8 @@ struct Report {
     busy_before: f64,
     server_log_problems: Vec<String>,
     unsigned_deliveries: u64,
+    /// The destination phases.
+    destinations: Vec<destinations::Drain>,
 }
 
 impl Report {
@@ -305,7 +343,11 @@ fn targets(report: &Report, args: &BenchArgs) -> Vec<(String, String, String, Op
     out.push((
         "idle RSS of the server".to_string(),
         "< 30 MB".to_string(),
-        format!("{:.1} MB", mb(report.idle.rss)),
+        if report.idle.rss > 0 {
+            format!("{:.1} MB", mb(report.idle.rss))
+        } else {
+            "not run".to_string()
+        },
         (report.idle.rss > 0).then_some(report.idle.rss < 30_000_000),
     ));
     out
@@ -523,13 +565,18 @@ async fn paced(
     }
 }
 
-fn serve_command(exe: &std::path::Path, scratch: &std::path::Path, args: &BenchArgs) -> Command {
+fn serve_command(
+    exe: &std::path::Path,
+    config: &std::path::Path,
+    data: &std::path::Path,
+    args: &BenchArgs,
+) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
         .arg("--config")
-        .arg(scratch.join("switchyard.toml"))
+        .arg(config)
         .arg("--data-dir")
-        .arg(scratch.join("data"))
+        .arg(data)
         .args(["--listen", "127.0.0.1:0"])
         .args([
             "--admin-token",
@@ -559,8 +606,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         || args.connections == 0
         || args.batch_events == 0
         || args.latency_rate == 0
+        || args.drain_events == 0
     {
-        bail!("--duration, --connections, --batch-events and --latency-rate must be positive");
+        bail!("--duration, --connections, --batch-events, --latency-rate and --drain-events must be positive");
     }
     let quiet = false;
     let has = |p: Phase| args.phases.contains(&p);
@@ -635,116 +683,142 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bare.stop(secs(5.0)).await;
     }
 
-    write_config(&scratch.path.join("switchyard.toml"), receiver_addr, &args)?;
-    let mut server = Child::spawn(
-        "switchyard server",
-        serve_command(&exe, &scratch.path, &args),
-        &scratch.path.join("server.log"),
-        secs(30.0),
-    )
-    .await?;
-    progress(
-        quiet,
-        format!(
-            "switchyard: pid {} on {} (fsync={}, destination: {})",
-            server.pid,
-            server.addr,
-            args.fsync,
-            if args.no_destination {
-                "none".to_string()
-            } else {
-                format!("webhooks -> {receiver_addr}")
-            }
-        ),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    report.idle = server.memory();
-    let mut accepted: u64 = 0;
-
-    if paced_count > 0 {
+    if paced_count > 0 || !loads.is_empty() {
+        write_config(&scratch.path.join("switchyard.toml"), receiver_addr, &args)?;
+        let mut server = Child::spawn(
+            "switchyard server",
+            serve_command(
+                &exe,
+                &scratch.path.join("switchyard.toml"),
+                &scratch.path.join("data"),
+                &args,
+            ),
+            &scratch.path.join("server.log"),
+            secs(30.0),
+        )
+        .await?;
         progress(
             quiet,
             format!(
-                "switchyard: delivery latency, {} events/s for {}s",
-                args.latency_rate, args.latency_duration
+                "switchyard: pid {} on {} (fsync={}, destination: {})",
+                server.pid,
+                server.addr,
+                args.fsync,
+                if args.no_destination {
+                    "none".to_string()
+                } else {
+                    format!("webhooks -> {receiver_addr}")
+                }
             ),
         );
-        let p = paced(&args, &server, &receiver, &paced_prefix, paced_count).await;
-        server.check_alive()?;
-        accepted += p.accepted as u64;
-        report.paced = Some(p);
-    }
-    for (i, &phase) in loads.iter().enumerate() {
-        if !args.no_destination && i > 0 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        report.idle = server.memory();
+        let mut accepted: u64 = 0;
+
+        if paced_count > 0 {
             progress(
                 quiet,
-                "switchyard: waiting for the delivery backlog to drain",
+                format!(
+                    "switchyard: delivery latency, {} events/s for {}s",
+                    args.latency_rate, args.latency_duration
+                ),
             );
+            let p = paced(&args, &server, &receiver, &paced_prefix, paced_count).await;
+            server.check_alive()?;
+            accepted += p.accepted as u64;
+            report.paced = Some(p);
+        }
+        for (i, &phase) in loads.iter().enumerate() {
+            if !args.no_destination && i > 0 {
+                progress(
+                    quiet,
+                    "switchyard: waiting for the delivery backlog to drain",
+                );
+                let d = drain(
+                    &receiver,
+                    accepted,
+                    secs(args.drain_timeout),
+                    &format!("{:?}", loads[i - 1]),
+                )
+                .await;
+                report.drains.push(d);
+            }
+            progress(
+                quiet,
+                format!(
+                    "switchyard: {phase:?} load, {} connections",
+                    args.connections
+                ),
+            );
+            let t = throughput(
+                &args,
+                &server,
+                "switchyard",
+                phase,
+                format!("tp{run_id}-{phase:?}"),
+                (!args.no_destination).then_some(&receiver),
+            )
+            .await;
+            accepted += t.result.total_ok_events;
+            report.throughput.push(t);
+            server.check_alive()?;
+        }
+        if !args.no_destination && !loads.is_empty() {
+            // A short look at how far delivery is behind at the end.
             let d = drain(
                 &receiver,
                 accepted,
-                secs(args.drain_timeout),
-                &format!("{:?}", loads[i - 1]),
+                Duration::from_millis(0),
+                &format!("{:?}", loads[loads.len() - 1]),
             )
             .await;
+            let backlog = d["backlog"].as_u64().unwrap_or(0);
             report.drains.push(d);
+            if backlog > 0 {
+                // With no ingest load: how fast does delivery alone go?
+                let before = receiver.events.load(Ordering::Relaxed);
+                let cpu0 = server.cpu_secs();
+                let t0 = Instant::now();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let wall = t0.elapsed().as_secs_f64();
+                let rate = (receiver.events.load(Ordering::Relaxed) - before) as f64 / wall;
+                report.drain_rate = Some((rate, (server.cpu_secs() - cpu0) / wall));
+            }
         }
-        progress(
-            quiet,
-            format!(
-                "switchyard: {phase:?} load, {} connections",
-                args.connections
-            ),
-        );
-        let t = throughput(
-            &args,
-            &server,
-            "switchyard",
-            phase,
-            format!("tp{run_id}-{phase:?}"),
-            (!args.no_destination).then_some(&receiver),
-        )
-        .await;
-        accepted += t.result.total_ok_events;
-        report.throughput.push(t);
-        server.check_alive()?;
-    }
-    if !args.no_destination && !loads.is_empty() {
-        // A short look at how far delivery is behind at the end.
-        let d = drain(
-            &receiver,
-            accepted,
-            Duration::from_millis(0),
-            &format!("{:?}", loads[loads.len() - 1]),
-        )
-        .await;
-        let backlog = d["backlog"].as_u64().unwrap_or(0);
-        report.drains.push(d);
-        if backlog > 0 {
-            // With no ingest load: how fast does delivery alone go?
-            let before = receiver.events.load(Ordering::Relaxed);
-            let cpu0 = server.cpu_secs();
-            let t0 = Instant::now();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let wall = t0.elapsed().as_secs_f64();
-            let rate = (receiver.events.load(Ordering::Relaxed) - before) as f64 / wall;
-            report.drain_rate = Some((rate, (server.cpu_secs() - cpu0) / wall));
+        report.peak = server.memory();
+        report.unsigned_deliveries = receiver.unsigned.load(Ordering::Relaxed);
+        let log_problems: Vec<String> = server
+            .log_tail(10_000)
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .map(str::to_string)
+            .collect();
+        report.server_log_problems = log_problems;
+        // switchyard drains its whole delivery backlog before exiting on SIGTERM:
+        // after a few seconds the rest is left for the kill (the data is scratch).
+        let status = server.stop(secs(5.0)).await;
+        if let Some(s) = status.filter(|s| !s.success() && s.code().is_some()) {
+            progress(quiet, format!("switchyard exited with {s}"));
         }
     }
-    report.peak = server.memory();
-    report.unsigned_deliveries = receiver.unsigned.load(Ordering::Relaxed);
-    let log_problems: Vec<String> = server
-        .log_tail(10_000)
-        .lines()
-        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
-        .map(str::to_string)
+
+    let drains: Vec<Phase> = destinations::PHASES
+        .into_iter()
+        .filter(|p| has(*p))
         .collect();
-    report.server_log_problems = log_problems;
-    // switchyard drains its whole delivery backlog before exiting on SIGTERM:
-    // after a few seconds the rest is left for the kill (the data is scratch).
-    let status = server.stop(secs(5.0)).await;
-    if let Some(s) = status.filter(|s| !s.success() && s.code().is_some()) {
-        progress(quiet, format!("switchyard exited with {s}"));
+    for phase in drains {
+        // The same message ids for every destination: each server is fresh.
+        let d = destinations::run(
+            &args,
+            &exe,
+            &scratch,
+            receiver_addr,
+            &receiver,
+            phase,
+            &format!("dr{run_id}"),
+        )
+        .await?;
+        report.destinations.push(d);
     }
 
     if args.json {
@@ -779,6 +853,11 @@ fn report_json(report: &Report, args: &BenchArgs) -> Value {
             "fsync": args.fsync,
             "destination": !args.no_destination,
             "delivery_batch_size": args.delivery_batch_size,
+            "drain_events": args.drain_events,
+            "drain_duration_secs": args.drain_duration,
+            "fn_batch_size": args.fn_batch_size,
+            "function_workers": args.function_workers,
+            "function_file": args.function_file,
         },
         "throughput": report.throughput.iter().map(Throughput::json).collect::<Vec<_>>(),
         "ratio_to_bare": {"track": ratio(Phase::Track), "batch": ratio(Phase::Batch)},
@@ -791,6 +870,7 @@ fn report_json(report: &Report, args: &BenchArgs) -> Value {
             "bare_idle_rss_bytes": report.bare_idle.map(|m| m.rss),
             "bare_peak_rss_bytes": report.bare_peak.map(|m| m.hwm),
         },
+        "destinations": report.destinations.iter().map(destinations::Drain::json).collect::<Vec<_>>(),
         "unsigned_deliveries": report.unsigned_deliveries,
         "server_log_problems": report.server_log_problems.iter().take(20).collect::<Vec<_>>(),
         "targets": targets(report, args).into_iter().map(|(name, want, got, met)| json!({
@@ -949,20 +1029,22 @@ fn print_table(report: &Report, args: &BenchArgs) {
             cpu * 100.0
         );
     }
-    println!();
-    print!(
-        "memory: switchyard idle RSS {:.1} MB, peak RSS (VmHWM) {:.1} MB",
-        mb(report.idle.rss),
-        mb(report.peak.hwm)
-    );
-    if let (Some(i), Some(p)) = (report.bare_idle, report.bare_peak) {
+    if report.idle.rss > 0 {
+        println!();
         print!(
-            "; bare handler idle {:.1} MB, peak {:.1} MB",
-            mb(i.rss),
-            mb(p.hwm)
+            "memory: switchyard idle RSS {:.1} MB, peak RSS (VmHWM) {:.1} MB",
+            mb(report.idle.rss),
+            mb(report.peak.hwm)
         );
+        if let (Some(i), Some(p)) = (report.bare_idle, report.bare_peak) {
+            print!(
+                "; bare handler idle {:.1} MB, peak {:.1} MB",
+                mb(i.rss),
+                mb(p.hwm)
+            );
+        }
+        println!();
     }
-    println!();
     if report.unsigned_deliveries > 0 {
         println!(
             "warning: {} deliveries arrived without X-Signature",
@@ -978,6 +1060,7 @@ fn print_table(report: &Report, args: &BenchArgs) {
             println!("  {l}");
         }
     }
+    destinations::print(&report.destinations, args);
     println!();
     println!(
         "{:<44} {:<20} {:<34} result",

@@ -112,6 +112,13 @@ impl Child {
         self.child.wait().ok()
     }
 
+    /// Kills the child at once (SIGKILL) and reaps it: for a server whose
+    /// delivery backlog is of no further interest (its data is scratch).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Fails, with the exit status and the end of the log, if the child died.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait() {
@@ -187,6 +194,31 @@ pub fn cpu_secs(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// User + system CPU seconds of each thread of a process, summed by thread
+/// name (Linux truncates names to 15 bytes: `function-worker`, `tokio-runtime-w`).
+pub fn thread_cpu_secs(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let text = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+            continue;
+        };
+        let name = text[open + 1..close].to_string();
+        let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) as f64 / 100.0;
+    }
+    out
 }
 
 /// CPU time of the whole machine, seconds (all CPUs): (busy, total).

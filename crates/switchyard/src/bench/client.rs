@@ -454,3 +454,100 @@ pub async fn run_paced(spec: &PacedSpec, book: Arc<PacedBook>) {
         let _ = t.await;
     }
 }
+
+/// A counted load: `requests` requests of `per_request` events each, sent
+/// back to back over `connections` keep-alive connections.
+pub struct CountSpec {
+    pub addr: SocketAddr,
+    pub path: &'static str,
+    pub write_key: String,
+    pub per_request: usize,
+    pub event_bytes: usize,
+    pub connections: usize,
+    pub requests: u64,
+    /// Message ids are `{id_prefix}-c{conn}-{seq}-{index}`.
+    pub id_prefix: String,
+}
+
+/// What [`send_count`] achieved.
+#[derive(Debug, Default)]
+pub struct CountResult {
+    /// Events in 2xx answers.
+    pub accepted_events: u64,
+    pub failed_requests: u64,
+    pub first_error: Option<String>,
+    pub secs: f64,
+}
+
+/// Sends the requests of `spec` and returns when all have been answered (a
+/// connection gives up after 20 failures in a row).
+pub async fn send_count(spec: &CountSpec) -> CountResult {
+    let start = Instant::now();
+    let remaining = Arc::new(AtomicU64::new(spec.requests));
+    let per_event = spec.per_request.max(1) as u64;
+    let mut tasks = Vec::new();
+    for c in 0..spec.connections.max(1) {
+        let prefix = format!("{}-c{c:03}", spec.id_prefix);
+        let body = body(&prefix, spec.per_request, spec.event_bytes);
+        let head = request_head(spec.addr, spec.path, &spec.write_key, body.len());
+        let mut template = Template::new(&head, &body);
+        let remaining = remaining.clone();
+        let addr = spec.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut out = CountResult::default();
+            let mut conn: Option<Conn> = None;
+            let mut seq = 0u64;
+            let mut failures_in_a_row = 0;
+            while failures_in_a_row < 20
+                && remaining
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                if conn.is_none() {
+                    match Conn::connect(addr).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            out.first_error
+                                .get_or_insert_with(|| format!("connect: {e}"));
+                            out.failed_requests += 1;
+                            failures_in_a_row += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                template.set_seq(seq);
+                seq += 1;
+                let failure = match c.send(template.bytes()).await {
+                    Ok(status) if (200..300).contains(&status) => {
+                        out.accepted_events += per_event;
+                        failures_in_a_row = 0;
+                        continue;
+                    }
+                    Ok(status) => format!("HTTP status {status}"),
+                    Err(e) => {
+                        conn = None;
+                        format!("transport: {e}")
+                    }
+                };
+                out.first_error.get_or_insert(failure);
+                out.failed_requests += 1;
+                failures_in_a_row += 1;
+            }
+            out
+        }));
+    }
+    let mut result = CountResult::default();
+    for t in tasks {
+        if let Ok(o) = t.await {
+            result.accepted_events += o.accepted_events;
+            result.failed_requests += o.failed_requests;
+            if result.first_error.is_none() {
+                result.first_error = o.first_error;
+            }
+        }
+    }
+    result.secs = start.elapsed().as_secs_f64();
+    result
+}

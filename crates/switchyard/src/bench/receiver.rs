@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,8 @@ pub struct Receiver {
     /// Arrival time of paced event `n` (ns since the bench's start; 0 = not yet).
     pub arrived_ns: Vec<AtomicU64>,
     pub arrived_twice: AtomicU64,
+    /// TCP connections accepted (keep-alive reuses them).
+    pub connections: AtomicU64,
 }
 
 impl Receiver {
@@ -70,7 +73,16 @@ async fn hook(
     StatusCode::OK
 }
 
-/// Starts the receiver on a free loopback port: `POST /hook` answers 200.
+/// `POST /fn`: what destination functions send (unsigned), counted like `/hook`.
+async fn function_hook(State(r): State<Arc<Receiver>>, body: Bytes) -> StatusCode {
+    let at = now_ns();
+    r.requests.fetch_add(1, Ordering::Relaxed);
+    r.record(&body, at);
+    StatusCode::OK
+}
+
+/// Starts the receiver on a free loopback port: `POST /hook` (webhooks, signed)
+/// and `POST /fn` (destination functions) answer 200.
 pub async fn start_receiver(
     paced_prefix: &str,
     capacity: usize,
@@ -82,11 +94,17 @@ pub async fn start_receiver(
         needle: format!("messageId\":\"{paced_prefix}").into_bytes(),
         arrived_ns: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
         arrived_twice: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let counted = receiver.clone();
+    let listener = listener.tap_io(move |_| {
+        counted.connections.fetch_add(1, Ordering::Relaxed);
+    });
     let app = Router::new()
         .route("/hook", post(hook))
+        .route("/fn", post(function_hook))
         .with_state(receiver.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
