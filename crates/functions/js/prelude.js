@@ -448,15 +448,22 @@
       this.statusText = init.statusText || '';
       this.headers = new Headers(init.headers);
       this.url = init.url || '';
-      this._bytes = bodyBytes(body, this.headers) || new Uint8Array(0);
+      // Text bodies stay text: encoding them byte by byte in JavaScript is
+      // the expensive part, and most bodies are only ever read as text.
+      this._text = typeof body === 'string' ? body : null;
+      this._cache = this._text === null ? bodyBytes(body, this.headers) || new Uint8Array(0) : null;
       this.bodyUsed = false;
     }
+    get _bytes() {
+      if (this._cache === null) this._cache = utf8Encode(this._text);
+      return this._cache;
+    }
     get ok() { return this.status >= 200 && this.status < 300; }
-    async text() { this.bodyUsed = true; return utf8Decode(this._bytes); }
-    async json() { this.bodyUsed = true; return JSON.parse(utf8Decode(this._bytes)); }
+    async text() { this.bodyUsed = true; return this._text !== null ? this._text : utf8Decode(this._bytes); }
+    async json() { return JSON.parse(await this.text()); }
     async arrayBuffer() { this.bodyUsed = true; return this._bytes.slice().buffer; }
     async buffer() { this.bodyUsed = true; return Buffer.from(this._bytes); }
-    clone() { const r = new Response(this._bytes, this); r.headers = new Headers(this.headers); return r; }
+    clone() { const r = new Response(this._text !== null ? this._text : this._bytes, this); r.headers = new Headers(this.headers); return r; }
     static json(data, init) {
       const r = new Response(JSON.stringify(data), init);
       if (!r.headers.has('content-type')) r.headers.set('content-type', 'application/json');
@@ -469,9 +476,12 @@
       this.url = input instanceof Request ? input.url : String(input);
       this.method = (init.method || (input instanceof Request ? input.method : 'GET')).toUpperCase();
       this.headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
-      this._bytes = bodyBytes(init.body !== undefined ? init.body : input instanceof Request ? input._bytes : undefined, this.headers);
+      const body = init.body !== undefined ? init.body
+        : input instanceof Request ? (input._text !== null ? input._text : input._bytes) : undefined;
+      this._text = typeof body === 'string' ? body : null;
+      this._bytes = this._text === null ? bodyBytes(body, this.headers) : null;
     }
-    async text() { return this._bytes ? utf8Decode(this._bytes) : ''; }
+    async text() { return this._text !== null ? this._text : this._bytes ? utf8Decode(this._bytes) : ''; }
     async json() { return JSON.parse(await this.text()); }
   }
   define('Response', Response);
@@ -480,14 +490,21 @@
   async function fetch(input, init) {
     const req = new Request(input, init);
     const answer = JSON.parse(
-      host.fetch(req.method, req.url, JSON.stringify([...req.headers.entries()]), req._bytes ? b64Encode(req._bytes) : '')
+      host.fetch(
+        req.method,
+        req.url,
+        JSON.stringify([...req.headers.entries()]),
+        req._text === null && req._bytes ? b64Encode(req._bytes) : '',
+        req._text !== null ? req._text : '',
+        req._text !== null
+      )
     );
     if (answer.error) {
       const e = new TypeError('fetch failed: ' + answer.error);
       e.code = answer.code;
       throw e;
     }
-    return new Response(b64Decode(answer.body, false), {
+    return new Response(typeof answer.text === 'string' ? answer.text : b64Decode(answer.body, false), {
       status: answer.status,
       statusText: answer.statusText,
       headers: answer.headers,

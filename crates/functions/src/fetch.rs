@@ -160,7 +160,16 @@ pub struct Fetcher {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// What the JavaScript side receives, as JSON.
+/// A request body as the JavaScript side hands it over.
+pub enum Body<'a> {
+    /// A string body, passed as is (no per-byte work in JavaScript).
+    Text(&'a str),
+    /// Binary bodies, base64-encoded.
+    Base64(&'a str),
+}
+
+/// What the JavaScript side receives, as JSON: a UTF-8 body as `text`,
+/// anything else base64-encoded in `body`.
 #[derive(Debug, Serialize)]
 struct FetchAnswer {
     status: u16,
@@ -168,6 +177,34 @@ struct FetchAnswer {
     status_text: String,
     headers: Vec<(String, String)>,
     body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+impl FetchAnswer {
+    fn new(
+        status: u16,
+        status_text: String,
+        headers: Vec<(String, String)>,
+        bytes: Vec<u8>,
+    ) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(text) => FetchAnswer {
+                status,
+                status_text,
+                headers,
+                body: String::new(),
+                text: Some(text),
+            },
+            Err(e) => FetchAnswer {
+                status,
+                status_text,
+                headers,
+                body: base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+                text: None,
+            },
+        }
+    }
 }
 
 impl Fetcher {
@@ -213,19 +250,19 @@ impl Fetcher {
         method: &str,
         url: &str,
         headers_json: &str,
-        body_b64: &str,
+        body: Body<'_>,
         budget: Duration,
         recorded: &mut Vec<RecordedRequest>,
     ) -> String {
         let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
-        let body = if body_b64.is_empty() {
-            Vec::new()
-        } else {
-            match base64::engine::general_purpose::STANDARD.decode(body_b64) {
+        let body = match body {
+            Body::Text(t) => t.as_bytes().to_vec(),
+            Body::Base64("") => Vec::new(),
+            Body::Base64(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
                 Ok(b) => b,
                 Err(_) => return error("invalid request body".into()),
-            }
+            },
         };
         let parsed = match reqwest::Url::parse(url) {
             Ok(u) => u,
@@ -258,12 +295,12 @@ impl Fetcher {
                         "{}".to_string(),
                     ),
                 };
-                serde_json::to_string(&FetchAnswer {
+                serde_json::to_string(&FetchAnswer::new(
                     status,
-                    status_text: String::new(),
+                    String::new(),
                     headers,
-                    body: base64::engine::general_purpose::STANDARD.encode(body),
-                })
+                    body.into_bytes(),
+                ))
                 .unwrap_or_else(|e| error(e.to_string()))
             }
             FetchMode::Live(policy) => {
@@ -301,12 +338,12 @@ impl Fetcher {
                     Ok::<_, reqwest::Error>((status, headers, bytes))
                 });
                 match result {
-                    Ok((status, headers, bytes)) => serde_json::to_string(&FetchAnswer {
-                        status: status.as_u16(),
-                        status_text: status.canonical_reason().unwrap_or("").to_string(),
+                    Ok((status, headers, bytes)) => serde_json::to_string(&FetchAnswer::new(
+                        status.as_u16(),
+                        status.canonical_reason().unwrap_or("").to_string(),
                         headers,
-                        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
-                    })
+                        bytes.to_vec(),
+                    ))
                     .unwrap_or_else(|e| error(e.to_string())),
                     Err(e) if e.is_timeout() => error(format!(
                         "timed out: the function's time budget ({} ms left) ran out",

@@ -163,11 +163,22 @@ fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
         "fetch",
         Function::new(
             ctx.clone(),
-            move |method: String, url: String, headers: String, body: String| -> String {
+            move |method: String,
+                  url: String,
+                  headers: String,
+                  body_b64: String,
+                  text: String,
+                  is_text: bool|
+                  -> String {
                 let budget = s.remaining();
                 let mut recorded = s.recorded.borrow_mut();
+                let body = if is_text {
+                    crate::fetch::Body::Text(&text)
+                } else {
+                    crate::fetch::Body::Base64(&body_b64)
+                };
                 s.fetcher
-                    .fetch(&method, &url, &headers, &body, budget, &mut recorded)
+                    .fetch(&method, &url, &headers, body, budget, &mut recorded)
             },
         )?,
     )?;
