@@ -193,6 +193,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sources/{slug}/captures", get(admin::captures))
         .route("/api/v1/sources/{slug}/logs", get(admin::function_logs))
         .route(
+            "/api/v1/sources/{slug}/logs/stream",
+            get(manage::stream_source_logs),
+        )
+        .route(
+            "/api/v1/destinations/{name}/logs/stream",
+            get(manage::stream_destination_logs),
+        )
+        .route(
             "/api/v1/sources/{slug}/function",
             get(admin::function_health),
         )

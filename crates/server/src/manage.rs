@@ -814,3 +814,86 @@ pub async fn delete_source(
     }
     Ok(Json(json!({ "deleted": slug })))
 }
+
+/// Function logs as Server-Sent Events: the newest lines first seen, then
+/// each new line as it is written (checked twice a second).
+async fn stream_logs(state: Arc<AppState>, owner: String) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::stream;
+    let stopping = state.stopping.subscribe();
+    let seen: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
+    let lines = stream::unfold(
+        (
+            state,
+            owner,
+            seen,
+            std::collections::VecDeque::<Value>::new(),
+            stopping,
+        ),
+        |(state, owner, mut seen, mut pending, mut stopping)| async move {
+            loop {
+                if *stopping.borrow() {
+                    return None;
+                }
+                if let Some(next) = pending.pop_front() {
+                    let event = Event::default().data(next.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (state, owner, seen, pending, stopping),
+                    ));
+                }
+                let Ok(mut lines) = state.store.function_logs(&owner, 500).await else {
+                    return None;
+                };
+                lines.reverse();
+                for l in lines {
+                    if seen.insert((l.at_ms, l.message.clone())) {
+                        pending.push_back(serde_json::to_value(&l).unwrap_or(Value::Null));
+                    }
+                }
+                if pending.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                        _ = stopping.changed() => return None,
+                    }
+                }
+            }
+        },
+    );
+    Sse::new(lines)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /api/v1/sources/{slug}/logs/stream`: a source function's logs, live.
+pub async fn stream_source_logs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    require_token(&state, &headers)?;
+    if !state
+        .store
+        .sources()
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .any(|s| s.slug == slug)
+    {
+        return Err(ApiError::not_found(format!("unknown source {slug:?}")));
+    }
+    Ok(stream_logs(state, slug).await)
+}
+
+/// `GET /api/v1/destinations/{name}/logs/stream`: a destination function's logs, live.
+pub async fn stream_destination_logs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_token(&state, &headers)?;
+    if state.engine.sink(&name).await.is_none() {
+        return Err(ApiError::not_found(format!("unknown destination {name:?}")));
+    }
+    Ok(stream_logs(state, format!("destination:{name}")).await)
+}

@@ -765,6 +765,27 @@ async fn function_logs_and_completions_from_the_cli() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(out.contains("attempt 1 of 5, will retry"), "{out}");
+    // The same lines, live, as Server-Sent Events.
+    let mut resp = http_client()
+        .get(format!("{}/api/v1/sources/stigg/logs/stream", sy.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut seen = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("TypeError") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("a log line on the stream");
+    assert!(seen.contains("data:"), "{seen}");
     let (code, script) = cli(&sy, &["completions", "bash"]);
     assert_eq!(code, 0);
     assert!(
