@@ -164,6 +164,10 @@ pub struct SourceBinding {
     /// `ack` (default) or `function`.
     #[serde(default)]
     pub respond: Option<String>,
+    /// The webhook catcher: `always` (default: the 10 most recent requests are
+    /// kept) or `window` (only while a capture window is open, as in Segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
 }
 
 /// Puts together a function source from the store.
@@ -194,6 +198,7 @@ pub async fn source_function(
         settings,
         limits: f.limits,
         respond_inline: binding.respond.as_deref() == Some("function"),
+        capture_always: binding.capture.as_deref() != Some("window"),
     })
 }
 

@@ -36,6 +36,8 @@ pub struct SourceFunction {
     pub respond_inline: bool,
     /// Values of encrypted settings: redacted from logs and errors.
     pub secrets: Vec<String>,
+    /// Keep every request in the catcher (`false`: only during a capture window).
+    pub capture_always: bool,
 }
 
 impl SourceFunction {

@@ -68,9 +68,13 @@ async fn handle(
     let runner = state
         .runner
         .as_ref()
-        .and_then(|r| r.source(&slug).map(|s| (r.clone(), s.respond_inline)))
+        .and_then(|r| {
+            r.source(&slug)
+                .map(|s| (r.clone(), s.respond_inline, s.capture_always))
+        })
         .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
-    let (runner, inline) = runner;
+    let (runner, inline, capture_always) = runner;
+    let capture = capture_always || state.capturing(&slug);
     // The body exactly as received: no decompression, no re-encoding.
     let bytes = read_body(&HeaderMap::new(), body, state.max_function_body_bytes).await?;
     let host = headers
@@ -106,6 +110,7 @@ async fn handle(
             &slug,
             stored.clone(),
             if inline { "inline" } else { "pending" },
+            capture,
         )
         .await
         .map_err(|e| ApiError::unavailable(format!("request not stored, retry later: {e}")))?;

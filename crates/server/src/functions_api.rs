@@ -95,6 +95,7 @@ async fn roll_out(state: &AppState, name: &str) -> Result<Value, ApiError> {
                 function: name.to_string(),
                 settings: s.settings.clone(),
                 respond: Some(if s.respond_inline { "function" } else { "ack" }.into()),
+                capture: Some(if s.capture_always { "always" } else { "window" }.into()),
             };
             let rebuilt =
                 delivery::catalog::source_function(state.store.as_ref(), &s.slug, &binding)

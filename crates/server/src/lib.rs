@@ -33,6 +33,8 @@ pub struct AppState {
     admin_token_hash: RwLock<Option<String>>,
     /// User deletion requests of this process (also kept in the store's meta).
     pub deletions: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// Open capture windows: source slug → until (Unix ms).
+    capture_windows: RwLock<HashMap<String, i64>>,
     /// API token digest → read-only?
     api_tokens: RwLock<HashMap<String, bool>>,
     /// Function-token digest → source slug.
@@ -66,6 +68,7 @@ impl AppState {
             admin_token_hash: RwLock::new(None),
             function_tokens: RwLock::new(HashMap::new()),
             api_tokens: RwLock::new(HashMap::new()),
+            capture_windows: RwLock::new(HashMap::new()),
             deletions: std::sync::Mutex::new(Vec::new()),
             runner: None,
             max_function_body_bytes: 2 * 1024 * 1024,
@@ -92,6 +95,23 @@ impl AppState {
         if let Ok(mut tokens) = self.function_tokens.write() {
             tokens.retain(|_, s| s != slug);
         }
+    }
+
+    /// Opens a source's capture window until `until_ms`.
+    pub fn open_capture(&self, slug: &str, until_ms: i64) {
+        if let Ok(mut w) = self.capture_windows.write() {
+            w.insert(slug.to_string(), until_ms);
+        }
+    }
+
+    pub fn capture_until(&self, slug: &str) -> Option<i64> {
+        self.capture_windows.read().ok()?.get(slug).copied()
+    }
+
+    /// Whether a source's capture window is open now.
+    pub fn capturing(&self, slug: &str) -> bool {
+        self.capture_until(slug)
+            .is_some_and(|until| chrono::Utc::now().timestamp_millis() < until)
     }
 
     /// Ends live streams (SSE) so that a graceful shutdown is not held up.
@@ -192,6 +212,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/functions/{slug}/{token}", any(functions::with_token))
         .route("/api/v1/sources/{slug}/captures", get(admin::captures))
         .route("/api/v1/sources/{slug}/logs", get(admin::function_logs))
+        .route(
+            "/api/v1/sources/{slug}/capture",
+            get(manage::capture_status).post(manage::start_capture),
+        )
         .route(
             "/api/v1/sources/{slug}/logs/stream",
             get(manage::stream_source_logs),

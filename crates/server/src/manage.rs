@@ -313,6 +313,8 @@ pub struct NewSource {
     settings: Value,
     /// Function sources: `ack` (default) or `function`.
     respond: Option<String>,
+    /// Function sources: `always` (default) or `window`.
+    capture: Option<String>,
     /// Function sources. Optional: generated (and returned once) when absent.
     token: Option<String>,
 }
@@ -413,6 +415,7 @@ async fn create_function_source(
             req.settings.clone()
         },
         respond: Some(req.respond.clone().unwrap_or_else(|| "ack".into())),
+        capture: req.capture.clone(),
     };
     let source = delivery::catalog::source_function(state.store.as_ref(), &req.slug, &binding)
         .await
@@ -896,4 +899,55 @@ pub async fn stream_destination_logs(
         return Err(ApiError::not_found(format!("unknown destination {name:?}")));
     }
     Ok(stream_logs(state, format!("destination:{name}")).await)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// How long to capture (default 5, at most 60).
+    minutes: Option<u64>,
+}
+
+/// `POST /api/v1/sources/{slug}/capture`: opens the webhook catcher's capture
+/// window (for sources with `capture = "window"`; others always capture).
+pub async fn start_capture(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    body: Option<Json<CaptureRequest>>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let source = state
+        .runner
+        .as_ref()
+        .and_then(|r| r.source(&slug))
+        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
+    let minutes = body.and_then(|Json(b)| b.minutes).unwrap_or(5).clamp(1, 60);
+    let until = chrono::Utc::now().timestamp_millis() + (minutes * 60_000) as i64;
+    state.open_capture(&slug, until);
+    Ok(Json(json!({
+        "source": slug,
+        "mode": if source.capture_always { "always" } else { "window" },
+        "capturing_until_ms": until,
+    })))
+}
+
+/// `GET /api/v1/sources/{slug}/capture`: the catcher's mode and window.
+pub async fn capture_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let source = state
+        .runner
+        .as_ref()
+        .and_then(|r| r.source(&slug))
+        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
+    Ok(Json(json!({
+        "source": slug,
+        "mode": if source.capture_always { "always" } else { "window" },
+        "capturing": source.capture_always || state.capturing(&slug),
+        "capturing_until_ms": state.capture_until(&slug),
+    })))
 }

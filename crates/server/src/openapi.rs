@@ -136,6 +136,8 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("delete", "/api/v1/sources/{slug}", Auth::Api, "Delete a source: its credentials stop working; stored events are still delivered"),
     ("post", "/api/v1/sources/{slug}/rotate", Auth::Api, "Rotate a source's write key or function token; shown once"),
     ("get", "/api/v1/sources/{slug}/events", Auth::Api, "Recent events of a source (the debugger backlog)"),
+    ("get", "/api/v1/sources/{slug}/capture", Auth::Api, "The webhook catcher's mode (always or window) and open window"),
+    ("post", "/api/v1/sources/{slug}/capture", Auth::Api, "Open the capture window ({minutes?}, default 5)"),
     ("get", "/api/v1/sources/{slug}/logs/stream", Auth::Api, "A source function's logs, live, as Server-Sent Events"),
     ("get", "/api/v1/destinations/{name}/logs/stream", Auth::Api, "A destination function's logs, live, as Server-Sent Events"),
     ("get", "/api/v1/sources/{slug}/events/stream", Auth::Api, "Live events of a source as Server-Sent Events"),

@@ -1093,7 +1093,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn append_raw(&self, source: &str, request: Vec<u8>, state: &str) -> Result<i64> {
+    async fn append_raw(
+        &self,
+        source: &str,
+        request: Vec<u8>,
+        state: &str,
+        capture: bool,
+    ) -> Result<i64> {
         let source_id = self.source_id(source)?;
         let state = state.to_string();
         self.write(move |conn| {
@@ -1103,6 +1109,9 @@ impl Store for EmbeddedStore {
             )?
             .execute(params![source_id, now, request, state])?;
             let id = conn.last_insert_rowid();
+            if !capture {
+                return Ok(id);
+            }
             conn.prepare_cached("INSERT INTO captures(source_id, received_ms, request) VALUES(?1, ?2, ?3)")?
                 .execute(params![source_id, now, request])?;
             conn.prepare_cached(

@@ -374,7 +374,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a raw webhook request of a function source durably (and in the
     /// source's captures, the 10 most recent kept). Returns its id.
-    async fn append_raw(&self, source: &str, request: Vec<u8>, state: &str) -> Result<i64>;
+    async fn append_raw(
+        &self,
+        source: &str,
+        request: Vec<u8>,
+        state: &str,
+        capture: bool,
+    ) -> Result<i64>;
 
     /// Pending raw requests due at `now_ms` for these sources, oldest first.
     async fn due_raw(

@@ -85,6 +85,9 @@ pub struct SourceConfig {
     /// `ack` (default): answer 200 once stored. `function`: run the function
     /// inline and answer with what it returns (challenge handshakes).
     pub respond: Option<String>,
+    /// The webhook catcher: `always` (default, the 10 most recent requests)
+    /// or `window` (only while a capture window is open).
+    pub capture: Option<String>,
 }
 
 fn tracking() -> String {
@@ -220,6 +223,12 @@ impl Config {
                             ),
                             None => {}
                         }
+                    }
+                    if !matches!(s.capture.as_deref(), None | Some("always") | Some("window")) {
+                        bail!(
+                            "source {:?}: `capture` must be \"always\" or \"window\"",
+                            s.slug
+                        );
                     }
                     if !matches!(s.respond.as_deref(), None | Some("ack") | Some("function")) {
                         bail!(

@@ -116,6 +116,7 @@ async fn apply_sources(
             token: None,
             settings: Default::default(),
             respond: None,
+            capture: None,
         });
     }
     let now = chrono::Utc::now().timestamp_millis();
@@ -151,6 +152,7 @@ async fn apply_sources(
                         "function": s.function,
                         "settings": crate::config::toml_to_json(&toml::Value::Table(s.settings.clone().into_iter().collect())),
                         "respond": s.respond.clone().unwrap_or_else(|| "ack".into()),
+                        "capture": s.capture.clone().unwrap_or_else(|| "always".into()),
                     });
                     // Settings are encrypted at rest with the master key.
                     keyring.seal_config(&mut binding);

@@ -31,6 +31,13 @@ respond = "function"
 settings = {{ signingSecret = "sign-me-123" }}
 
 [[sources]]
+slug = "windowed"
+kind = "function"
+function = "stigg-to-track"
+token = "tok_windowed"
+capture = "window"
+
+[[sources]]
 slug = "broken"
 kind = "function"
 function = "broken"
@@ -381,4 +388,41 @@ async fn offline_test_command_with_a_functions_library_fixture() {
         v["error"],
         json!({"name": "InvalidEventPayload", "message": "no subscription.created", "line": 3})
     );
+}
+
+#[tokio::test]
+async fn a_capture_window_source_keeps_requests_only_while_the_window_is_open() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx.url("hook")));
+    let payload = r#"{"type":"a.b","customer":{"id":"c"}}"#;
+    let (s, _) = post_raw(&sy, "/functions/windowed/tok_windowed", payload, &[]).await;
+    assert_eq!(s, 200);
+    let (_, caps) = sy
+        .admin("GET", "/api/v1/sources/windowed/captures", None)
+        .await;
+    assert_eq!(caps["data"].as_array().unwrap().len(), 0, "no window open");
+    let (_, status) = sy
+        .admin("GET", "/api/v1/sources/windowed/capture", None)
+        .await;
+    assert_eq!(
+        (status["mode"].as_str(), status["capturing"].as_bool()),
+        (Some("window"), Some(false))
+    );
+    let (s, opened) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources/windowed/capture",
+            Some(json!({"minutes": 5})),
+        )
+        .await;
+    assert_eq!(s, 200, "{opened}");
+    assert!(opened["capturing_until_ms"].as_i64().unwrap() > chrono::Utc::now().timestamp_millis());
+    let (s, _) = post_raw(&sy, "/functions/windowed/tok_windowed", payload, &[]).await;
+    assert_eq!(s, 200);
+    let (_, caps) = sy
+        .admin("GET", "/api/v1/sources/windowed/captures", None)
+        .await;
+    assert_eq!(caps["data"].as_array().unwrap().len(), 1);
+    let (_, status) = sy.admin("GET", "/api/v1/sources/stigg/capture", None).await;
+    assert_eq!(status["mode"], "always");
 }
