@@ -1726,7 +1726,12 @@ mod tests {
         let slugs = vec!["hook".to_string()];
         for i in 0..12 {
             store
-                .append_raw("hook", format!("{{\"n\":{i}}}").into_bytes(), "pending")
+                .append_raw(
+                    "hook",
+                    format!("{{\"n\":{i}}}").into_bytes(),
+                    "pending",
+                    true,
+                )
                 .await
                 .unwrap();
         }
