@@ -278,7 +278,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/v1/sources/{slug}",
-            axum::routing::delete(manage::delete_source),
+            get(manage::get_source)
+                .patch(manage::update_source)
+                .delete(manage::delete_source),
         )
         .route("/api/v1/sources/{slug}/rotate", post(manage::rotate_source))
         .route("/api/v1/sources/{slug}/events", get(manage::recent_events))

@@ -951,3 +951,134 @@ pub async fn capture_status(
         "capturing_until_ms": state.capture_until(&slug),
     })))
 }
+
+/// `GET /api/v1/sources/{slug}`: one source (credentials and settings masked).
+pub async fn get_source(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let source = state
+        .store
+        .sources()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|s| s.slug == slug)
+        .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))?;
+    let function = state.runner.as_ref().and_then(|r| r.source(&slug)).map(|f| {
+        json!({
+            "name": f.code.name,
+            "version": f.code.version,
+            "respond": if f.respond_inline { "function" } else { "ack" },
+            "capture": if f.capture_always { "always" } else { "window" },
+            "settings": f.settings.as_object().map(|m| m.keys().map(|k| (k.clone(), json!("********"))).collect::<serde_json::Map<_, _>>()),
+        })
+    });
+    Ok(Json(json!({
+        "slug": source.slug,
+        "kind": source.kind,
+        "created_ms": source.created_ms,
+        "write_key": source.write_key_hash.as_ref().map(|_| "********"),
+        "token": source.token_hash.as_ref().map(|_| "********"),
+        "function": function,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceUpdate {
+    function: Option<String>,
+    settings: Option<Value>,
+    respond: Option<String>,
+    capture: Option<String>,
+}
+
+/// `PATCH /api/v1/sources/{slug}`: changes a function source's function,
+/// settings, `respond` or `capture`; takes effect with the next request.
+pub async fn update_source(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+    body: Result<Json<SourceUpdate>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let Json(update) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let record = state
+        .store
+        .sources()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|s| s.slug == slug)
+        .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))?;
+    let (Some(runner), Some(current)) = (
+        &state.runner,
+        state.runner.as_ref().and_then(|r| r.source(&slug)),
+    ) else {
+        return Err(ApiError::bad_request(
+            "not_a_function_source",
+            "only function sources have settings to change; a tracking source's key is changed with /rotate",
+        ));
+    };
+    if !matches!(
+        update.respond.as_deref(),
+        None | Some("ack") | Some("function")
+    ) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "`respond` must be \"ack\" or \"function\"",
+        )
+        .with_field(Some("respond".into())));
+    }
+    if !matches!(
+        update.capture.as_deref(),
+        None | Some("always") | Some("window")
+    ) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "`capture` must be \"always\" or \"window\"",
+        )
+        .with_field(Some("capture".into())));
+    }
+    let binding = delivery::catalog::SourceBinding {
+        function: update.function.unwrap_or_else(|| current.code.name.clone()),
+        settings: update.settings.unwrap_or_else(|| current.settings.clone()),
+        respond: Some(update.respond.unwrap_or_else(|| {
+            if current.respond_inline {
+                "function"
+            } else {
+                "ack"
+            }
+            .into()
+        })),
+        capture: Some(update.capture.unwrap_or_else(|| {
+            if current.capture_always {
+                "always"
+            } else {
+                "window"
+            }
+            .into()
+        })),
+    };
+    let rebuilt = delivery::catalog::source_function(state.store.as_ref(), &slug, &binding)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_source", e))?;
+    let mut sealed = serde_json::to_value(&binding).unwrap_or(Value::Null);
+    state.keyring.seal_config(&mut sealed);
+    state
+        .store
+        .put_source(store::SourceRecord {
+            config: Some(sealed.to_string()),
+            write_key_hash: None,
+            token_hash: None,
+            ..record
+        })
+        .await
+        .map_err(unavailable)?;
+    runner.upsert(rebuilt);
+    Ok(Json(
+        json!({"slug": slug, "function": binding.function, "respond": binding.respond, "capture": binding.capture}),
+    ))
+}

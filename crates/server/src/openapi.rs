@@ -134,6 +134,8 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ),
     ("post", "/api/v1/sources", Auth::Api, "Create a source: tracking {slug, write_key?} or function {slug, kind: function, function, settings?, respond?, token?}; credentials shown once"),
     ("delete", "/api/v1/sources/{slug}", Auth::Api, "Delete a source: its credentials stop working; stored events are still delivered"),
+    ("get", "/api/v1/sources/{slug}", Auth::Api, "One source (credentials and settings masked)"),
+    ("patch", "/api/v1/sources/{slug}", Auth::Api, "Change a function source's function, settings, respond or capture"),
     ("post", "/api/v1/sources/{slug}/rotate", Auth::Api, "Rotate a source's write key or function token; shown once"),
     ("get", "/api/v1/sources/{slug}/events", Auth::Api, "Recent events of a source (the debugger backlog)"),
     ("get", "/api/v1/sources/{slug}/capture", Auth::Api, "The webhook catcher's mode (always or window) and open window"),
