@@ -176,6 +176,22 @@ pub async fn source_function(
     slug: &str,
     binding: &SourceBinding,
 ) -> Result<SourceFunction, String> {
+    if !matches!(
+        binding.respond.as_deref(),
+        None | Some("ack") | Some("function")
+    ) {
+        return Err(format!(
+            "source {slug:?}: `respond` must be \"ack\" or \"function\""
+        ));
+    }
+    if !matches!(
+        binding.capture.as_deref(),
+        None | Some("always") | Some("window")
+    ) {
+        return Err(format!(
+            "source {slug:?}: `capture` must be \"always\" or \"window\""
+        ));
+    }
     let f = load(store, &binding.function).await?;
     if f.kind != "source" {
         return Err(format!(

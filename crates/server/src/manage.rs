@@ -56,6 +56,18 @@ fn unavailable(e: store::StoreError) -> ApiError {
     ApiError::unavailable(e.to_string())
 }
 
+/// The stored record of source `slug`, or a 404.
+async fn find_source(state: &AppState, slug: &str) -> Result<store::SourceRecord, ApiError> {
+    state
+        .store
+        .sources()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|s| s.slug == slug)
+        .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))
+}
+
 pub async fn list_tokens(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -338,16 +350,6 @@ pub async fn create_source(
         )
         .with_field(Some("kind".into())));
     }
-    if !matches!(
-        req.respond.as_deref(),
-        None | Some("ack") | Some("function")
-    ) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "`respond` must be \"ack\" or \"function\"",
-        )
-        .with_field(Some("respond".into())));
-    }
     let valid = !req.slug.is_empty()
         && req
             .slug
@@ -536,10 +538,7 @@ pub async fn stream_events(
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream;
     require_token(&state, &headers)?;
-    let known = state.store.sources().await.map_err(unavailable)?;
-    if !known.iter().any(|s| s.slug == slug) {
-        return Err(ApiError::not_found(format!("unknown source {slug:?}")));
-    }
+    find_source(&state, &slug).await?;
     let rx = state.store.subscribe();
     let cursor = *rx.borrow();
     let store = state.store.clone();
@@ -875,16 +874,7 @@ pub async fn stream_source_logs(
     Path(slug): Path<String>,
 ) -> Result<Response, ApiError> {
     require_token(&state, &headers)?;
-    if !state
-        .store
-        .sources()
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .any(|s| s.slug == slug)
-    {
-        return Err(ApiError::not_found(format!("unknown source {slug:?}")));
-    }
+    find_source(&state, &slug).await?;
     Ok(stream_logs(state, slug).await)
 }
 
@@ -959,14 +949,7 @@ pub async fn get_source(
     Path(slug): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let source = state
-        .store
-        .sources()
-        .await
-        .map_err(unavailable)?
-        .into_iter()
-        .find(|s| s.slug == slug)
-        .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))?;
+    let source = find_source(&state, &slug).await?;
     let function = state.runner.as_ref().and_then(|r| r.source(&slug)).map(|f| {
         json!({
             "name": f.code.name,
@@ -1005,14 +988,7 @@ pub async fn update_source(
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let Json(update) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
-    let record = state
-        .store
-        .sources()
-        .await
-        .map_err(unavailable)?
-        .into_iter()
-        .find(|s| s.slug == slug)
-        .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))?;
+    let record = find_source(&state, &slug).await?;
     let (Some(runner), Some(current)) = (
         &state.runner,
         state.runner.as_ref().and_then(|r| r.source(&slug)),
@@ -1022,26 +998,6 @@ pub async fn update_source(
             "only function sources have settings to change; a tracking source's key is changed with /rotate",
         ));
     };
-    if !matches!(
-        update.respond.as_deref(),
-        None | Some("ack") | Some("function")
-    ) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "`respond` must be \"ack\" or \"function\"",
-        )
-        .with_field(Some("respond".into())));
-    }
-    if !matches!(
-        update.capture.as_deref(),
-        None | Some("always") | Some("window")
-    ) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "`capture` must be \"always\" or \"window\"",
-        )
-        .with_field(Some("capture".into())));
-    }
     let binding = delivery::catalog::SourceBinding {
         function: update.function.unwrap_or_else(|| current.code.name.clone()),
         settings: update.settings.unwrap_or_else(|| current.settings.clone()),
