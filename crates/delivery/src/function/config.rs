@@ -1,14 +1,9 @@
 //! What a user writes for a destination function, and its validation.
 
 use crate::filter::Filter;
-use crate::retry::{parse_duration, RetryPolicy};
-use serde::{Deserialize, Deserializer};
+use crate::retry::{duration_from_str, RetryPolicy};
+use serde::Deserialize;
 use std::time::Duration;
-
-fn duration_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
 
 fn default_true() -> bool {
     true

@@ -1,7 +1,7 @@
 //! What a user writes for a Webhooks destination, and its validation.
 
-use crate::retry::{parse_duration, RetryPolicy};
-use serde::{Deserialize, Deserializer, Serialize};
+use crate::retry::{duration_from_str, RetryPolicy};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,11 +55,6 @@ fn default_retry_max_delay() -> Duration {
 }
 fn default_concurrency() -> usize {
     64
-}
-
-fn duration_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// A Webhooks destination, as written in `switchyard.toml`.
