@@ -43,38 +43,40 @@ fn basic_user(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Resolves the source of a request from its write key (header first, then body).
-fn authenticate(state: &AppState, headers: &HeaderMap, body: &Value) -> Result<String, ApiError> {
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    body_key: Option<String>,
+) -> Result<String, ApiError> {
     let key = match basic_user(headers)? {
         Some(k) => k,
-        None => match body.get("writeKey") {
-            Some(Value::String(k)) => k.clone(),
-            _ => {
-                return Err(ApiError::unauthorized(
-                    "missing write key: send it as the HTTP Basic user name or as `writeKey` in the body",
-                ))
-            }
-        },
+        None => body_key.ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing write key: send it as the HTTP Basic user name or as `writeKey` in the body",
+            )
+        })?,
     };
     state
         .source_for_write_key(&key)
         .ok_or_else(|| ApiError::unauthorized("invalid write key"))
 }
 
-async fn read_request(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(String, Value), ApiError> {
-    let bytes = read_body(headers, body, state.limits.max_batch_bytes).await?;
-    let value = parse_json(&bytes)?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
+/// `writeKey` from a parsed body, when it is a string.
+fn body_write_key(body: &serde_json::Map<String, Value>) -> Option<String> {
+    body.get("writeKey")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// Parses a body that must be a JSON object (the tree path).
+fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match parse_json(bytes)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request(
             "invalid_message",
             "the body must be a JSON object",
-        ));
+        )),
     }
-    let source = authenticate(state, headers, &value)?;
-    Ok((source, value))
 }
 
 async fn store_events(
@@ -115,10 +117,30 @@ pub async fn single(
     body: Body,
 ) -> Response {
     let result: Result<(), ApiError> = async {
-        let (source, value) = read_request(&state, &headers, body).await?;
+        let bytes = read_body(&headers, body, state.limits.max_batch_bytes).await?;
         let received_at = chrono::Utc::now();
         let ctx = RequestContext::new(received_at, &state.limits);
-        let message = spec::normalize(value, Some(kind), &ctx)?;
+        // The fast path reads the bytes directly; whatever it declines (every
+        // refused message among them) goes through the tree path, which
+        // owns the error messages.
+        // A write key in the body is only read by the tree path.
+        let fast = match basic_user(&headers) {
+            Ok(Some(_)) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| spec::normalize_fast(text, Some(kind), &ctx)),
+            _ => None,
+        };
+        let (source, message) = match fast {
+            Some(message) => (authenticate(&state, &headers, None)?, message),
+            None => {
+                let body = parse_object(&bytes)?;
+                let source = authenticate(&state, &headers, body_write_key(&body))?;
+                (
+                    source,
+                    spec::normalize(Value::Object(body), Some(kind), &ctx)?,
+                )
+            }
+        };
         store_events(
             &state,
             &source,
@@ -152,22 +174,72 @@ fn excerpt(v: &Value) -> String {
     s
 }
 
+/// One message of a batch: its text (fast path) or its parsed tree.
+enum BatchItem<'a> {
+    Text(&'a str),
+    Parsed(Value),
+}
+
+/// A `/v1/batch` body once authenticated, read by either path.
+struct BatchBody<'a> {
+    source: String,
+    items: Vec<BatchItem<'a>>,
+    sent_at: Option<Value>,
+    context: Option<serde_json::Map<String, Value>>,
+    integrations: Option<serde_json::Map<String, Value>>,
+}
+
+impl BatchBody<'_> {
+    /// The tree path: parses the whole body, with its precise errors.
+    fn parse(state: &AppState, headers: &HeaderMap, bytes: &[u8]) -> Result<Self, ApiError> {
+        let mut body = parse_object(bytes)?;
+        let source = authenticate(state, headers, body_write_key(&body))?;
+        let items = match body.shift_remove("batch") {
+            Some(Value::Array(items)) => items,
+            Some(_) => {
+                return Err(
+                    ApiError::bad_request("invalid_batch", "`batch` must be an array")
+                        .with_field(Some("batch".into())),
+                )
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_batch",
+                    "the body requires a `batch` array",
+                )
+                .with_field(Some("batch".into())))
+            }
+        };
+        let object = |v: Option<Value>| match v {
+            Some(Value::Object(map)) => Some(map),
+            _ => None,
+        };
+        Ok(BatchBody {
+            source,
+            items: items.into_iter().map(BatchItem::Parsed).collect(),
+            sent_at: body.shift_remove("sentAt"),
+            context: object(body.shift_remove("context")),
+            integrations: object(body.shift_remove("integrations")),
+        })
+    }
+}
+
 /// `POST /v1/batch` and `/v1/import`: valid items are stored, each invalid one
 /// is recorded and reported; only a batch with no valid item is refused.
 pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let result: Result<Response, ApiError> = async {
-        let (source, mut value) = read_request(&state, &headers, body).await?;
-        let items = match value.get_mut("batch").map(Value::take) {
-            Some(Value::Array(items)) => items,
-            Some(_) => {
-                return Err(ApiError::bad_request("invalid_batch", "`batch` must be an array")
-                    .with_field(Some("batch".into())))
-            }
-            None => {
-                return Err(ApiError::bad_request("invalid_batch", "the body requires a `batch` array")
-                    .with_field(Some("batch".into())))
-            }
+        let bytes = read_body(&headers, body, state.limits.max_batch_bytes).await?;
+        let body = match std::str::from_utf8(&bytes).ok().and_then(spec::RawBatch::parse) {
+            Some(raw) => BatchBody {
+                source: authenticate(&state, &headers, raw.write_key)?,
+                items: raw.items.into_iter().map(BatchItem::Text).collect(),
+                sent_at: raw.sent_at,
+                context: raw.context,
+                integrations: raw.integrations,
+            },
+            None => BatchBody::parse(&state, &headers, &bytes)?,
         };
+        let items = body.items;
         if items.is_empty() {
             return Err(ApiError::bad_request("invalid_batch", "`batch` contains no messages")
                 .with_field(Some("batch".into())));
@@ -185,13 +257,19 @@ pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         }
         let received_at = chrono::Utc::now();
         let mut ctx = RequestContext::new(received_at, &state.limits);
-        ctx.sent_at = value.get("sentAt");
-        ctx.context = value.get("context").and_then(Value::as_object);
-        ctx.integrations = value.get("integrations").and_then(Value::as_object);
+        ctx.sent_at = body.sent_at.as_ref();
+        ctx.context = body.context.as_ref();
+        ctx.integrations = body.integrations.as_ref();
+        let source = body.source;
         let mut events = Vec::with_capacity(items.len());
         let mut rejections = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
-            match spec::normalize_or_return(item, None, &ctx) {
+            let normalized = match item {
+                BatchItem::Text(text) => spec::normalize_str(text, None, &ctx)
+                    .map_err(|(e, item)| (e, item.unwrap_or_else(|| Value::String(text.to_string())))),
+                BatchItem::Parsed(item) => spec::normalize_or_return(item, None, &ctx),
+            };
+            match normalized {
                 Ok(m) => events.push(NewEvent {
                     message_id: m.message_id,
                     user_id: m.user_id,

@@ -7,7 +7,12 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 use std::fmt;
+
+mod raw;
+
+pub use raw::{normalize_fast, normalize_str, RawBatch};
 
 /// The six Spec calls the Tracking API accepts, plus `delete` (user deletion
 /// notices that switchyard itself emits to destinations).
@@ -166,13 +171,23 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn parse_time(field: &str, v: &Value) -> Result<DateTime<Utc>, SpecError> {
-    let s = v.as_str().ok_or_else(|| {
-        SpecError::invalid(
-            Some(field.to_string()),
-            format!("`{field}` must be an ISO 8601 date string"),
-        )
-    })?;
+fn not_a_date(field: &str) -> SpecError {
+    SpecError::invalid(
+        Some(field.to_string()),
+        format!("`{field}` must be an ISO 8601 date string"),
+    )
+}
+
+/// An optional date field: absent or null is `None`.
+fn optional_time(field: &str, v: Field<'_>) -> Result<Option<DateTime<Utc>>, SpecError> {
+    match v {
+        Field::Absent | Field::Null => Ok(None),
+        Field::Str(s) => parse_time(field, &s).map(Some),
+        _ => Err(not_a_date(field)),
+    }
+}
+
+fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, SpecError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {
@@ -187,45 +202,96 @@ fn parse_time(field: &str, v: &Value) -> Result<DateTime<Utc>, SpecError> {
         })
 }
 
+/// One top-level field of a message, as validation sees it.
+enum Field<'v> {
+    Absent,
+    Null,
+    Str(Cow<'v, str>),
+    /// A number, written as `serde_json::Number` displays it.
+    Number(String),
+    Object,
+    /// A boolean or an array.
+    Other,
+}
+
+/// The top-level fields of a message being normalized. Validation rules are
+/// written once, against this trait; it is implemented by a parsed
+/// `serde_json` map and by the request bytes themselves (the fast path of
+/// the `raw` module), which must give the same answer byte for byte.
+trait Fields {
+    fn field(&self, key: &str) -> Field<'_>;
+    fn contains(&self, key: &str) -> bool;
+    /// Sets a string field, in place when it exists, last otherwise.
+    fn set_str(&mut self, key: &str, value: String);
+    /// Removes a field, keeping the order of the others.
+    fn remove(&mut self, key: &str);
+    /// Merges `defaults` under the object `key` (keys already there win).
+    fn merge_under(&mut self, key: &str, defaults: Option<&Map<String, Value>>);
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, key: &str) -> Field<'_> {
+        match self.get(key) {
+            None => Field::Absent,
+            Some(Value::Null) => Field::Null,
+            Some(Value::String(s)) => Field::Str(Cow::Borrowed(s)),
+            Some(Value::Number(n)) => Field::Number(n.to_string()),
+            Some(Value::Object(_)) => Field::Object,
+            Some(_) => Field::Other,
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.contains_key(key)
+    }
+
+    fn set_str(&mut self, key: &str, value: String) {
+        self.insert(key.to_string(), Value::String(value));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.shift_remove(key);
+    }
+
+    fn merge_under(&mut self, key: &str, defaults: Option<&Map<String, Value>>) {
+        let Some(defaults) = defaults else { return };
+        match self.get_mut(key) {
+            Some(Value::Object(mine)) => {
+                for (k, v) in defaults {
+                    if !mine.contains_key(k) {
+                        mine.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            None | Some(Value::Null) => {
+                self.insert(key.to_string(), Value::Object(defaults.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// An identifier field: Segment accepts strings and numbers.
-fn identifier(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, SpecError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(SpecError::invalid(
+fn identifier(obj: &impl Fields, field: &str) -> Result<Option<String>, SpecError> {
+    match obj.field(field) {
+        Field::Absent | Field::Null => Ok(None),
+        Field::Str(s) if s.is_empty() => Ok(None),
+        Field::Str(s) => Ok(Some(s.into_owned())),
+        Field::Number(n) => Ok(Some(n)),
+        _ => Err(SpecError::invalid(
             Some(field.to_string()),
             format!("`{field}` must be a string or a number"),
         )),
     }
 }
 
-fn require_object(obj: &Map<String, Value>, field: &str) -> Result<(), SpecError> {
-    match obj.get(field) {
-        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
-        Some(_) => Err(SpecError::invalid(
+fn require_object(obj: &impl Fields, field: &str) -> Result<(), SpecError> {
+    match obj.field(field) {
+        Field::Absent | Field::Null | Field::Object => Ok(()),
+        _ => Err(SpecError::invalid(
             Some(field.to_string()),
             format!("`{field}` must be an object"),
         )),
-    }
-}
-
-/// Merges `defaults` under `own` (keys already in `own` win).
-fn merge_under(own: &mut Map<String, Value>, key: &str, defaults: Option<&Map<String, Value>>) {
-    let Some(defaults) = defaults else { return };
-    match own.get_mut(key) {
-        Some(Value::Object(mine)) => {
-            for (k, v) in defaults {
-                if !mine.contains_key(k) {
-                    mine.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        None | Some(Value::Null) => {
-            own.insert(key.to_string(), Value::Object(defaults.clone()));
-        }
-        Some(_) => {}
     }
 }
 
@@ -302,14 +368,14 @@ pub fn normalize_or_return(
 
 /// Validates and fills one message in place; returns its type, id and user.
 fn fill(
-    obj: &mut Map<String, Value>,
+    obj: &mut impl Fields,
     forced_type: Option<MessageType>,
     ctx: &RequestContext<'_>,
 ) -> Result<(MessageType, String, Option<String>), SpecError> {
     let kind = match forced_type {
         Some(t) => t,
-        None => match obj.get("type") {
-            Some(Value::String(s)) => MessageType::from_client(s).ok_or_else(|| {
+        None => match obj.field("type") {
+            Field::Str(s) => MessageType::from_client(&s).ok_or_else(|| {
                 SpecError::invalid(
                     Some("type".to_string()),
                     format!(
@@ -317,21 +383,21 @@ fn fill(
                     ),
                 )
             })?,
-            Some(_) => {
-                return Err(SpecError::invalid(
-                    Some("type".to_string()),
-                    "`type` must be a string",
-                ))
-            }
-            None => {
+            Field::Absent => {
                 return Err(SpecError::invalid(
                     Some("type".to_string()),
                     "a batch item requires `type`",
                 ))
             }
+            _ => {
+                return Err(SpecError::invalid(
+                    Some("type".to_string()),
+                    "`type` must be a string",
+                ))
+            }
         },
     };
-    obj.insert("type".to_string(), Value::String(kind.as_str().to_string()));
+    obj.set_str("type", kind.as_str().to_string());
     // The write key is a credential: it never travels further than the door.
     obj.remove("writeKey");
 
@@ -344,12 +410,12 @@ fn fill(
         ));
     }
     match kind {
-        MessageType::Track => match obj.get("event") {
-            Some(Value::String(s)) if !s.trim().is_empty() => {}
-            Some(Value::String(_)) | None | Some(Value::Null) => {
+        MessageType::Track => match obj.field("event") {
+            Field::Str(s) if !s.trim().is_empty() => {}
+            Field::Str(_) | Field::Absent | Field::Null => {
                 return Err(SpecError::missing("event", "track"))
             }
-            Some(_) => {
+            _ => {
                 return Err(SpecError::invalid(
                     Some("event".to_string()),
                     "`event` must be a string",
@@ -367,13 +433,14 @@ fn fill(
             }
         }
         MessageType::Page | MessageType::Screen => {
-            if let Some(v) = obj.get("name") {
-                if !v.is_string() && !v.is_null() {
-                    return Err(SpecError::invalid(
-                        Some("name".to_string()),
-                        "`name` must be a string",
-                    ));
-                }
+            if !matches!(
+                obj.field("name"),
+                Field::Absent | Field::Null | Field::Str(_)
+            ) {
+                return Err(SpecError::invalid(
+                    Some("name".to_string()),
+                    "`name` must be a string",
+                ));
             }
         }
         MessageType::Identify | MessageType::Delete => {}
@@ -382,19 +449,19 @@ fn fill(
         require_object(obj, field)?;
     }
 
-    let message_id = match obj.get("messageId") {
-        None | Some(Value::Null) => {
+    let message_id = match obj.field("messageId") {
+        Field::Absent | Field::Null => {
             let id = uuid::Uuid::new_v4().to_string();
-            obj.insert("messageId".to_string(), Value::String(id.clone()));
+            obj.set_str("messageId", id.clone());
             id
         }
-        Some(Value::String(s)) if s.is_empty() => {
+        Field::Str(s) if s.is_empty() => {
             return Err(SpecError::invalid(
                 Some("messageId".to_string()),
                 "`messageId` must not be empty",
             ))
         }
-        Some(Value::String(s)) => {
+        Field::Str(s) => {
             let chars = s.chars().count();
             if chars > ctx.limits.max_message_id_chars {
                 return Err(SpecError::invalid(
@@ -405,9 +472,9 @@ fn fill(
                     ),
                 ));
             }
-            s.clone()
+            s.into_owned()
         }
-        Some(_) => {
+        _ => {
             return Err(SpecError::invalid(
                 Some("messageId".to_string()),
                 "`messageId` must be a string",
@@ -415,19 +482,20 @@ fn fill(
         }
     };
 
-    merge_under(obj, "context", ctx.context);
-    merge_under(obj, "integrations", ctx.integrations);
+    obj.merge_under("context", ctx.context);
+    obj.merge_under("integrations", ctx.integrations);
 
     // Clock-skew correction, as Segment does it: the client's `timestamp` is
     // kept as `originalTimestamp`, and `timestamp` becomes
     // receivedAt - (sentAt - originalTimestamp).
-    let original = match obj.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(parse_time("timestamp", v)?),
-    };
-    let sent_at = match obj.get("sentAt").or(ctx.sent_at) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(parse_time("sentAt", v)?),
+    let original = optional_time("timestamp", obj.field("timestamp"))?;
+    let sent_at = match obj.field("sentAt") {
+        Field::Absent => match ctx.sent_at {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(parse_time("sentAt", s)?),
+            Some(_) => return Err(not_a_date("sentAt")),
+        },
+        own => optional_time("sentAt", own)?,
     };
     let timestamp = match (original, sent_at) {
         (Some(orig), Some(sent)) => ctx.received_at - (sent - orig),
@@ -435,24 +503,15 @@ fn fill(
         (None, _) => ctx.received_at,
     };
     if let Some(orig) = original {
-        if !obj.contains_key("originalTimestamp") {
-            obj.insert(
-                "originalTimestamp".to_string(),
-                Value::String(format_time(orig)),
-            );
+        if !obj.contains("originalTimestamp") {
+            obj.set_str("originalTimestamp", format_time(orig));
         }
     }
     if let Some(sent) = sent_at {
-        obj.insert("sentAt".to_string(), Value::String(format_time(sent)));
+        obj.set_str("sentAt", format_time(sent));
     }
-    obj.insert(
-        "timestamp".to_string(),
-        Value::String(format_time(timestamp)),
-    );
-    obj.insert(
-        "receivedAt".to_string(),
-        Value::String(format_time(ctx.received_at)),
-    );
+    obj.set_str("timestamp", format_time(timestamp));
+    obj.set_str("receivedAt", format_time(ctx.received_at));
 
     Ok((kind, message_id, user_id))
 }
@@ -469,6 +528,17 @@ fn finish(
     canonicalize_numbers(&mut value, 0);
     let json = serde_json::to_vec(&value)
         .map_err(|e| SpecError::invalid(None, format!("message cannot be serialized: {e}")))?;
+    message(json, kind, message_id, user_id, ctx)
+}
+
+/// The normalized message, once its size is checked.
+fn message(
+    json: Vec<u8>,
+    kind: MessageType,
+    message_id: String,
+    user_id: Option<String>,
+    ctx: &RequestContext<'_>,
+) -> Result<Message, SpecError> {
     // The limit applies to the message as the client sent it: the fields
     // normalization adds (timestamps, messageId) do not count against it.
     if json.len() > ctx.limits.max_message_bytes + NORMALIZATION_OVERHEAD {

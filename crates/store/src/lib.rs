@@ -8,6 +8,7 @@
 //! nothing of HTTP or JavaScript.
 
 pub mod embedded;
+mod recent_ids;
 pub mod secrets;
 
 use async_trait::async_trait;

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     /// fsync every commit (default true); false = survives a process crash, not power loss.
     pub fsync: Option<bool>,
     pub dedup_window: Option<String>,
+    /// Most message ids remembered for deduplication (default 2,000,000).
+    pub dedup_max_ids: Option<usize>,
     /// How long delivered events, attempts and finished raw requests are kept (default 7d).
     pub retention: Option<String>,
     pub max_message_bytes: Option<usize>,

@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// Window in which duplicate messageIds are stored once [default: 24h].
     #[arg(long, env = "SWITCHYARD_DEDUP_WINDOW")]
     pub dedup_window: Option<String>,
+    /// Most message ids remembered for deduplication, about 60 bytes of memory each [default: 2000000].
+    #[arg(long, env = "SWITCHYARD_DEDUP_MAX_IDS")]
+    pub dedup_max_ids: Option<usize>,
     /// How long delivered events, attempts and finished raw requests are kept [default: 7d].
     #[arg(long, env = "SWITCHYARD_RETENTION")]
     pub retention: Option<String>,
@@ -439,6 +442,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut options = EmbeddedOptions::new(&data_dir);
     options.fsync = args.fsync.or(server.fsync).unwrap_or(true);
     options.dedup_window_ms = dedup_window.as_millis() as i64;
+    if let Some(max) = args.dedup_max_ids.or(server.dedup_max_ids) {
+        options.dedup_max_ids = max;
+    }
     let embedded = EmbeddedStore::open(options)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(embedded);

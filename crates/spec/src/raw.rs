@@ -1,0 +1,719 @@
+//! The fast path of normalization: it reads the request text once and copies
+//! each value out in canonical form, instead of building a `serde_json::Value`
+//! tree and writing it out again. Parsing and re-serializing the tree was
+//! more than half of the CPU time of `/v1/batch` (see BENCHMARKS.md).
+//!
+//! The fast path must produce exactly the bytes of the tree path: compact
+//! JSON, integral floats as integers, strings escaped as `serde_json` (and
+//! `JSON.stringify`) escapes them. Whatever it does not handle itself, it
+//! declines (`None`): invalid JSON, escaped keys, duplicate keys, deep
+//! nesting, very large objects, batch-level `context`, and every message the
+//! Spec refuses. The tree path then runs and owns every error message, so the
+//! fast path can never accept what the tree path would refuse.
+
+use crate::{fill, message, Field, Fields, Message, MessageType, RequestContext, SpecError};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Deeper nesting is left to the tree path, which refuses past 128 levels.
+const MAX_DEPTH: usize = 100;
+/// Objects with more keys are left to the tree path (the duplicate-key check
+/// here is quadratic).
+const MAX_KEYS: usize = 64;
+
+/// Normalizes one message given as JSON text: the fast path when it applies,
+/// the tree path otherwise. On error the parsed message is given back, when
+/// the text was valid JSON, so a caller can show what was refused.
+#[allow(clippy::result_large_err)] // the error path is the rare one
+pub fn normalize_str(
+    text: &str,
+    forced_type: Option<MessageType>,
+    ctx: &RequestContext<'_>,
+) -> Result<Message, (SpecError, Option<Value>)> {
+    if let Some(message) = normalize_fast(text, forced_type, ctx) {
+        return Ok(message);
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            SpecError::invalid(None, format!("malformed JSON: {e}")),
+            None,
+        )
+    })?;
+    crate::normalize_or_return(value, forced_type, ctx).map_err(|(e, v)| (e, Some(v)))
+}
+
+/// The fast path alone: the normalized message, or `None` when the tree path
+/// must handle this text (including every text it would refuse).
+pub fn normalize_fast(
+    text: &str,
+    forced_type: Option<MessageType>,
+    ctx: &RequestContext<'_>,
+) -> Option<Message> {
+    RawMessage::parse(text).and_then(|m| m.normalize(forced_type, ctx))
+}
+
+/// Where the scanner copies what it reads.
+trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Reads without copying (validation and spans only).
+struct Skip;
+
+impl Out for Skip {
+    fn put(&mut self, _: &[u8]) {}
+}
+
+/// A JSON reader over validated UTF-8 that writes the canonical form of what
+/// it reads. Every method answers `None` for "not handled here".
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+    /// Keys of the objects being read, innermost last (duplicate check).
+    keys: Vec<&'a str>,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Self {
+        Scanner {
+            text,
+            at: 0,
+            keys: Vec::new(),
+        }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.skip_ws();
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.skip_ws();
+        self.at == self.text.len()
+    }
+
+    /// Reads one value (after optional whitespace) and returns its span.
+    fn value(&mut self, out: &mut impl Out, depth: usize) -> Option<&'a str> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.skip_ws();
+        let start = self.at;
+        match self.peek()? {
+            b'{' => self.object(out, depth)?,
+            b'[' => self.array(out, depth)?,
+            b'"' => self.string(out)?,
+            b't' => self.literal("true", out)?,
+            b'f' => self.literal("false", out)?,
+            b'n' => self.literal("null", out)?,
+            b'-' | b'0'..=b'9' => self.number(out)?,
+            _ => return None,
+        }
+        self.text.get(start..self.at)
+    }
+
+    fn object(&mut self, out: &mut impl Out, depth: usize) -> Option<()> {
+        self.at += 1;
+        out.put(b"{");
+        let mark = self.keys.len();
+        self.skip_ws();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            out.put(b"}");
+            return Some(());
+        }
+        loop {
+            let key = self.key(mark)?;
+            out.put(b"\"");
+            out.put(key.as_bytes());
+            out.put(b"\":");
+            self.expect(b':')?;
+            self.value(out, depth + 1)?;
+            self.skip_ws();
+            match self.peek()? {
+                b',' => out.put(b","),
+                b'}' => break,
+                _ => return None,
+            }
+            self.at += 1;
+        }
+        self.at += 1;
+        out.put(b"}");
+        self.keys.truncate(mark);
+        Some(())
+    }
+
+    /// An object key with no escapes, not seen before in this object.
+    fn key(&mut self, mark: usize) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        let key = self.text.get(start..self.at)?;
+        self.at += 1;
+        let siblings = &self.keys[mark..];
+        if siblings.len() >= MAX_KEYS || siblings.contains(&key) {
+            return None;
+        }
+        self.keys.push(key);
+        Some(key)
+    }
+
+    fn array(&mut self, out: &mut impl Out, depth: usize) -> Option<()> {
+        self.at += 1;
+        out.put(b"[");
+        self.skip_ws();
+        if self.peek()? == b']' {
+            self.at += 1;
+            out.put(b"]");
+            return Some(());
+        }
+        loop {
+            self.value(out, depth + 1)?;
+            self.skip_ws();
+            match self.peek()? {
+                b',' => out.put(b","),
+                b']' => break,
+                _ => return None,
+            }
+            self.at += 1;
+        }
+        self.at += 1;
+        out.put(b"]");
+        Some(())
+    }
+
+    fn string(&mut self, out: &mut impl Out) -> Option<()> {
+        let start = self.at;
+        self.at += 1;
+        let mut escaped = false;
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.at += 2;
+                }
+                0..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        self.at += 1;
+        let token = self.text.get(start..self.at)?;
+        if escaped {
+            // Escapes are written back the way serde_json writes them.
+            let decoded: String = serde_json::from_str(token).ok()?;
+            out.put(serde_json::to_string(&decoded).ok()?.as_bytes());
+        } else {
+            out.put(token.as_bytes());
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, word: &str, out: &mut impl Out) -> Option<()> {
+        let end = self.at + word.len();
+        (self.text.get(self.at..end)? == word).then_some(())?;
+        self.at = end;
+        out.put(word.as_bytes());
+        Some(())
+    }
+
+    fn number(&mut self, out: &mut impl Out) -> Option<()> {
+        let start = self.at;
+        while matches!(
+            self.peek(),
+            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+        ) {
+            self.at += 1;
+        }
+        let token = self.text.get(start..self.at)?;
+        if token.contains(['.', 'e', 'E']) {
+            out.put(canonical_float(token)?.as_bytes());
+        } else {
+            // Long integers may be u64 or f64 in the tree path: left to it.
+            is_plain_integer(token).then(|| out.put(token.as_bytes()))?;
+        }
+        Some(())
+    }
+}
+
+/// An integer that serde_json reads as an integer and writes back unchanged:
+/// no leading zero, not `-0`, at most 18 digits (so it fits an i64).
+fn is_plain_integer(token: &str) -> bool {
+    let digits = token.strip_prefix('-').unwrap_or(token);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" && token == "0" || !digits.starts_with('0'))
+}
+
+/// What the tree path writes for a number it read as a float: integral
+/// values within 2^53 as integers (as `JSON.stringify` does), others as
+/// serde_json writes an `f64`. Parsed by serde_json itself, so rounding is
+/// the same.
+fn canonical_float(token: &str) -> Option<String> {
+    let value: f64 = serde_json::from_str(token).ok()?;
+    if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 {
+        Some((value as i64).to_string())
+    } else {
+        serde_json::to_string(&value).ok()
+    }
+}
+
+/// One top-level field of a [`RawMessage`].
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    /// The value as the client sent it (`None` once normalization set it).
+    sent: Option<&'a str>,
+    /// The value's canonical text in [`RawMessage::values`].
+    canonical: Range<usize>,
+}
+
+/// A message read by the fast path: its top-level fields, each with its
+/// value already in canonical form.
+struct RawMessage<'a> {
+    entries: Vec<Entry<'a>>,
+    values: Vec<u8>,
+    /// Batch-level `context`/`integrations` would have to be merged in.
+    needs_tree: bool,
+}
+
+impl<'a> RawMessage<'a> {
+    fn parse(text: &'a str) -> Option<Self> {
+        let mut scanner = Scanner::new(text);
+        let mut values = Vec::with_capacity(text.len() + crate::NORMALIZATION_OVERHEAD);
+        let mut entries = Vec::with_capacity(16);
+        scanner.expect(b'{')?;
+        scanner.skip_ws();
+        if scanner.peek()? == b'}' {
+            scanner.at += 1;
+        } else {
+            loop {
+                let key = scanner.key(0)?;
+                scanner.expect(b':')?;
+                let start = values.len();
+                let sent = scanner.value(&mut values, 1)?;
+                entries.push(Entry {
+                    key: Cow::Borrowed(key),
+                    sent: Some(sent),
+                    canonical: start..values.len(),
+                });
+                scanner.skip_ws();
+                match scanner.peek()? {
+                    b',' => scanner.at += 1,
+                    b'}' => {
+                        scanner.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        scanner.at_end().then_some(RawMessage {
+            entries,
+            values,
+            needs_tree: false,
+        })
+    }
+
+    fn entry(&self, key: &str) -> Option<&Entry<'a>> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+
+    /// Validates and normalizes; `None` leaves the message to the tree path.
+    fn normalize(
+        mut self,
+        forced_type: Option<MessageType>,
+        ctx: &RequestContext<'_>,
+    ) -> Option<Message> {
+        let (kind, message_id, user_id) = fill(&mut self, forced_type, ctx).ok()?;
+        if self.needs_tree {
+            return None;
+        }
+        let mut json = Vec::with_capacity(self.values.len() + 16 * self.entries.len());
+        json.push(b'{');
+        for (i, entry) in self.entries.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.push(b'"');
+            json.extend_from_slice(entry.key.as_bytes());
+            json.extend_from_slice(b"\":");
+            json.extend_from_slice(&self.values[entry.canonical.clone()]);
+        }
+        json.push(b'}');
+        message(json, kind, message_id, user_id, ctx).ok()
+    }
+}
+
+impl Fields for RawMessage<'_> {
+    fn field(&self, key: &str) -> Field<'_> {
+        let Some(entry) = self.entry(key) else {
+            return Field::Absent;
+        };
+        let canonical = &self.values[entry.canonical.clone()];
+        match canonical.first() {
+            Some(b'n') => Field::Null,
+            Some(b'{') => Field::Object,
+            Some(b'"') => {
+                let inner = &canonical[1..canonical.len() - 1];
+                match (inner.contains(&b'\\'), std::str::from_utf8(inner)) {
+                    (false, Ok(s)) => Field::Str(Cow::Borrowed(s)),
+                    // Decoding cannot fail: the scanner wrote this text.
+                    _ => serde_json::from_slice::<String>(canonical)
+                        .map_or(Field::Other, |s| Field::Str(Cow::Owned(s))),
+                }
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                // As the client sent it: the tree path reads identifiers
+                // before it canonicalizes numbers.
+                let sent = entry.sent.unwrap_or_default();
+                serde_json::from_str::<serde_json::Number>(sent)
+                    .map_or(Field::Other, |n| Field::Number(n.to_string()))
+            }
+            _ => Field::Other,
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.entry(key).is_some()
+    }
+
+    fn set_str(&mut self, key: &str, value: String) {
+        let start = self.values.len();
+        // Serializing a string cannot fail.
+        let _ = serde_json::to_writer(&mut self.values, &value);
+        let canonical = start..self.values.len();
+        match self.entries.iter_mut().find(|e| e.key == key) {
+            Some(entry) => {
+                entry.sent = None;
+                entry.canonical = canonical;
+            }
+            None => self.entries.push(Entry {
+                key: Cow::Owned(key.to_string()),
+                sent: None,
+                canonical,
+            }),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.entries.retain(|e| e.key != key);
+    }
+
+    fn merge_under(&mut self, _key: &str, defaults: Option<&Map<String, Value>>) {
+        if defaults.is_some() {
+            self.needs_tree = true;
+        }
+    }
+}
+
+/// A `/v1/batch` body read by the fast path: the items' text and the
+/// batch-level fields.
+pub struct RawBatch<'a> {
+    pub items: Vec<&'a str>,
+    pub sent_at: Option<Value>,
+    pub context: Option<Map<String, Value>>,
+    pub integrations: Option<Map<String, Value>>,
+    pub write_key: Option<String>,
+}
+
+impl<'a> RawBatch<'a> {
+    /// Reads a batch body; `None` when the tree path must read it (invalid
+    /// JSON, no `batch` array, unusual batch-level fields …).
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let mut scanner = Scanner::new(text);
+        let mut batch = RawBatch {
+            items: Vec::new(),
+            sent_at: None,
+            context: None,
+            integrations: None,
+            write_key: None,
+        };
+        let mut saw_batch = false;
+        scanner.expect(b'{')?;
+        loop {
+            let key = scanner.key(0)?;
+            scanner.expect(b':')?;
+            if key == "batch" {
+                scanner.expect(b'[')?;
+                saw_batch = true;
+                scanner.skip_ws();
+                if scanner.peek()? == b']' {
+                    scanner.at += 1;
+                } else {
+                    loop {
+                        batch.items.push(scanner.value(&mut Skip, 2)?);
+                        scanner.skip_ws();
+                        match scanner.peek()? {
+                            b',' => scanner.at += 1,
+                            b']' => {
+                                scanner.at += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+            } else {
+                let text = scanner.value(&mut Skip, 1)?;
+                let parse = || serde_json::from_str::<Value>(text).ok();
+                match key {
+                    "sentAt" => batch.sent_at = Some(parse()?),
+                    "writeKey" => batch.write_key = Some(serde_json::from_str(text).ok()?),
+                    "context" | "integrations" => {
+                        let map = match parse()? {
+                            Value::Object(map) => Some(map),
+                            Value::Null => None,
+                            _ => return None,
+                        };
+                        if key == "context" {
+                            batch.context = map;
+                        } else {
+                            batch.integrations = map;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            scanner.skip_ws();
+            match scanner.peek()? {
+                b',' => scanner.at += 1,
+                b'}' => {
+                    scanner.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        (saw_batch && scanner.at_end()).then_some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{normalize, Limits};
+    use chrono::{DateTime, Utc};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// The fast path's bytes, or `None` when it declines.
+    fn fast(text: &str, forced: Option<MessageType>, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {
+        RawMessage::parse(text)
+            .and_then(|m| m.normalize(forced, ctx))
+            .map(|m| m.json)
+    }
+
+    fn tree(text: &str, forced: Option<MessageType>, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        normalize(value, forced, ctx).ok().map(|m| m.json)
+    }
+
+    /// Messages the fast path must take, and whose bytes must equal the
+    /// tree path's.
+    const TAKEN: &[&str] = &[
+        r#"{"userId":"u1","event":"Order Completed","messageId":"m1","properties":{"revenue":39.95,"qty":2,"total":2.0,"tags":["a","b"],"ok":true,"none":null,"nested":{"deep":[1,{"x":1e2}]}}}"#,
+        r#"{ "type" : "track", "userId" : 42, "event" : "E", "messageId":"m2", "timestamp":"2024-01-01T00:00:00Z", "sentAt":"2024-01-01T00:00:05.000Z" }"#,
+        r#"{"anonymousId":"a","event":"caf\u00e9 \"quoted\" \/ \n","messageId":"m3","properties":{"s":"\ud83d\ude00","u":"ünïcödé ✓"}}"#,
+        r#"{"userId":"u","event":"E","messageId":"m4","writeKey":"secret","context":{"ip":"1.2.3.4"},"integrations":{"All":false}}"#,
+        r#"{"userId":"u","event":"E","messageId":"m5","properties":{"big":123456789012345678,"neg":-0.0,"small":1.5e-7,"huge":1e300,"exp":2.5E3,"z":0,"n":-12}}"#,
+        r#"{"userId":"u","event":"E","messageId":"m6","timestamp":"2024-01-01T00:00:00","originalTimestamp":null}"#,
+        r#"{"userId":"u","event":"E","messageId":"m7","properties":{}, "traits":[] }"#,
+        r#"{"userId":5.0,"event":"E","messageId":"m8"}"#,
+    ];
+
+    #[test]
+    fn fast_path_equals_tree_path() {
+        let limits = Limits::default();
+        let mut ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let sent_at = Value::String("2024-01-01T00:00:09Z".into());
+        for with_sent_at in [false, true] {
+            if with_sent_at {
+                ctx.sent_at = Some(&sent_at);
+            }
+            for text in TAKEN {
+                let forced = Some(MessageType::Track);
+                let expected = tree(text, forced, &ctx);
+                let got = fast(text, forced, &ctx);
+                match (&expected, &got) {
+                    (Some(e), Some(g)) => assert_eq!(
+                        String::from_utf8_lossy(g),
+                        String::from_utf8_lossy(e),
+                        "input {text}"
+                    ),
+                    // `traits: []` is refused by both paths.
+                    (None, None) => assert!(text.contains("\"traits\":[]")),
+                    _ => panic!("paths disagree on {text}: tree {expected:?}, fast {got:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_declines_what_it_does_not_handle() {
+        let limits = Limits::default();
+        let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let declined = [
+            r#"{"userId":"u","event":"E","messageId":"m","messageId":"n"}"#,
+            r#"{"userId":"u","event":"E","properties":{"a":1,"a":2}}"#,
+            r#"{"user\u0049d":"u","event":"E"}"#,
+            r#"{"userId":"u","event":"E","properties":{"n":01}}"#,
+            r#"{"userId":"u","event":"E","properties":{"n":-0}}"#,
+            r#"{"userId":"u","event":"E"} trailing"#,
+            r#"{"userId":"u","event":"E","properties":{"n":1e999}}"#,
+            r#"{"userId":"u"}"#,
+            r#"{"event":"E"}"#,
+            r#"{"userId":"u","event":"E","timestamp":"yesterday"}"#,
+            r#"{"userId":"u","event":"E","properties":[1]}"#,
+            r#"[1,2]"#,
+            r#"{"userId":"u","event":"E","properties":{"n":12345678901234567890}}"#,
+        ];
+        for text in declined {
+            assert!(
+                fast(text, Some(MessageType::Track), &ctx).is_none(),
+                "fast path took {text}"
+            );
+        }
+        let deep = format!(
+            r#"{{"userId":"u","event":"E","properties":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(fast(&deep, Some(MessageType::Track), &ctx).is_none());
+    }
+
+    #[test]
+    fn batch_context_sends_items_to_the_tree_path() {
+        let limits = Limits::default();
+        let mut ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let batch = RawBatch::parse(
+            r#"{"batch":[{"type":"track","userId":"u","event":"E","messageId":"m"}],"context":{"library":{"name":"x"}},"writeKey":"k"}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.write_key.as_deref(), Some("k"));
+        ctx.context = batch.context.as_ref();
+        let item = batch.items[0];
+        assert!(fast(item, None, &ctx).is_none());
+        let m = normalize_str(item, None, &ctx).unwrap();
+        let s = String::from_utf8(m.json).unwrap();
+        assert!(s.contains(r#""context":{"library":{"name":"x"}}"#), "{s}");
+    }
+
+    #[test]
+    fn batch_spans_are_the_items() {
+        let batch = RawBatch::parse(
+            r#" { "sentAt" : "2024-01-01T00:00:00Z", "batch" : [ {"a":1} , {"b":[2,3]} ] } "#,
+        )
+        .unwrap();
+        assert_eq!(batch.items, vec![r#"{"a":1}"#, r#"{"b":[2,3]}"#]);
+        assert_eq!(
+            batch.sent_at,
+            Some(Value::String("2024-01-01T00:00:00Z".into()))
+        );
+        assert!(RawBatch::parse(r#"{"batch":{}}"#).is_none());
+        assert!(RawBatch::parse(r#"{"sentAt":"x"}"#).is_none());
+        assert!(RawBatch::parse(r#"{"batch":[1,}"#).is_none());
+    }
+
+    /// A small generator of messages, so the two paths are compared on more
+    /// shapes than the hand-written ones.
+    #[test]
+    fn generated_messages_agree() {
+        let limits = Limits::default();
+        let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let scalars = [
+            "0",
+            "7",
+            "-3",
+            "1.0",
+            "2.50",
+            "1e3",
+            "-1.25e-3",
+            "true",
+            "false",
+            "null",
+            "\"\"",
+            "\"x\"",
+            "\"a\\tb\"",
+            "\"\\u00e9\"",
+            "\"é\"",
+            "123456789012345678",
+            "0.1",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut taken = 0;
+        for i in 0..2000 {
+            let mut props = String::from("{");
+            for k in 0..next(6) {
+                if k > 0 {
+                    props.push(',');
+                }
+                let value = match next(4) {
+                    0 => format!(
+                        "[{},{}]",
+                        scalars[next(scalars.len())],
+                        scalars[next(scalars.len())]
+                    ),
+                    1 => format!("{{\"in\":{}}}", scalars[next(scalars.len())]),
+                    _ => scalars[next(scalars.len())].to_string(),
+                };
+                props.push_str(&format!("\"k{k}\" : {value}"));
+            }
+            props.push('}');
+            let user = ["\"u\"", "12", "\"\"", "null", "3.0", "[1]"][next(6)];
+            let event = ["\"E\"", "\" \"", "1", "null"][next(4)];
+            let text = format!(
+                r#"{{"userId":{user},"anonymousId":"a{i}","event":{event},"messageId":"m{i}","properties":{props}}}"#
+            );
+            let expected = tree(&text, None, &ctx).map(|_| ());
+            assert!(expected.is_none(), "no type: the tree path refuses {text}");
+            for forced in [Some(MessageType::Track), Some(MessageType::Identify)] {
+                let expected = tree(&text, forced, &ctx);
+                let got = fast(&text, forced, &ctx);
+                if let Some(g) = &got {
+                    taken += 1;
+                    assert_eq!(Some(g), expected.as_ref(), "input {text}");
+                } else {
+                    // Declining is allowed only for what the tree path refuses.
+                    assert!(expected.is_none(), "fast path declined valid {text}");
+                }
+            }
+        }
+        assert!(taken > 1000, "the fast path took only {taken} messages");
+    }
+}
