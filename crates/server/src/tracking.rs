@@ -174,9 +174,9 @@ fn excerpt(v: &Value) -> String {
     s
 }
 
-/// One message of a batch: its text (fast path) or its parsed tree.
+/// One message of a batch, as the fast path or the tree path read it.
 enum BatchItem<'a> {
-    Text(&'a str),
+    Raw(spec::RawItem<'a>),
     Parsed(Value),
 }
 
@@ -232,7 +232,7 @@ pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         let body = match std::str::from_utf8(&bytes).ok().and_then(spec::RawBatch::parse) {
             Some(raw) => BatchBody {
                 source: authenticate(&state, &headers, raw.write_key)?,
-                items: raw.items.into_iter().map(BatchItem::Text).collect(),
+                items: raw.items.into_iter().map(BatchItem::Raw).collect(),
                 sent_at: raw.sent_at,
                 context: raw.context,
                 integrations: raw.integrations,
@@ -265,8 +265,11 @@ pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         let mut rejections = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
             let normalized = match item {
-                BatchItem::Text(text) => spec::normalize_str(text, None, &ctx)
-                    .map_err(|(e, item)| (e, item.unwrap_or_else(|| Value::String(text.to_string())))),
+                BatchItem::Raw(item) => {
+                    let text = item.text;
+                    item.normalize(&ctx)
+                        .map_err(|(e, item)| (e, item.unwrap_or_else(|| Value::String(text.to_string()))))
+                }
                 BatchItem::Parsed(item) => spec::normalize_or_return(item, None, &ctx),
             };
             match normalized {

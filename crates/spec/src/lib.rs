@@ -12,7 +12,7 @@ use std::fmt;
 
 mod raw;
 
-pub use raw::{normalize_fast, normalize_str, RawBatch};
+pub use raw::{normalize_fast, normalize_str, RawBatch, RawItem};
 
 /// The six Spec calls the Tracking API accepts, plus `delete` (user deletion
 /// notices that switchyard itself emits to destinations).
@@ -145,6 +145,8 @@ pub struct Message {
 #[derive(Debug, Clone)]
 pub struct RequestContext<'a> {
     pub received_at: DateTime<Utc>,
+    /// `received_at` formatted once for every message of the request.
+    received_at_text: String,
     pub limits: &'a Limits,
     /// Batch-level `sentAt`, applied to messages that carry none.
     pub sent_at: Option<&'a Value>,
@@ -158,6 +160,7 @@ impl<'a> RequestContext<'a> {
     pub fn new(received_at: DateTime<Utc>, limits: &'a Limits) -> Self {
         RequestContext {
             received_at,
+            received_at_text: format_time(received_at),
             limits,
             sent_at: None,
             context: None,
@@ -510,8 +513,13 @@ fn fill(
     if let Some(sent) = sent_at {
         obj.set_str("sentAt", format_time(sent));
     }
-    obj.set_str("timestamp", format_time(timestamp));
-    obj.set_str("receivedAt", format_time(ctx.received_at));
+    let timestamp = if timestamp == ctx.received_at {
+        ctx.received_at_text.clone()
+    } else {
+        format_time(timestamp)
+    };
+    obj.set_str("timestamp", timestamp);
+    obj.set_str("receivedAt", ctx.received_at_text.clone());
 
     Ok((kind, message_id, user_id))
 }

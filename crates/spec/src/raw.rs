@@ -78,6 +78,10 @@ struct Scanner<'a> {
     at: usize,
     /// Keys of the objects being read, innermost last (duplicate check).
     keys: Vec<&'a str>,
+    /// Whether what was read differs from its canonical form (whitespace,
+    /// escapes, non-canonical numbers): only then is it written out piece
+    /// by piece; otherwise it is copied as one slice.
+    dirty: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -86,6 +90,7 @@ impl<'a> Scanner<'a> {
             text,
             at: 0,
             keys: Vec::new(),
+            dirty: false,
         }
     }
 
@@ -103,6 +108,36 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Whitespace inside a value: not canonical.
+    fn skip_inner_ws(&mut self) {
+        let from = self.at;
+        self.skip_ws();
+        self.dirty |= self.at != from;
+    }
+
+    /// Reads one value (after optional whitespace, which is not part of
+    /// it) and appends its canonical form to `out`.
+    fn canonical_value(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<&'a str> {
+        self.skip_ws();
+        self.dirty = false;
+        let text = self.value(&mut Skip, depth)?;
+        if self.dirty {
+            Scanner::new(text).value(out, depth)?;
+        } else {
+            out.extend_from_slice(text.as_bytes());
+        }
+        Some(text)
+    }
+
+    /// The offset of the next `"`, `\\` or control byte from `self.at`.
+    fn string_stop(&self) -> Option<usize> {
+        let rest = self.bytes().get(self.at..)?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        Some(self.at + n)
+    }
+
     fn expect(&mut self, byte: u8) -> Option<()> {
         self.skip_ws();
         (self.peek()? == byte).then(|| self.at += 1)
@@ -113,12 +148,11 @@ impl<'a> Scanner<'a> {
         self.at == self.text.len()
     }
 
-    /// Reads one value (after optional whitespace) and returns its span.
+    /// Reads one value starting at `self.at` and returns its span.
     fn value(&mut self, out: &mut impl Out, depth: usize) -> Option<&'a str> {
         if depth > MAX_DEPTH {
             return None;
         }
-        self.skip_ws();
         let start = self.at;
         match self.peek()? {
             b'{' => self.object(out, depth)?,
@@ -137,20 +171,24 @@ impl<'a> Scanner<'a> {
         self.at += 1;
         out.put(b"{");
         let mark = self.keys.len();
-        self.skip_ws();
+        self.skip_inner_ws();
         if self.peek()? == b'}' {
             self.at += 1;
             out.put(b"}");
             return Some(());
         }
         loop {
+            self.skip_inner_ws();
             let key = self.key(mark)?;
             out.put(b"\"");
             out.put(key.as_bytes());
             out.put(b"\":");
-            self.expect(b':')?;
+            self.skip_inner_ws();
+            (self.peek()? == b':').then_some(())?;
+            self.at += 1;
+            self.skip_inner_ws();
             self.value(out, depth + 1)?;
-            self.skip_ws();
+            self.skip_inner_ws();
             match self.peek()? {
                 b',' => out.put(b","),
                 b'}' => break,
@@ -164,17 +202,14 @@ impl<'a> Scanner<'a> {
         Some(())
     }
 
-    /// An object key with no escapes, not seen before in this object.
+    /// An object key (at `self.at`) with no escapes, not seen before in
+    /// this object.
     fn key(&mut self, mark: usize) -> Option<&'a str> {
-        self.expect(b'"')?;
+        (self.peek()? == b'"').then_some(())?;
+        self.at += 1;
         let start = self.at;
-        loop {
-            match self.peek()? {
-                b'"' => break,
-                b'\\' | 0..=0x1f => return None,
-                _ => self.at += 1,
-            }
-        }
+        self.at = self.string_stop()?;
+        (self.peek()? == b'"').then_some(())?;
         let key = self.text.get(start..self.at)?;
         self.at += 1;
         let siblings = &self.keys[mark..];
@@ -188,15 +223,16 @@ impl<'a> Scanner<'a> {
     fn array(&mut self, out: &mut impl Out, depth: usize) -> Option<()> {
         self.at += 1;
         out.put(b"[");
-        self.skip_ws();
+        self.skip_inner_ws();
         if self.peek()? == b']' {
             self.at += 1;
             out.put(b"]");
             return Some(());
         }
         loop {
+            self.skip_inner_ws();
             self.value(out, depth + 1)?;
-            self.skip_ws();
+            self.skip_inner_ws();
             match self.peek()? {
                 b',' => out.put(b","),
                 b']' => break,
@@ -214,18 +250,19 @@ impl<'a> Scanner<'a> {
         self.at += 1;
         let mut escaped = false;
         loop {
+            self.at = self.string_stop()?;
             match self.peek()? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
                     self.at += 2;
                 }
-                0..=0x1f => return None,
-                _ => self.at += 1,
+                _ => return None,
             }
         }
         self.at += 1;
         let token = self.text.get(start..self.at)?;
+        self.dirty |= escaped;
         if escaped {
             // Escapes are written back the way serde_json writes them.
             let decoded: String = serde_json::from_str(token).ok()?;
@@ -254,7 +291,9 @@ impl<'a> Scanner<'a> {
         }
         let token = self.text.get(start..self.at)?;
         if token.contains(['.', 'e', 'E']) {
-            out.put(canonical_float(token)?.as_bytes());
+            let canonical = canonical_float(token)?;
+            self.dirty |= canonical != token;
+            out.put(canonical.as_bytes());
         } else {
             // Long integers may be u64 or f64 in the tree path: left to it.
             is_plain_integer(token).then(|| out.put(token.as_bytes()))?;
@@ -307,18 +346,27 @@ struct RawMessage<'a> {
 impl<'a> RawMessage<'a> {
     fn parse(text: &'a str) -> Option<Self> {
         let mut scanner = Scanner::new(text);
-        let mut values = Vec::with_capacity(text.len() + crate::NORMALIZATION_OVERHEAD);
+        scanner.skip_ws();
+        let message = Self::read(&mut scanner)?;
+        scanner.at_end().then_some(message)
+    }
+
+    /// Reads one message object at the scanner's position.
+    fn read(scanner: &mut Scanner<'a>) -> Option<Self> {
+        let mut values = Vec::with_capacity(1024);
         let mut entries = Vec::with_capacity(16);
+        let mark = scanner.keys.len();
         scanner.expect(b'{')?;
         scanner.skip_ws();
         if scanner.peek()? == b'}' {
             scanner.at += 1;
         } else {
             loop {
-                let key = scanner.key(0)?;
+                scanner.skip_ws();
+                let key = scanner.key(mark)?;
                 scanner.expect(b':')?;
                 let start = values.len();
-                let sent = scanner.value(&mut values, 1)?;
+                let sent = scanner.canonical_value(&mut values, 1)?;
                 entries.push(Entry {
                     key: Cow::Borrowed(key),
                     sent: Some(sent),
@@ -335,7 +383,8 @@ impl<'a> RawMessage<'a> {
                 }
             }
         }
-        scanner.at_end().then_some(RawMessage {
+        scanner.keys.truncate(mark);
+        Some(RawMessage {
             entries,
             values,
             needs_tree: false,
@@ -434,10 +483,38 @@ impl Fields for RawMessage<'_> {
     }
 }
 
-/// A `/v1/batch` body read by the fast path: the items' text and the
-/// batch-level fields.
+/// One message of a [`RawBatch`]: its text, and its fields when the fast
+/// path could read them.
+pub struct RawItem<'a> {
+    pub text: &'a str,
+    message: Option<RawMessage<'a>>,
+}
+
+impl RawItem<'_> {
+    /// Normalizes the item: the fast path when it applies, the tree path
+    /// otherwise (see [`normalize_str`]).
+    #[allow(clippy::result_large_err)] // the error path is the rare one
+    pub fn normalize(
+        self,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Message, (SpecError, Option<Value>)> {
+        if let Some(message) = self.message.and_then(|m| m.normalize(None, ctx)) {
+            return Ok(message);
+        }
+        let value: Value = serde_json::from_str(self.text).map_err(|e| {
+            (
+                SpecError::invalid(None, format!("malformed JSON: {e}")),
+                None,
+            )
+        })?;
+        crate::normalize_or_return(value, None, ctx).map_err(|(e, v)| (e, Some(v)))
+    }
+}
+
+/// A `/v1/batch` body read by the fast path: the items (each read once, in
+/// the same pass) and the batch-level fields.
 pub struct RawBatch<'a> {
-    pub items: Vec<&'a str>,
+    pub items: Vec<RawItem<'a>>,
     pub sent_at: Option<Value>,
     pub context: Option<Map<String, Value>>,
     pub integrations: Option<Map<String, Value>>,
@@ -459,8 +536,10 @@ impl<'a> RawBatch<'a> {
         let mut saw_batch = false;
         scanner.expect(b'{')?;
         loop {
+            scanner.skip_ws();
             let key = scanner.key(0)?;
             scanner.expect(b':')?;
+            scanner.skip_ws();
             if key == "batch" {
                 scanner.expect(b'[')?;
                 saw_batch = true;
@@ -469,7 +548,8 @@ impl<'a> RawBatch<'a> {
                     scanner.at += 1;
                 } else {
                     loop {
-                        batch.items.push(scanner.value(&mut Skip, 2)?);
+                        scanner.skip_ws();
+                        batch.items.push(Self::item(&mut scanner)?);
                         scanner.skip_ws();
                         match scanner.peek()? {
                             b',' => scanner.at += 1,
@@ -513,6 +593,27 @@ impl<'a> RawBatch<'a> {
             }
         }
         (saw_batch && scanner.at_end()).then_some(batch)
+    }
+
+    /// One item: read as a message, or only delimited when the fast path
+    /// cannot read it (the tree path will).
+    fn item(scanner: &mut Scanner<'a>) -> Option<RawItem<'a>> {
+        let start = scanner.at;
+        let mark = scanner.keys.len();
+        if let Some(message) = RawMessage::read(scanner) {
+            let text = scanner.text.get(start..scanner.at)?;
+            return Some(RawItem {
+                text,
+                message: Some(message),
+            });
+        }
+        scanner.at = start;
+        scanner.keys.truncate(mark);
+        let text = scanner.value(&mut Skip, 2)?;
+        Some(RawItem {
+            text,
+            message: None,
+        })
     }
 }
 
@@ -621,9 +722,9 @@ mod tests {
         .unwrap();
         assert_eq!(batch.write_key.as_deref(), Some("k"));
         ctx.context = batch.context.as_ref();
-        let item = batch.items[0];
-        assert!(fast(item, None, &ctx).is_none());
-        let m = normalize_str(item, None, &ctx).unwrap();
+        let item = batch.items.into_iter().next().unwrap();
+        assert!(fast(item.text, None, &ctx).is_none());
+        let m = item.normalize(&ctx).unwrap();
         let s = String::from_utf8(m.json).unwrap();
         assert!(s.contains(r#""context":{"library":{"name":"x"}}"#), "{s}");
     }
@@ -634,7 +735,8 @@ mod tests {
             r#" { "sentAt" : "2024-01-01T00:00:00Z", "batch" : [ {"a":1} , {"b":[2,3]} ] } "#,
         )
         .unwrap();
-        assert_eq!(batch.items, vec![r#"{"a":1}"#, r#"{"b":[2,3]}"#]);
+        let texts: Vec<&str> = batch.items.iter().map(|i| i.text).collect();
+        assert_eq!(texts, vec![r#"{"a":1}"#, r#"{"b":[2,3]}"#]);
         assert_eq!(
             batch.sent_at,
             Some(Value::String("2024-01-01T00:00:00Z".into()))

@@ -504,7 +504,11 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Cached: the writer runs these thousands of times a second.
+        let begin = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]));
+        if let Err(e) = begin {
             let msg = e.to_string();
             tracing::error!(error = %msg, "store: cannot begin a transaction");
             for job in batch {
@@ -514,7 +518,11 @@ fn writer_loop(
             continue;
         }
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let committed = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         if let Err(e) = &committed {
             tracing::error!(error = %e, "store: commit failed");
             let _ = conn.execute_batch("ROLLBACK");

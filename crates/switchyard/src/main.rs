@@ -9,6 +9,12 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: the ingest path allocates per message on
+/// the HTTP threads and frees on the store writer, and glibc's arena locks and
+/// consolidation were a fifth of the server's CPU time (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
