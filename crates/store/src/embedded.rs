@@ -60,10 +60,6 @@ const CHECKPOINT_BUSY: std::time::Duration = std::time::Duration::from_millis(2)
 /// (and zero) new file blocks, which cost the writer a quarter of its time.
 const WAL_RESET_PAGES: i64 = 4096;
 
-/// WAL pages after which the writer checkpoints by itself, should the
-/// background checkpointer be stuck (64k pages = 256 MiB).
-const WRITER_CHECKPOINT_PAGES: i64 = 65_536;
-
 /// The writer's page cache, in KiB (SQLite's default is 2 MiB, which made it
 /// spill and re-read B-tree pages under load).
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
@@ -266,9 +262,18 @@ impl EmbeddedStore {
         writer_conn.execute_batch(SCHEMA)?;
         // Checkpoints copy the WAL into the database file: done on the
         // writer's thread, they stalled every commit behind them (a quarter
-        // of the writer's time under load). A background thread does them;
-        // the writer only steps in if it falls far behind.
-        writer_conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // of the writer's time under load). A background thread does them.
+        writer_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // The writer commits without syncing; a sync thread makes each
+        // group durable before anyone hears of it (see `sync_loop`).
+        writer_conn.pragma_update(None, "synchronous", "OFF")?;
+        let wal_file =
+            std::fs::File::open(options.data_dir.join("switchyard.db-wal")).map_err(|source| {
+                StoreError::DataDir {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
         writer_conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         // The same file is rewritten from its start after each reset.
         writer_conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
@@ -300,8 +305,20 @@ impl EmbeddedStore {
         let pending_head = Arc::new(AtomicU64::new(head));
         let finish_checkpoint = Arc::new(AtomicBool::new(false));
         let finish_checkpoint_wanted = finish_checkpoint.clone();
-        let writer = {
+        let spawn_error = |source| StoreError::DataDir {
+            path: path.display().to_string(),
+            source,
+        };
+        let (synced_tx, synced_rx) = mpsc::channel::<Committed>();
+        let syncer = {
             let head_tx = head_tx.clone();
+            let fsync = options.fsync;
+            std::thread::Builder::new()
+                .name("store-sync".into())
+                .spawn(move || sync_loop(wal_file, fsync, synced_rx, head_tx))
+                .map_err(spawn_error)?
+        };
+        let writer = {
             let pending_head = pending_head.clone();
             std::thread::Builder::new()
                 .name("store-writer".into())
@@ -309,15 +326,15 @@ impl EmbeddedStore {
                     writer_loop(
                         writer_conn,
                         jobs_rx,
-                        head_tx,
+                        synced_tx,
                         pending_head,
                         finish_checkpoint,
-                    )
+                    );
+                    // The writer's channel to it is closed: it ends once
+                    // every group is synced and answered.
+                    let _ = syncer.join();
                 })
-                .map_err(|source| StoreError::DataDir {
-                    path: path.display().to_string(),
-                    source,
-                })?
+                .map_err(spawn_error)?
         };
         let checkpointer = spawn_checkpointer(&path, finish_checkpoint_wanted)?;
         let store = EmbeddedStore {
@@ -489,10 +506,17 @@ fn spawn_checkpointer(
     Ok((stop_tx, handle))
 }
 
+/// A committed group on its way to the disk: its waiters and the head of
+/// the log once it is durable.
+struct Committed {
+    completions: Vec<Completion>,
+    head: u64,
+}
+
 fn writer_loop(
     conn: Connection,
     jobs: mpsc::Receiver<Job>,
-    head_tx: Arc<watch::Sender<u64>>,
+    synced: mpsc::Sender<Committed>,
     pending_head: Arc<AtomicU64>,
     finish_checkpoint: Arc<AtomicBool>,
 ) {
@@ -523,28 +547,80 @@ fn writer_loop(
             .and_then(|mut s| s.execute([]))
             .map(|_| ())
             .map_err(|e| e.to_string());
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "store: commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-        } else {
-            let head = pending_head.load(Ordering::Acquire);
-            head_tx.send_if_modified(|h| {
-                if *h != head {
-                    *h = head;
-                    true
-                } else {
-                    false
+        match committed {
+            Ok(()) => {
+                let head = pending_head.load(Ordering::Acquire);
+                if let Err(mpsc::SendError(group)) = synced.send(Committed { completions, head }) {
+                    for done in group.completions {
+                        done(Err("the store is closing".into()));
+                    }
                 }
-            });
-        }
-        for done in completions {
-            done(committed.clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store: commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                for done in completions {
+                    done(Err(e.clone()));
+                }
+            }
         }
         if finish_checkpoint.swap(false, Ordering::AcqRel) {
             // Copies what the background checkpointer has not, with no
-            // transaction open, so the next one starts the WAL over.
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            // transaction open, so the next one starts the WAL over. With
+            // syncs on, as every checkpoint must: the WAL is synced before
+            // its frames are copied, the database after.
+            let checkpoint = conn
+                .pragma_update(None, "synchronous", "FULL")
+                .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+                .and_then(|()| conn.pragma_update(None, "synchronous", "OFF"));
+            if let Err(e) = checkpoint {
                 tracing::warn!(error = %e, "store: WAL checkpoint failed");
+            }
+        }
+    }
+    // Closing the last connection checkpoints: with syncs on.
+    let _ = conn.pragma_update(None, "synchronous", "FULL");
+}
+
+/// Makes committed groups durable, then answers their waiters and
+/// publishes the new head to the delivery loops. It runs beside the writer:
+/// while one group is synced, the next one is already being written, so a
+/// sync no longer stops the writer (it was half of its time on `/v1/track`).
+/// One `fdatasync` of the WAL covers every group committed before it began.
+fn sync_loop(
+    wal: std::fs::File,
+    fsync: bool,
+    groups: mpsc::Receiver<Committed>,
+    head_tx: Arc<watch::Sender<u64>>,
+) {
+    while let Ok(first) = groups.recv() {
+        let mut ready = vec![first];
+        while let Ok(more) = groups.try_recv() {
+            ready.push(more);
+        }
+        let synced = if fsync {
+            wal.sync_data()
+                .map_err(|e| format!("cannot sync the WAL: {e}"))
+        } else {
+            Ok(())
+        };
+        match &synced {
+            Ok(()) => {
+                let head = ready.iter().map(|g| g.head).max().unwrap_or(0);
+                head_tx.send_if_modified(|h| {
+                    if *h < head {
+                        *h = head;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "store: sync failed"),
+        }
+        for group in ready {
+            for done in group.completions {
+                done(synced.clone());
             }
         }
     }
