@@ -11,6 +11,10 @@
 //! 4. switchyard, `track` then `batch`, closed loop, same bodies as the bare
 //!    handler got; the delivery backlog is left to drain (bounded) in between;
 //! 5. switchyard, peak RSS (`VmHWM`);
+//! 5b. `ingest-only`: `track` then `batch` again on a second server with no
+//!    destination: parsing, validation and durable storage alone, which is
+//!    what the throughput targets budget (skipped with `--no-destination`,
+//!    where the main server already is that, and with `--no-ingest-only`);
 //! 6. the destination phases `fn-track`, `fn-batch`, `webhooks`,
 //!    `webhooks-batch`: each on a fresh server with that one destination, a
 //!    backlog ingested through `/v1/batch`, then how fast the destination
@@ -54,7 +58,7 @@ pub enum Phase {
     WebhooksBatch,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Seconds measured per throughput phase.
     #[arg(long, default_value_t = 5.0)]
@@ -115,6 +119,9 @@ pub struct BenchArgs {
     /// Configure no destination: ingest alone (the latency phase is skipped).
     #[arg(long)]
     pub no_destination: bool,
+    /// Skip the second run of `track`/`batch` on a server with no destination.
+    #[arg(long)]
+    pub no_ingest_only: bool,
     /// `batch_size` of the webhooks destination (events per webhook request).
     #[arg(long, default_value_t = 1)]
     pub delivery_batch_size: usize,
@@ -274,6 +281,9 @@ struct Report {
     destinations: Vec<destinations::Drain>,
 }
 
+/// The rows of the server with no destination (see the module comment).
+const INGEST_ONLY: &str = "ingest-only";
+
 impl Report {
     fn find(&self, server: &str, phase: Phase) -> Option<&Throughput> {
         self.throughput
@@ -281,20 +291,32 @@ impl Report {
             .find(|t| t.server == server && t.phase == phase)
     }
 
-    fn ratio(&self, phase: Phase) -> Option<(f64, f64)> {
-        let s = self.find("switchyard", phase)?;
+    /// switchyard's ingest alone: the `ingest-only` rows when they were
+    /// measured, otherwise the main server's (which has no destination then).
+    fn ingest(&self, phase: Phase) -> Option<&Throughput> {
+        self.find(INGEST_ONLY, phase)
+            .or_else(|| self.find("switchyard", phase))
+    }
+
+    fn ratio_of(&self, server: &str, phase: Phase) -> Option<(f64, f64)> {
+        let s = self.find(server, phase)?;
         let b = self.find("bare", phase)?;
         Some((
             s.result.requests_per_sec() / b.result.requests_per_sec(),
             s.result.events_per_sec() / b.result.events_per_sec(),
         ))
     }
+
+    fn ratio(&self, phase: Phase) -> Option<(f64, f64)> {
+        let server = self.ingest(phase)?.server;
+        self.ratio_of(server, phase)
+    }
 }
 
 /// A target of the specification: (name, wanted, measured, met).
 fn targets(report: &Report, args: &BenchArgs) -> Vec<(String, String, String, Option<bool>)> {
     let mut out = Vec::new();
-    let batch = report.find("switchyard", Phase::Batch);
+    let batch = report.ingest(Phase::Batch);
     out.push((
         "durable events/s through /v1/batch".to_string(),
         ">= 250,000 events/s".to_string(),
@@ -802,6 +824,52 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    if !args.no_destination && !args.no_ingest_only && !loads.is_empty() {
+        let alone = BenchArgs {
+            no_destination: true,
+            ..args.clone()
+        };
+        write_config(
+            &scratch.path.join("ingest-only.toml"),
+            receiver_addr,
+            &alone,
+        )?;
+        let mut server = Child::spawn(
+            "switchyard server (no destination)",
+            serve_command(
+                &exe,
+                &scratch.path.join("ingest-only.toml"),
+                &scratch.path.join("data-ingest-only"),
+                &alone,
+            ),
+            &scratch.path.join("server-ingest-only.log"),
+            secs(30.0),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for &phase in &loads {
+            progress(
+                quiet,
+                format!(
+                    "switchyard, no destination: {phase:?} load, {} connections",
+                    args.connections
+                ),
+            );
+            let t = throughput(
+                &alone,
+                &server,
+                INGEST_ONLY,
+                phase,
+                format!("io{run_id}-{phase:?}"),
+                None,
+            )
+            .await;
+            report.throughput.push(t);
+            server.check_alive()?;
+        }
+        server.stop(secs(5.0)).await;
+    }
+
     let drains: Vec<Phase> = destinations::PHASES
         .into_iter()
         .filter(|p| has(*p))
@@ -968,18 +1036,25 @@ fn print_table(report: &Report, args: &BenchArgs) {
                 busiest * 100.0
             );
         }
-        for phase in [Phase::Track, Phase::Batch] {
-            if let Some((req, ev)) = report.ratio(phase) {
-                println!(
-                    "  switchyard / bare on {}: {:.1}% of requests/s, {:.1}% of events/s",
-                    if phase == Phase::Batch {
-                        "/v1/batch"
-                    } else {
-                        "/v1/track"
-                    },
-                    req * 100.0,
-                    ev * 100.0
-                );
+        if report.find(INGEST_ONLY, Phase::Track).is_some()
+            || report.find(INGEST_ONLY, Phase::Batch).is_some()
+        {
+            println!("  ({INGEST_ONLY} = switchyard with no destination: parsing, validation and durable storage alone)");
+        }
+        for server in ["switchyard", INGEST_ONLY] {
+            for phase in [Phase::Track, Phase::Batch] {
+                if let Some((req, ev)) = report.ratio_of(server, phase) {
+                    println!(
+                        "  {server} / bare on {}: {:.1}% of requests/s, {:.1}% of events/s",
+                        if phase == Phase::Batch {
+                            "/v1/batch"
+                        } else {
+                            "/v1/track"
+                        },
+                        req * 100.0,
+                        ev * 100.0
+                    );
+                }
             }
         }
     }
