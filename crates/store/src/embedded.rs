@@ -66,7 +66,7 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// The embedded [`Store`].
 pub struct EmbeddedStore {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<WriterMsg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer, which then truncates the WAL.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -301,7 +301,7 @@ impl EmbeddedStore {
         let recent_ids = load_recent_ids(&writer_conn, &options)?;
         let (head_tx, _) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<WriterMsg>();
         let pending_head = Arc::new(AtomicU64::new(head));
         let finish_checkpoint = Arc::new(AtomicBool::new(false));
         let finish_checkpoint_wanted = finish_checkpoint.clone();
@@ -313,9 +313,10 @@ impl EmbeddedStore {
         let syncer = {
             let head_tx = head_tx.clone();
             let fsync = options.fsync;
+            let writer_inbox = jobs_tx.clone();
             std::thread::Builder::new()
                 .name("store-sync".into())
-                .spawn(move || sync_loop(wal_file, fsync, synced_rx, head_tx))
+                .spawn(move || sync_loop(wal_file, fsync, synced_rx, head_tx, writer_inbox))
                 .map_err(spawn_error)?
         };
         let writer = {
@@ -410,7 +411,9 @@ impl EmbeddedStore {
         {
             let guard = self.jobs.lock().map_err(|_| StoreError::Closed)?;
             let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
+            sender
+                .send(WriterMsg::Job(job))
+                .map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -513,58 +516,94 @@ struct Committed {
     head: u64,
 }
 
+/// What the writer thread receives.
+enum WriterMsg {
+    Job(Job),
+    /// The sync thread has made every group it was given durable.
+    Synced,
+    /// The store is closing: commit what is open and stop.
+    Close,
+}
+
+/// The writer: runs jobs into an open transaction as they arrive, and
+/// commits when the sync thread is free to make the group durable (or the
+/// group is full). So a group grows while the previous one is synced: under
+/// load, many requests share one commit and one sync; at rest, a lone job is
+/// committed at once.
 fn writer_loop(
     conn: Connection,
-    jobs: mpsc::Receiver<Job>,
+    inbox: mpsc::Receiver<WriterMsg>,
     synced: mpsc::Sender<Committed>,
     pending_head: Arc<AtomicU64>,
     finish_checkpoint: Arc<AtomicBool>,
 ) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_JOBS_PER_COMMIT {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut open: Vec<Completion> = Vec::new();
+    let mut in_transaction = false;
+    let mut syncing = false;
+    let mut closing = false;
+    loop {
+        let msg = match inbox.recv() {
+            Ok(msg) => msg,
+            Err(_) => WriterMsg::Close,
+        };
+        let mut next = Some(msg);
+        // Everything waiting now, before deciding whether to commit.
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Job(job) => {
+                    if !in_transaction {
+                        // Cached: the writer runs this thousands of times a second.
+                        let begin = conn
+                            .prepare_cached("BEGIN IMMEDIATE")
+                            .and_then(|mut s| s.execute([]));
+                        if let Err(e) = begin {
+                            tracing::error!(error = %e, "store: cannot begin a transaction");
+                            // Run nothing: dropping the job tells its waiter.
+                            drop(job);
+                            next = inbox.try_recv().ok();
+                            continue;
+                        }
+                        in_transaction = true;
+                    }
+                    open.push(job(&conn));
+                }
+                WriterMsg::Synced => syncing = false,
+                WriterMsg::Close => closing = true,
+            }
+            if open.len() < MAX_JOBS_PER_COMMIT {
+                next = inbox.try_recv().ok();
             }
         }
-        // Cached: the writer runs these thousands of times a second.
-        let begin = conn
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]));
-        if let Err(e) = begin {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "store: cannot begin a transaction");
-            for job in batch {
-                // Run nothing: report the failure to every waiter.
-                drop(job);
-            }
-            continue;
-        }
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]))
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        match committed {
-            Ok(()) => {
-                let head = pending_head.load(Ordering::Acquire);
-                if let Err(mpsc::SendError(group)) = synced.send(Committed { completions, head }) {
-                    for done in group.completions {
-                        done(Err("the store is closing".into()));
+        if in_transaction && (!syncing || closing || open.len() >= MAX_JOBS_PER_COMMIT) {
+            in_transaction = false;
+            let completions = std::mem::take(&mut open);
+            let committed = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            match committed {
+                Ok(()) => {
+                    let head = pending_head.load(Ordering::Acquire);
+                    match synced.send(Committed { completions, head }) {
+                        Ok(()) => syncing = true,
+                        Err(mpsc::SendError(group)) => {
+                            for done in group.completions {
+                                done(Err("the store is closing".into()));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store: commit failed");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    for done in completions {
+                        done(Err(e.clone()));
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "store: commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
-                for done in completions {
-                    done(Err(e.clone()));
-                }
-            }
         }
-        if finish_checkpoint.swap(false, Ordering::AcqRel) {
+        if !in_transaction && finish_checkpoint.swap(false, Ordering::AcqRel) {
             // Copies what the background checkpointer has not, with no
             // transaction open, so the next one starts the WAL over. With
             // syncs on, as every checkpoint must: the WAL is synced before
@@ -576,6 +615,9 @@ fn writer_loop(
             if let Err(e) = checkpoint {
                 tracing::warn!(error = %e, "store: WAL checkpoint failed");
             }
+        }
+        if closing && !in_transaction {
+            break;
         }
     }
     // Closing the last connection checkpoints: with syncs on.
@@ -592,6 +634,7 @@ fn sync_loop(
     fsync: bool,
     groups: mpsc::Receiver<Committed>,
     head_tx: Arc<watch::Sender<u64>>,
+    writer: mpsc::Sender<WriterMsg>,
 ) {
     while let Ok(first) = groups.recv() {
         let mut ready = vec![first];
@@ -618,6 +661,9 @@ fn sync_loop(
             }
             Err(e) => tracing::error!(error = %e, "store: sync failed"),
         }
+        // The writer may commit its next group now; it is told before the
+        // waiters are answered, so its commit overlaps their wake-ups.
+        let _ = writer.send(WriterMsg::Synced);
         for group in ready {
             for done in group.completions {
                 done(synced.clone());
@@ -1843,7 +1889,10 @@ impl Store for EmbeddedStore {
 
     async fn close(&self) {
         let sender = self.jobs.lock().ok().and_then(|mut g| g.take());
-        drop(sender);
+        if let Some(sender) = sender {
+            // The sync thread holds a sender too: the writer is told.
+            let _ = sender.send(WriterMsg::Close);
+        }
         let handle = self.writer.lock().ok().and_then(|mut g| g.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -1852,6 +1901,17 @@ impl Store for EmbeddedStore {
         if let Some((stop, handle)) = checkpointer {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// A store dropped without [`Store::close`] still stops its threads: the
+    /// writer commits what is open and ends, and so does the sync thread.
+    fn drop(&mut self) {
+        let sender = self.jobs.get_mut().ok().and_then(Option::take);
+        if let Some(sender) = sender {
+            let _ = sender.send(WriterMsg::Close);
         }
     }
 }
