@@ -11,11 +11,11 @@
 //! 4. switchyard, `track` then `batch`, closed loop, same bodies as the bare
 //!    handler got; the delivery backlog is left to drain (bounded) in between;
 //! 5. switchyard, peak RSS (`VmHWM`);
-//! 5b. `ingest-only`: `track` then `batch` again on a second server with no
+//! 6. `ingest-only`: `track` then `batch` again on a second server with no
 //!    destination: parsing, validation and durable storage alone, which is
 //!    what the throughput targets budget (skipped with `--no-destination`,
 //!    where the main server already is that, and with `--no-ingest-only`);
-//! 6. the destination phases `fn-track`, `fn-batch`, `webhooks`,
+//! 7. the destination phases `fn-track`, `fn-batch`, `webhooks`,
 //!    `webhooks-batch`: each on a fresh server with that one destination, a
 //!    backlog ingested through `/v1/batch`, then how fast the destination
 //!    drains it to the receiver (see `destinations.rs`).
