@@ -730,24 +730,30 @@ fn insert_events(
         "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
     )?;
     for e in events {
-        let hash = id_hash(source_id, &e.message_id);
-        if let Some(seq) = recent.get(hash) {
-            // The real id is compared, so a hash collision stores the event.
-            // A row that is gone (rolled back, purged, compacted) does not
-            // count: storing twice is better than losing an event.
-            let stored: Option<String> = stored_id
-                .query_row(params![seq as i64, source_id], |r| r.get(0))
-                .optional()?;
-            if stored.as_deref() == Some(e.message_id.as_str()) {
-                receipt.duplicates += 1;
-                continue;
+        let stored = recent.store_once(
+            id_hash(source_id, &e.message_id),
+            now,
+            |seq| {
+                // The real id is compared, so a hash collision stores the
+                // event. A row that is gone (rolled back, purged, compacted)
+                // does not count: storing twice is better than losing one.
+                let stored: Option<String> = stored_id
+                    .query_row(params![seq as i64, source_id], |r| r.get(0))
+                    .optional()?;
+                Ok::<_, StoreError>(stored.as_deref() == Some(e.message_id.as_str()))
+            },
+            || {
+                insert.execute(params![source_id, e.message_id, e.user_id, now, e.json])?;
+                Ok(conn.last_insert_rowid() as u64)
+            },
+        )?;
+        match stored {
+            Some(seq) => {
+                pending_head.fetch_max(seq, Ordering::AcqRel);
+                receipt.stored += 1;
             }
+            None => receipt.duplicates += 1,
         }
-        insert.execute(params![source_id, e.message_id, e.user_id, now, e.json])?;
-        let seq = conn.last_insert_rowid() as u64;
-        recent.insert(hash, seq, now);
-        pending_head.fetch_max(seq, Ordering::AcqRel);
-        receipt.stored += 1;
     }
     Ok(receipt)
 }

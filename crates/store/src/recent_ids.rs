@@ -7,6 +7,7 @@
 //! log when the store opens; the log row a hash points at is read back to
 //! compare the real id, so a hash collision never drops an event.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
@@ -62,13 +63,45 @@ impl RecentIds {
     }
 
     /// The seq of the event last stored under `hash`, if within the window.
+    #[cfg(test)]
     pub(crate) fn get(&self, hash: IdHash) -> Option<u64> {
         self.by_hash.get(&hash).copied()
+    }
+
+    /// Stores an event unless it is a duplicate, with one lookup of the map
+    /// (it is large, and each lookup is a cache miss): `is_duplicate` is
+    /// asked about the event last stored under the same hash, if any;
+    /// `store` stores the event and gives its seq. Returns that seq, or
+    /// `None` for a duplicate.
+    pub(crate) fn store_once<E>(
+        &mut self,
+        hash: IdHash,
+        received_ms: i64,
+        is_duplicate: impl FnOnce(u64) -> Result<bool, E>,
+        store: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<Option<u64>, E> {
+        let seq = match self.by_hash.entry(hash) {
+            Entry::Occupied(mut slot) => {
+                if is_duplicate(*slot.get())? {
+                    return Ok(None);
+                }
+                let seq = store()?;
+                slot.insert(seq);
+                seq
+            }
+            Entry::Vacant(slot) => *slot.insert(store()?),
+        };
+        self.remember(hash, seq, received_ms);
+        Ok(Some(seq))
     }
 
     /// Records an event just stored.
     pub(crate) fn insert(&mut self, hash: IdHash, seq: u64, received_ms: i64) {
         self.by_hash.insert(hash, seq);
+        self.remember(hash, seq, received_ms);
+    }
+
+    fn remember(&mut self, hash: IdHash, seq: u64, received_ms: i64) {
         self.order.push_back((received_ms, seq, hash));
         if self.order.len() > self.capacity {
             self.pop_oldest();
@@ -135,5 +168,30 @@ mod tests {
         assert_eq!(ids.expire(1950), 1);
         assert_eq!(ids.get(c), Some(9));
         assert_eq!(ids.len(), 2);
+    }
+
+    #[test]
+    fn store_once_asks_only_about_a_known_hash() {
+        let mut ids = RecentIds::new(1000, 10);
+        let h = id_hash(1, "a");
+        let stored = ids.store_once(
+            h,
+            0,
+            |_| -> Result<bool, ()> { panic!("new hash") },
+            || Ok(7),
+        );
+        assert_eq!(stored, Ok(Some(7)));
+        let dup = ids.store_once(
+            h,
+            1,
+            |seq| Ok::<_, ()>(seq == 7),
+            || panic!("a duplicate is not stored"),
+        );
+        assert_eq!(dup, Ok(None));
+        // Same hash, different id (a collision, or the row is gone): stored.
+        let again = ids.store_once(h, 2, |_| Ok::<_, ()>(false), || Ok(9));
+        assert_eq!((again, ids.get(h)), (Ok(Some(9)), Some(9)));
+        let failed = ids.store_once(id_hash(1, "b"), 3, |_| Ok(false), || Err("disk full"));
+        assert_eq!(failed, Err("disk full"));
     }
 }
