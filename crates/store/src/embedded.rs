@@ -729,6 +729,7 @@ fn insert_events(
     let mut insert = conn.prepare_cached(
         "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
     )?;
+    let mut last_seq = 0;
     for e in events {
         let stored = recent.store_once(
             id_hash(source_id, &e.message_id),
@@ -749,12 +750,15 @@ fn insert_events(
         )?;
         match stored {
             Some(seq) => {
-                pending_head.fetch_max(seq, Ordering::AcqRel);
+                last_seq = last_seq.max(seq);
                 receipt.stored += 1;
             }
             None => receipt.duplicates += 1,
         }
     }
+    // Once per job: an atomic read-modify-write per event was a tenth of
+    // the writer's time.
+    pending_head.fetch_max(last_seq, Ordering::AcqRel);
     Ok(receipt)
 }
 
