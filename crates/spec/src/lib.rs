@@ -12,7 +12,7 @@ use std::fmt;
 
 mod raw;
 
-pub use raw::{normalize_fast, normalize_str, RawBatch, RawItem};
+pub use raw::{normalize_fast, RawBatch, RawItem};
 
 /// The six Spec calls the Tracking API accepts, plus `delete` (user deletion
 /// notices that switchyard itself emits to destinations).

@@ -22,18 +22,15 @@ const MAX_DEPTH: usize = 100;
 /// here is quadratic).
 const MAX_KEYS: usize = 64;
 
-/// Normalizes one message given as JSON text: the fast path when it applies,
-/// the tree path otherwise. On error the parsed message is given back, when
-/// the text was valid JSON, so a caller can show what was refused.
+/// The tree path for a message given as JSON text. On error the parsed
+/// message is given back, when the text was valid JSON, so a caller can show
+/// what was refused.
 #[allow(clippy::result_large_err)] // the error path is the rare one
-pub fn normalize_str(
+fn normalize_tree(
     text: &str,
     forced_type: Option<MessageType>,
     ctx: &RequestContext<'_>,
 ) -> Result<Message, (SpecError, Option<Value>)> {
-    if let Some(message) = normalize_fast(text, forced_type, ctx) {
-        return Ok(message);
-    }
     let value: Value = serde_json::from_str(text).map_err(|e| {
         (
             SpecError::invalid(None, format!("malformed JSON: {e}")),
@@ -108,6 +105,44 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Reads the items of the container just opened, up to and past its
+    /// `close` byte, with `each` reading one item (given its index).
+    /// Whitespace around items is skipped; `inner` marks it not canonical.
+    fn items(
+        &mut self,
+        close: u8,
+        inner: bool,
+        mut each: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let skip = |s: &mut Self| {
+            if inner {
+                s.skip_inner_ws()
+            } else {
+                s.skip_ws()
+            }
+        };
+        skip(self);
+        if self.peek()? == close {
+            self.at += 1;
+            return Some(());
+        }
+        let mut index = 0;
+        loop {
+            skip(self);
+            each(self, index)?;
+            skip(self);
+            match self.peek()? {
+                b',' => self.at += 1,
+                byte if byte == close => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+            index += 1;
+        }
+    }
+
     /// Whitespace inside a value: not canonical.
     fn skip_inner_ws(&mut self) {
         let from = self.at;
@@ -171,32 +206,20 @@ impl<'a> Scanner<'a> {
         self.at += 1;
         out.put(b"{");
         let mark = self.keys.len();
-        self.skip_inner_ws();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            out.put(b"}");
-            return Some(());
-        }
-        loop {
-            self.skip_inner_ws();
-            let key = self.key(mark)?;
+        self.items(b'}', true, |s, index| {
+            if index > 0 {
+                out.put(b",");
+            }
+            let key = s.key(mark)?;
             out.put(b"\"");
             out.put(key.as_bytes());
             out.put(b"\":");
-            self.skip_inner_ws();
-            (self.peek()? == b':').then_some(())?;
-            self.at += 1;
-            self.skip_inner_ws();
-            self.value(out, depth + 1)?;
-            self.skip_inner_ws();
-            match self.peek()? {
-                b',' => out.put(b","),
-                b'}' => break,
-                _ => return None,
-            }
-            self.at += 1;
-        }
-        self.at += 1;
+            s.skip_inner_ws();
+            (s.peek()? == b':').then_some(())?;
+            s.at += 1;
+            s.skip_inner_ws();
+            s.value(out, depth + 1).map(drop)
+        })?;
         out.put(b"}");
         self.keys.truncate(mark);
         Some(())
@@ -223,24 +246,12 @@ impl<'a> Scanner<'a> {
     fn array(&mut self, out: &mut impl Out, depth: usize) -> Option<()> {
         self.at += 1;
         out.put(b"[");
-        self.skip_inner_ws();
-        if self.peek()? == b']' {
-            self.at += 1;
-            out.put(b"]");
-            return Some(());
-        }
-        loop {
-            self.skip_inner_ws();
-            self.value(out, depth + 1)?;
-            self.skip_inner_ws();
-            match self.peek()? {
-                b',' => out.put(b","),
-                b']' => break,
-                _ => return None,
+        self.items(b']', true, |s, index| {
+            if index > 0 {
+                out.put(b",");
             }
-            self.at += 1;
-        }
-        self.at += 1;
+            s.value(out, depth + 1).map(drop)
+        })?;
         out.put(b"]");
         Some(())
     }
@@ -357,32 +368,18 @@ impl<'a> RawMessage<'a> {
         let mut entries = Vec::with_capacity(16);
         let mark = scanner.keys.len();
         scanner.expect(b'{')?;
-        scanner.skip_ws();
-        if scanner.peek()? == b'}' {
-            scanner.at += 1;
-        } else {
-            loop {
-                scanner.skip_ws();
-                let key = scanner.key(mark)?;
-                scanner.expect(b':')?;
-                let start = values.len();
-                let sent = scanner.canonical_value(&mut values, 1)?;
-                entries.push(Entry {
-                    key: Cow::Borrowed(key),
-                    sent: Some(sent),
-                    canonical: start..values.len(),
-                });
-                scanner.skip_ws();
-                match scanner.peek()? {
-                    b',' => scanner.at += 1,
-                    b'}' => {
-                        scanner.at += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
+        scanner.items(b'}', false, |s, _| {
+            let key = s.key(mark)?;
+            s.expect(b':')?;
+            let start = values.len();
+            let sent = s.canonical_value(&mut values, 1)?;
+            entries.push(Entry {
+                key: Cow::Borrowed(key),
+                sent: Some(sent),
+                canonical: start..values.len(),
+            });
+            Some(())
+        })?;
         scanner.keys.truncate(mark);
         Some(RawMessage {
             entries,
@@ -492,22 +489,16 @@ pub struct RawItem<'a> {
 
 impl RawItem<'_> {
     /// Normalizes the item: the fast path when it applies, the tree path
-    /// otherwise (see [`normalize_str`]).
+    /// otherwise.
     #[allow(clippy::result_large_err)] // the error path is the rare one
     pub fn normalize(
         self,
         ctx: &RequestContext<'_>,
     ) -> Result<Message, (SpecError, Option<Value>)> {
-        if let Some(message) = self.message.and_then(|m| m.normalize(None, ctx)) {
-            return Ok(message);
+        match self.message.and_then(|m| m.normalize(None, ctx)) {
+            Some(message) => Ok(message),
+            None => normalize_tree(self.text, None, ctx),
         }
-        let value: Value = serde_json::from_str(self.text).map_err(|e| {
-            (
-                SpecError::invalid(None, format!("malformed JSON: {e}")),
-                None,
-            )
-        })?;
-        crate::normalize_or_return(value, None, ctx).map_err(|(e, v)| (e, Some(v)))
     }
 }
 
@@ -535,63 +526,39 @@ impl<'a> RawBatch<'a> {
         };
         let mut saw_batch = false;
         scanner.expect(b'{')?;
-        loop {
-            scanner.skip_ws();
-            let key = scanner.key(0)?;
-            scanner.expect(b':')?;
-            scanner.skip_ws();
+        scanner.items(b'}', false, |s, _| {
+            let key = s.key(0)?;
+            s.expect(b':')?;
+            s.skip_ws();
             if key == "batch" {
-                scanner.expect(b'[')?;
                 saw_batch = true;
-                scanner.skip_ws();
-                if scanner.peek()? == b']' {
-                    scanner.at += 1;
-                } else {
-                    loop {
-                        scanner.skip_ws();
-                        batch.items.push(Self::item(&mut scanner)?);
-                        scanner.skip_ws();
-                        match scanner.peek()? {
-                            b',' => scanner.at += 1,
-                            b']' => {
-                                scanner.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
+                s.expect(b'[')?;
+                return s.items(b']', false, |s, _| {
+                    batch.items.push(Self::item(s)?);
+                    Some(())
+                });
+            }
+            let text = s.value(&mut Skip, 1)?;
+            let parse = || serde_json::from_str::<Value>(text).ok();
+            match key {
+                "sentAt" => batch.sent_at = Some(parse()?),
+                "writeKey" => batch.write_key = Some(serde_json::from_str(text).ok()?),
+                "context" | "integrations" => {
+                    let map = match parse()? {
+                        Value::Object(map) => Some(map),
+                        Value::Null => None,
+                        _ => return None,
+                    };
+                    if key == "context" {
+                        batch.context = map;
+                    } else {
+                        batch.integrations = map;
                     }
                 }
-            } else {
-                let text = scanner.value(&mut Skip, 1)?;
-                let parse = || serde_json::from_str::<Value>(text).ok();
-                match key {
-                    "sentAt" => batch.sent_at = Some(parse()?),
-                    "writeKey" => batch.write_key = Some(serde_json::from_str(text).ok()?),
-                    "context" | "integrations" => {
-                        let map = match parse()? {
-                            Value::Object(map) => Some(map),
-                            Value::Null => None,
-                            _ => return None,
-                        };
-                        if key == "context" {
-                            batch.context = map;
-                        } else {
-                            batch.integrations = map;
-                        }
-                    }
-                    _ => {}
-                }
+                _ => {}
             }
-            scanner.skip_ws();
-            match scanner.peek()? {
-                b',' => scanner.at += 1,
-                b'}' => {
-                    scanner.at += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
         (saw_batch && scanner.at_end()).then_some(batch)
     }
 

@@ -537,8 +537,8 @@ fn writer_loop(
     pending_head: Arc<AtomicU64>,
     finish_checkpoint: Arc<AtomicBool>,
 ) {
+    // A transaction is open exactly when jobs have run into it.
     let mut open: Vec<Completion> = Vec::new();
-    let mut in_transaction = false;
     let mut syncing = false;
     let mut closing = false;
     loop {
@@ -551,21 +551,19 @@ fn writer_loop(
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Job(job) => {
-                    if !in_transaction {
+                    let begun = if open.is_empty() {
                         // Cached: the writer runs this thousands of times a second.
-                        let begin = conn
-                            .prepare_cached("BEGIN IMMEDIATE")
-                            .and_then(|mut s| s.execute([]));
-                        if let Err(e) = begin {
-                            tracing::error!(error = %e, "store: cannot begin a transaction");
-                            // Run nothing: dropping the job tells its waiter.
-                            drop(job);
-                            next = inbox.try_recv().ok();
-                            continue;
-                        }
-                        in_transaction = true;
+                        conn.prepare_cached("BEGIN IMMEDIATE")
+                            .and_then(|mut s| s.execute([]))
+                            .map(drop)
+                    } else {
+                        Ok(())
+                    };
+                    match begun {
+                        Ok(()) => open.push(job(&conn)),
+                        // Run nothing: dropping the job tells its waiter.
+                        Err(e) => tracing::error!(error = %e, "store: cannot begin a transaction"),
                     }
-                    open.push(job(&conn));
                 }
                 WriterMsg::Synced => syncing = false,
                 WriterMsg::Close => closing = true,
@@ -574,8 +572,7 @@ fn writer_loop(
                 next = inbox.try_recv().ok();
             }
         }
-        if in_transaction && (!syncing || closing || open.len() >= MAX_JOBS_PER_COMMIT) {
-            in_transaction = false;
+        if !open.is_empty() && (!syncing || closing || open.len() >= MAX_JOBS_PER_COMMIT) {
             let completions = std::mem::take(&mut open);
             let committed = conn
                 .prepare_cached("COMMIT")
@@ -603,7 +600,7 @@ fn writer_loop(
                 }
             }
         }
-        if !in_transaction && finish_checkpoint.swap(false, Ordering::AcqRel) {
+        if open.is_empty() && finish_checkpoint.swap(false, Ordering::AcqRel) {
             // Copies what the background checkpointer has not, with no
             // transaction open, so the next one starts the WAL over. With
             // syncs on, as every checkpoint must: the WAL is synced before
@@ -616,7 +613,7 @@ fn writer_loop(
                 tracing::warn!(error = %e, "store: WAL checkpoint failed");
             }
         }
-        if closing && !in_transaction {
+        if closing && open.is_empty() {
             break;
         }
     }

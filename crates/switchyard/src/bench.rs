@@ -419,6 +419,31 @@ fn write_config(
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes the config for `args` and starts `serve` on it; its config, data
+/// directory and log in the scratch directory are named with `suffix`.
+async fn start_server(
+    exe: &std::path::Path,
+    scratch: &ScratchDir,
+    suffix: &str,
+    receiver: SocketAddr,
+    args: &BenchArgs,
+) -> anyhow::Result<Child> {
+    let config = scratch.path.join(format!("switchyard{suffix}.toml"));
+    write_config(&config, receiver, args)?;
+    Child::spawn(
+        &format!("switchyard{suffix} server"),
+        serve_command(
+            exe,
+            &config,
+            &scratch.path.join(format!("data{suffix}")),
+            args,
+        ),
+        &scratch.path.join(format!("server{suffix}.log")),
+        secs(30.0),
+    )
+    .await
+}
+
 /// Runs one closed-loop phase against `target` and samples CPU and deliveries
 /// at the edges of the measured window.
 async fn throughput(
@@ -706,19 +731,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     if paced_count > 0 || !loads.is_empty() {
-        write_config(&scratch.path.join("switchyard.toml"), receiver_addr, &args)?;
-        let mut server = Child::spawn(
-            "switchyard server",
-            serve_command(
-                &exe,
-                &scratch.path.join("switchyard.toml"),
-                &scratch.path.join("data"),
-                &args,
-            ),
-            &scratch.path.join("server.log"),
-            secs(30.0),
-        )
-        .await?;
+        let mut server = start_server(&exe, &scratch, "", receiver_addr, &args).await?;
         progress(
             quiet,
             format!(
@@ -829,23 +842,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             no_destination: true,
             ..args.clone()
         };
-        write_config(
-            &scratch.path.join("ingest-only.toml"),
-            receiver_addr,
-            &alone,
-        )?;
-        let mut server = Child::spawn(
-            "switchyard server (no destination)",
-            serve_command(
-                &exe,
-                &scratch.path.join("ingest-only.toml"),
-                &scratch.path.join("data-ingest-only"),
-                &alone,
-            ),
-            &scratch.path.join("server-ingest-only.log"),
-            secs(30.0),
-        )
-        .await?;
+        let mut server =
+            start_server(&exe, &scratch, "-ingest-only", receiver_addr, &alone).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         for &phase in &loads {
             progress(
