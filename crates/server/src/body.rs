@@ -2,13 +2,13 @@
 //! UTF-8 and JSON checks with messages a person can act on.
 
 use crate::error::ApiError;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use std::io::Read;
 
 /// Reads the body (at most `limit` bytes on the wire) and inflates gzip (at
 /// most `limit` bytes once inflated, so a gzip bomb is refused, not expanded).
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit")
@@ -23,7 +23,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
     match encoding.as_deref() {
-        None | Some("") | Some("identity") => Ok(raw.to_vec()),
+        None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::new();
             let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
@@ -35,7 +35,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
                     "decompressed request body exceeds the limit of {limit} bytes"
                 )));
             }
-            Ok(out)
+            Ok(out.into())
         }
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

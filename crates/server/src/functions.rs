@@ -100,7 +100,7 @@ async fn handle(
                 )
             })
             .collect(),
-        body: bytes,
+        body: bytes.into(),
     };
     let stored = serde_json::to_vec(&request)
         .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;

@@ -23,6 +23,41 @@ use std::sync::{Arc, RwLock};
 use store::secrets::Keyring;
 use store::Store;
 
+/// A source as the tracking API meets it: its slug and its event counters,
+/// resolved once per write key instead of once per request.
+pub struct TrackingSource {
+    pub slug: String,
+    pub received: metrics::Counter,
+    pub rejected: metrics::Counter,
+    pub stored: metrics::Counter,
+    pub duplicates: metrics::Counter,
+}
+
+impl TrackingSource {
+    fn new(slug: String) -> Self {
+        let counter = |name: &'static str| metrics::counter!(name, "source" => slug.clone());
+        TrackingSource {
+            received: counter("switchyard_events_received_total"),
+            rejected: counter("switchyard_events_rejected_total"),
+            stored: counter("switchyard_events_stored_total"),
+            duplicates: counter("switchyard_events_duplicate_total"),
+            slug,
+        }
+    }
+}
+
+/// Most write keys remembered as verified; past it the cache starts over
+/// (a flood of distinct valid keys costs HMACs again, never memory).
+const MAX_VERIFIED_WRITE_KEYS: usize = 4096;
+
+/// Write key (in the clear, as every request carries it) → its source.
+/// Emptied, and its generation bumped, whenever a write key changes.
+#[derive(Default)]
+struct WriteKeyCache {
+    generation: u64,
+    sources: HashMap<String, Arc<TrackingSource>>,
+}
+
 /// Everything a handler may use.
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -30,6 +65,9 @@ pub struct AppState {
     pub keyring: Keyring,
     /// Write-key digest → source slug.
     write_keys: RwLock<HashMap<String, String>>,
+    /// Write keys already verified, so that a request pays neither an HMAC
+    /// nor counter registrations.
+    write_key_cache: RwLock<WriteKeyCache>,
     admin_token_hash: RwLock<Option<String>>,
     /// User deletion requests of this process (also kept in the store's meta).
     pub deletions: std::sync::Mutex<Vec<serde_json::Value>>,
@@ -65,6 +103,7 @@ impl AppState {
             limits,
             keyring,
             write_keys: RwLock::new(HashMap::new()),
+            write_key_cache: RwLock::new(WriteKeyCache::default()),
             admin_token_hash: RwLock::new(None),
             function_tokens: RwLock::new(HashMap::new()),
             api_tokens: RwLock::new(HashMap::new()),
@@ -85,6 +124,7 @@ impl AppState {
             keys.retain(|_, s| s != slug);
             keys.insert(hash.to_string(), slug.to_string());
         }
+        self.forget_verified_write_keys();
     }
 
     /// Forgets every credential of a source.
@@ -92,6 +132,7 @@ impl AppState {
         if let Ok(mut keys) = self.write_keys.write() {
             keys.retain(|_, s| s != slug);
         }
+        self.forget_verified_write_keys();
         if let Ok(mut tokens) = self.function_tokens.write() {
             tokens.retain(|_, s| s != slug);
         }
@@ -138,9 +179,36 @@ impl AppState {
         }
     }
 
-    pub fn source_for_write_key(&self, key: &str) -> Option<String> {
+    /// The source whose write key is `key`, if any.
+    pub fn source_for_write_key(&self, key: &str) -> Option<Arc<TrackingSource>> {
+        let generation = {
+            let cache = self.write_key_cache.read().ok()?;
+            if let Some(source) = cache.sources.get(key) {
+                return Some(source.clone());
+            }
+            cache.generation
+        };
         let digest = self.keyring.hash(key);
-        self.write_keys.read().ok()?.get(&digest).cloned()
+        let slug = self.write_keys.read().ok()?.get(&digest).cloned()?;
+        let source = Arc::new(TrackingSource::new(slug));
+        if let Ok(mut cache) = self.write_key_cache.write() {
+            // A key that changed since the lookup above is not cached: the
+            // change bumped the generation after updating `write_keys`.
+            if cache.generation == generation {
+                if cache.sources.len() >= MAX_VERIFIED_WRITE_KEYS {
+                    cache.sources.clear();
+                }
+                cache.sources.insert(key.to_string(), source.clone());
+            }
+        }
+        Some(source)
+    }
+
+    fn forget_verified_write_keys(&self) {
+        if let Ok(mut cache) = self.write_key_cache.write() {
+            cache.generation += 1;
+            cache.sources.clear();
+        }
     }
 
     /// Registers (or, with `None`, forgets) an API token digest.
@@ -199,15 +267,19 @@ async fn not_found(uri: axum::http::Uri) -> error::ApiError {
 
 /// The router of every door.
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut v1 = Router::new();
+    // The tracking API is the hot path, and the management guard has
+    // nothing to check there: it is merged in after the guard.
+    let mut tracking_api = Router::new();
     for kind in MessageType::CLIENT_TYPES {
-        v1 = v1.route(
+        tracking_api = tracking_api.route(
             &format!("/v1/{}", kind.as_str()),
             post(move |s, h, b| tracking::single(s, kind, h, b)),
         );
     }
-    v1.route("/v1/batch", post(tracking::batch))
-        .route("/v1/import", post(tracking::batch))
+    let tracking_api = tracking_api
+        .route("/v1/batch", post(tracking::batch))
+        .route("/v1/import", post(tracking::batch));
+    Router::new()
         .route("/functions/{slug}", any(functions::without_token))
         .route("/functions/{slug}/{token}", any(functions::with_token))
         .route("/api/v1/sources/{slug}/captures", get(admin::captures))
@@ -316,11 +388,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/destinations/{name}/urls/enable",
             post(admin::enable_urls),
         )
-        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             manage::read_only_guard,
         ))
+        .merge(tracking_api)
+        .fallback(not_found)
         // Bodies are capped by the handlers themselves, with JSON errors.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

@@ -5,7 +5,7 @@
 
 use crate::body::{parse_json, read_body};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, TrackingSource};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -47,7 +47,7 @@ fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     body_key: Option<String>,
-) -> Result<String, ApiError> {
+) -> Result<Arc<TrackingSource>, ApiError> {
     let key = match basic_user(headers)? {
         Some(k) => k,
         None => body_key.ok_or_else(|| {
@@ -81,32 +81,35 @@ fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError
 
 async fn store_events(
     state: &AppState,
-    source: &str,
+    source: &TrackingSource,
     events: Vec<NewEvent>,
     rejections: Vec<Rejection>,
 ) -> Result<store::AppendReceipt, ApiError> {
-    let received = events.len() + rejections.len();
-    metrics::counter!("switchyard_events_received_total", "source" => source.to_string())
-        .increment(received as u64);
-    if !rejections.is_empty() {
-        metrics::counter!("switchyard_events_rejected_total", "source" => source.to_string())
-            .increment(rejections.len() as u64);
-    }
+    source
+        .received
+        .increment((events.len() + rejections.len()) as u64);
+    source.rejected.increment(rejections.len() as u64);
     let receipt = state
         .store
-        .append(source, events, rejections)
+        .append(&source.slug, events, rejections)
         .await
         .map_err(|e| {
-            tracing::error!(source, error = %e, "cannot store events");
+            tracing::error!(source = %source.slug, error = %e, "cannot store events");
             ApiError::unavailable(format!("events not stored, retry later: {e}"))
         })?;
-    metrics::counter!("switchyard_events_stored_total", "source" => source.to_string())
-        .increment(receipt.stored as u64);
-    if receipt.duplicates > 0 {
-        metrics::counter!("switchyard_events_duplicate_total", "source" => source.to_string())
-            .increment(receipt.duplicates as u64);
-    }
+    source.stored.increment(receipt.stored as u64);
+    source.duplicates.increment(receipt.duplicates as u64);
     Ok(receipt)
+}
+
+/// `{"success": true}`, the answer of every accepted call, built without
+/// JSON serialization.
+fn success() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r#"{"success":true}"#,
+    )
+        .into_response()
 }
 
 /// `POST /v1/{track,identify,page,screen,group,alias}`.
@@ -156,7 +159,7 @@ pub async fn single(
     }
     .await;
     match result {
-        Ok(()) => Json(json!({"success": true})).into_response(),
+        Ok(()) => success(),
         Err(e) => e.into_response(),
     }
 }
@@ -182,7 +185,7 @@ enum BatchItem<'a> {
 
 /// A `/v1/batch` body once authenticated, read by either path.
 struct BatchBody<'a> {
-    source: String,
+    source: Arc<TrackingSource>,
     items: Vec<BatchItem<'a>>,
     sent_at: Option<Value>,
     context: Option<serde_json::Map<String, Value>>,
@@ -289,7 +292,7 @@ pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         }
         if events.is_empty() {
             let first = &rejections[0];
-            tracing::warn!(source = %source, rejected = rejections.len(), "batch refused: no valid message");
+            tracing::warn!(source = %source.slug, rejected = rejections.len(), "batch refused: no valid message");
             return Ok((
                 StatusCode::BAD_REQUEST,
                 Json(json!({
@@ -308,14 +311,13 @@ pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             .map(|r| json!({"index": r.index, "field": r.field, "message": r.reason}))
             .collect();
         for r in &rejections {
-            tracing::warn!(source = %source, index = r.index, field = ?r.field, reason = %r.reason, "batch item rejected");
+            tracing::warn!(source = %source.slug, index = r.index, field = ?r.field, reason = %r.reason, "batch item rejected");
         }
         store_events(&state, &source, events, rejections).await?;
-        let mut response = json!({"success": true});
-        if !report.is_empty() {
-            response["rejected"] = Value::Array(report);
+        if report.is_empty() {
+            return Ok(success());
         }
-        Ok(Json(response).into_response())
+        Ok(Json(json!({"success": true, "rejected": report})).into_response())
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())

@@ -1,18 +1,20 @@
 //! The embedded backend: SQLite in WAL mode in one data directory.
 //!
-//! Every write goes through one writer thread that takes all the jobs waiting
-//! at that moment and commits them in a single transaction (group commit): a
-//! request pays for one fsync shared with everything that arrived beside it,
-//! instead of one of its own. Each job runs inside its own savepoint, so one
-//! failing job never takes its neighbours down. Reads use a small pool of
-//! separate connections, which WAL lets run beside the writer.
+//! Every write runs into one open transaction that is committed and synced
+//! for a whole group of jobs at once (group commit, see [`crate::group_commit`]):
+//! a request pays for one fsync shared with everything that arrived beside
+//! it, instead of one of its own. Each job but event appends runs inside its
+//! own savepoint, so one failing job never takes its neighbours down. Reads
+//! use a small pool of separate connections, which WAL lets run beside the
+//! writer.
 
+use crate::group_commit::{sync_loop, Completion, GroupCommit, Job};
 use crate::recent_ids::{id_hash, RecentIds};
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use tokio::sync::oneshot;
 
@@ -41,16 +43,10 @@ impl EmbeddedOptions {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
-
-/// Most jobs folded into one transaction.
-const MAX_JOBS_PER_COMMIT: usize = 4096;
-
 /// How often the background checkpointer looks for WAL frames to copy into
 /// the database when the last round found none, and when it found some.
 const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
-const CHECKPOINT_BUSY: std::time::Duration = std::time::Duration::from_millis(2);
+const CHECKPOINT_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// WAL pages (16 MiB) past which the background checkpointer asks the writer
 /// to copy the last few frames between two transactions. Under steady load
@@ -66,19 +62,24 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// The embedded [`Store`].
 pub struct EmbeddedStore {
-    jobs: Mutex<Option<mpsc::Sender<WriterMsg>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    commit: Arc<GroupCommit>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer, which then truncates the WAL.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     head_tx: Arc<watch::Sender<u64>>,
-    /// Highest seq written by jobs of the transaction in progress; published
-    /// to subscribers only after the commit.
-    pending_head: Arc<AtomicU64>,
     source_ids: Arc<RwLock<HashMap<String, i64>>>,
-    /// Only the writer thread touches it (inside jobs); the lock is uncontended.
+    /// Only jobs touch it, with the writer held: the lock is uncontended.
     recent_ids: Arc<Mutex<RecentIds>>,
+}
+
+/// Where a write job runs.
+enum JobKind {
+    /// On the submitting thread, or on whichever thread holds the writer.
+    Small,
+    /// On a blocking thread: it may touch many rows.
+    Heavy,
 }
 
 const SCHEMA: &str = r#"
@@ -301,51 +302,28 @@ impl EmbeddedStore {
         let recent_ids = load_recent_ids(&writer_conn, &options)?;
         let (head_tx, _) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
-        let (jobs_tx, jobs_rx) = mpsc::channel::<WriterMsg>();
-        let pending_head = Arc::new(AtomicU64::new(head));
-        let finish_checkpoint = Arc::new(AtomicBool::new(false));
-        let finish_checkpoint_wanted = finish_checkpoint.clone();
-        let spawn_error = |source| StoreError::DataDir {
-            path: path.display().to_string(),
-            source,
-        };
-        let (synced_tx, synced_rx) = mpsc::channel::<Committed>();
+        let (commit, groups) = GroupCommit::new(writer_conn, head);
+        let commit = Arc::new(commit);
         let syncer = {
             let head_tx = head_tx.clone();
+            let commit = commit.clone();
             let fsync = options.fsync;
-            let writer_inbox = jobs_tx.clone();
             std::thread::Builder::new()
                 .name("store-sync".into())
-                .spawn(move || sync_loop(wal_file, fsync, synced_rx, head_tx, writer_inbox))
-                .map_err(spawn_error)?
+                .spawn(move || sync_loop(wal_file, fsync, groups, &head_tx, &commit))
+                .map_err(|source| StoreError::DataDir {
+                    path: path.display().to_string(),
+                    source,
+                })?
         };
-        let writer = {
-            let pending_head = pending_head.clone();
-            std::thread::Builder::new()
-                .name("store-writer".into())
-                .spawn(move || {
-                    writer_loop(
-                        writer_conn,
-                        jobs_rx,
-                        synced_tx,
-                        pending_head,
-                        finish_checkpoint,
-                    );
-                    // The writer's channel to it is closed: it ends once
-                    // every group is synced and answered.
-                    let _ = syncer.join();
-                })
-                .map_err(spawn_error)?
-        };
-        let checkpointer = spawn_checkpointer(&path, finish_checkpoint_wanted)?;
+        let checkpointer = spawn_checkpointer(&path, commit.clone())?;
         let store = EmbeddedStore {
-            jobs: Mutex::new(Some(jobs_tx)),
-            writer: Mutex::new(Some(writer)),
+            commit,
+            syncer: Mutex::new(Some(syncer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
             head_tx,
-            pending_head,
             source_ids: Arc::new(RwLock::new(ids)),
             recent_ids: Arc::new(Mutex::new(recent_ids)),
         };
@@ -354,13 +332,24 @@ impl EmbeddedStore {
 
     /// Runs `f` inside the next group commit, in a savepoint of its own so
     /// that its failure leaves the other jobs of the commit whole; resolves
-    /// once committed.
+    /// once durable. `f` runs on the calling thread (or on the thread that
+    /// holds the writer then): it must be small.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.write_job(true, f).await
+        self.write_job(JobKind::Small, true, f).await
+    }
+
+    /// Like [`Self::write`] for a job that may touch many rows: it runs on a
+    /// blocking thread, so that no async thread waits for it.
+    async fn heavy_write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.write_job(JobKind::Heavy, true, f).await
     }
 
     /// Like [`Self::write`] with no savepoint, for event appends, the most
@@ -372,10 +361,10 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.write_job(false, f).await
+        self.write_job(JobKind::Small, false, f).await
     }
 
-    async fn write_job<T, F>(&self, savepoint: bool, f: F) -> Result<T>
+    async fn write_job<T, F>(&self, kind: JobKind, savepoint: bool, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -408,12 +397,14 @@ impl EmbeddedStore {
                 let _ = tx.send(result);
             })
         });
-        {
-            let guard = self.jobs.lock().map_err(|_| StoreError::Closed)?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender
-                .send(WriterMsg::Job(job))
-                .map_err(|_| StoreError::Closed)?;
+        match kind {
+            JobKind::Small => self.commit.submit(job),
+            JobKind::Heavy => {
+                let commit = self.commit.clone();
+                tokio::task::spawn_blocking(move || commit.run_blocking(job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+            }
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -459,7 +450,7 @@ impl EmbeddedStore {
 /// and truncates the WAL when the store closes.
 fn spawn_checkpointer(
     path: &Path,
-    finish_wanted: Arc<AtomicBool>,
+    commit: Arc<GroupCommit>,
 ) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let conn = open_connection(path, true)?;
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -480,7 +471,7 @@ fn spawn_checkpointer(
                 match copied {
                     Ok((busy, log, done)) => {
                         if log >= WAL_RESET_PAGES && log - done < WAL_RESET_PAGES / 4 {
-                            finish_wanted.store(true, Ordering::Release);
+                            commit.finish_checkpoint.store(true, Ordering::Release);
                         }
                         let changing = busy != 0 || done < log || done != last_done;
                         last_done = done;
@@ -507,166 +498,6 @@ fn spawn_checkpointer(
             source,
         })?;
     Ok((stop_tx, handle))
-}
-
-/// A committed group on its way to the disk: its waiters and the head of
-/// the log once it is durable.
-struct Committed {
-    completions: Vec<Completion>,
-    head: u64,
-}
-
-/// What the writer thread receives.
-enum WriterMsg {
-    Job(Job),
-    /// The sync thread has made every group it was given durable.
-    Synced,
-    /// The store is closing: commit what is open and stop.
-    Close,
-}
-
-/// The writer: runs jobs into an open transaction as they arrive, and
-/// commits when the sync thread is free to make the group durable (or the
-/// group is full). So a group grows while the previous one is synced: under
-/// load, many requests share one commit and one sync; at rest, a lone job is
-/// committed at once.
-fn writer_loop(
-    conn: Connection,
-    inbox: mpsc::Receiver<WriterMsg>,
-    synced: mpsc::Sender<Committed>,
-    pending_head: Arc<AtomicU64>,
-    finish_checkpoint: Arc<AtomicBool>,
-) {
-    // A transaction is open exactly when jobs have run into it.
-    let mut open: Vec<Completion> = Vec::new();
-    let mut syncing = false;
-    let mut closing = false;
-    loop {
-        let msg = match inbox.recv() {
-            Ok(msg) => msg,
-            Err(_) => WriterMsg::Close,
-        };
-        let mut next = Some(msg);
-        // Everything waiting now, before deciding whether to commit.
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Job(job) => {
-                    let begun = if open.is_empty() {
-                        // Cached: the writer runs this thousands of times a second.
-                        conn.prepare_cached("BEGIN IMMEDIATE")
-                            .and_then(|mut s| s.execute([]))
-                            .map(drop)
-                    } else {
-                        Ok(())
-                    };
-                    match begun {
-                        Ok(()) => open.push(job(&conn)),
-                        // Run nothing: dropping the job tells its waiter.
-                        Err(e) => tracing::error!(error = %e, "store: cannot begin a transaction"),
-                    }
-                }
-                WriterMsg::Synced => syncing = false,
-                WriterMsg::Close => closing = true,
-            }
-            if open.len() < MAX_JOBS_PER_COMMIT {
-                next = inbox.try_recv().ok();
-            }
-        }
-        if !open.is_empty() && (!syncing || closing || open.len() >= MAX_JOBS_PER_COMMIT) {
-            let completions = std::mem::take(&mut open);
-            let committed = conn
-                .prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .map(|_| ())
-                .map_err(|e| e.to_string());
-            match committed {
-                Ok(()) => {
-                    let head = pending_head.load(Ordering::Acquire);
-                    match synced.send(Committed { completions, head }) {
-                        Ok(()) => syncing = true,
-                        Err(mpsc::SendError(group)) => {
-                            for done in group.completions {
-                                done(Err("the store is closing".into()));
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "store: commit failed");
-                    let _ = conn.execute_batch("ROLLBACK");
-                    for done in completions {
-                        done(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        if open.is_empty() && finish_checkpoint.swap(false, Ordering::AcqRel) {
-            // Copies what the background checkpointer has not, with no
-            // transaction open, so the next one starts the WAL over. With
-            // syncs on, as every checkpoint must: the WAL is synced before
-            // its frames are copied, the database after.
-            let checkpoint = conn
-                .pragma_update(None, "synchronous", "FULL")
-                .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
-                .and_then(|()| conn.pragma_update(None, "synchronous", "OFF"));
-            if let Err(e) = checkpoint {
-                tracing::warn!(error = %e, "store: WAL checkpoint failed");
-            }
-        }
-        if closing && open.is_empty() {
-            break;
-        }
-    }
-    // Closing the last connection checkpoints: with syncs on.
-    let _ = conn.pragma_update(None, "synchronous", "FULL");
-}
-
-/// Makes committed groups durable, then answers their waiters and
-/// publishes the new head to the delivery loops. It runs beside the writer:
-/// while one group is synced, the next one is already being written, so a
-/// sync no longer stops the writer (it was half of its time on `/v1/track`).
-/// One `fdatasync` of the WAL covers every group committed before it began.
-fn sync_loop(
-    wal: std::fs::File,
-    fsync: bool,
-    groups: mpsc::Receiver<Committed>,
-    head_tx: Arc<watch::Sender<u64>>,
-    writer: mpsc::Sender<WriterMsg>,
-) {
-    while let Ok(first) = groups.recv() {
-        let mut ready = vec![first];
-        while let Ok(more) = groups.try_recv() {
-            ready.push(more);
-        }
-        let synced = if fsync {
-            wal.sync_data()
-                .map_err(|e| format!("cannot sync the WAL: {e}"))
-        } else {
-            Ok(())
-        };
-        match &synced {
-            Ok(()) => {
-                let head = ready.iter().map(|g| g.head).max().unwrap_or(0);
-                head_tx.send_if_modified(|h| {
-                    if *h < head {
-                        *h = head;
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }
-            Err(e) => tracing::error!(error = %e, "store: sync failed"),
-        }
-        // The writer may commit its next group now; it is told before the
-        // waiters are answered, so its commit overlaps their wake-ups.
-        let _ = writer.send(WriterMsg::Synced);
-        for group in ready {
-            for done in group.completions {
-                done(synced.clone());
-            }
-        }
-    }
 }
 
 fn row_to_retry(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetryEntry> {
@@ -838,10 +669,10 @@ impl Store for EmbeddedStore {
     ) -> Result<AppendReceipt> {
         let source_id = self.source_id(source)?;
         let recent_ids = self.recent_ids.clone();
-        let pending_head = self.pending_head.clone();
+        let commit = self.commit.clone();
         self.append_job(move |conn| {
             let now = now_ms();
-            let receipt = insert_events(conn, source_id, &events, &recent_ids, &pending_head)?;
+            let receipt = insert_events(conn, source_id, &events, &recent_ids, &commit.pending_head)?;
             if !rejections.is_empty() {
                 let mut rej = conn.prepare_cached(
                     "INSERT INTO rejections(source_id, at_ms, idx, field, reason, excerpt) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1133,7 +964,7 @@ impl Store for EmbeddedStore {
 
     async fn replay_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64> {
         let destination = destination.to_string();
-        self.write(move |conn| {
+        self.heavy_write(move |conn| {
             let now = now_ms();
             let mut moved = 0;
             for id in selected_dead_letters(conn, &destination, &selection)? {
@@ -1156,7 +987,7 @@ impl Store for EmbeddedStore {
 
     async fn discard_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64> {
         let destination = destination.to_string();
-        self.write(move |conn| {
+        self.heavy_write(move |conn| {
             let mut n = 0;
             for id in selected_dead_letters(conn, &destination, &selection)? {
                 n += conn.execute(
@@ -1299,7 +1130,7 @@ impl Store for EmbeddedStore {
 
     async fn delete_source(&self, slug: &str) -> Result<bool> {
         let slug = slug.to_string();
-        self.write(move |conn| {
+        self.heavy_write(move |conn| {
             // The id stays known to this process so that queued events can
             // still be read; a new source of the same slug gets a new id.
             Ok(conn.execute("DELETE FROM sources WHERE slug = ?1", [slug])? > 0)
@@ -1358,7 +1189,7 @@ impl Store for EmbeddedStore {
         let recent_ids = self.recent_ids.clone();
         let cutoff = now_ms - retention_ms;
         let destinations = destinations.to_vec();
-        self.write(move |conn| {
+        self.heavy_write(move |conn| {
             // Events are removed only once every destination has passed them.
             let mut floor = u64::MAX;
             for d in &destinations {
@@ -1483,10 +1314,10 @@ impl Store for EmbeddedStore {
         let source_id = self.source_id(source)?;
         let slug = source.to_string();
         let recent_ids = self.recent_ids.clone();
-        let pending_head = self.pending_head.clone();
+        let commit = self.commit.clone();
         self.write(move |conn| {
             let now = now_ms();
-            let receipt = insert_events(conn, source_id, &events, &recent_ids, &pending_head)?;
+            let receipt = insert_events(conn, source_id, &events, &recent_ids, &commit.pending_head)?;
             let mut upsert = conn.prepare_cached(
                 "INSERT INTO objects(source_id, collection, id, properties, updated_ms) VALUES(?1, ?2, ?3, json(?4), ?5)
                  ON CONFLICT(source_id, collection, id) DO UPDATE SET
@@ -1549,7 +1380,7 @@ impl Store for EmbeddedStore {
 
     async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<u64> {
         let source_id = self.source_id(source)?;
-        self.write(move |conn| {
+        self.heavy_write(move |conn| {
             let now = now_ms();
             let n = match ids {
                 Some(ids) => {
@@ -1857,7 +1688,7 @@ impl Store for EmbeddedStore {
 
     async fn purge_user(&self, user_id: &str, keep: Vec<String>) -> Result<PurgeReport> {
         let user_id = user_id.to_string();
-        self.write(move |conn| {
+        self.heavy_write(move |conn| {
             conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purge_keep(id TEXT PRIMARY KEY); DELETE FROM purge_keep;")?;
             for id in &keep {
                 conn.execute("INSERT OR IGNORE INTO purge_keep(id) VALUES(?1)", [id])?;
@@ -1895,12 +1726,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn close(&self) {
-        let sender = self.jobs.lock().ok().and_then(|mut g| g.take());
-        if let Some(sender) = sender {
-            // The sync thread holds a sender too: the writer is told.
-            let _ = sender.send(WriterMsg::Close);
-        }
-        let handle = self.writer.lock().ok().and_then(|mut g| g.take());
+        let commit = self.commit.clone();
+        let _ = tokio::task::spawn_blocking(move || commit.close()).await;
+        let handle = self.syncer.lock().ok().and_then(|mut g| g.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -1913,13 +1741,10 @@ impl Store for EmbeddedStore {
 }
 
 impl Drop for EmbeddedStore {
-    /// A store dropped without [`Store::close`] still stops its threads: the
-    /// writer commits what is open and ends, and so does the sync thread.
+    /// A store dropped without [`Store::close`] still commits what is open
+    /// and stops its threads once the last group is synced.
     fn drop(&mut self) {
-        let sender = self.jobs.get_mut().ok().and_then(Option::take);
-        if let Some(sender) = sender {
-            let _ = sender.send(WriterMsg::Close);
-        }
+        self.commit.close();
     }
 }
 

@@ -8,6 +8,7 @@
 //! nothing of HTTP or JavaScript.
 
 pub mod embedded;
+mod group_commit;
 mod recent_ids;
 pub mod secrets;
 

@@ -1,0 +1,303 @@
+//! Group commit for the embedded store, with no writer thread.
+//!
+//! Jobs run on the thread that submits them, into one open transaction,
+//! under one lock: whoever holds the [`Writer`] runs every job queued so far
+//! (flat combining), so a job never waits for another thread to wake up. A
+//! single `store-sync` thread makes committed groups durable. While it syncs
+//! one group, the next one fills the open transaction; when the sync is
+//! done, the sync thread commits that transaction itself and syncs it. So
+//! under load a request costs no thread hand-off on its way in, and one
+//! wake-up on its way out, shared with its whole group.
+//!
+//! An earlier design ran every job on a writer thread: a request crossed
+//! threads four times (worker → writer → sync → writer, sync → worker), and
+//! the context switches were a quarter of the CPU of `/v1/track`.
+
+use rusqlite::Connection;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex, MutexGuard, PoisonError, TryLockError};
+use tokio::sync::watch;
+
+/// Tells a job's waiter how its commit ended (`Err` with the reason).
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A job runs inside the open transaction and returns how to answer its
+/// waiter once the transaction is durable. Dropping a job unrun tells its
+/// waiter that the store is closed.
+pub(crate) type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// Most jobs folded into one transaction.
+const MAX_JOBS_PER_COMMIT: usize = 4096;
+
+/// A committed group on its way to the disk: its waiters and the head of
+/// the log once it is durable.
+pub(crate) struct Committed {
+    completions: Vec<Completion>,
+    head: u64,
+}
+
+/// The write connection and the transaction being filled.
+pub(crate) struct Writer {
+    /// `None` once the store is closed: jobs are then dropped unrun.
+    conn: Option<Connection>,
+    /// Waiters of the jobs run into the open transaction; a transaction is
+    /// open exactly when this is not empty.
+    open: Vec<Completion>,
+    /// A committed group is with the sync thread, which commits the open
+    /// transaction itself when it is done: meanwhile the group grows.
+    syncing: bool,
+    to_sync: Option<mpsc::Sender<Committed>>,
+    /// The queue's buffer, swapped with it so neither reallocates.
+    spare: Vec<Job>,
+}
+
+/// The write side of the store: the writer, the jobs queued for it, and
+/// what the sync thread needs.
+pub(crate) struct GroupCommit {
+    writer: Mutex<Writer>,
+    queue: Mutex<Vec<Job>>,
+    /// Highest seq written by jobs of the open transaction; published to
+    /// subscribers only once durable.
+    pub(crate) pending_head: AtomicU64,
+    /// Set by the checkpointer when the WAL should start over (see
+    /// `WAL_RESET_PAGES` in `embedded`).
+    pub(crate) finish_checkpoint: AtomicBool,
+}
+
+/// Locks recovering from a panic in a job: the transaction's state is
+/// SQLite's, which a panic in our code does not corrupt.
+fn relock<'a, T>(
+    lock: Result<MutexGuard<'a, T>, PoisonError<MutexGuard<'a, T>>>,
+) -> MutexGuard<'a, T> {
+    lock.unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Writer {
+    /// Runs `job` into the open transaction, beginning one if needed.
+    fn run(&mut self, job: Job) {
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        if self.open.is_empty() {
+            // Cached: this runs thousands of times a second.
+            let begun = conn
+                .prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut s| s.execute([]));
+            if let Err(e) = begun {
+                tracing::error!(error = %e, "store: cannot begin a transaction");
+                return;
+            }
+        }
+        self.open.push(job(conn));
+    }
+
+    /// Commits the open transaction, if any, and hands it to the sync thread.
+    fn commit(&mut self, pending_head: &AtomicU64) {
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        if self.open.is_empty() {
+            return;
+        }
+        let completions = std::mem::take(&mut self.open);
+        let committed = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map_err(|e| e.to_string());
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "store: commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            for done in completions {
+                done(Err(e.clone()));
+            }
+            return;
+        }
+        let group = Committed {
+            completions,
+            head: pending_head.load(Ordering::Acquire),
+        };
+        let sent = match &self.to_sync {
+            Some(to_sync) => to_sync.send(group).map_err(|mpsc::SendError(g)| g),
+            None => Err(group),
+        };
+        match sent {
+            Ok(()) => self.syncing = true,
+            Err(group) => {
+                for done in group.completions {
+                    done(Err("the store is closing".into()));
+                }
+            }
+        }
+    }
+
+    /// Copies what the background checkpointer has not, with no transaction
+    /// open, so that the next one starts the WAL over. With syncs on, as
+    /// every checkpoint must: the WAL is synced before its frames are
+    /// copied, the database after.
+    fn finish_checkpoint(&self) {
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        let checkpoint = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+            .and_then(|()| conn.pragma_update(None, "synchronous", "OFF"));
+        if let Err(e) = checkpoint {
+            tracing::warn!(error = %e, "store: WAL checkpoint failed");
+        }
+    }
+}
+
+impl GroupCommit {
+    /// Takes the write connection (committing with `synchronous=OFF`) and
+    /// returns the receiving end for [`sync_loop`].
+    pub(crate) fn new(conn: Connection, head: u64) -> (Self, mpsc::Receiver<Committed>) {
+        let (to_sync, groups) = mpsc::channel();
+        let writer = Writer {
+            conn: Some(conn),
+            open: Vec::new(),
+            syncing: false,
+            to_sync: Some(to_sync),
+            spare: Vec::new(),
+        };
+        let commit = GroupCommit {
+            writer: Mutex::new(writer),
+            queue: Mutex::new(Vec::new()),
+            pending_head: AtomicU64::new(head),
+            finish_checkpoint: AtomicBool::new(false),
+        };
+        (commit, groups)
+    }
+
+    /// Queues a small job and runs the queue unless another thread is
+    /// running it (that thread then runs this job too).
+    pub(crate) fn submit(&self, job: Job) {
+        relock(self.queue.lock()).push(job);
+        self.run_queue();
+    }
+
+    /// Runs a job that may take long (it touches many rows) on the calling
+    /// thread, which may block: call it off the async threads. Small jobs
+    /// queued meanwhile wait for it, as they would in one transaction.
+    pub(crate) fn run_blocking(&self, job: Job) {
+        self.with_writer(|w, _| w.run(job), true);
+    }
+
+    /// Runs the queued jobs while no one else does, committing when the
+    /// sync thread is free. Returns at once if another thread holds the
+    /// writer: it runs the queue again after releasing it.
+    fn run_queue(&self) {
+        loop {
+            let mut writer = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            };
+            self.run_queued(&mut writer);
+            if !writer.syncing || writer.open.len() >= MAX_JOBS_PER_COMMIT {
+                writer.commit(&self.pending_head);
+            }
+            drop(writer);
+            // A job queued while the writer was held, after its holder took
+            // the queue, is run here: its submitter found the writer busy.
+            if relock(self.queue.lock()).is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn run_queued(&self, writer: &mut Writer) {
+        let mut jobs = std::mem::take(&mut writer.spare);
+        std::mem::swap(&mut *relock(self.queue.lock()), &mut jobs);
+        for job in jobs.drain(..) {
+            writer.run(job);
+        }
+        writer.spare = jobs;
+    }
+
+    /// Holds the writer (waiting for it), runs the queue, then `f`; commits
+    /// afterwards when `commit_if_idle` and the sync thread is free.
+    fn with_writer<R>(&self, f: impl FnOnce(&mut Writer, &Self) -> R, commit_if_idle: bool) -> R {
+        let mut writer = relock(self.writer.lock());
+        self.run_queued(&mut writer);
+        let result = f(&mut writer, self);
+        if commit_if_idle && !writer.syncing {
+            writer.commit(&self.pending_head);
+        }
+        drop(writer);
+        self.run_queue();
+        result
+    }
+
+    /// Commits what is open, stops taking jobs and closes the connection
+    /// (with syncs on: closing may checkpoint). The sync thread ends once
+    /// it has synced and answered every group.
+    pub(crate) fn close(&self) {
+        let conn = self.with_writer(
+            |w, this| {
+                w.commit(&this.pending_head);
+                w.to_sync = None;
+                w.conn.take()
+            },
+            false,
+        );
+        if let Some(conn) = conn {
+            let _ = conn.pragma_update(None, "synchronous", "FULL");
+        }
+    }
+}
+
+/// The sync thread: makes committed groups durable, publishes the new head
+/// to the delivery loops, commits the group that filled meanwhile, then
+/// answers the waiters. One `fdatasync` of the WAL covers every group
+/// committed before it began.
+pub(crate) fn sync_loop(
+    wal: std::fs::File,
+    fsync: bool,
+    groups: mpsc::Receiver<Committed>,
+    head_tx: &watch::Sender<u64>,
+    commit: &GroupCommit,
+) {
+    while let Ok(first) = groups.recv() {
+        let mut ready = vec![first];
+        while let Ok(more) = groups.try_recv() {
+            ready.push(more);
+        }
+        let synced = if fsync {
+            wal.sync_data()
+                .map_err(|e| format!("cannot sync the WAL: {e}"))
+        } else {
+            Ok(())
+        };
+        match &synced {
+            Ok(()) => {
+                let head = ready.iter().map(|g| g.head).max().unwrap_or(0);
+                head_tx.send_if_modified(|h| {
+                    if *h < head {
+                        *h = head;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "store: sync failed"),
+        }
+        // The next group is committed before the waiters are answered, so
+        // that it reaches the queue of this thread first.
+        commit.with_writer(
+            |w, this| {
+                w.syncing = false;
+                w.commit(&this.pending_head);
+                if w.open.is_empty() && this.finish_checkpoint.swap(false, Ordering::AcqRel) {
+                    w.finish_checkpoint();
+                }
+            },
+            false,
+        );
+        for group in ready {
+            for done in group.completions {
+                done(synced.clone());
+            }
+        }
+    }
+}
