@@ -505,12 +505,26 @@ async fn sources_are_created_rotated_and_tailed_live() {
     assert_eq!(s, 200);
     assert!(!list.to_string().contains(&new_key), "keys are masked");
     // A deleted source's key stops working at once.
-    let (s, _) = sy
+    let (s, gone) = sy
         .admin("POST", "/api/v1/sources", Some(json!({"slug": "gone"})))
         .await;
     assert_eq!(s, 201);
+    let gone_key = gone["write_key"].as_str().unwrap().to_string();
+    let (s, _) = sy
+        .post("/v1/identify", &gone_key, r#"{"userId":"g1"}"#)
+        .await;
+    assert_eq!(
+        s, 200,
+        "the key is verified (and remembered) before the deletion"
+    );
     let (s, _) = sy.admin("DELETE", "/api/v1/sources/gone", None).await;
     assert_eq!(s, 200);
+    assert_eq!(
+        sy.post("/v1/identify", &gone_key, r#"{"userId":"g1"}"#)
+            .await
+            .0,
+        401
+    );
     let (s, _) = sy.admin("DELETE", "/api/v1/sources/gone", None).await;
     assert_eq!(s, 404);
 
