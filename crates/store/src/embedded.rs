@@ -45,8 +45,11 @@ impl EmbeddedOptions {
 
 /// How often the background checkpointer looks for WAL frames to copy into
 /// the database when the last round found none, and when it found some.
+/// Under load a longer pause copies each page once rather than each of its
+/// versions, with fewer syncs: 2 ms cost the checkpointer 10% of a core on
+/// `/v1/track`, 100 ms about 3%.
 const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
-const CHECKPOINT_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
+const CHECKPOINT_BUSY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// WAL pages (16 MiB) past which the background checkpointer asks the writer
 /// to copy the last few frames between two transactions. Under steady load
