@@ -5,16 +5,16 @@
 //!
 //! Phases, in order (each optional through `--phases`):
 //! 1. bare handler: `/v1/track` then `/v1/batch`, closed loop;
-//! 2. switchyard, idle RSS;
-//! 3. switchyard, `latency`: `/v1/track` paced (open loop) at `--latency-rate`,
-//!    time from each 200 to the event's arrival at the in-process receiver;
-//! 4. switchyard, `track` then `batch`, closed loop, same bodies as the bare
-//!    handler got; the delivery backlog is left to drain (bounded) in between;
-//! 5. switchyard, peak RSS (`VmHWM`);
-//! 6. `ingest-only`: `track` then `batch` again on a second server with no
+//! 2. `ingest-only`: `track` then `batch` on a switchyard server with no
 //!    destination: parsing, validation and durable storage alone, which is
 //!    what the throughput targets budget (skipped with `--no-destination`,
 //!    where the main server already is that, and with `--no-ingest-only`);
+//! 3. switchyard with a webhooks destination, idle RSS;
+//! 4. switchyard, `latency`: `/v1/track` paced (open loop) at `--latency-rate`,
+//!    time from each 200 to the event's arrival at the in-process receiver;
+//! 5. switchyard, `track` then `batch`, closed loop, same bodies as the bare
+//!    handler got; the delivery backlog is left to drain (bounded) in between;
+//! 6. switchyard, peak RSS (`VmHWM`);
 //! 7. the destination phases `fn-track`, `fn-batch`, `webhooks`,
 //!    `webhooks-batch`: each on a fresh server with that one destination, a
 //!    backlog ingested through `/v1/batch`, then how fast the destination
@@ -730,6 +730,40 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bare.stop(secs(5.0)).await;
     }
 
+    // Before the main server: the targets are read from these rows, and a
+    // server started after another one has written gigabytes pays for that
+    // writeback in its syncs (10-20% of `/v1/batch` in earlier runs).
+    if !args.no_destination && !args.no_ingest_only && !loads.is_empty() {
+        let alone = BenchArgs {
+            no_destination: true,
+            ..args.clone()
+        };
+        let mut server =
+            start_server(&exe, &scratch, "-ingest-only", receiver_addr, &alone).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for &phase in &loads {
+            progress(
+                quiet,
+                format!(
+                    "switchyard, no destination: {phase:?} load, {} connections",
+                    args.connections
+                ),
+            );
+            let t = throughput(
+                &alone,
+                &server,
+                INGEST_ONLY,
+                phase,
+                format!("io{run_id}-{phase:?}"),
+                None,
+            )
+            .await;
+            report.throughput.push(t);
+            server.check_alive()?;
+        }
+        server.stop(secs(5.0)).await;
+    }
+
     if paced_count > 0 || !loads.is_empty() {
         let mut server = start_server(&exe, &scratch, "", receiver_addr, &args).await?;
         progress(
@@ -835,37 +869,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if let Some(s) = status.filter(|s| !s.success() && s.code().is_some()) {
             progress(quiet, format!("switchyard exited with {s}"));
         }
-    }
-
-    if !args.no_destination && !args.no_ingest_only && !loads.is_empty() {
-        let alone = BenchArgs {
-            no_destination: true,
-            ..args.clone()
-        };
-        let mut server =
-            start_server(&exe, &scratch, "-ingest-only", receiver_addr, &alone).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for &phase in &loads {
-            progress(
-                quiet,
-                format!(
-                    "switchyard, no destination: {phase:?} load, {} connections",
-                    args.connections
-                ),
-            );
-            let t = throughput(
-                &alone,
-                &server,
-                INGEST_ONLY,
-                phase,
-                format!("io{run_id}-{phase:?}"),
-                None,
-            )
-            .await;
-            report.throughput.push(t);
-            server.check_alive()?;
-        }
-        server.stop(secs(5.0)).await;
     }
 
     let drains: Vec<Phase> = destinations::PHASES
