@@ -273,7 +273,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     for kind in MessageType::CLIENT_TYPES {
         tracking_api = tracking_api.route(
             &format!("/v1/{}", kind.as_str()),
-            post(move |s, h, b| tracking::single(s, kind, h, b)),
+            post(move |s, r| tracking::single(s, kind, r)),
         );
     }
     let tracking_api = tracking_api

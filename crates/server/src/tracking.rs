@@ -6,7 +6,7 @@
 use crate::body::{parse_json, read_body};
 use crate::error::ApiError;
 use crate::{AppState, TrackingSource};
-use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,13 +42,14 @@ fn basic_user(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(user.to_string()))
 }
 
-/// Resolves the source of a request from its write key (header first, then body).
+/// Resolves the source of a request from its write key: `header_key` is
+/// what [`basic_user`] read, which wins over `writeKey` in the body.
 fn authenticate(
     state: &AppState,
-    headers: &HeaderMap,
+    header_key: Result<Option<String>, ApiError>,
     body_key: Option<String>,
 ) -> Result<Arc<TrackingSource>, ApiError> {
-    let key = match basic_user(headers)? {
+    let key = match header_key? {
         Some(k) => k,
         None => body_key.ok_or_else(|| {
             ApiError::unauthorized(
@@ -112,32 +113,35 @@ fn success() -> Response {
         .into_response()
 }
 
-/// `POST /v1/{track,identify,page,screen,group,alias}`.
+/// `POST /v1/{track,identify,page,screen,group,alias}`. The request is taken
+/// whole: the `HeaderMap` extractor would clone every header.
 pub async fn single(
     State(state): State<Arc<AppState>>,
     kind: MessageType,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let result: Result<(), ApiError> = async {
-        let bytes = read_body(&headers, body, state.limits.max_batch_bytes).await?;
+        let bytes = read_body(headers, body, state.limits.max_batch_bytes).await?;
         let received_at = chrono::Utc::now();
         let ctx = RequestContext::new(received_at, &state.limits);
         // The fast path reads the bytes directly; whatever it declines (every
         // refused message among them) goes through the tree path, which
         // owns the error messages.
         // A write key in the body is only read by the tree path.
-        let fast = match basic_user(&headers) {
+        let header_key = basic_user(headers);
+        let fast = match &header_key {
             Ok(Some(_)) => std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|text| spec::normalize_fast(text, Some(kind), &ctx)),
             _ => None,
         };
         let (source, message) = match fast {
-            Some(message) => (authenticate(&state, &headers, None)?, message),
+            Some(message) => (authenticate(&state, header_key, None)?, message),
             None => {
                 let body = parse_object(&bytes)?;
-                let source = authenticate(&state, &headers, body_write_key(&body))?;
+                let source = authenticate(&state, header_key, body_write_key(&body))?;
                 (
                     source,
                     spec::normalize(Value::Object(body), Some(kind), &ctx)?,
@@ -196,7 +200,7 @@ impl BatchBody<'_> {
     /// The tree path: parses the whole body, with its precise errors.
     fn parse(state: &AppState, headers: &HeaderMap, bytes: &[u8]) -> Result<Self, ApiError> {
         let mut body = parse_object(bytes)?;
-        let source = authenticate(state, headers, body_write_key(&body))?;
+        let source = authenticate(state, basic_user(headers), body_write_key(&body))?;
         let items = match body.shift_remove("batch") {
             Some(Value::Array(items)) => items,
             Some(_) => {
@@ -229,18 +233,20 @@ impl BatchBody<'_> {
 
 /// `POST /v1/batch` and `/v1/import`: valid items are stored, each invalid one
 /// is recorded and reported; only a batch with no valid item is refused.
-pub async fn batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn batch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let result: Result<Response, ApiError> = async {
-        let bytes = read_body(&headers, body, state.limits.max_batch_bytes).await?;
+        let bytes = read_body(headers, body, state.limits.max_batch_bytes).await?;
         let body = match std::str::from_utf8(&bytes).ok().and_then(spec::RawBatch::parse) {
             Some(raw) => BatchBody {
-                source: authenticate(&state, &headers, raw.write_key)?,
+                source: authenticate(&state, basic_user(headers), raw.write_key)?,
                 items: raw.items.into_iter().map(BatchItem::Raw).collect(),
                 sent_at: raw.sent_at,
                 context: raw.context,
                 integrations: raw.integrations,
             },
-            None => BatchBody::parse(&state, &headers, &bytes)?,
+            None => BatchBody::parse(&state, headers, &bytes)?,
         };
         let items = body.items;
         if items.is_empty() {
