@@ -863,8 +863,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .map(str::to_string)
             .collect();
         report.server_log_problems = log_problems;
-        // switchyard drains its whole delivery backlog before exiting on SIGTERM:
-        // after a few seconds the rest is left for the kill (the data is scratch).
+        // On SIGTERM switchyard finishes the delivery requests in flight and
+        // leaves the backlog behind its cursors; past 5 s it is killed (the
+        // data is scratch).
         let status = server.stop(secs(5.0)).await;
         if let Some(s) = status.filter(|s| !s.success() && s.code().is_some()) {
             progress(quiet, format!("switchyard exited with {s}"));
