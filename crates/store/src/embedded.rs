@@ -77,11 +77,14 @@ pub struct EmbeddedStore {
     recent_ids: Arc<Mutex<RecentIds>>,
 }
 
-/// Where a write job runs.
+/// How a write job runs.
 enum JobKind {
-    /// On the submitting thread, or on whichever thread holds the writer.
+    /// An event append: small, with no savepoint (see [`EmbeddedStore::append_job`]).
+    Append,
+    /// Small, in a savepoint: on the submitting thread, or on whichever
+    /// thread holds the writer.
     Small,
-    /// On a blocking thread: it may touch many rows.
+    /// In a savepoint, on a blocking thread: it may touch many rows.
     Heavy,
 }
 
@@ -342,7 +345,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.write_job(JobKind::Small, true, f).await
+        self.write_job(JobKind::Small, f).await
     }
 
     /// Like [`Self::write`] for a job that may touch many rows: it runs on a
@@ -352,7 +355,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.write_job(JobKind::Heavy, true, f).await
+        self.write_job(JobKind::Heavy, f).await
     }
 
     /// Like [`Self::write`] with no savepoint, for event appends, the most
@@ -364,14 +367,15 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.write_job(JobKind::Small, false, f).await
+        self.write_job(JobKind::Append, f).await
     }
 
-    async fn write_job<T, F>(&self, kind: JobKind, savepoint: bool, f: F) -> Result<T>
+    async fn write_job<T, F>(&self, kind: JobKind, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let savepoint = !matches!(kind, JobKind::Append);
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn: &Connection| -> Completion {
             // Cached statements: each job's savepoint is not parsed again.
@@ -401,7 +405,7 @@ impl EmbeddedStore {
             })
         });
         match kind {
-            JobKind::Small => self.commit.submit(job),
+            JobKind::Append | JobKind::Small => self.commit.submit(job),
             JobKind::Heavy => {
                 let commit = self.commit.clone();
                 tokio::task::spawn_blocking(move || commit.run_blocking(job))
@@ -1830,6 +1834,15 @@ mod tests {
             .unwrap();
     }
 
+    /// The message ids of every event of `source`, in log order.
+    async fn stored_ids(store: &EmbeddedStore, source: &str) -> Vec<String> {
+        let (events, _) = store
+            .read_events(&[source.to_string()], 0, u64::MAX, 100_000)
+            .await
+            .unwrap();
+        events.into_iter().map(|e| e.message_id).collect()
+    }
+
     /// Many tasks on a multi-thread runtime append at once while large jobs
     /// (purges, which run on blocking threads and hold the writer) come and
     /// go: every append is answered, each event is stored once, the head is
@@ -1874,11 +1887,7 @@ mod tests {
         let expected: usize = 16 * (0..50).map(|i| 1 + i % 3).sum::<usize>();
         assert_eq!(stored, expected);
         assert_eq!(*store.subscribe().borrow(), expected as u64);
-        let (events, _) = store
-            .read_events(&["web".to_string()], 0, u64::MAX, 100_000)
-            .await
-            .unwrap();
-        let mut ids: Vec<_> = events.iter().map(|e| e.message_id.clone()).collect();
+        let mut ids = stored_ids(&store, "web").await;
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), expected, "each event once");
@@ -1927,12 +1936,8 @@ mod tests {
         drop(store);
 
         let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
-        let (events, _) = store
-            .read_events(&["web".to_string()], 0, u64::MAX, 100_000)
-            .await
-            .unwrap();
         let stored: std::collections::HashSet<_> =
-            events.iter().map(|e| e.message_id.clone()).collect();
+            stored_ids(&store, "web").await.into_iter().collect();
         for id in &acknowledged {
             assert!(
                 stored.contains(id),

@@ -179,7 +179,12 @@ impl GroupCommit {
     /// thread, which may block: call it off the async threads. Small jobs
     /// queued meanwhile wait for it, as they would in one transaction.
     pub(crate) fn run_blocking(&self, job: Job) {
-        self.with_writer(|w, _| w.run(job), true);
+        self.with_writer(|w| {
+            w.run(job);
+            if !w.syncing {
+                w.commit(&self.pending_head);
+            }
+        });
     }
 
     /// Runs the queued jobs while no one else does, committing when the
@@ -214,15 +219,12 @@ impl GroupCommit {
         writer.spare = jobs;
     }
 
-    /// Holds the writer (waiting for it), runs the queue, then `f`; commits
-    /// afterwards when `commit_if_idle` and the sync thread is free.
-    fn with_writer<R>(&self, f: impl FnOnce(&mut Writer, &Self) -> R, commit_if_idle: bool) -> R {
+    /// Holds the writer (waiting for it), runs the queue, then `f`; runs
+    /// what was queued meanwhile once the writer is let go.
+    fn with_writer<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> R {
         let mut writer = relock(self.writer.lock());
         self.run_queued(&mut writer);
-        let result = f(&mut writer, self);
-        if commit_if_idle && !writer.syncing {
-            writer.commit(&self.pending_head);
-        }
+        let result = f(&mut writer);
         drop(writer);
         self.run_queue();
         result
@@ -232,14 +234,11 @@ impl GroupCommit {
     /// (with syncs on: closing may checkpoint). The sync thread ends once
     /// it has synced and answered every group.
     pub(crate) fn close(&self) {
-        let conn = self.with_writer(
-            |w, this| {
-                w.commit(&this.pending_head);
-                w.to_sync = None;
-                w.conn.take()
-            },
-            false,
-        );
+        let conn = self.with_writer(|w| {
+            w.commit(&self.pending_head);
+            w.to_sync = None;
+            w.conn.take()
+        });
         if let Some(conn) = conn {
             let _ = conn.pragma_update(None, "synchronous", "FULL");
         }
@@ -284,16 +283,13 @@ pub(crate) fn sync_loop(
         }
         // The next group is committed before the waiters are answered, so
         // that it reaches the queue of this thread first.
-        commit.with_writer(
-            |w, this| {
-                w.syncing = false;
-                w.commit(&this.pending_head);
-                if w.open.is_empty() && this.finish_checkpoint.swap(false, Ordering::AcqRel) {
-                    w.finish_checkpoint();
-                }
-            },
-            false,
-        );
+        commit.with_writer(|w| {
+            w.syncing = false;
+            w.commit(&commit.pending_head);
+            if w.open.is_empty() && commit.finish_checkpoint.swap(false, Ordering::AcqRel) {
+                w.finish_checkpoint();
+            }
+        });
         for group in ready {
             for done in group.completions {
                 done(synced.clone());
