@@ -9,7 +9,7 @@
 //! writer.
 
 use crate::group_commit::{sync_loop, Completion, GroupCommit, Job};
-use crate::recent_ids::{id_hash, RecentIds};
+use crate::recent_ids::RecentIds;
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -538,11 +538,8 @@ fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<Recen
     let mut rows = stmt.query(params![cutoff, options.dedup_max_ids as i64])?;
     while let Some(r) = rows.next()? {
         let message_id: String = r.get(2)?;
-        recent.insert(
-            id_hash(r.get(1)?, &message_id),
-            r.get::<_, i64>(0)? as u64,
-            r.get(3)?,
-        );
+        let hash = recent.id_hash(r.get(1)?, &message_id);
+        recent.insert(hash, r.get::<_, i64>(0)? as u64, r.get(3)?);
     }
     Ok(recent)
 }
@@ -565,9 +562,16 @@ fn insert_events(
         "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
     )?;
     let mut last_seq = 0;
-    for e in events {
+    let hashes: Vec<_> = events
+        .iter()
+        .map(|e| recent.id_hash(source_id, &e.message_id))
+        .collect();
+    for hash in &hashes {
+        recent.prefetch(*hash);
+    }
+    for (e, hash) in events.iter().zip(hashes) {
         let stored = recent.store_once(
-            id_hash(source_id, &e.message_id),
+            hash,
             now,
             |seq| {
                 // The real id is compared, so a hash collision stores the
