@@ -292,9 +292,12 @@ impl EmbeddedStore {
         )?;
 
         let head: u64 = writer_conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),
+                            COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0))",
+                [LAST_SEQ_KEY],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|v| v as u64)?;
         let mut ids = HashMap::new();
         {
@@ -544,6 +547,19 @@ fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<Recen
     Ok(recent)
 }
 
+/// The meta key of the highest seq given, kept by every job that deletes
+/// events: the newest ones may be among them, and their seqs must not be
+/// given again after a restart.
+const LAST_SEQ_KEY: &str = "events_last_seq";
+
+fn keep_last_seq(conn: &Connection, pending_head: &AtomicU64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![LAST_SEQ_KEY, pending_head.load(Ordering::Acquire).to_string()],
+    )?;
+    Ok(())
+}
+
 /// Inserts events (deduplicated by messageId within the window) inside the
 /// current transaction; shared by tracking appends and source-function runs.
 fn insert_events(
@@ -559,9 +575,11 @@ fn insert_events(
     let mut stored_id =
         conn.prepare_cached("SELECT message_id FROM events WHERE seq = ?1 AND source_id = ?2")?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO events(source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    let mut last_seq = 0;
+    // Seqs are given here, never by SQLite: it would give the seq of a
+    // deleted newest event again, which a destination's cursor has passed.
+    let mut last_seq = pending_head.load(Ordering::Acquire);
     let hashes: Vec<_> = events
         .iter()
         .map(|e| recent.id_hash(source_id, &e.message_id))
@@ -583,13 +601,21 @@ fn insert_events(
                 Ok::<_, StoreError>(stored.as_deref() == Some(e.message_id.as_str()))
             },
             || {
-                insert.execute(params![source_id, e.message_id, e.user_id, now, e.json])?;
-                Ok(conn.last_insert_rowid() as u64)
+                let seq = last_seq + 1;
+                insert.execute(params![
+                    seq as i64,
+                    source_id,
+                    e.message_id,
+                    e.user_id,
+                    now,
+                    e.json
+                ])?;
+                Ok(seq)
             },
         )?;
         match stored {
             Some(seq) => {
-                last_seq = last_seq.max(seq);
+                last_seq = seq;
                 receipt.stored += 1;
             }
             None => receipt.duplicates += 1,
@@ -1198,9 +1224,11 @@ impl Store for EmbeddedStore {
         destinations: &[String],
     ) -> Result<CompactReport> {
         let recent_ids = self.recent_ids.clone();
+        let commit = self.commit.clone();
         let cutoff = now_ms - retention_ms;
         let destinations = destinations.to_vec();
         self.heavy_write(move |conn| {
+            keep_last_seq(conn, &commit.pending_head)?;
             // Events are removed only once every destination has passed them.
             let mut floor = u64::MAX;
             for d in &destinations {
@@ -1699,7 +1727,9 @@ impl Store for EmbeddedStore {
 
     async fn purge_user(&self, user_id: &str, keep: Vec<String>) -> Result<PurgeReport> {
         let user_id = user_id.to_string();
+        let commit = self.commit.clone();
         self.heavy_write(move |conn| {
+            keep_last_seq(conn, &commit.pending_head)?;
             conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purge_keep(id TEXT PRIMARY KEY); DELETE FROM purge_keep;")?;
             for id in &keep {
                 conn.execute("INSERT OR IGNORE INTO purge_keep(id) VALUES(?1)", [id])?;
@@ -1985,6 +2015,51 @@ mod tests {
         let r = store.append("web", vec![event("b")], vec![]).await.unwrap();
         assert_eq!(r.duplicates, 1);
         assert_eq!(*store.subscribe().borrow(), 3);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Deleting the newest events (a user's purge, a compaction that takes
+    /// every event) must not give their seqs again, before or after a
+    /// restart: a destination's cursor has passed them, so an event stored
+    /// under a seq given twice would never be delivered.
+    #[tokio::test]
+    async fn seqs_of_deleted_newest_events_are_never_given_again() {
+        let dir = temp_dir("seq-floor");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        let mut newest = event("b");
+        newest.user_id = Some("gone".into());
+        store
+            .append("web", vec![event("a"), newest], vec![])
+            .await
+            .unwrap();
+        assert_eq!(*store.subscribe().borrow(), 2);
+        store.purge_user("gone", vec![]).await.unwrap();
+        store.append("web", vec![event("c")], vec![]).await.unwrap();
+        assert_eq!(*store.subscribe().borrow(), 3, "seq 2 is not given again");
+        store.close().await;
+
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        let report = store.compact(now_ms() + 1, 0, &[]).await.unwrap();
+        assert_eq!(report.events, 2, "every event is past a zero retention");
+        store.close().await;
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        assert_eq!(
+            *store.subscribe().borrow(),
+            3,
+            "the head survives an empty log"
+        );
+        store.append("web", vec![event("d")], vec![]).await.unwrap();
+        let (events, _) = store
+            .read_events(&["web".to_string()], 3, u64::MAX, 10)
+            .await
+            .unwrap();
+        let seqs: Vec<_> = events
+            .iter()
+            .map(|e| (e.seq, e.message_id.as_str()))
+            .collect();
+        assert_eq!(seqs, [(4, "d")]);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
