@@ -1,15 +1,19 @@
-//! The embedded backend: SQLite in WAL mode in one data directory.
+//! The embedded backend: one data directory holding SQLite in WAL mode and
+//! the event segment files.
 //!
 //! Every write runs into one open transaction that is committed and synced
 //! for a whole group of jobs at once (group commit, see [`crate::group_commit`]):
 //! a request pays for one fsync shared with everything that arrived beside
-//! it, instead of one of its own. Each job but event appends runs inside its
-//! own savepoint, so one failing job never takes its neighbours down. Reads
-//! use a small pool of separate connections, which WAL lets run beside the
-//! writer.
+//! it, instead of one of its own. Event bodies go to append-only segment
+//! files (see [`crate::segments`]), which are the durable copy of the log;
+//! the `events` table indexes them. Each job but event appends runs inside
+//! its own savepoint, so one failing job never takes its neighbours down.
+//! Reads use a small pool of separate connections, which WAL lets run beside
+//! the writer. Unix only (positioned file reads and writes, `mmap`).
 
 use crate::group_commit::{sync_loop, Completion, GroupCommit, Job};
 use crate::recent_ids::RecentIds;
+use crate::segments::{Location, SegmentReader, Segments, SEGMENT_BYTES};
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -22,14 +26,19 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
     pub data_dir: PathBuf,
-    /// `true`: fsync every commit (survives power loss). `false`: WAL with
-    /// `synchronous=NORMAL` (survives a process crash, not power loss).
+    /// `true`: every group is synced before it is answered (its segment
+    /// file, and the WAL when it changed more than events): survives power
+    /// loss. `false`: nothing is synced (survives a process crash, not power
+    /// loss).
     pub fsync: bool,
     /// Duplicate `messageId`s within this window are stored once.
     pub dedup_window_ms: i64,
     /// Most message ids remembered for deduplication (about 60 bytes of
     /// memory each); past it the oldest are forgotten before the window ends.
     pub dedup_max_ids: usize,
+    /// Size past which event records go to a new segment file; whole
+    /// segments are what retention removes.
+    pub segment_bytes: u64,
 }
 
 impl EmbeddedOptions {
@@ -39,6 +48,7 @@ impl EmbeddedOptions {
             fsync: true,
             dedup_window_ms: 24 * 3600 * 1000,
             dedup_max_ids: 2_000_000,
+            segment_bytes: SEGMENT_BYTES,
         }
     }
 }
@@ -75,6 +85,16 @@ pub struct EmbeddedStore {
     source_ids: Arc<RwLock<HashMap<String, i64>>>,
     /// Only jobs touch it, with the writer held: the lock is uncontended.
     recent_ids: Arc<Mutex<RecentIds>>,
+    /// The event records; like `recent_ids`, touched with the writer held.
+    segments: Arc<Mutex<Segments>>,
+    segments_dir: PathBuf,
+}
+
+/// What storing events touches beside the connection.
+struct EventLog {
+    recent_ids: Arc<Mutex<RecentIds>>,
+    segments: Arc<Mutex<Segments>>,
+    commit: Arc<GroupCommit>,
 }
 
 /// How a write job runs.
@@ -120,6 +140,8 @@ CREATE TABLE IF NOT EXISTS events(
     received_ms INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+-- Where the event's record is in the segment files (see `segments`); an
+-- event stored before segments existed has its body in the row instead.
 DROP TABLE IF EXISTS dedup;
 CREATE TABLE IF NOT EXISTS rejections(
     id INTEGER PRIMARY KEY,
@@ -267,6 +289,7 @@ impl EmbeddedStore {
         let path = options.data_dir.join("switchyard.db");
         let writer_conn = open_connection(&path, options.fsync)?;
         writer_conn.execute_batch(SCHEMA)?;
+        add_segment_columns(&writer_conn)?;
         // Checkpoints copy the WAL into the database file: done on the
         // writer's thread, they stalled every commit behind them (a quarter
         // of the writer's time under load). A background thread does them.
@@ -299,6 +322,16 @@ impl EmbeddedStore {
                 |r| r.get::<_, i64>(0),
             )
             .map(|v| v as u64)?;
+        let segments_dir = options.data_dir.join("events");
+        let (segments, recovered) = Segments::open(
+            &segments_dir,
+            options.fsync,
+            head + 1,
+            head,
+            options.segment_bytes,
+        )?;
+        let head = repair_index(&writer_conn, head, recovered)?;
+        let segments = Arc::new(Mutex::new(segments));
         let mut ids = HashMap::new();
         {
             let mut stmt = writer_conn.prepare("SELECT slug, id FROM sources")?;
@@ -311,7 +344,7 @@ impl EmbeddedStore {
         let recent_ids = load_recent_ids(&writer_conn, &options)?;
         let (head_tx, _) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
-        let (commit, groups) = GroupCommit::new(writer_conn, head);
+        let (commit, groups) = GroupCommit::new(writer_conn, segments.clone(), head);
         let commit = Arc::new(commit);
         let syncer = {
             let head_tx = head_tx.clone();
@@ -335,6 +368,8 @@ impl EmbeddedStore {
             head_tx,
             source_ids: Arc::new(RwLock::new(ids)),
             recent_ids: Arc::new(Mutex::new(recent_ids)),
+            segments,
+            segments_dir,
         };
         Ok(store)
     }
@@ -380,7 +415,12 @@ impl EmbeddedStore {
     {
         let savepoint = !matches!(kind, JobKind::Append);
         let (tx, rx) = oneshot::channel::<Result<T>>();
+        let commit = self.commit.clone();
         let job: Job = Box::new(move |conn: &Connection| -> Completion {
+            if savepoint {
+                // Its rows live in SQLite alone: the WAL must be synced.
+                commit.wal_needed.store(true, Ordering::Release);
+            }
             // Cached statements: each job's savepoint is not parsed again.
             let outcome = (|| {
                 if !savepoint {
@@ -443,6 +483,14 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    fn event_log(&self) -> EventLog {
+        EventLog {
+            recent_ids: self.recent_ids.clone(),
+            segments: self.segments.clone(),
+            commit: self.commit.clone(),
+        }
     }
 
     fn source_id(&self, slug: &str) -> Result<i64> {
@@ -547,6 +595,94 @@ fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<Recen
     Ok(recent)
 }
 
+/// Adds the columns of an event's record location to an `events` table
+/// made before segments existed.
+fn add_segment_columns(conn: &Connection) -> Result<()> {
+    let has_seg: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'seg'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_seg {
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN seg INTEGER;
+             ALTER TABLE events ADD COLUMN off INTEGER;
+             ALTER TABLE events ADD COLUMN len INTEGER;",
+        )?;
+    }
+    Ok(())
+}
+
+/// Brings the index in line with the newest segment after a crash: rows of
+/// records that were cut off (never acknowledged) go, records the index
+/// lost (its newest rows, unsynced at a power loss) come back. Returns the
+/// head of the log.
+fn repair_index(
+    conn: &Connection,
+    head: u64,
+    recovered: crate::segments::Recovered,
+) -> Result<u64> {
+    let tx = conn.unchecked_transaction()?;
+    let dropped = tx.execute(
+        "DELETE FROM events WHERE seg = ?1 AND off >= ?2",
+        params![recovered.segment as i64, recovered.valid_end as i64],
+    )?;
+    let mut head = head;
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR IGNORE INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
+             VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)",
+        )?;
+        for (r, loc) in &recovered.records {
+            insert.execute(params![
+                r.seq as i64,
+                r.source_id,
+                r.message_id,
+                r.user_id,
+                r.received_ms,
+                loc.segment as i64,
+                loc.offset as i64,
+                loc.len as i64
+            ])?;
+            head = head.max(r.seq);
+        }
+    }
+    tx.commit()?;
+    if dropped > 0 || !recovered.records.is_empty() || recovered.truncated > 0 {
+        tracing::warn!(
+            segment = recovered.segment,
+            restored = recovered.records.len(),
+            dropped,
+            truncated_bytes = recovered.truncated,
+            "store: the event index was repaired from the newest segment (the last run did not stop cleanly)"
+        );
+    }
+    Ok(head)
+}
+
+/// The body of an event row: in its segment record, or in the row itself
+/// for an event stored before segments existed.
+fn row_body(
+    reader: &mut SegmentReader<'_>,
+    seq: u64,
+    inline: Vec<u8>,
+    seg: Option<i64>,
+    off: Option<i64>,
+    len: Option<i64>,
+) -> Result<Vec<u8>> {
+    match (seg, off, len) {
+        (Some(segment), Some(off), Some(len)) => Ok(reader.body(
+            seq,
+            Location {
+                segment: segment as u64,
+                offset: off as u64,
+                len: len as u64,
+            },
+        )?),
+        _ => Ok(inline),
+    }
+}
+
 /// The meta key of the highest seq given, kept by every job that deletes
 /// events: the newest ones may be among them, and their seqs must not be
 /// given again after a restart.
@@ -566,16 +702,18 @@ fn insert_events(
     conn: &Connection,
     source_id: i64,
     events: &[NewEvent],
-    recent_ids: &Mutex<RecentIds>,
-    pending_head: &AtomicU64,
+    log: &EventLog,
 ) -> Result<AppendReceipt> {
+    let pending_head = &log.commit.pending_head;
     let now = now_ms();
     let mut receipt = AppendReceipt::default();
-    let mut recent = recent_ids.lock().map_err(|_| StoreError::Closed)?;
+    let mut recent = log.recent_ids.lock().map_err(|_| StoreError::Closed)?;
+    let mut segments = log.segments.lock().map_err(|_| StoreError::Closed)?;
     let mut stored_id =
         conn.prepare_cached("SELECT message_id FROM events WHERE seq = ?1 AND source_id = ?2")?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
+         VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)",
     )?;
     // Seqs are given here, never by SQLite: it would give the seq of a
     // deleted newest event again, which a destination's cursor has passed.
@@ -602,14 +740,28 @@ fn insert_events(
             },
             || {
                 let seq = last_seq + 1;
-                insert.execute(params![
+                let loc = segments.append(
+                    seq,
+                    source_id,
+                    now,
+                    &e.message_id,
+                    e.user_id.as_deref(),
+                    &e.json,
+                )?;
+                let inserted = insert.execute(params![
                     seq as i64,
                     source_id,
                     e.message_id,
                     e.user_id,
                     now,
-                    e.json
-                ])?;
+                    loc.segment as i64,
+                    loc.offset as i64,
+                    loc.len as i64
+                ]);
+                if let Err(e) = inserted {
+                    segments.forget(loc);
+                    return Err(e.into());
+                }
                 Ok(seq)
             },
         )?;
@@ -705,12 +857,13 @@ impl Store for EmbeddedStore {
         rejections: Vec<Rejection>,
     ) -> Result<AppendReceipt> {
         let source_id = self.source_id(source)?;
-        let recent_ids = self.recent_ids.clone();
-        let commit = self.commit.clone();
+        let log = self.event_log();
         self.append_job(move |conn| {
             let now = now_ms();
-            let receipt = insert_events(conn, source_id, &events, &recent_ids, &commit.pending_head)?;
+            let receipt = insert_events(conn, source_id, &events, &log)?;
             if !rejections.is_empty() {
+                // Rejections live in SQLite alone.
+                log.commit.wal_needed.store(true, Ordering::Release);
                 let mut rej = conn.prepare_cached(
                     "INSERT INTO rejections(source_id, at_ms, idx, field, reason, excerpt) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
@@ -742,10 +895,12 @@ impl Store for EmbeddedStore {
                 .collect()
         };
         let head = *self.head_tx.borrow();
+        let dir = self.segments_dir.clone();
         self.read(move |conn| {
+            let mut reader = SegmentReader::new(&dir);
             let upper = head.min(after.saturating_add(scan));
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, source_id, message_id, received_ms, body FROM events
+                "SELECT seq, source_id, message_id, received_ms, body, seg, off, len FROM events
                  WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
             )?;
             let mut rows = stmt.query(params![after as i64, upper as i64])?;
@@ -760,7 +915,14 @@ impl Store for EmbeddedStore {
                         source: slug.clone(),
                         message_id: r.get(2)?,
                         received_ms: r.get(3)?,
-                        json: r.get(4)?,
+                        json: row_body(
+                            &mut reader,
+                            seq,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        )?,
                     });
                     if out.len() >= limit {
                         scanned_to = seq;
@@ -776,20 +938,26 @@ impl Store for EmbeddedStore {
     async fn recent_events(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>> {
         let source_id = self.source_id(source)?;
         let slug = source.to_string();
+        let dir = self.segments_dir.clone();
         self.read(move |conn| {
+            let mut reader = SegmentReader::new(&dir);
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, message_id, received_ms, body FROM events WHERE source_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                "SELECT seq, message_id, received_ms, body, seg, off, len FROM events
+                 WHERE source_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![source_id, limit as i64], |r| {
-                Ok(StoredEvent {
-                    seq: r.get::<_, i64>(0)? as u64,
+            let mut rows = stmt.query(params![source_id, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let seq = r.get::<_, i64>(0)? as u64;
+                out.push(StoredEvent {
+                    seq,
                     source: slug.clone(),
                     message_id: r.get(1)?,
                     received_ms: r.get(2)?,
-                    json: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                    json: row_body(&mut reader, seq, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)?,
+                });
+            }
+            Ok(out)
         })
         .await
     }
@@ -1224,6 +1392,7 @@ impl Store for EmbeddedStore {
         destinations: &[String],
     ) -> Result<CompactReport> {
         let recent_ids = self.recent_ids.clone();
+        let segments = self.segments.clone();
         let commit = self.commit.clone();
         let cutoff = now_ms - retention_ms;
         let destinations = destinations.to_vec();
@@ -1244,6 +1413,24 @@ impl Store for EmbeddedStore {
             } else {
                 floor as i64
             };
+            // Segments no event points at since an earlier, durable round
+            // go first: removing a file cannot be rolled back with the
+            // deletes below, so their segments go at the next round.
+            let oldest: Option<i64> = conn.query_row(
+                "SELECT MIN(seg) FROM events WHERE seg IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            let removed = segments
+                .lock()
+                .map_err(|_| StoreError::Closed)?
+                .remove_before(oldest.map_or(u64::MAX, |s| s as u64))?;
+            if removed > 0 {
+                tracing::info!(
+                    segments = removed,
+                    "store: removed event segments past the retention"
+                );
+            }
             Ok(CompactReport {
                 dedup: recent_ids
                     .lock()
@@ -1352,11 +1539,10 @@ impl Store for EmbeddedStore {
     ) -> Result<AppendReceipt> {
         let source_id = self.source_id(source)?;
         let slug = source.to_string();
-        let recent_ids = self.recent_ids.clone();
-        let commit = self.commit.clone();
+        let log = self.event_log();
         self.write(move |conn| {
             let now = now_ms();
-            let receipt = insert_events(conn, source_id, &events, &recent_ids, &commit.pending_head)?;
+            let receipt = insert_events(conn, source_id, &events, &log)?;
             let mut upsert = conn.prepare_cached(
                 "INSERT INTO objects(source_id, collection, id, properties, updated_ms) VALUES(?1, ?2, ?3, json(?4), ?5)
                  ON CONFLICT(source_id, collection, id) DO UPDATE SET
@@ -1728,6 +1914,7 @@ impl Store for EmbeddedStore {
     async fn purge_user(&self, user_id: &str, keep: Vec<String>) -> Result<PurgeReport> {
         let user_id = user_id.to_string();
         let commit = self.commit.clone();
+        let segments = self.segments.clone();
         self.heavy_write(move |conn| {
             keep_last_seq(conn, &commit.pending_head)?;
             conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purge_keep(id TEXT PRIMARY KEY); DELETE FROM purge_keep;")?;
@@ -1736,6 +1923,22 @@ impl Store for EmbeddedStore {
             }
             // JSON text of the id as it appears in stored bodies.
             let quoted = serde_json::to_string(&user_id).unwrap_or_default();
+            // The records go with the rows: erased in place, so that no copy
+            // of the user's events stays on disk.
+            let records = {
+                let mut stmt = conn.prepare(
+                    "SELECT seg, off, len FROM events
+                     WHERE user_id = ?1 AND message_id NOT IN (SELECT id FROM purge_keep) AND seg IS NOT NULL",
+                )?;
+                let rows = stmt.query_map([&user_id], |r| {
+                    Ok(Location {
+                        segment: r.get::<_, i64>(0)? as u64,
+                        offset: r.get::<_, i64>(1)? as u64,
+                        len: r.get::<_, i64>(2)? as u64,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
             let mut report = PurgeReport {
                 events: conn.execute(
                     "DELETE FROM events WHERE user_id = ?1 AND message_id NOT IN (SELECT id FROM purge_keep)",
@@ -1743,6 +1946,7 @@ impl Store for EmbeddedStore {
                 )? as u64,
                 ..Default::default()
             };
+            segments.lock().map_err(|_| StoreError::Closed)?.erase(&records)?;
             report.raw_requests = purge_raw(conn, "raw_requests", &user_id)?;
             report.captures = purge_raw(conn, "captures", &user_id)?;
             report.objects = conn.execute("DELETE FROM objects WHERE id = ?1", [&user_id])? as u64;
@@ -2060,6 +2264,174 @@ mod tests {
             .map(|e| (e.seq, e.message_id.as_str()))
             .collect();
         assert_eq!(seqs, [(4, "d")]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("events"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn db(dir: &Path) -> Connection {
+        Connection::open(dir.join("switchyard.db")).unwrap()
+    }
+
+    /// After a power loss the index may lack its newest rows (its WAL is
+    /// synced with the checkpoints, not per group), and may hold rows of a
+    /// group whose records never reached the disk. Reopening puts the
+    /// former back from the segment and drops the latter.
+    #[tokio::test]
+    async fn the_index_is_repaired_from_the_newest_segment() {
+        let dir = temp_dir("repair");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        store
+            .append("web", ids.iter().map(|id| event(id)).collect(), vec![])
+            .await
+            .unwrap();
+        store.close().await;
+        drop(store);
+        // The index lost its four newest rows.
+        db(&dir)
+            .execute("DELETE FROM events WHERE seq > 6", [])
+            .unwrap();
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        assert_eq!(
+            stored_ids(&store, "web").await,
+            ids,
+            "every record is indexed again"
+        );
+        assert_eq!(*store.subscribe().borrow(), 10);
+        let (events, _) = store
+            .read_events(&["web".into()], 8, u64::MAX, 10)
+            .await
+            .unwrap();
+        assert_eq!(events[0].json, br#"{"messageId":"m8"}"#);
+        let again = store
+            .append("web", vec![event("m9")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(again.duplicates, 1, "restored ids count for deduplication");
+        store.close().await;
+        drop(store);
+
+        // The last two records torn: their rows go, the log goes on after them.
+        let segment = segment_files(&dir).pop().unwrap();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        let (off9,): (i64,) = db(&dir)
+            .query_row("SELECT off FROM events WHERE seq = 9", [], |r| {
+                Ok((r.get(0)?,))
+            })
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.set_len(off9 as u64 + 5).unwrap();
+        assert!(len > off9 as u64 + 5);
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        assert_eq!(stored_ids(&store, "web").await, ids[..8].to_vec());
+        store
+            .append("web", vec![event("later")], vec![])
+            .await
+            .unwrap();
+        let (events, _) = store
+            .read_events(&["web".into()], 0, u64::MAX, 100)
+            .await
+            .unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.message_id.as_str(), &last.json[..]),
+            ("later", &br#"{"messageId":"later"}"#[..])
+        );
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A user's deletion leaves no copy of their events in the segments,
+    /// and events stored before segments existed (body in the row) are
+    /// still read.
+    #[tokio::test]
+    async fn purged_events_are_erased_from_the_segments_and_old_rows_still_read() {
+        let dir = temp_dir("erase");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        let secret = NewEvent {
+            message_id: "s1".into(),
+            user_id: Some("gone@example.com".into()),
+            json: br#"{"userId":"gone@example.com","event":"Secret"}"#.to_vec(),
+        };
+        store
+            .append("web", vec![event("a"), secret, event("b")], vec![])
+            .await
+            .unwrap();
+        db(&dir)
+            .execute(
+                "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body) SELECT 100, source_id, 'legacy', 'u', 0, X'7B7D' FROM events LIMIT 1",
+                [],
+            )
+            .unwrap();
+        store.close().await;
+        drop(store);
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        assert_eq!(*store.subscribe().borrow(), 100);
+        let report = store.purge_user("gone@example.com", vec![]).await.unwrap();
+        assert_eq!(report.events, 1);
+        for file in segment_files(&dir) {
+            let bytes = std::fs::read(file).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains("gone@example.com"));
+        }
+        assert_eq!(stored_ids(&store, "web").await, ["a", "b", "legacy"]);
+        let recent = store.recent_events("web", 10).await.unwrap();
+        assert_eq!(recent[0].json, b"{}");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Retention removes whole segments once no event points into them,
+    /// one compaction after their events went.
+    #[tokio::test]
+    async fn compaction_removes_segments_no_event_points_into() {
+        let dir = temp_dir("segments");
+        let mut options = EmbeddedOptions::new(&dir);
+        options.segment_bytes = 300;
+        let store = EmbeddedStore::open(options.clone()).unwrap();
+        source(&store, "web").await;
+        for i in 0..12 {
+            store
+                .append("web", vec![event(&format!("e{i}"))], vec![])
+                .await
+                .unwrap();
+        }
+        let before = segment_files(&dir).len();
+        assert!(before >= 3, "{before} segments");
+        let now = now_ms() + 1000;
+        let first = store.compact(now, 0, &[]).await.unwrap();
+        assert_eq!(first.events, 12);
+        assert_eq!(
+            segment_files(&dir).len(),
+            before,
+            "files go at the next round"
+        );
+        store.compact(now, 0, &[]).await.unwrap();
+        assert_eq!(
+            segment_files(&dir).len(),
+            1,
+            "only the active segment is left"
+        );
+        store
+            .append("web", vec![event("after")], vec![])
+            .await
+            .unwrap();
+        store.close().await;
+        let store = EmbeddedStore::open(options).unwrap();
+        assert_eq!(stored_ids(&store, "web").await, ["after"]);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

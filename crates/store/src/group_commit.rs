@@ -13,9 +13,11 @@
 //! threads four times (worker → writer → sync → writer, sync → worker), and
 //! the context switches were a quarter of the CPU of `/v1/track`.
 
+use crate::segments::Segments;
 use rusqlite::Connection;
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use tokio::sync::watch;
 
 /// Tells a job's waiter how its commit ended (`Err` with the reason).
@@ -33,6 +35,11 @@ const MAX_JOBS_PER_COMMIT: usize = 4096;
 pub(crate) struct Committed {
     completions: Vec<Completion>,
     head: u64,
+    /// The segment its events were written to, if any.
+    segment: Option<Arc<File>>,
+    /// Whether it changed rows that must be durable by themselves (every
+    /// job but a plain event append): then the WAL is synced too.
+    wal: bool,
 }
 
 /// The write connection and the transaction being filled.
@@ -48,6 +55,8 @@ pub(crate) struct Writer {
     to_sync: Option<mpsc::Sender<Committed>>,
     /// The queue's buffer, swapped with it so neither reallocates.
     spare: Vec<Job>,
+    /// Event records, written before each commit.
+    segments: Arc<Mutex<Segments>>,
 }
 
 /// The write side of the store: the writer, the jobs queued for it, and
@@ -61,6 +70,9 @@ pub(crate) struct GroupCommit {
     /// Set by the checkpointer when the WAL should start over (see
     /// `WAL_RESET_PAGES` in `embedded`).
     pub(crate) finish_checkpoint: AtomicBool,
+    /// Set by a job of the open transaction whose rows must be durable
+    /// when it is answered (see [`Committed::wal`]).
+    pub(crate) wal_needed: AtomicBool,
 }
 
 /// Locks recovering from a panic in a job: the transaction's state is
@@ -91,7 +103,7 @@ impl Writer {
     }
 
     /// Commits the open transaction, if any, and hands it to the sync thread.
-    fn commit(&mut self, pending_head: &AtomicU64) {
+    fn commit(&mut self, pending_head: &AtomicU64, wal_needed: &AtomicBool) {
         let Some(conn) = &self.conn else {
             return;
         };
@@ -99,21 +111,40 @@ impl Writer {
             return;
         }
         let completions = std::mem::take(&mut self.open);
-        let committed = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]))
-            .map_err(|e| e.to_string());
-        if let Err(e) = committed {
-            tracing::error!(error = %e, "store: commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            for done in completions {
-                done(Err(e.clone()));
+        let wal = wal_needed.swap(false, Ordering::AcqRel);
+        let mut segments = relock(self.segments.lock());
+        // The records go first: a row committed is never without its record
+        // once both are durable. Records written for a transaction that then
+        // fails to commit are valid but unindexed: a restart indexes them
+        // (stored at least once, as when a client retries).
+        let committed = segments
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|segment| {
+                conn.prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]))
+                    .map(|_| segment)
+                    .map_err(|e| e.to_string())
+            });
+        let segment = match committed {
+            Ok(segment) => segment,
+            Err(e) => {
+                segments.discard_pending();
+                drop(segments);
+                tracing::error!(error = %e, "store: commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                for done in completions {
+                    done(Err(e.clone()));
+                }
+                return;
             }
-            return;
-        }
+        };
+        drop(segments);
         let group = Committed {
             completions,
             head: pending_head.load(Ordering::Acquire),
+            segment,
+            wal,
         };
         let sent = match &self.to_sync {
             Some(to_sync) => to_sync.send(group).map_err(|mpsc::SendError(g)| g),
@@ -150,7 +181,11 @@ impl Writer {
 impl GroupCommit {
     /// Takes the write connection (committing with `synchronous=OFF`) and
     /// returns the receiving end for [`sync_loop`].
-    pub(crate) fn new(conn: Connection, head: u64) -> (Self, mpsc::Receiver<Committed>) {
+    pub(crate) fn new(
+        conn: Connection,
+        segments: Arc<Mutex<Segments>>,
+        head: u64,
+    ) -> (Self, mpsc::Receiver<Committed>) {
         let (to_sync, groups) = mpsc::channel();
         let writer = Writer {
             conn: Some(conn),
@@ -158,12 +193,14 @@ impl GroupCommit {
             syncing: false,
             to_sync: Some(to_sync),
             spare: Vec::new(),
+            segments,
         };
         let commit = GroupCommit {
             writer: Mutex::new(writer),
             queue: Mutex::new(Vec::new()),
             pending_head: AtomicU64::new(head),
             finish_checkpoint: AtomicBool::new(false),
+            wal_needed: AtomicBool::new(false),
         };
         (commit, groups)
     }
@@ -182,7 +219,7 @@ impl GroupCommit {
         self.with_writer(|w| {
             w.run(job);
             if !w.syncing {
-                w.commit(&self.pending_head);
+                w.commit(&self.pending_head, &self.wal_needed);
             }
         });
     }
@@ -199,7 +236,7 @@ impl GroupCommit {
             };
             self.run_queued(&mut writer);
             if !writer.syncing || writer.open.len() >= MAX_JOBS_PER_COMMIT {
-                writer.commit(&self.pending_head);
+                writer.commit(&self.pending_head, &self.wal_needed);
             }
             drop(writer);
             // A job queued while the writer was held, after its holder took
@@ -235,7 +272,7 @@ impl GroupCommit {
     /// it has synced and answered every group.
     pub(crate) fn close(&self) {
         let conn = self.with_writer(|w| {
-            w.commit(&self.pending_head);
+            w.commit(&self.pending_head, &self.wal_needed);
             w.to_sync = None;
             w.conn.take()
         });
@@ -247,8 +284,9 @@ impl GroupCommit {
 
 /// The sync thread: makes committed groups durable, publishes the new head
 /// to the delivery loops, commits the group that filled meanwhile, then
-/// answers the waiters. One `fdatasync` of the WAL covers every group
-/// committed before it began.
+/// answers the waiters. One `fdatasync` of the segment covers the events of
+/// every group committed before it began, one of the WAL (only when a group
+/// needs it) their other rows.
 pub(crate) fn sync_loop(
     wal: std::fs::File,
     fsync: bool,
@@ -262,8 +300,7 @@ pub(crate) fn sync_loop(
             ready.push(more);
         }
         let synced = if fsync {
-            wal.sync_data()
-                .map_err(|e| format!("cannot sync the WAL: {e}"))
+            sync_groups(&wal, &ready)
         } else {
             Ok(())
         };
@@ -285,7 +322,7 @@ pub(crate) fn sync_loop(
         // that it reaches the queue of this thread first.
         commit.with_writer(|w| {
             w.syncing = false;
-            w.commit(&commit.pending_head);
+            w.commit(&commit.pending_head, &commit.wal_needed);
             if w.open.is_empty() && commit.finish_checkpoint.swap(false, Ordering::AcqRel) {
                 w.finish_checkpoint();
             }
@@ -296,4 +333,23 @@ pub(crate) fn sync_loop(
             }
         }
     }
+}
+
+/// Syncs what `groups` wrote: each segment they used once, then the WAL if
+/// any of them needs it.
+fn sync_groups(wal: &File, groups: &[Committed]) -> Result<(), String> {
+    let mut synced: Vec<&Arc<File>> = Vec::new();
+    for segment in groups.iter().filter_map(|g| g.segment.as_ref()) {
+        if !synced.iter().any(|s| Arc::ptr_eq(s, segment)) {
+            segment
+                .sync_data()
+                .map_err(|e| format!("cannot sync the event segment: {e}"))?;
+            synced.push(segment);
+        }
+    }
+    if groups.iter().any(|g| g.wal) {
+        wal.sync_data()
+            .map_err(|e| format!("cannot sync the WAL: {e}"))?;
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod embedded;
 mod group_commit;
 mod recent_ids;
 pub mod secrets;
+mod segments;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -34,6 +35,9 @@ pub enum StoreError {
     Closed,
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Reading or writing an event segment file (the message names it).
+    #[error("event segment: {0}")]
+    Segment(#[from] std::io::Error),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,639 @@
+//! Event bodies in append-only segment files: the durable copy of every
+//! event stored by the embedded backend.
+//!
+//! SQLite wrote each body twice, into the WAL and then into the database by
+//! the checkpoint, as part of B-tree pages: with the body in the row,
+//! `/v1/batch` spent half of its CPU there. Here a group's events are written
+//! once, as records appended to the newest segment file in one write, and
+//! that file is what the group's `fdatasync` makes durable. The `events`
+//! table keeps a small row per event (ids, source, time and where its record
+//! is), committed with the group but synced only with the checkpoints: after
+//! a power loss it may lack its newest rows, which [`Segments::open`] puts
+//! back from the newest segment (see [`Recovered`]).
+//!
+//! Invariants the recovery relies on:
+//! - A segment receives no byte before the one before it is synced, so only
+//!   the newest one can end in records that were never acknowledged.
+//! - Records are written at the offset where the valid ones end, so the
+//!   acknowledged ones are a prefix of every segment.
+//! - A record is erased (a user's deletion) in place, keeping its length and
+//!   seq, and stays a valid record: a scan goes past it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Size past which the next record starts a new segment.
+pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `payload length, CRC-32 of the payload`.
+const HEADER: usize = 8;
+/// `seq, flags, source_id, received_ms, message_id length, user_id length`.
+const FIXED: usize = 8 + 1 + 8 + 8 + 4 + 4;
+const NO_USER: u32 = u32::MAX;
+const ERASED: u8 = 1;
+const EXTENSION: &str = "seg";
+
+/// An event as its record holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Record {
+    pub seq: u64,
+    pub source_id: i64,
+    pub received_ms: i64,
+    pub message_id: String,
+    pub user_id: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Where a record is: its segment (named by the first seq it holds), its
+/// offset and its length, header included.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.{EXTENSION}"))
+}
+
+fn error(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// Appends the record of `event` to `out`.
+fn encode(
+    out: &mut Vec<u8>,
+    seq: u64,
+    source_id: i64,
+    received_ms: i64,
+    message_id: &str,
+    user_id: Option<&str>,
+    body: &[u8],
+) {
+    let start = out.len();
+    let user = user_id.unwrap_or("");
+    let payload = FIXED + message_id.len() + user.len() + body.len();
+    out.reserve(HEADER + payload);
+    out.extend_from_slice(&(payload as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(&source_id.to_le_bytes());
+    out.extend_from_slice(&received_ms.to_le_bytes());
+    out.extend_from_slice(&(message_id.len() as u32).to_le_bytes());
+    let user_len = if user_id.is_some() {
+        user.len() as u32
+    } else {
+        NO_USER
+    };
+    out.extend_from_slice(&user_len.to_le_bytes());
+    out.extend_from_slice(message_id.as_bytes());
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(body);
+    let crc = crc32fast::hash(&out[start + HEADER..]);
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What a scan finds at an offset.
+enum Scanned {
+    /// A live record, or an erased one (`None`), and the record's length.
+    Record(Option<Record>, usize),
+    /// The end of the valid records: end of file, a torn or corrupt record.
+    End,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Decodes the record at the start of `bytes`.
+fn decode(bytes: &[u8]) -> Scanned {
+    if bytes.len() < HEADER + FIXED {
+        return Scanned::End;
+    }
+    let payload = u32_at(bytes, 0) as usize;
+    if payload < FIXED || bytes.len() < HEADER + payload {
+        return Scanned::End;
+    }
+    let body = &bytes[HEADER..HEADER + payload];
+    if crc32fast::hash(body) != u32_at(bytes, 4) {
+        return Scanned::End;
+    }
+    let len = HEADER + payload;
+    if body[8] == ERASED {
+        return Scanned::Record(None, len);
+    }
+    let id_len = u32_at(body, 25) as usize;
+    let user_len = u32_at(body, 29);
+    let user_bytes = if user_len == NO_USER {
+        0
+    } else {
+        user_len as usize
+    };
+    if FIXED + id_len + user_bytes > payload {
+        return Scanned::End;
+    }
+    let text = |from: usize, n: usize| String::from_utf8(body[from..from + n].to_vec()).ok();
+    let (Some(message_id), Some(user)) = (text(FIXED, id_len), text(FIXED + id_len, user_bytes))
+    else {
+        return Scanned::End;
+    };
+    Scanned::Record(
+        Some(Record {
+            seq: u64_at(body, 0),
+            source_id: u64_at(body, 9) as i64,
+            received_ms: u64_at(body, 17) as i64,
+            message_id,
+            user_id: (user_len != NO_USER).then_some(user),
+            body: body[FIXED + id_len + user_bytes..].to_vec(),
+        }),
+        len,
+    )
+}
+
+/// The newest segment as [`Segments::open`] found it.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// Live records of the newest segment past the index's head, in order,
+    /// with their locations.
+    pub records: Vec<(Record, Location)>,
+    /// The newest segment and where its valid records end: rows pointing
+    /// at or past it are of events never acknowledged.
+    pub segment: u64,
+    pub valid_end: u64,
+    /// Bytes cut off the end (a torn write of an unacknowledged group).
+    pub truncated: u64,
+}
+
+/// The segment files of one data directory, and the records of the open
+/// transaction not yet written.
+pub(crate) struct Segments {
+    dir: PathBuf,
+    fsync: bool,
+    active: Arc<File>,
+    active_id: u64,
+    /// Bytes of the active segment already written.
+    written: u64,
+    /// Records of the open transaction, written at commit.
+    pending: Vec<u8>,
+    /// Written since the sync thread last took the file.
+    unsynced: bool,
+    max_bytes: u64,
+}
+
+impl Segments {
+    /// Opens the segments in `dir` (creating it), cuts a torn end off the
+    /// newest one, and returns its live records past `indexed_head` (the
+    /// index knows the others' fate: stored, or deleted since). `next_seq`
+    /// names the first segment when there is none.
+    pub(crate) fn open(
+        dir: &Path,
+        fsync: bool,
+        next_seq: u64,
+        indexed_head: u64,
+        max_bytes: u64,
+    ) -> io::Result<(Self, Recovered)> {
+        std::fs::create_dir_all(dir).map_err(|e| error(dir, "cannot create", e))?;
+        let newest = Self::ids(dir)?.into_iter().max();
+        let active_id = newest.unwrap_or(next_seq);
+        let path = segment_path(dir, active_id);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| error(&path, "cannot open", e))?;
+        let bytes = std::fs::read(&path).map_err(|e| error(&path, "cannot read", e))?;
+        let mut recovered = Recovered {
+            segment: active_id,
+            ..Default::default()
+        };
+        let mut at = 0;
+        while let Scanned::Record(record, len) = decode(&bytes[at..]) {
+            if let Some(record) = record.filter(|r| r.seq > indexed_head) {
+                let location = Location {
+                    segment: active_id,
+                    offset: at as u64,
+                    len: len as u64,
+                };
+                recovered.records.push((record, location));
+            }
+            at += len;
+        }
+        recovered.valid_end = at as u64;
+        recovered.truncated = (bytes.len() - at) as u64;
+        if recovered.truncated > 0 {
+            file.set_len(at as u64)
+                .map_err(|e| error(&path, "cannot truncate", e))?;
+            file.sync_all()
+                .map_err(|e| error(&path, "cannot sync", e))?;
+        }
+        if newest.is_none() {
+            sync_dir(dir)?;
+        }
+        let segments = Segments {
+            dir: dir.to_path_buf(),
+            fsync,
+            active: Arc::new(file),
+            active_id,
+            written: at as u64,
+            pending: Vec::new(),
+            unsynced: false,
+            max_bytes,
+        };
+        Ok((segments, recovered))
+    }
+
+    /// The ids (first seqs) of the segment files, in no order.
+    fn ids(dir: &Path) -> io::Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| error(dir, "cannot list", e))? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name
+                .strip_suffix(&format!(".{EXTENSION}"))
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Adds an event's record to the open transaction and says where it
+    /// will be. May first start a new segment (syncing the full one).
+    pub(crate) fn append(
+        &mut self,
+        seq: u64,
+        source_id: i64,
+        received_ms: i64,
+        message_id: &str,
+        user_id: Option<&str>,
+        body: &[u8],
+    ) -> io::Result<Location> {
+        let len =
+            (HEADER + FIXED + message_id.len() + user_id.map_or(0, str::len) + body.len()) as u64;
+        let end = self.written + self.pending.len() as u64;
+        if end > 0 && end + len > self.max_bytes {
+            self.roll(seq)?;
+        }
+        let offset = self.written + self.pending.len() as u64;
+        encode(
+            &mut self.pending,
+            seq,
+            source_id,
+            received_ms,
+            message_id,
+            user_id,
+            body,
+        );
+        Ok(Location {
+            segment: self.active_id,
+            offset,
+            len,
+        })
+    }
+
+    /// Writes what is pending, syncs the full segment, and starts a new one
+    /// named `first_seq`: no byte reaches it before the last one is durable.
+    fn roll(&mut self, first_seq: u64) -> io::Result<()> {
+        self.write_pending()?;
+        if self.fsync {
+            self.active
+                .sync_data()
+                .map_err(|e| error(&self.path(), "cannot sync", e))?;
+        }
+        let path = segment_path(&self.dir, first_seq);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| error(&path, "cannot create", e))?;
+        if self.fsync {
+            sync_dir(&self.dir)?;
+        }
+        self.active = Arc::new(file);
+        self.active_id = first_seq;
+        self.written = 0;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn path(&self) -> PathBuf {
+        segment_path(&self.dir, self.active_id)
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.path();
+        self.active
+            .write_all_at(&self.pending, self.written)
+            .map_err(|e| error(&path, "cannot write", e))?;
+        self.written += self.pending.len() as u64;
+        self.pending.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Writes the open transaction's records, before it commits; returns
+    /// the file to sync for it, if it wrote anything since the last call.
+    pub(crate) fn flush(&mut self) -> io::Result<Option<Arc<File>>> {
+        self.write_pending()?;
+        Ok(std::mem::take(&mut self.unsynced).then(|| self.active.clone()))
+    }
+
+    /// Takes back the record just appended at `loc` (its row could not be
+    /// inserted), so that it is not written.
+    pub(crate) fn forget(&mut self, loc: Location) {
+        if loc.segment == self.active_id && loc.offset >= self.written {
+            self.pending.truncate((loc.offset - self.written) as usize);
+        }
+    }
+
+    /// Drops the records of a transaction that did not commit. They may
+    /// already be written: the next ones are written over them.
+    pub(crate) fn discard_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Erases records in place (a user's deletion): payload zeroed but for
+    /// the seq, length kept, checksum renewed; then syncs what it touched.
+    pub(crate) fn erase(&mut self, locations: &[Location]) -> io::Result<()> {
+        // Pending records are written first, so that none is erased in the
+        // buffer only to be written whole at commit.
+        self.write_pending()?;
+        let mut files: HashMap<u64, File> = HashMap::new();
+        for loc in locations {
+            let file = match files.entry(loc.segment) {
+                std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let path = segment_path(&self.dir, loc.segment);
+                    match std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&path)
+                    {
+                        Ok(f) => slot.insert(f),
+                        // A segment already removed holds nothing to erase.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(error(&path, "cannot open", e)),
+                    }
+                }
+            };
+            let mut record = vec![0; loc.len as usize];
+            file.read_exact_at(&mut record, loc.offset)?;
+            let Scanned::Record(Some(_), _) = decode(&record) else {
+                continue;
+            };
+            record[HEADER + 8..].fill(0);
+            record[HEADER + 8] = ERASED;
+            let crc = crc32fast::hash(&record[HEADER..]);
+            record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+            file.write_all_at(&record, loc.offset)?;
+        }
+        if self.fsync {
+            for file in files.values() {
+                file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the segments older than `oldest_kept` (the segment of the
+    /// oldest event still indexed); never the active one. Returns how many.
+    pub(crate) fn remove_before(&self, oldest_kept: u64) -> io::Result<u64> {
+        let mut removed = 0;
+        for id in Self::ids(&self.dir)? {
+            if id < oldest_kept && id != self.active_id {
+                let path = segment_path(&self.dir, id);
+                std::fs::remove_file(&path).map_err(|e| error(&path, "cannot remove", e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| error(dir, "cannot sync", e))
+}
+
+/// Reads records for the read connections: each file opened once per
+/// reader, and every record checked against its location and seq.
+pub(crate) struct SegmentReader<'a> {
+    dir: &'a Path,
+    files: HashMap<u64, File>,
+}
+
+impl<'a> SegmentReader<'a> {
+    pub(crate) fn new(dir: &'a Path) -> Self {
+        SegmentReader {
+            dir,
+            files: HashMap::new(),
+        }
+    }
+
+    /// The body of the event `seq` at `loc`.
+    pub(crate) fn body(&mut self, seq: u64, loc: Location) -> io::Result<Vec<u8>> {
+        let path = segment_path(self.dir, loc.segment);
+        let file = match self.files.entry(loc.segment) {
+            std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(File::open(&path).map_err(|e| error(&path, "cannot open", e))?)
+            }
+        };
+        let mut bytes = vec![0; loc.len as usize];
+        file.read_exact_at(&mut bytes, loc.offset)
+            .map_err(|e| error(&path, "cannot read", e))?;
+        match decode(&bytes) {
+            Scanned::Record(Some(record), _) if record.seq == seq => Ok(record.body),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "no valid record of event {seq} at {} offset {}",
+                    path.display(),
+                    loc.offset
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-seg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn append(s: &mut Segments, seq: u64, user: Option<&str>) -> Location {
+        let body = format!(r#"{{"messageId":"m{seq}"}}"#);
+        s.append(
+            seq,
+            7,
+            1000 + seq as i64,
+            &format!("m{seq}"),
+            user,
+            body.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn records_round_trip_and_survive_a_reopen() {
+        let dir = temp_dir("round-trip");
+        let (mut s, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        assert!(recovered.records.is_empty());
+        let a = append(&mut s, 1, Some("u1"));
+        let b = append(&mut s, 2, None);
+        assert!(
+            s.flush().unwrap().is_some(),
+            "written: the file is to be synced"
+        );
+        assert!(s.flush().unwrap().is_none(), "nothing new: nothing to sync");
+        let mut reader = SegmentReader::new(&dir);
+        assert_eq!(reader.body(2, b).unwrap(), br#"{"messageId":"m2"}"#);
+        assert!(reader.body(3, b).is_err(), "the seq is checked");
+        drop(s);
+        let (_, recovered) = Segments::open(&dir, true, 99, 0, SEGMENT_BYTES).unwrap();
+        assert_eq!(recovered.segment, 1);
+        assert_eq!(recovered.truncated, 0);
+        let found: Vec<_> = recovered
+            .records
+            .iter()
+            .map(|(r, l)| (r.seq, r.user_id.clone(), *l))
+            .collect();
+        assert_eq!(found, [(1, Some("u1".to_string()), a), (2, None, b)]);
+        assert_eq!(recovered.records[0].0.source_id, 7);
+        assert_eq!(recovered.records[0].0.received_ms, 1001);
+        assert_eq!(recovered.records[0].0.message_id, "m1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_end_is_cut_off_and_the_next_records_go_there() {
+        let dir = temp_dir("torn");
+        let (mut s, _) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        append(&mut s, 1, None);
+        let second = append(&mut s, 2, None);
+        s.flush().unwrap();
+        drop(s);
+        let path = segment_path(&dir, 1);
+        // The second record's last byte flipped, then half a record more.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        bytes.extend_from_slice(&[42; 20]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut s, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        assert_eq!(recovered.records.len(), 1);
+        assert_eq!(recovered.valid_end, second.offset);
+        assert_eq!(recovered.truncated, second.len + 20);
+        let again = append(&mut s, 2, None);
+        assert_eq!(
+            again.offset, second.offset,
+            "written where the valid records end"
+        );
+        s.flush().unwrap();
+        let mut reader = SegmentReader::new(&dir);
+        assert_eq!(reader.body(2, again).unwrap(), br#"{"messageId":"m2"}"#);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn full_segments_roll_over_and_old_ones_are_removed() {
+        let dir = temp_dir("roll");
+        let (mut s, _) = Segments::open(&dir, false, 1, 0, 200).unwrap();
+        let locations: Vec<_> = (1..=6).map(|seq| append(&mut s, seq, None)).collect();
+        s.flush().unwrap();
+        let segments: Vec<_> = locations.iter().map(|l| l.segment).collect();
+        assert!(segments.windows(2).all(|w| w[0] <= w[1]));
+        assert!(
+            segments.len() > 2 && segments[0] != segments[5],
+            "{segments:?}"
+        );
+        let mut reader = SegmentReader::new(&dir);
+        for (i, loc) in locations.iter().enumerate() {
+            let seq = i as u64 + 1;
+            assert_eq!(
+                reader.body(seq, *loc).unwrap(),
+                format!(r#"{{"messageId":"m{seq}"}}"#).as_bytes()
+            );
+        }
+        let removed = s.remove_before(locations[5].segment).unwrap();
+        assert!(removed >= 1);
+        assert!(reader_after_removal(&dir, locations[0]).is_err());
+        let mut reader = SegmentReader::new(&dir);
+        assert!(reader.body(6, locations[5]).is_ok());
+        // Reopened: only the newest segment is scanned.
+        drop(s);
+        let (_, recovered) = Segments::open(&dir, false, 1, 0, 200).unwrap();
+        assert_eq!(recovered.segment, locations[5].segment);
+        assert!(recovered
+            .records
+            .iter()
+            .all(|(r, _)| r.seq >= locations[5].segment));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn reader_after_removal(dir: &Path, loc: Location) -> io::Result<Vec<u8>> {
+        SegmentReader::new(dir).body(1, loc)
+    }
+
+    #[test]
+    fn erased_records_lose_their_content_and_keep_the_scan_going() {
+        let dir = temp_dir("erase");
+        let (mut s, _) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        append(&mut s, 1, Some("keep"));
+        let gone = s
+            .append(
+                2,
+                7,
+                0,
+                "m2",
+                Some("gone-user"),
+                br#"{"userId":"gone-user","email":"x@example.com"}"#,
+            )
+            .unwrap();
+        append(&mut s, 3, Some("keep"));
+        s.flush().unwrap();
+        s.erase(&[gone]).unwrap();
+        let bytes = std::fs::read(segment_path(&dir, 1)).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("gone-user") && !text.contains("x@example.com"));
+        let mut reader = SegmentReader::new(&dir);
+        assert!(reader.body(2, gone).is_err());
+        drop(s);
+        let (_, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        let seqs: Vec<_> = recovered.records.iter().map(|(r, _)| r.seq).collect();
+        assert_eq!(
+            seqs,
+            [1, 3],
+            "the erased record is skipped, the one after it kept"
+        );
+        assert_eq!(recovered.truncated, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
