@@ -13,7 +13,7 @@
 
 use crate::group_commit::{sync_loop, Completion, GroupCommit, Job};
 use crate::recent_ids::RecentIds;
-use crate::segments::{Location, SegmentReader, Segments, SEGMENT_BYTES};
+use crate::segments::{Location, NewRecord, SegmentReader, Segments, SEGMENT_BYTES};
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -661,7 +661,11 @@ fn repair_index(
 }
 
 /// The body of an event row: in its segment record, or in the row itself
-/// for an event stored before segments existed.
+/// for an event stored before segments existed. `None` for a record that
+/// is not there (the disk or someone else changed the file): logged, and
+/// skipped by the readers, so that one damaged record does not stop a
+/// destination for good. Any other error (the file cannot be opened or
+/// read) is returned, and the read is tried again.
 fn row_body(
     reader: &mut SegmentReader<'_>,
     seq: u64,
@@ -669,17 +673,22 @@ fn row_body(
     seg: Option<i64>,
     off: Option<i64>,
     len: Option<i64>,
-) -> Result<Vec<u8>> {
-    match (seg, off, len) {
-        (Some(segment), Some(off), Some(len)) => Ok(reader.body(
-            seq,
-            Location {
-                segment: segment as u64,
-                offset: off as u64,
-                len: len as u64,
-            },
-        )?),
-        _ => Ok(inline),
+) -> Result<Option<Vec<u8>>> {
+    let (Some(segment), Some(offset), Some(len)) = (seg, off, len) else {
+        return Ok(Some(inline));
+    };
+    let location = Location {
+        segment: segment as u64,
+        offset: offset as u64,
+        len: len as u64,
+    };
+    match reader.body(seq, location) {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::error!(seq, error = %e, "store: an event's record is damaged; it is skipped");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -740,14 +749,14 @@ fn insert_events(
             },
             || {
                 let seq = last_seq + 1;
-                let loc = segments.append(
+                let loc = segments.append(NewRecord {
                     seq,
                     source_id,
-                    now,
-                    &e.message_id,
-                    e.user_id.as_deref(),
-                    &e.json,
-                )?;
+                    received_ms: now,
+                    message_id: &e.message_id,
+                    user_id: e.user_id.as_deref(),
+                    body: &e.json,
+                })?;
                 let inserted = insert.execute(params![
                     seq as i64,
                     source_id,
@@ -910,19 +919,17 @@ impl Store for EmbeddedStore {
                 let seq = r.get::<_, i64>(0)? as u64;
                 let source_id: i64 = r.get(1)?;
                 if let Some(slug) = wanted.get(&source_id) {
+                    let Some(json) =
+                        row_body(&mut reader, seq, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)?
+                    else {
+                        continue;
+                    };
                     out.push(StoredEvent {
                         seq,
                         source: slug.clone(),
                         message_id: r.get(2)?,
                         received_ms: r.get(3)?,
-                        json: row_body(
-                            &mut reader,
-                            seq,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                            r.get(7)?,
-                        )?,
+                        json,
                     });
                     if out.len() >= limit {
                         scanned_to = seq;
@@ -949,12 +956,17 @@ impl Store for EmbeddedStore {
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 let seq = r.get::<_, i64>(0)? as u64;
+                let Some(json) =
+                    row_body(&mut reader, seq, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)?
+                else {
+                    continue;
+                };
                 out.push(StoredEvent {
                     seq,
                     source: slug.clone(),
                     message_id: r.get(1)?,
                     received_ms: r.get(2)?,
-                    json: row_body(&mut reader, seq, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)?,
+                    json,
                 });
             }
             Ok(out)
@@ -2350,6 +2362,31 @@ mod tests {
             (last.message_id.as_str(), &last.json[..]),
             ("later", &br#"{"messageId":"later"}"#[..])
         );
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A record damaged on disk is skipped by readers (and logged), so the
+    /// events after it still reach their destinations.
+    #[tokio::test]
+    async fn a_damaged_record_is_skipped_not_a_wall() {
+        let dir = temp_dir("damaged");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        store
+            .append("web", vec![event("a"), event("b"), event("c")], vec![])
+            .await
+            .unwrap();
+        let (off, len): (i64, i64) = db(&dir)
+            .query_row("SELECT off, len FROM events WHERE seq = 2", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let segment = segment_files(&dir).pop().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[(off + len - 2) as usize] ^= 0x55;
+        std::fs::write(&segment, &bytes).unwrap();
+        assert_eq!(stored_ids(&store, "web").await, ["a", "c"]);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

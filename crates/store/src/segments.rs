@@ -65,46 +65,41 @@ fn error(path: &Path, what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
-/// Appends the record of `event` to `out`.
-fn encode(
-    out: &mut Vec<u8>,
-    seq: u64,
-    source_id: i64,
-    received_ms: i64,
-    message_id: &str,
-    user_id: Option<&str>,
-    body: &[u8],
-) {
-    let start = out.len();
-    let user = user_id.unwrap_or("");
-    let payload = FIXED + message_id.len() + user.len() + body.len();
-    out.reserve(HEADER + payload);
-    out.extend_from_slice(&(payload as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.push(0);
-    out.extend_from_slice(&source_id.to_le_bytes());
-    out.extend_from_slice(&received_ms.to_le_bytes());
-    out.extend_from_slice(&(message_id.len() as u32).to_le_bytes());
-    let user_len = if user_id.is_some() {
-        user.len() as u32
-    } else {
-        NO_USER
-    };
-    out.extend_from_slice(&user_len.to_le_bytes());
-    out.extend_from_slice(message_id.as_bytes());
-    out.extend_from_slice(user.as_bytes());
-    out.extend_from_slice(body);
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+/// An event on its way into a segment.
+pub(crate) struct NewRecord<'a> {
+    pub seq: u64,
+    pub source_id: i64,
+    pub received_ms: i64,
+    pub message_id: &'a str,
+    pub user_id: Option<&'a str>,
+    pub body: &'a [u8],
 }
 
-/// What a scan finds at an offset.
-enum Scanned {
-    /// A live record, or an erased one (`None`), and the record's length.
-    Record(Option<Record>, usize),
-    /// The end of the valid records: end of file, a torn or corrupt record.
-    End,
+impl NewRecord<'_> {
+    /// Bytes of the record, header included.
+    fn len(&self) -> usize {
+        HEADER + FIXED + self.message_id.len() + self.user_id.map_or(0, str::len) + self.body.len()
+    }
+
+    /// Appends the record to `out`.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(self.len());
+        out.extend_from_slice(&((self.len() - HEADER) as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.source_id.to_le_bytes());
+        out.extend_from_slice(&self.received_ms.to_le_bytes());
+        out.extend_from_slice(&(self.message_id.len() as u32).to_le_bytes());
+        let user_len = self.user_id.map_or(NO_USER, |u| u.len() as u32);
+        out.extend_from_slice(&user_len.to_le_bytes());
+        out.extend_from_slice(self.message_id.as_bytes());
+        out.extend_from_slice(self.user_id.unwrap_or("").as_bytes());
+        out.extend_from_slice(self.body);
+        let crc = crc32fast::hash(&out[start + HEADER..]);
+        out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -117,49 +112,67 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// Decodes the record at the start of `bytes`.
-fn decode(bytes: &[u8]) -> Scanned {
+/// The parts of a record found valid at the start of a buffer.
+struct Parsed {
+    /// Bytes of the record, header included.
+    len: usize,
+    seq: u64,
+    erased: bool,
+    message_id: std::ops::Range<usize>,
+    /// `None` for an event with no `userId`.
+    user_id: Option<std::ops::Range<usize>>,
+    body: std::ops::Range<usize>,
+}
+
+/// Checks the record at the start of `bytes`: `None` at the end of the
+/// valid records (end of data, a torn or corrupt record).
+fn parse(bytes: &[u8]) -> Option<Parsed> {
     if bytes.len() < HEADER + FIXED {
-        return Scanned::End;
+        return None;
     }
     let payload = u32_at(bytes, 0) as usize;
     if payload < FIXED || bytes.len() < HEADER + payload {
-        return Scanned::End;
-    }
-    let body = &bytes[HEADER..HEADER + payload];
-    if crc32fast::hash(body) != u32_at(bytes, 4) {
-        return Scanned::End;
+        return None;
     }
     let len = HEADER + payload;
-    if body[8] == ERASED {
-        return Scanned::Record(None, len);
+    if crc32fast::hash(&bytes[HEADER..len]) != u32_at(bytes, 4) {
+        return None;
     }
-    let id_len = u32_at(body, 25) as usize;
-    let user_len = u32_at(body, 29);
+    let p = HEADER;
+    let id_len = u32_at(bytes, p + 25) as usize;
+    let user_len = u32_at(bytes, p + 29);
     let user_bytes = if user_len == NO_USER {
         0
     } else {
         user_len as usize
     };
-    if FIXED + id_len + user_bytes > payload {
-        return Scanned::End;
+    let ids_end = p + FIXED + id_len + user_bytes;
+    if ids_end > len {
+        return None;
     }
-    let text = |from: usize, n: usize| String::from_utf8(body[from..from + n].to_vec()).ok();
-    let (Some(message_id), Some(user)) = (text(FIXED, id_len), text(FIXED + id_len, user_bytes))
-    else {
-        return Scanned::End;
-    };
-    Scanned::Record(
-        Some(Record {
-            seq: u64_at(body, 0),
-            source_id: u64_at(body, 9) as i64,
-            received_ms: u64_at(body, 17) as i64,
-            message_id,
-            user_id: (user_len != NO_USER).then_some(user),
-            body: body[FIXED + id_len + user_bytes..].to_vec(),
-        }),
+    let message_id = p + FIXED..p + FIXED + id_len;
+    Some(Parsed {
         len,
-    )
+        seq: u64_at(bytes, p),
+        erased: bytes[p + 8] == ERASED,
+        user_id: (user_len != NO_USER).then_some(message_id.end..ids_end),
+        message_id,
+        body: ids_end..len,
+    })
+}
+
+/// The event of a live record that [`parse`] found at the start of `bytes`.
+/// Ids were written from Rust strings and are covered by the checksum.
+fn decode(bytes: &[u8], parsed: Parsed) -> Record {
+    let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&bytes[range]).into_owned();
+    Record {
+        seq: parsed.seq,
+        source_id: u64_at(bytes, HEADER + 9) as i64,
+        received_ms: u64_at(bytes, HEADER + 17) as i64,
+        message_id: text(parsed.message_id),
+        user_id: parsed.user_id.map(text),
+        body: bytes[parsed.body].to_vec(),
+    }
 }
 
 /// The newest segment as [`Segments::open`] found it.
@@ -221,14 +234,17 @@ impl Segments {
             ..Default::default()
         };
         let mut at = 0;
-        while let Scanned::Record(record, len) = decode(&bytes[at..]) {
-            if let Some(record) = record.filter(|r| r.seq > indexed_head) {
+        while let Some(parsed) = parse(&bytes[at..]) {
+            let len = parsed.len;
+            if !parsed.erased && parsed.seq > indexed_head {
                 let location = Location {
                     segment: active_id,
                     offset: at as u64,
                     len: len as u64,
                 };
-                recovered.records.push((record, location));
+                recovered
+                    .records
+                    .push((decode(&bytes[at..], parsed), location));
             }
             at += len;
         }
@@ -274,31 +290,14 @@ impl Segments {
 
     /// Adds an event's record to the open transaction and says where it
     /// will be. May first start a new segment (syncing the full one).
-    pub(crate) fn append(
-        &mut self,
-        seq: u64,
-        source_id: i64,
-        received_ms: i64,
-        message_id: &str,
-        user_id: Option<&str>,
-        body: &[u8],
-    ) -> io::Result<Location> {
-        let len =
-            (HEADER + FIXED + message_id.len() + user_id.map_or(0, str::len) + body.len()) as u64;
+    pub(crate) fn append(&mut self, record: NewRecord<'_>) -> io::Result<Location> {
+        let len = record.len() as u64;
         let end = self.written + self.pending.len() as u64;
         if end > 0 && end + len > self.max_bytes {
-            self.roll(seq)?;
+            self.roll(record.seq)?;
         }
         let offset = self.written + self.pending.len() as u64;
-        encode(
-            &mut self.pending,
-            seq,
-            source_id,
-            received_ms,
-            message_id,
-            user_id,
-            body,
-        );
+        record.encode(&mut self.pending);
         Ok(Location {
             segment: self.active_id,
             offset,
@@ -398,9 +397,9 @@ impl Segments {
             };
             let mut record = vec![0; loc.len as usize];
             file.read_exact_at(&mut record, loc.offset)?;
-            let Scanned::Record(Some(_), _) = decode(&record) else {
+            if parse(&record).is_none_or(|p| p.erased) {
                 continue;
-            };
+            }
             record[HEADER + 8..].fill(0);
             record[HEADER + 8] = ERASED;
             let crc = crc32fast::hash(&record[HEADER..]);
@@ -451,25 +450,32 @@ impl<'a> SegmentReader<'a> {
         }
     }
 
-    /// The body of the event `seq` at `loc`.
+    /// The body of the event `seq` at `loc`. An error of kind
+    /// `InvalidData` means the record is not there (corrupt, erased, or of
+    /// another event); any other is the file's.
     pub(crate) fn body(&mut self, seq: u64, loc: Location) -> io::Result<Vec<u8>> {
-        let path = segment_path(self.dir, loc.segment);
+        let dir = self.dir;
         let file = match self.files.entry(loc.segment) {
             std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
+                let path = segment_path(dir, loc.segment);
                 slot.insert(File::open(&path).map_err(|e| error(&path, "cannot open", e))?)
             }
         };
         let mut bytes = vec![0; loc.len as usize];
         file.read_exact_at(&mut bytes, loc.offset)
-            .map_err(|e| error(&path, "cannot read", e))?;
-        match decode(&bytes) {
-            Scanned::Record(Some(record), _) if record.seq == seq => Ok(record.body),
+            .map_err(|e| error(&segment_path(dir, loc.segment), "cannot read", e))?;
+        match parse(&bytes) {
+            Some(p) if !p.erased && p.seq == seq => {
+                bytes.truncate(p.body.end);
+                bytes.drain(..p.body.start);
+                Ok(bytes)
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "no valid record of event {seq} at {} offset {}",
-                    path.display(),
+                    segment_path(dir, loc.segment).display(),
                     loc.offset
                 ),
             )),
@@ -490,14 +496,14 @@ mod tests {
 
     fn append(s: &mut Segments, seq: u64, user: Option<&str>) -> Location {
         let body = format!(r#"{{"messageId":"m{seq}"}}"#);
-        s.append(
+        s.append(NewRecord {
             seq,
-            7,
-            1000 + seq as i64,
-            &format!("m{seq}"),
-            user,
-            body.as_bytes(),
-        )
+            source_id: 7,
+            received_ms: 1000 + seq as i64,
+            message_id: &format!("m{seq}"),
+            user_id: user,
+            body: body.as_bytes(),
+        })
         .unwrap()
     }
 
@@ -608,14 +614,14 @@ mod tests {
         let (mut s, _) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
         append(&mut s, 1, Some("keep"));
         let gone = s
-            .append(
-                2,
-                7,
-                0,
-                "m2",
-                Some("gone-user"),
-                br#"{"userId":"gone-user","email":"x@example.com"}"#,
-            )
+            .append(NewRecord {
+                seq: 2,
+                source_id: 7,
+                received_ms: 0,
+                message_id: "m2",
+                user_id: Some("gone-user"),
+                body: br#"{"userId":"gone-user","email":"x@example.com"}"#,
+            })
             .unwrap();
         append(&mut s, 3, Some("keep"));
         s.flush().unwrap();
