@@ -79,6 +79,8 @@ pub struct EmbeddedStore {
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer, which then truncates the WAL.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    /// The thread writing zeros ahead of the event records (with syncs on).
+    zeroer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     head_tx: Arc<watch::Sender<u64>>,
@@ -359,10 +361,16 @@ impl EmbeddedStore {
                 })?
         };
         let checkpointer = spawn_checkpointer(&path, commit.clone())?;
+        let zeroer = if options.fsync {
+            Some(crate::segments::spawn_zeroer(segments.clone())?)
+        } else {
+            None
+        };
         let store = EmbeddedStore {
             commit,
             syncer: Mutex::new(Some(syncer)),
             checkpointer: Mutex::new(Some(checkpointer)),
+            zeroer: Mutex::new(zeroer),
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
             head_tx,
@@ -1989,10 +1997,13 @@ impl Store for EmbeddedStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        let checkpointer = self.checkpointer.lock().ok().and_then(|mut g| g.take());
-        if let Some((stop, handle)) = checkpointer {
-            drop(stop);
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let threads = [&self.zeroer, &self.checkpointer];
+        for thread in threads {
+            let thread = thread.lock().ok().and_then(|mut g| g.take());
+            if let Some((stop, handle)) = thread {
+                drop(stop);
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
         }
     }
 }

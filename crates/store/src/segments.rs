@@ -203,6 +203,9 @@ pub(crate) struct Segments {
     /// Written since the sync thread last took the file.
     unsynced: bool,
     max_bytes: u64,
+    /// Where the zeros written ahead of the records end (see
+    /// [`Segments::zero_ahead`]).
+    zeroed_to: u64,
 }
 
 impl Segments {
@@ -249,8 +252,11 @@ impl Segments {
             at += len;
         }
         recovered.valid_end = at as u64;
-        recovered.truncated = (bytes.len() - at) as u64;
-        if recovered.truncated > 0 {
+        // Zeros past the records were written ahead of them; anything else
+        // there is a torn write of a group never acknowledged.
+        let torn = bytes[at..].iter().any(|b| *b != 0);
+        recovered.truncated = if torn { (bytes.len() - at) as u64 } else { 0 };
+        if torn {
             file.set_len(at as u64)
                 .map_err(|e| error(&path, "cannot truncate", e))?;
             file.sync_all()
@@ -265,6 +271,7 @@ impl Segments {
             active: Arc::new(file),
             active_id,
             written: at as u64,
+            zeroed_to: if torn { at } else { bytes.len() } as u64,
             pending: Vec::new(),
             unsynced: false,
             max_bytes,
@@ -329,7 +336,33 @@ impl Segments {
         self.active_id = first_seq;
         self.written = 0;
         self.unsynced = false;
+        self.zeroed_to = 0;
         Ok(())
+    }
+
+    /// Where the records end, pending ones included.
+    pub(crate) fn end(&self) -> (u64, u64) {
+        (self.active_id, self.written + self.pending.len() as u64)
+    }
+
+    /// Writes `zeros` just past the records when fewer than `lead` zeroed
+    /// bytes are ahead of them, and returns the file to sync so that the
+    /// blocks are allocated and written before records reach them: an
+    /// `fdatasync` after overwriting written blocks has no metadata to
+    /// write (an append waits for the inode too), about 110 µs instead of
+    /// 180 on the test machine. Under the lock, so that no record is
+    /// written where the zeros go.
+    pub(crate) fn zero_ahead(&mut self, zeros: &[u8], lead: u64) -> io::Result<Option<Arc<File>>> {
+        let end = self.written + self.pending.len() as u64;
+        let from = self.zeroed_to.max(end);
+        if from >= end + lead || from + zeros.len() as u64 > self.max_bytes {
+            return Ok(None);
+        }
+        self.active
+            .write_all_at(zeros, from)
+            .map_err(|e| error(&self.path(), "cannot write", e))?;
+        self.zeroed_to = from + zeros.len() as u64;
+        Ok(Some(self.active.clone()))
     }
 
     fn path(&self) -> PathBuf {
@@ -427,6 +460,56 @@ impl Segments {
         }
         Ok(removed)
     }
+}
+
+/// How far ahead of the records the zeroer keeps zeros, in what steps,
+/// how often it looks, and the record rate (bytes per look) above which it
+/// stops: under `/v1/batch` the groups are large, a sync's metadata is shared
+/// by thousands of events, and zeros would double the bytes written.
+const ZERO_LEAD: u64 = 4 << 20;
+const ZERO_CHUNK: usize = 1 << 20;
+const ZERO_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+const ZERO_MAX_RATE: u64 = 512 << 10;
+
+/// A thread that writes zeros ahead of the records (see
+/// [`Segments::zero_ahead`]) while the log grows slowly; dropping the
+/// sender stops it.
+pub(crate) fn spawn_zeroer(
+    segments: Arc<std::sync::Mutex<Segments>>,
+) -> io::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("store-zeroer".into())
+        .spawn(move || {
+            let zeros = vec![0u8; ZERO_CHUNK];
+            let mut last = (0, 0);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(ZERO_TICK) {
+                let file = {
+                    let Ok(mut segments) = segments.lock() else {
+                        return;
+                    };
+                    let end = segments.end();
+                    let grew = if end.0 == last.0 { end.1.saturating_sub(last.1) } else { 0 };
+                    last = end;
+                    if grew > ZERO_MAX_RATE {
+                        continue;
+                    }
+                    match segments.zero_ahead(&zeros, ZERO_LEAD) {
+                        Ok(file) => file,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store: cannot write zeros ahead of the event records");
+                            None
+                        }
+                    }
+                };
+                if let Some(file) = file {
+                    if let Err(e) = file.sync_data() {
+                        tracing::warn!(error = %e, "store: cannot sync the zeros ahead of the event records");
+                    }
+                }
+            }
+        })?;
+    Ok((stop_tx, handle))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -606,6 +689,57 @@ mod tests {
 
     fn reader_after_removal(dir: &Path, loc: Location) -> io::Result<Vec<u8>> {
         SegmentReader::new(dir).body(1, loc)
+    }
+
+    /// Zeros written ahead are not a torn end: a reopen keeps them and
+    /// writes the next records over them; a record torn inside them is cut.
+    #[test]
+    fn zeros_ahead_of_the_records_are_written_over() {
+        let dir = temp_dir("zeros");
+        let (mut s, _) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        let first = append(&mut s, 1, None);
+        let zeros = vec![0; 4096];
+        assert!(s.zero_ahead(&zeros, 8192).unwrap().is_some());
+        assert!(s.zero_ahead(&zeros, 8192).unwrap().is_some());
+        assert!(
+            s.zero_ahead(&zeros, 8192).unwrap().is_none(),
+            "8 KiB ahead already"
+        );
+        s.flush().unwrap();
+        let second = append(&mut s, 2, None);
+        assert_eq!(
+            second.offset, first.len,
+            "records go where the last one ended"
+        );
+        s.flush().unwrap();
+        drop(s);
+        let path = segment_path(&dir, 1);
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size >= first.len + 8192);
+        let (mut s, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        assert_eq!((recovered.records.len(), recovered.truncated), (2, 0));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            size,
+            "the zeros stay"
+        );
+        let third = append(&mut s, 3, None);
+        assert_eq!(third.offset, second.offset + second.len);
+        s.flush().unwrap();
+        drop(s);
+        // Half of a fourth record lands past the zeros' start: torn.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = (third.offset + third.len) as usize;
+        bytes[at + 10] = 7;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        assert_eq!(recovered.records.len(), 3);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            at as u64,
+            "cut at the records' end"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
