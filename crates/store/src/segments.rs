@@ -489,9 +489,9 @@ pub(crate) fn spawn_zeroer(
                         return;
                     };
                     let end = segments.end();
-                    let grew = if end.0 == last.0 { end.1.saturating_sub(last.1) } else { 0 };
-                    last = end;
-                    if grew > ZERO_MAX_RATE {
+                    let (previous, now) = (std::mem::replace(&mut last, end), end);
+                    // A new segment: its rate is known at the next look.
+                    if now.0 != previous.0 || now.1 - previous.1 > ZERO_MAX_RATE {
                         continue;
                     }
                     match segments.zero_ahead(&zeros, ZERO_LEAD) {
