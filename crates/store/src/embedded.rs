@@ -603,6 +603,11 @@ fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<Recen
     Ok(recent)
 }
 
+/// The index row of an event whose record is in a segment.
+const INSERT_EVENT: &str =
+    "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
+     VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)";
+
 /// Adds the columns of an event's record location to an `events` table
 /// made before segments existed.
 fn add_segment_columns(conn: &Connection) -> Result<()> {
@@ -637,10 +642,8 @@ fn repair_index(
     )?;
     let mut head = head;
     {
-        let mut insert = tx.prepare(
-            "INSERT OR IGNORE INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
-             VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)",
-        )?;
+        // A row already there is kept: opening must not fail on it.
+        let mut insert = tx.prepare(&INSERT_EVENT.replacen("INSERT", "INSERT OR IGNORE", 1))?;
         for (r, loc) in &recovered.records {
             insert.execute(params![
                 r.seq as i64,
@@ -728,10 +731,7 @@ fn insert_events(
     let mut segments = log.segments.lock().map_err(|_| StoreError::Closed)?;
     let mut stored_id =
         conn.prepare_cached("SELECT message_id FROM events WHERE seq = ?1 AND source_id = ?2")?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
-         VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)",
-    )?;
+    let mut insert = conn.prepare_cached(INSERT_EVENT)?;
     // Seqs are given here, never by SQLite: it would give the seq of a
     // deleted newest event again, which a destination's cursor has passed.
     let mut last_seq = pending_head.load(Ordering::Acquire);
