@@ -113,6 +113,12 @@ pub struct BenchArgs {
     /// Skip the bare-handler comparison.
     #[arg(long)]
     pub no_bare: bool,
+    /// Rounds of the bare handler's and the ingest-only server's `track` and
+    /// `batch` phases, taken in turn (bare, ingest-only, bare, …). The ratios
+    /// and targets use the median of the rounds' pairs: on a machine whose
+    /// speed drifts, both sides of a pair are measured seconds apart.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// fsync every group commit of the server under test (`--fsync false` to compare).
     #[arg(long, env = "SWITCHYARD_FSYNC", default_value_t = true, action = ArgAction::Set)]
     pub fsync: bool,
@@ -281,14 +287,35 @@ struct Report {
     destinations: Vec<destinations::Drain>,
 }
 
+/// `server`'s requests/s and events/s as fractions of the bare handler's.
+fn ratio(server: &Throughput, bare: &Throughput) -> (f64, f64) {
+    (
+        server.result.requests_per_sec() / bare.result.requests_per_sec(),
+        server.result.events_per_sec() / bare.result.events_per_sec(),
+    )
+}
+
 /// The rows of the server with no destination (see the module comment).
 const INGEST_ONLY: &str = "ingest-only";
 
 impl Report {
-    fn find(&self, server: &str, phase: Phase) -> Option<&Throughput> {
+    /// The rows of `server` in `phase`, one per round, in order.
+    fn rows(&self, server: &str, phase: Phase) -> Vec<&Throughput> {
         self.throughput
             .iter()
-            .find(|t| t.server == server && t.phase == phase)
+            .filter(|t| t.server == server && t.phase == phase)
+            .collect()
+    }
+
+    /// The median round of `server` in `phase` (by requests/s).
+    fn find(&self, server: &str, phase: Phase) -> Option<&Throughput> {
+        let mut rows = self.rows(server, phase);
+        rows.sort_by(|a, b| {
+            a.result
+                .requests_per_sec()
+                .total_cmp(&b.result.requests_per_sec())
+        });
+        rows.get(rows.len() / 2).copied()
     }
 
     /// switchyard's ingest alone: the `ingest-only` rows when they were
@@ -298,13 +325,25 @@ impl Report {
             .or_else(|| self.find("switchyard", phase))
     }
 
+    /// `server` against the bare handler: the median of the rounds' pairs
+    /// when both ran the same rounds in turn, else of the medians.
     fn ratio_of(&self, server: &str, phase: Phase) -> Option<(f64, f64)> {
-        let s = self.find(server, phase)?;
-        let b = self.find("bare", phase)?;
-        Some((
-            s.result.requests_per_sec() / b.result.requests_per_sec(),
-            s.result.events_per_sec() / b.result.events_per_sec(),
-        ))
+        let mut pairs = self.pairs(server, phase);
+        if pairs.is_empty() {
+            return Some(ratio(self.find(server, phase)?, self.find("bare", phase)?));
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Some(pairs[pairs.len() / 2])
+    }
+
+    /// The ratios of each round of `server` to the bare handler's round
+    /// before it, when both ran the same rounds (at least two) in turn.
+    fn pairs(&self, server: &str, phase: Phase) -> Vec<(f64, f64)> {
+        let (rows, bare) = (self.rows(server, phase), self.rows("bare", phase));
+        if rows.len() != bare.len() || rows.len() < 2 {
+            return Vec::new();
+        }
+        rows.iter().zip(&bare).map(|(s, b)| ratio(s, b)).collect()
     }
 
     fn ratio(&self, phase: Phase) -> Option<(f64, f64)> {
@@ -690,10 +729,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|p| has(*p))
         .collect();
 
+    // The bare handler and the ingest-only server (switchyard with no
+    // destination) take the loads in turn, round after round, so that a
+    // drift of the machine's speed falls on both sides of each pair alike.
+    // Before the main server: the targets are read from these rows, and a
+    // server started after another one has written gigabytes pays for that
+    // writeback in its syncs (10-20% of `/v1/batch` in earlier runs).
+    let mut bare = None;
     if !args.no_bare && !loads.is_empty() {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "--bare-server"]);
-        let mut bare = Child::spawn(
+        let child = Child::spawn(
             "bare handler",
             cmd,
             &scratch.path.join("bare.log"),
@@ -702,65 +748,60 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .await?;
         progress(
             quiet,
-            format!("bare handler: pid {} on {}", bare.pid, bare.addr),
+            format!("bare handler: pid {} on {}", child.pid, child.addr),
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        report.bare_idle = Some(bare.memory());
-        for &phase in &loads {
-            progress(
-                quiet,
-                format!(
-                    "bare handler: {phase:?} load, {} connections",
-                    args.connections
-                ),
-            );
-            let t = throughput(
-                &args,
-                &bare,
-                "bare",
-                phase,
-                format!("tp{run_id}-{phase:?}"),
-                None,
-            )
-            .await;
-            report.throughput.push(t);
-            bare.check_alive()?;
-        }
-        report.bare_peak = Some(bare.memory());
-        bare.stop(secs(5.0)).await;
+        report.bare_idle = Some(child.memory());
+        bare = Some(child);
     }
-
-    // Before the main server: the targets are read from these rows, and a
-    // server started after another one has written gigabytes pays for that
-    // writeback in its syncs (10-20% of `/v1/batch` in earlier runs).
+    let alone = BenchArgs {
+        no_destination: true,
+        ..args.clone()
+    };
+    let mut ingest_only = None;
     if !args.no_destination && !args.no_ingest_only && !loads.is_empty() {
-        let alone = BenchArgs {
-            no_destination: true,
-            ..args.clone()
-        };
-        let mut server =
-            start_server(&exe, &scratch, "-ingest-only", receiver_addr, &alone).await?;
+        ingest_only =
+            Some(start_server(&exe, &scratch, "-ingest-only", receiver_addr, &alone).await?);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for &phase in &loads {
-            progress(
-                quiet,
-                format!(
-                    "switchyard, no destination: {phase:?} load, {} connections",
-                    args.connections
-                ),
-            );
-            let t = throughput(
-                &alone,
-                &server,
-                INGEST_ONLY,
-                phase,
-                format!("io{run_id}-{phase:?}"),
-                None,
-            )
-            .await;
-            report.throughput.push(t);
-            server.check_alive()?;
+    }
+    for &phase in &loads {
+        for round in 0..args.rounds.max(1) {
+            let turns = [
+                (&mut bare, "bare", &args, "tp"),
+                (&mut ingest_only, INGEST_ONLY, &alone, "io"),
+            ];
+            for (child, name, child_args, prefix) in turns {
+                let Some(child) = child.as_mut() else {
+                    continue;
+                };
+                progress(
+                    quiet,
+                    format!(
+                        "{name}: {phase:?} load, round {} of {}, {} connections",
+                        round + 1,
+                        args.rounds.max(1),
+                        args.connections
+                    ),
+                );
+                let t = throughput(
+                    child_args,
+                    child,
+                    name,
+                    phase,
+                    format!("{prefix}{run_id}-{phase:?}-{round}"),
+                    None,
+                )
+                .await;
+                report.throughput.push(t);
+                child.check_alive()?;
+            }
         }
+    }
+    if let Some(child) = bare {
+        report.bare_peak = Some(child.memory());
+        child.stop(secs(5.0)).await;
+    }
+    if let Some(server) = ingest_only {
         server.stop(secs(5.0)).await;
     }
 
@@ -904,9 +945,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 fn report_json(report: &Report, args: &BenchArgs) -> Value {
     let ratio = |p: Phase| {
-        report
-            .ratio(p)
-            .map(|(r, e)| json!({"requests": r, "events": e}))
+        report.ratio(p).map(|(r, e)| {
+            let server = report.ingest(p).map_or("switchyard", |t| t.server);
+            let rounds: Vec<f64> = report.pairs(server, p).iter().map(|(r, _)| *r).collect();
+            json!({"requests": r, "events": e, "requests_per_round": rounds})
+        })
     };
     json!({
         "machine": machine(),
@@ -915,6 +958,7 @@ fn report_json(report: &Report, args: &BenchArgs) -> Value {
             "duration_secs": args.duration,
             "warmup_secs": args.warmup,
             "connections": args.connections,
+            "rounds": args.rounds,
             "batch_events": args.batch_events,
             "event_bytes": args.event_bytes,
             "latency_rate": args.latency_rate,
@@ -1043,18 +1087,31 @@ fn print_table(report: &Report, args: &BenchArgs) {
         {
             println!("  ({INGEST_ONLY} = switchyard with no destination: parsing, validation and durable storage alone)");
         }
+        if args.rounds > 1 && report.rows("bare", Phase::Track).len() > 1 {
+            println!("  (bare and {INGEST_ONLY}: one row per round, in the order measured; ratios and targets use the median pair)");
+        }
         for server in ["switchyard", INGEST_ONLY] {
             for phase in [Phase::Track, Phase::Batch] {
                 if let Some((req, ev)) = report.ratio_of(server, phase) {
+                    let rounds: Vec<String> = report
+                        .pairs(server, phase)
+                        .iter()
+                        .map(|(r, _)| format!("{:.1}%", r * 100.0))
+                        .collect();
                     println!(
-                        "  {server} / bare on {}: {:.1}% of requests/s, {:.1}% of events/s",
+                        "  {server} / bare on {}: {:.1}% of requests/s, {:.1}% of events/s{}",
                         if phase == Phase::Batch {
                             "/v1/batch"
                         } else {
                             "/v1/track"
                         },
                         req * 100.0,
-                        ev * 100.0
+                        ev * 100.0,
+                        if rounds.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (median of the rounds: {})", rounds.join(", "))
+                        }
                     );
                 }
             }
