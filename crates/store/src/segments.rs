@@ -299,11 +299,11 @@ impl Segments {
     /// will be. May first start a new segment (syncing the full one).
     pub(crate) fn append(&mut self, record: NewRecord<'_>) -> io::Result<Location> {
         let len = record.len() as u64;
-        let end = self.written + self.pending.len() as u64;
+        let end = self.end().1;
         if end > 0 && end + len > self.max_bytes {
             self.roll(record.seq)?;
         }
-        let offset = self.written + self.pending.len() as u64;
+        let offset = self.end().1;
         record.encode(&mut self.pending);
         Ok(Location {
             segment: self.active_id,
@@ -353,7 +353,7 @@ impl Segments {
     /// 180 on the test machine. Under the lock, so that no record is
     /// written where the zeros go.
     pub(crate) fn zero_ahead(&mut self, zeros: &[u8], lead: u64) -> io::Result<Option<Arc<File>>> {
-        let end = self.written + self.pending.len() as u64;
+        let end = self.end().1;
         let from = self.zeroed_to.max(end);
         if from >= end + lead || from + zeros.len() as u64 > self.max_bytes {
             return Ok(None);
@@ -398,8 +398,9 @@ impl Segments {
         }
     }
 
-    /// Drops the records of a transaction that did not commit. They may
-    /// already be written: the next ones are written over them.
+    /// Drops the records of a transaction that did not commit, when they
+    /// were not written yet (written ones stay, valid and unindexed: the
+    /// next open indexes them, see `Writer::commit`).
     pub(crate) fn discard_pending(&mut self) {
         self.pending.clear();
     }
