@@ -115,8 +115,10 @@ impl Writer {
         let mut segments = relock(self.segments.lock());
         // The records go first: a row committed is never without its record
         // once both are durable. Records written for a transaction that then
-        // fails to commit are valid but unindexed: a restart indexes them
-        // (stored at least once, as when a client retries).
+        // fails to commit stay in the segment unindexed (their appends were
+        // answered with an error); when nothing was committed after them,
+        // the next open indexes them: stored at least once, as when a client
+        // retries.
         let committed = segments
             .flush()
             .map_err(|e| e.to_string())

@@ -399,8 +399,7 @@ impl Segments {
     }
 
     /// Drops the records of a transaction that did not commit, when they
-    /// were not written yet (written ones stay, valid and unindexed: the
-    /// next open indexes them, see `Writer::commit`).
+    /// were not written yet (written ones stay, see `Writer::commit`).
     pub(crate) fn discard_pending(&mut self) {
         self.pending.clear();
     }
