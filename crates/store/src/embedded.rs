@@ -6,12 +6,14 @@
 //! a request pays for one fsync shared with everything that arrived beside
 //! it, instead of one of its own. Event bodies go to append-only segment
 //! files (see [`crate::segments`]), which are the durable copy of the log;
-//! the `events` table indexes them. Each job but event appends runs inside
+//! the `events` table indexes them, filled in the background in large
+//! transactions (see [`crate::pending_index`]). Each job but event appends runs inside
 //! its own savepoint, so one failing job never takes its neighbours down.
 //! Reads use a small pool of separate connections, which WAL lets run beside
 //! the writer. Unix only (positioned file reads and writes, `mmap`).
 
 use crate::group_commit::{sync_loop, Completion, GroupCommit, Job};
+use crate::pending_index::{IndexEntry, PendingIndex, INSERT_EVENT};
 use crate::recent_ids::RecentIds;
 use crate::segments::{Location, NewRecord, SegmentReader, Segments, SEGMENT_BYTES};
 use crate::*;
@@ -39,6 +41,10 @@ pub struct EmbeddedOptions {
     /// Size past which event records go to a new segment file; whole
     /// segments are what retention removes.
     pub segment_bytes: u64,
+    /// How long the index rows of new events wait to be inserted into the
+    /// `events` table, in one transaction with those of the events beside
+    /// them. Readers find them meanwhile; only the cost changes.
+    pub index_interval: std::time::Duration,
 }
 
 impl EmbeddedOptions {
@@ -49,9 +55,17 @@ impl EmbeddedOptions {
             dedup_window_ms: 24 * 3600 * 1000,
             dedup_max_ids: 2_000_000,
             segment_bytes: SEGMENT_BYTES,
+            index_interval: INDEX_INTERVAL,
         }
     }
 }
+
+/// See [`EmbeddedOptions::index_interval`]: at 40,000 events/s, 800 rows
+/// per transaction.
+const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Most index rows one job inserts: the writer is not held for long.
+const INDEX_CHUNK: usize = 4096;
 
 /// How often the background checkpointer looks for WAL frames to copy into
 /// the database when the last round found none, and when it found some.
@@ -90,19 +104,24 @@ pub struct EmbeddedStore {
     /// The event records; like `recent_ids`, touched with the writer held.
     segments: Arc<Mutex<Segments>>,
     segments_dir: PathBuf,
+    /// Index rows not in the `events` table yet; readers look here too.
+    pending_index: Arc<Mutex<PendingIndex>>,
+    /// The thread inserting them (see [`spawn_indexer`]).
+    indexer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 /// What storing events touches beside the connection.
 struct EventLog {
     recent_ids: Arc<Mutex<RecentIds>>,
     segments: Arc<Mutex<Segments>>,
+    pending_index: Arc<Mutex<PendingIndex>>,
     commit: Arc<GroupCommit>,
 }
 
 /// How a write job runs.
 enum JobKind {
     /// An event append: small, with no savepoint (see [`EmbeddedStore::append_job`]).
-    Append,
+    Append { transaction: bool },
     /// Small, in a savepoint: on the submitting thread, or on whichever
     /// thread holds the writer.
     Small,
@@ -346,7 +365,9 @@ impl EmbeddedStore {
         let recent_ids = load_recent_ids(&writer_conn, &options)?;
         let (head_tx, _) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
-        let (commit, groups) = GroupCommit::new(writer_conn, segments.clone(), head);
+        let pending_index = Arc::new(Mutex::new(PendingIndex::default()));
+        let (commit, groups) =
+            GroupCommit::new(writer_conn, segments.clone(), pending_index.clone(), head);
         let commit = Arc::new(commit);
         let syncer = {
             let head_tx = head_tx.clone();
@@ -361,6 +382,11 @@ impl EmbeddedStore {
                 })?
         };
         let checkpointer = spawn_checkpointer(&path, commit.clone())?;
+        let indexer = spawn_indexer(
+            commit.clone(),
+            pending_index.clone(),
+            options.index_interval,
+        )?;
         let zeroer = if options.fsync {
             Some(crate::segments::spawn_zeroer(segments.clone())?)
         } else {
@@ -378,6 +404,8 @@ impl EmbeddedStore {
             recent_ids: Arc::new(Mutex::new(recent_ids)),
             segments,
             segments_dir,
+            pending_index,
+            indexer: Mutex::new(Some(indexer)),
         };
         Ok(store)
     }
@@ -405,15 +433,16 @@ impl EmbeddedStore {
     }
 
     /// Like [`Self::write`] with no savepoint, for event appends, the most
-    /// frequent job: each statement is atomic by itself, and an append that
-    /// fails half-way is answered as failed, so the client sends it again and
-    /// deduplication drops the events the first try did store.
-    async fn append_job<T, F>(&self, f: F) -> Result<T>
+    /// frequent job: an append that fails half-way is answered as failed, so
+    /// the client sends it again and deduplication drops the events the
+    /// first try did store. `transaction`: whether it writes rows too (an
+    /// append alone writes records and index entries, no row).
+    async fn append_job<T, F>(&self, transaction: bool, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.write_job(JobKind::Append, f).await
+        self.write_job(JobKind::Append { transaction }, f).await
     }
 
     async fn write_job<T, F>(&self, kind: JobKind, f: F) -> Result<T>
@@ -421,10 +450,13 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let savepoint = !matches!(kind, JobKind::Append);
+        let savepoint = !matches!(kind, JobKind::Append { .. });
+        let transaction = !matches!(kind, JobKind::Append { transaction: false });
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let commit = self.commit.clone();
-        let job: Job = Box::new(move |conn: &Connection| -> Completion {
+        let segments = self.segments.clone();
+        let pending = self.pending_index.clone();
+        let run = Box::new(move |conn: &Connection| -> Completion {
             if savepoint {
                 // Its rows live in SQLite alone: the WAL must be synced.
                 commit.wal_needed.store(true, Ordering::Release);
@@ -434,6 +466,7 @@ impl EmbeddedStore {
                 if !savepoint {
                     return f(conn);
                 }
+                let records_end = segments.lock().map_err(|_| StoreError::Closed)?.end();
                 conn.prepare_cached("SAVEPOINT job")?.execute([])?;
                 match f(conn) {
                     Ok(v) => {
@@ -443,6 +476,8 @@ impl EmbeddedStore {
                     Err(e) => {
                         conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
                         conn.prepare_cached("RELEASE job")?.execute([])?;
+                        // The events it stored go with its rows.
+                        discard_records_from(&segments, &pending, records_end);
                         Err(e)
                     }
                 }
@@ -455,8 +490,9 @@ impl EmbeddedStore {
                 let _ = tx.send(result);
             })
         });
+        let job = Job { transaction, run };
         match kind {
-            JobKind::Append | JobKind::Small => self.commit.submit(job),
+            JobKind::Append { .. } | JobKind::Small => self.commit.submit(job),
             JobKind::Heavy => {
                 let commit = self.commit.clone();
                 tokio::task::spawn_blocking(move || commit.run_blocking(job))
@@ -493,10 +529,19 @@ impl EmbeddedStore {
         .map_err(|_| StoreError::Closed)?
     }
 
+    /// Inserts the index rows still waiting into the `events` table now,
+    /// as the store does by itself within [`EmbeddedOptions::index_interval`]:
+    /// for tools and tests that read the database file directly.
+    pub async fn index_now(&self) -> Result<()> {
+        let pending = self.pending_index.clone();
+        self.write(move |conn| index_pending(&pending, conn)).await
+    }
+
     fn event_log(&self) -> EventLog {
         EventLog {
             recent_ids: self.recent_ids.clone(),
             segments: self.segments.clone(),
+            pending_index: self.pending_index.clone(),
             commit: self.commit.clone(),
         }
     }
@@ -566,6 +611,59 @@ fn spawn_checkpointer(
     Ok((stop_tx, handle))
 }
 
+/// Starts the thread that inserts waiting index rows every `interval`
+/// (sooner while more than a chunk waits), as a job of the group commit.
+/// It stops when the sender is dropped; the store's close indexes the rest.
+fn spawn_indexer(
+    commit: Arc<GroupCommit>,
+    pending: Arc<Mutex<PendingIndex>>,
+    interval: std::time::Duration,
+) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("store-indexer".into())
+        .spawn(move || {
+            let mut pause = interval;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(pause) {
+                let waiting = pending.lock().map(|p| p.unstaged()).unwrap_or(0);
+                if waiting == 0 {
+                    pause = interval;
+                    continue;
+                }
+                let (done_tx, done_rx) = mpsc::channel::<()>();
+                let pending = pending.clone();
+                let run = Box::new(move |conn: &Connection| -> Completion {
+                    let staged = pending
+                        .lock()
+                        .map_err(|_| StoreError::Closed)
+                        .and_then(|mut p| Ok(p.stage(conn, INDEX_CHUNK)?));
+                    if let Err(e) = staged {
+                        tracing::warn!(error = %e, "store: cannot index new events yet; they are read from the list meanwhile");
+                    }
+                    Box::new(move |_| {
+                        let _ = done_tx.send(());
+                    })
+                });
+                commit.submit(Job {
+                    transaction: true,
+                    run,
+                });
+                // Answered once its group is synced, or dropped when closed.
+                let _ = done_rx.recv();
+                pause = if waiting > INDEX_CHUNK {
+                    std::time::Duration::ZERO
+                } else {
+                    interval
+                };
+            }
+        })
+        .map_err(|source| StoreError::DataDir {
+            path: "store-indexer thread".into(),
+            source,
+        })?;
+    Ok((stop_tx, handle))
+}
+
 fn row_to_retry(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetryEntry> {
     Ok(RetryEntry {
         id: r.get(0)?,
@@ -603,11 +701,6 @@ fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<Recen
     Ok(recent)
 }
 
-/// The index row of an event whose record is in a segment.
-const INSERT_EVENT: &str =
-    "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
-     VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)";
-
 /// Adds the columns of an event's record location to an `events` table
 /// made before segments existed.
 fn add_segment_columns(conn: &Connection) -> Result<()> {
@@ -626,10 +719,10 @@ fn add_segment_columns(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Brings the index in line with the newest segment after a crash: rows of
+/// Brings the index in line with the segments after a crash: rows of
 /// records that were cut off (never acknowledged) go, records the index
-/// lost (its newest rows, unsynced at a power loss) come back. Returns the
-/// head of the log.
+/// lacks (its newest rows: still waiting to be inserted when the process
+/// died, or unsynced at a power loss) come back. Returns the head of the log.
 fn repair_index(
     conn: &Connection,
     head: u64,
@@ -665,7 +758,7 @@ fn repair_index(
             restored = recovered.records.len(),
             dropped,
             truncated_bytes = recovered.truncated,
-            "store: the event index was repaired from the newest segment (the last run did not stop cleanly)"
+            "store: the event index was repaired from the segments (the last run did not stop cleanly)"
         );
     }
     Ok(head)
@@ -703,6 +796,23 @@ fn row_body(
     }
 }
 
+/// The body of an event whose row is still waiting (see [`row_body`]).
+fn entry_body(reader: &mut SegmentReader<'_>, entry: &IndexEntry) -> Result<Option<Vec<u8>>> {
+    let Location {
+        segment,
+        offset,
+        len,
+    } = entry.location;
+    row_body(
+        reader,
+        entry.seq,
+        Vec::new(),
+        Some(segment as i64),
+        Some(offset as i64),
+        Some(len as i64),
+    )
+}
+
 /// The meta key of the highest seq given, kept by every job that deletes
 /// events: the newest ones may be among them, and their seqs must not be
 /// given again after a restart.
@@ -716,8 +826,10 @@ fn keep_last_seq(conn: &Connection, pending_head: &AtomicU64) -> Result<()> {
     Ok(())
 }
 
-/// Inserts events (deduplicated by messageId within the window) inside the
-/// current transaction; shared by tracking appends and source-function runs.
+/// Stores events (deduplicated by messageId within the window): their
+/// records go to the segment, their index rows to [`PendingIndex`]; shared
+/// by tracking appends and source-function runs. Touches no table: a group
+/// of appends commits no SQLite transaction.
 fn insert_events(
     conn: &Connection,
     source_id: i64,
@@ -729,9 +841,8 @@ fn insert_events(
     let mut receipt = AppendReceipt::default();
     let mut recent = log.recent_ids.lock().map_err(|_| StoreError::Closed)?;
     let mut segments = log.segments.lock().map_err(|_| StoreError::Closed)?;
-    let mut stored_id =
-        conn.prepare_cached("SELECT message_id FROM events WHERE seq = ?1 AND source_id = ?2")?;
-    let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+    let pending =
+        std::cell::RefCell::new(log.pending_index.lock().map_err(|_| StoreError::Closed)?);
     // Seqs are given here, never by SQLite: it would give the seq of a
     // deleted newest event again, which a destination's cursor has passed.
     let mut last_seq = pending_head.load(Ordering::Acquire);
@@ -748,16 +859,22 @@ fn insert_events(
             now,
             |seq| {
                 // The real id is compared, so a hash collision stores the
-                // event. A row that is gone (rolled back, purged, compacted)
-                // does not count: storing twice is better than losing one.
-                let stored: Option<String> = stored_id
+                // event. A row that is gone (purged, compacted) does not
+                // count: storing twice is better than losing one.
+                if let Some(id) = pending.borrow().message_id(seq, source_id) {
+                    return Ok(id == e.message_id);
+                }
+                let stored: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT message_id FROM events WHERE seq = ?1 AND source_id = ?2",
+                    )?
                     .query_row(params![seq as i64, source_id], |r| r.get(0))
                     .optional()?;
                 Ok::<_, StoreError>(stored.as_deref() == Some(e.message_id.as_str()))
             },
             || {
                 let seq = last_seq + 1;
-                let loc = segments.append(NewRecord {
+                let location = segments.append(NewRecord {
                     seq,
                     source_id,
                     received_ms: now,
@@ -765,20 +882,14 @@ fn insert_events(
                     user_id: e.user_id.as_deref(),
                     body: &e.json,
                 })?;
-                let inserted = insert.execute(params![
-                    seq as i64,
+                pending.borrow_mut().push(IndexEntry {
+                    seq,
                     source_id,
-                    e.message_id,
-                    e.user_id,
-                    now,
-                    loc.segment as i64,
-                    loc.offset as i64,
-                    loc.len as i64
-                ]);
-                if let Err(e) = inserted {
-                    segments.forget(loc);
-                    return Err(e.into());
-                }
+                    message_id: e.message_id.clone(),
+                    user_id: e.user_id.clone(),
+                    received_ms: now,
+                    location,
+                });
                 Ok(seq)
             },
         )?;
@@ -794,6 +905,36 @@ fn insert_events(
     // the writer's time.
     pending_head.fetch_max(last_seq, Ordering::AcqRel);
     Ok(receipt)
+}
+
+/// Takes back the records appended from `end` on, and their index
+/// entries: a job that stored events failed, and is answered so (a source
+/// function's run is tried again). A record already written (a segment
+/// filled meanwhile) stays in its file with no index entry: never read.
+fn discard_records_from(
+    segments: &Mutex<Segments>,
+    pending: &Mutex<PendingIndex>,
+    end: (u64, u64),
+) {
+    let (Ok(mut segments), Ok(mut pending)) = (segments.lock(), pending.lock()) else {
+        return;
+    };
+    segments.forget(Location {
+        segment: end.0,
+        offset: end.1,
+        len: 0,
+    });
+    pending.discard_from(end);
+}
+
+/// Inserts every index row waiting, inside the job's transaction: for the
+/// jobs that read or delete rows of the `events` table.
+fn index_pending(pending: &Mutex<PendingIndex>, conn: &Connection) -> Result<()> {
+    pending
+        .lock()
+        .map_err(|_| StoreError::Closed)?
+        .stage_all(conn)?;
+    Ok(())
 }
 
 /// Ids of the dead letters of `destination` that `selection` picks.
@@ -875,7 +1016,7 @@ impl Store for EmbeddedStore {
     ) -> Result<AppendReceipt> {
         let source_id = self.source_id(source)?;
         let log = self.event_log();
-        self.append_job(move |conn| {
+        self.append_job(!rejections.is_empty(), move |conn| {
             let now = now_ms();
             let receipt = insert_events(conn, source_id, &events, &log)?;
             if !rejections.is_empty() {
@@ -913,18 +1054,29 @@ impl Store for EmbeddedStore {
         };
         let head = *self.head_tx.borrow();
         let dir = self.segments_dir.clone();
+        let pending = self.pending_index.clone();
         self.read(move |conn| {
             let mut reader = SegmentReader::new(&dir);
             let upper = head.min(after.saturating_add(scan));
+            // Taken before the table is read: an entry leaves the list only
+            // once its row is committed, so each event is in one or both.
+            let waiting =
+                pending
+                    .lock()
+                    .map_err(|_| StoreError::Closed)?
+                    .range(after, upper, |e| wanted.contains_key(&e.source_id));
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, source_id, message_id, received_ms, body, seg, off, len FROM events
                  WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
             )?;
             let mut rows = stmt.query(params![after as i64, upper as i64])?;
             let mut out = Vec::new();
-            let mut scanned_to = upper;
+            // The highest seq the table has in the range: entries up to it
+            // were indexed while this read began.
+            let mut indexed_to = after;
             while let Some(r) = rows.next()? {
                 let seq = r.get::<_, i64>(0)? as u64;
+                indexed_to = seq;
                 let source_id: i64 = r.get(1)?;
                 if let Some(slug) = wanted.get(&source_id) {
                     let Some(json) =
@@ -940,12 +1092,26 @@ impl Store for EmbeddedStore {
                         json,
                     });
                     if out.len() >= limit {
-                        scanned_to = seq;
-                        break;
+                        return Ok((out, seq));
                     }
                 }
             }
-            Ok((out, scanned_to))
+            for entry in waiting.into_iter().filter(|e| e.seq > indexed_to) {
+                let Some(json) = entry_body(&mut reader, &entry)? else {
+                    continue;
+                };
+                out.push(StoredEvent {
+                    seq: entry.seq,
+                    source: wanted.get(&entry.source_id).cloned().unwrap_or_default(),
+                    message_id: entry.message_id,
+                    received_ms: entry.received_ms,
+                    json,
+                });
+                if out.len() >= limit {
+                    return Ok((out, entry.seq));
+                }
+            }
+            Ok((out, upper))
         })
         .await
     }
@@ -954,14 +1120,43 @@ impl Store for EmbeddedStore {
         let source_id = self.source_id(source)?;
         let slug = source.to_string();
         let dir = self.segments_dir.clone();
+        let head = *self.head_tx.borrow();
+        let pending = self.pending_index.clone();
         self.read(move |conn| {
             let mut reader = SegmentReader::new(&dir);
+            // Newest first: those still waiting for their rows, then the
+            // table's (see `read_events` for why the list is read first).
+            let waiting = pending
+                .lock()
+                .map_err(|_| StoreError::Closed)?
+                .range(0, head, |e| e.source_id == source_id);
+            let oldest_waiting = waiting.first().map_or(u64::MAX, |e| e.seq);
+            let mut out = Vec::new();
+            for entry in waiting.into_iter().rev() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let Some(json) = entry_body(&mut reader, &entry)? else {
+                    continue;
+                };
+                out.push(StoredEvent {
+                    seq: entry.seq,
+                    source: slug.clone(),
+                    message_id: entry.message_id,
+                    received_ms: entry.received_ms,
+                    json,
+                });
+            }
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, message_id, received_ms, body, seg, off, len FROM events
-                 WHERE source_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                 WHERE source_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
             )?;
-            let mut rows = stmt.query(params![source_id, limit as i64])?;
-            let mut out = Vec::new();
+            let wanted_rows = limit.saturating_sub(out.len()) as i64;
+            let mut rows = stmt.query(params![
+                source_id,
+                oldest_waiting.min(i64::MAX as u64) as i64,
+                wanted_rows
+            ])?;
             while let Some(r) = rows.next()? {
                 let seq = r.get::<_, i64>(0)? as u64;
                 let Some(json) =
@@ -999,7 +1194,9 @@ impl Store for EmbeddedStore {
 
     async fn init_cursor(&self, destination: &str) -> Result<u64> {
         let destination = destination.to_string();
+        let pending = self.pending_index.clone();
         self.write(move |conn| {
+            index_pending(&pending, conn)?;
             conn.execute(
                 "INSERT INTO cursors(destination, seq) SELECT ?1, COALESCE(MAX(seq), 0) FROM events
                  WHERE true ON CONFLICT(destination) DO NOTHING",
@@ -1416,7 +1613,9 @@ impl Store for EmbeddedStore {
         let commit = self.commit.clone();
         let cutoff = now_ms - retention_ms;
         let destinations = destinations.to_vec();
+        let pending = self.pending_index.clone();
         self.heavy_write(move |conn| {
+            index_pending(&pending, conn)?;
             keep_last_seq(conn, &commit.pending_head)?;
             // Events are removed only once every destination has passed them.
             let mut floor = u64::MAX;
@@ -1921,12 +2120,28 @@ impl Store for EmbeddedStore {
 
     async fn sources_of_user(&self, user_id: &str) -> Result<Vec<String>> {
         let user_id = user_id.to_string();
+        let pending = self.pending_index.clone();
+        let source_ids = self.source_ids.clone();
         self.read(move |conn| {
+            let waiting: std::collections::HashSet<i64> = pending
+                .lock()
+                .map_err(|_| StoreError::Closed)?
+                .range(0, u64::MAX, |e| e.user_id.as_deref() == Some(user_id.as_str()))
+                .into_iter()
+                .map(|e| e.source_id)
+                .collect();
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT s.slug FROM events e JOIN sources s ON s.id = e.source_id WHERE e.user_id = ?1",
             )?;
-            let rows = stmt.query_map([user_id], |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = stmt.query_map([&user_id], |r| r.get::<_, String>(0))?;
+            let mut slugs = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let ids = source_ids.read().map_err(|_| StoreError::Closed)?;
+            for (slug, id) in ids.iter() {
+                if waiting.contains(id) && !slugs.contains(slug) {
+                    slugs.push(slug.clone());
+                }
+            }
+            Ok(slugs)
         })
         .await
     }
@@ -1935,7 +2150,9 @@ impl Store for EmbeddedStore {
         let user_id = user_id.to_string();
         let commit = self.commit.clone();
         let segments = self.segments.clone();
+        let pending = self.pending_index.clone();
         self.heavy_write(move |conn| {
+            index_pending(&pending, conn)?;
             keep_last_seq(conn, &commit.pending_head)?;
             conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purge_keep(id TEXT PRIMARY KEY); DELETE FROM purge_keep;")?;
             for id in &keep {
@@ -1991,6 +2208,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn close(&self) {
+        let indexer = self.indexer.lock().ok().and_then(|mut g| g.take());
+        if let Some((stop, handle)) = indexer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         let commit = self.commit.clone();
         let _ = tokio::task::spawn_blocking(move || commit.close()).await;
         let handle = self.syncer.lock().ok().and_then(|mut g| g.take());
@@ -2209,6 +2431,108 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn rows(dir: &Path) -> i64 {
+        db(dir)
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// With the index rows waiting (an interval longer than the test), the
+    /// events are read, deduplicated, listed and found by user all the
+    /// same; deleting jobs index them first; and when the process dies
+    /// before they are inserted (the store forgotten, not closed), the
+    /// next open finds them in the segments, across segment files.
+    #[tokio::test]
+    async fn events_waiting_for_their_rows_are_found_and_survive_a_crash() {
+        let dir = temp_dir("waiting");
+        let mut options = EmbeddedOptions::new(&dir);
+        options.index_interval = std::time::Duration::from_secs(3600);
+        options.segment_bytes = 300;
+        // No zeroer thread, which would go on writing into the forgotten
+        // store's segment.
+        options.fsync = false;
+        let store = EmbeddedStore::open(options.clone()).unwrap();
+        source(&store, "web").await;
+        source(&store, "app").await;
+        let ids: Vec<String> = (0..12).map(|i| format!("w{i}")).collect();
+        for id in &ids {
+            store.append("web", vec![event(id)], vec![]).await.unwrap();
+        }
+        store
+            .append("app", vec![event("a0")], vec![])
+            .await
+            .unwrap();
+        assert!(segment_files(&dir).len() >= 3);
+        assert_eq!(rows(&dir), 0, "no row is inserted yet");
+        assert_eq!(stored_ids(&store, "web").await, ids);
+        let (events, scanned) = store
+            .read_events(&["web".into()], 3, u64::MAX, 2)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!((seqs, scanned), (vec![4, 5], 5));
+        assert_eq!(events[1].json, br#"{"messageId":"w4"}"#);
+        let recent = store.recent_events("web", 3).await.unwrap();
+        let recent: Vec<&str> = recent.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(recent, ["w11", "w10", "w9"]);
+        let again = store
+            .append("web", vec![event("w3"), event("w12")], vec![])
+            .await
+            .unwrap();
+        assert_eq!((again.stored, again.duplicates), (1, 1));
+        let mut sources = store.sources_of_user("u").await.unwrap();
+        sources.sort();
+        assert_eq!(sources, ["app", "web"]);
+
+        // Half indexed, half waiting: each event is read once.
+        store.index_now().await.unwrap();
+        assert_eq!(rows(&dir), 14);
+        for i in 13..16 {
+            store
+                .append("web", vec![event(&format!("w{i}"))], vec![])
+                .await
+                .unwrap();
+        }
+        let all: Vec<String> = (0..16).map(|i| format!("w{i}")).collect();
+        assert_eq!(stored_ids(&store, "web").await, all);
+        let recent = store.recent_events("web", 5).await.unwrap();
+        let recent: Vec<&str> = recent.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(recent, ["w15", "w14", "w13", "w12", "w11"]);
+
+        // A crash: the last rows were never inserted.
+        for i in 16..22 {
+            store
+                .append("web", vec![event(&format!("w{i}"))], vec![])
+                .await
+                .unwrap();
+        }
+        std::mem::forget(store);
+        assert_eq!(rows(&dir), 14);
+        let store = EmbeddedStore::open(options).unwrap();
+        assert_eq!(rows(&dir), 23, "every record is indexed at the open");
+        let all: Vec<String> = (0..22).map(|i| format!("w{i}")).collect();
+        assert_eq!(stored_ids(&store, "web").await, all);
+        assert_eq!(*store.subscribe().borrow(), 23);
+        let again = store
+            .append("web", vec![event("w20")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            again.duplicates, 1,
+            "the recovered ids count for deduplication"
+        );
+        // Deleting jobs see the waiting rows.
+        store
+            .append("web", vec![event("w22")], vec![])
+            .await
+            .unwrap();
+        let purged = store.purge_user("u", vec![]).await.unwrap();
+        assert_eq!(purged.events, 24);
+        assert!(stored_ids(&store, "web").await.is_empty());
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn appends_dedups_and_reads_in_order() {
         let dir = temp_dir("append");
@@ -2388,6 +2712,7 @@ mod tests {
             .append("web", vec![event("a"), event("b"), event("c")], vec![])
             .await
             .unwrap();
+        store.index_now().await.unwrap();
         let (off, len): (i64, i64) = db(&dir)
             .query_row("SELECT off, len FROM events WHERE seq = 2", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -2419,6 +2744,7 @@ mod tests {
             .append("web", vec![event("a"), secret, event("b")], vec![])
             .await
             .unwrap();
+        store.index_now().await.unwrap();
         db(&dir)
             .execute(
                 "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body) SELECT 100, source_id, 'legacy', 'u', 0, X'7B7D' FROM events LIMIT 1",

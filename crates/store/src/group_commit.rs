@@ -13,6 +13,7 @@
 //! threads four times (worker → writer → sync → writer, sync → worker), and
 //! the context switches were a quarter of the CPU of `/v1/track`.
 
+use crate::pending_index::PendingIndex;
 use crate::segments::Segments;
 use rusqlite::Connection;
 use std::fs::File;
@@ -22,10 +23,15 @@ use tokio::sync::watch;
 
 /// Tells a job's waiter how its commit ended (`Err` with the reason).
 pub(crate) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A job runs inside the open transaction and returns how to answer its
-/// waiter once the transaction is durable. Dropping a job unrun tells its
-/// waiter that the store is closed.
-pub(crate) type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// A job runs on the write connection (inside the open transaction when it
+/// asks for one) and returns how to answer its waiter once what it wrote is
+/// durable. Dropping a job unrun tells its waiter that the store is closed.
+pub(crate) struct Job {
+    /// Whether it writes rows: a group of plain event appends (records and
+    /// index entries only, see [`PendingIndex`]) opens no transaction.
+    pub transaction: bool,
+    pub run: Box<dyn FnOnce(&Connection) -> Completion + Send>,
+}
 
 /// Most jobs folded into one transaction.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
@@ -46,8 +52,8 @@ pub(crate) struct Committed {
 pub(crate) struct Writer {
     /// `None` once the store is closed: jobs are then dropped unrun.
     conn: Option<Connection>,
-    /// Waiters of the jobs run into the open transaction; a transaction is
-    /// open exactly when this is not empty.
+    /// Waiters of the jobs run since the last commit (a transaction is open
+    /// only if one of them asked for it).
     open: Vec<Completion>,
     /// A committed group is with the sync thread, which commits the open
     /// transaction itself when it is done: meanwhile the group grows.
@@ -57,6 +63,8 @@ pub(crate) struct Writer {
     spare: Vec<Job>,
     /// Event records, written before each commit.
     segments: Arc<Mutex<Segments>>,
+    /// Index rows of the events appended, told how each commit ends.
+    pending_index: Arc<Mutex<PendingIndex>>,
 }
 
 /// The write side of the store: the writer, the jobs queued for it, and
@@ -84,30 +92,52 @@ fn relock<'a, T>(
 }
 
 impl Writer {
-    /// Runs `job` into the open transaction, beginning one if needed.
+    /// Runs `job`, beginning a transaction first if it needs one and none
+    /// is open.
     fn run(&mut self, job: Job) {
         let Some(conn) = &self.conn else {
             return;
         };
-        if self.open.is_empty() {
-            // Cached: this runs thousands of times a second.
-            let begun = conn
-                .prepare_cached("BEGIN IMMEDIATE")
-                .and_then(|mut s| s.execute([]));
-            if let Err(e) = begun {
+        if job.transaction && conn.is_autocommit() {
+            if let Err(e) = begin(conn) {
                 tracing::error!(error = %e, "store: cannot begin a transaction");
                 return;
             }
         }
-        self.open.push(job(conn));
+        self.open.push((job.run)(conn));
     }
 
-    /// Commits the open transaction, if any, and hands it to the sync thread.
+    /// Inserts every index row waiting, into the open transaction (begun if
+    /// need be): what a clean close leaves needs no repair at the next open.
+    fn index_all(&mut self) {
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        let mut pending = relock(self.pending_index.lock());
+        if pending.unstaged() == 0 {
+            return;
+        }
+        let indexed = if conn.is_autocommit() {
+            begin(conn)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| pending.stage_all(conn));
+        if let Err(e) = indexed {
+            // The next open indexes them from the segments.
+            tracing::warn!(error = %e, "store: cannot index the newest events");
+        }
+    }
+
+    /// Writes the records of the jobs run since the last commit, commits the
+    /// open transaction if there is one, and hands the group to the sync
+    /// thread.
     fn commit(&mut self, pending_head: &AtomicU64, wal_needed: &AtomicBool) {
         let Some(conn) = &self.conn else {
             return;
         };
-        if self.open.is_empty() {
+        let transaction = !conn.is_autocommit();
+        if self.open.is_empty() && !transaction {
             return;
         }
         let completions = std::mem::take(&mut self.open);
@@ -115,33 +145,41 @@ impl Writer {
         let mut segments = relock(self.segments.lock());
         // The records go first: a row committed is never without its record
         // once both are durable. Records written for a transaction that then
-        // fails to commit stay in the segment unindexed (their appends were
-        // answered with an error); when nothing was committed after them,
-        // the next open indexes them: stored at least once, as when a client
-        // retries.
-        let committed = segments
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|segment| {
-                conn.prepare_cached("COMMIT")
-                    .and_then(|mut s| s.execute([]))
-                    .map(|_| segment)
-                    .map_err(|e| e.to_string())
-            });
+        // fails to commit stay in the segment, and their index entries wait
+        // for the next one (their appends were answered with an error):
+        // stored at least once, as when a client retries.
+        let flushed = segments.flush().map_err(|e| e.to_string());
+        let committed = flushed.and_then(|segment| {
+            if !transaction {
+                return Ok(segment);
+            }
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| segment)
+                .map_err(|e| e.to_string())
+        });
+        let mut pending = relock(self.pending_index.lock());
         let segment = match committed {
-            Ok(segment) => segment,
+            Ok(segment) => {
+                pending.committed();
+                segment
+            }
             Err(e) => {
                 segments.discard_pending();
-                drop(segments);
+                pending.rolled_back();
+                pending.discard_from(segments.end());
+                drop((segments, pending));
                 tracing::error!(error = %e, "store: commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
+                if transaction {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
                 for done in completions {
                     done(Err(e.clone()));
                 }
                 return;
             }
         };
-        drop(segments);
+        drop((segments, pending));
         let group = Committed {
             completions,
             head: pending_head.load(Ordering::Acquire),
@@ -180,12 +218,20 @@ impl Writer {
     }
 }
 
+/// `BEGIN IMMEDIATE`, cached: it runs thousands of times a second.
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+}
+
 impl GroupCommit {
     /// Takes the write connection (committing with `synchronous=OFF`) and
     /// returns the receiving end for [`sync_loop`].
     pub(crate) fn new(
         conn: Connection,
         segments: Arc<Mutex<Segments>>,
+        pending_index: Arc<Mutex<PendingIndex>>,
         head: u64,
     ) -> (Self, mpsc::Receiver<Committed>) {
         let (to_sync, groups) = mpsc::channel();
@@ -196,6 +242,7 @@ impl GroupCommit {
             to_sync: Some(to_sync),
             spare: Vec::new(),
             segments,
+            pending_index,
         };
         let commit = GroupCommit {
             writer: Mutex::new(writer),
@@ -274,6 +321,7 @@ impl GroupCommit {
     /// it has synced and answered every group.
     pub(crate) fn close(&self) {
         let conn = self.with_writer(|w| {
+            w.index_all();
             w.commit(&self.pending_head, &self.wal_needed);
             w.to_sync = None;
             w.conn.take()
@@ -325,7 +373,8 @@ pub(crate) fn sync_loop(
         commit.with_writer(|w| {
             w.syncing = false;
             w.commit(&commit.pending_head, &commit.wal_needed);
-            if w.open.is_empty() && commit.finish_checkpoint.swap(false, Ordering::AcqRel) {
+            let idle = w.open.is_empty() && w.conn.as_ref().is_some_and(Connection::is_autocommit);
+            if idle && commit.finish_checkpoint.swap(false, Ordering::AcqRel) {
                 w.finish_checkpoint();
             }
         });

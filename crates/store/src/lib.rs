@@ -9,6 +9,7 @@
 
 pub mod embedded;
 mod group_commit;
+mod pending_index;
 mod recent_ids;
 pub mod secrets;
 mod segments;

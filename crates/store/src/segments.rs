@@ -7,9 +7,9 @@
 //! once, as records appended to the newest segment file in one write, and
 //! that file is what the group's `fdatasync` makes durable. The `events`
 //! table keeps a small row per event (ids, source, time and where its record
-//! is), committed with the group but synced only with the checkpoints: after
-//! a power loss it may lack its newest rows, which [`Segments::open`] puts
-//! back from the newest segment (see [`Recovered`]).
+//! is), inserted in the background (see `pending_index`) and synced only
+//! with the checkpoints: after a crash it lacks its newest rows, which
+//! [`Segments::open`] finds again in the segments (see [`Recovered`]).
 //!
 //! Invariants the recovery relies on:
 //! - A segment receives no byte before the one before it is synced, so only
@@ -175,11 +175,35 @@ fn decode(bytes: &[u8], parsed: Parsed) -> Record {
     }
 }
 
+/// Adds the live records of `bytes` (segment `segment`) past `indexed_head`
+/// to `records`; returns where the valid records end.
+fn scan(
+    bytes: &[u8],
+    segment: u64,
+    indexed_head: u64,
+    records: &mut Vec<(Record, Location)>,
+) -> usize {
+    let mut at = 0;
+    while let Some(parsed) = parse(&bytes[at..]) {
+        let len = parsed.len;
+        if !parsed.erased && parsed.seq > indexed_head {
+            let location = Location {
+                segment,
+                offset: at as u64,
+                len: len as u64,
+            };
+            records.push((decode(&bytes[at..], parsed), location));
+        }
+        at += len;
+    }
+    at
+}
+
 /// The newest segment as [`Segments::open`] found it.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
-    /// Live records of the newest segment past the index's head, in order,
-    /// with their locations.
+    /// Live records past the index's head, in order, with their locations
+    /// (in the newest segment, or in the one or two before it).
     pub records: Vec<(Record, Location)>,
     /// The newest segment and where its valid records end: rows pointing
     /// at or past it are of events never acknowledged.
@@ -213,8 +237,9 @@ pub(crate) struct Segments {
 
 impl Segments {
     /// Opens the segments in `dir` (creating it), cuts a torn end off the
-    /// newest one, and returns its live records past `indexed_head` (the
-    /// index knows the others' fate: stored, or deleted since). `next_seq`
+    /// newest one, and returns the live records past `indexed_head` (the
+    /// index knows the others' fate: stored, or deleted since): those of
+    /// the newest segment and of any older one they begin in. `next_seq`
     /// names the first segment when there is none.
     pub(crate) fn open(
         dir: &Path,
@@ -224,7 +249,9 @@ impl Segments {
         max_bytes: u64,
     ) -> io::Result<(Self, Recovered)> {
         std::fs::create_dir_all(dir).map_err(|e| error(dir, "cannot create", e))?;
-        let newest = Self::ids(dir)?.into_iter().max();
+        let mut ids = Self::ids(dir)?;
+        ids.sort_unstable();
+        let newest = ids.last().copied();
         let active_id = newest.unwrap_or(next_seq);
         let path = segment_path(dir, active_id);
         let file = std::fs::OpenOptions::new()
@@ -234,26 +261,24 @@ impl Segments {
             .truncate(false)
             .open(&path)
             .map_err(|e| error(&path, "cannot open", e))?;
-        let bytes = std::fs::read(&path).map_err(|e| error(&path, "cannot read", e))?;
         let mut recovered = Recovered {
             segment: active_id,
             ..Default::default()
         };
-        let mut at = 0;
-        while let Some(parsed) = parse(&bytes[at..]) {
-            let len = parsed.len;
-            if !parsed.erased && parsed.seq > indexed_head {
-                let location = Location {
-                    segment: active_id,
-                    offset: at as u64,
-                    len: len as u64,
-                };
-                recovered
-                    .records
-                    .push((decode(&bytes[at..], parsed), location));
-            }
-            at += len;
+        // The index lags the records (see `pending_index`): the ones past
+        // its head may begin in an older segment than the newest, which
+        // was synced whole before the next one was begun.
+        let first = ids
+            .iter()
+            .rposition(|id| *id <= indexed_head + 1)
+            .unwrap_or(0);
+        for id in ids.iter().skip(first).filter(|id| **id != active_id) {
+            let older = segment_path(dir, *id);
+            let bytes = std::fs::read(&older).map_err(|e| error(&older, "cannot read", e))?;
+            scan(&bytes, *id, indexed_head, &mut recovered.records);
         }
+        let bytes = std::fs::read(&path).map_err(|e| error(&path, "cannot read", e))?;
+        let at = scan(&bytes, active_id, indexed_head, &mut recovered.records);
         recovered.valid_end = at as u64;
         // Zeros past the records were written ahead of them; anything else
         // there is a torn write of a group never acknowledged.
