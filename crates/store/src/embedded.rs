@@ -108,6 +108,8 @@ pub struct EmbeddedStore {
     pending_index: Arc<Mutex<PendingIndex>>,
     /// The thread inserting them (see [`spawn_indexer`]).
     indexer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    /// The fields above that jobs use, behind one reference count.
+    log: Arc<EventLog>,
 }
 
 /// What storing events touches beside the connection.
@@ -362,7 +364,7 @@ impl EmbeddedStore {
                 ids.insert(slug, id);
             }
         }
-        let recent_ids = load_recent_ids(&writer_conn, &options)?;
+        let recent_ids = Arc::new(Mutex::new(load_recent_ids(&writer_conn, &options)?));
         let (head_tx, _) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
         let pending_index = Arc::new(Mutex::new(PendingIndex::default()));
@@ -392,6 +394,12 @@ impl EmbeddedStore {
         } else {
             None
         };
+        let log = Arc::new(EventLog {
+            recent_ids: recent_ids.clone(),
+            segments: segments.clone(),
+            pending_index: pending_index.clone(),
+            commit: commit.clone(),
+        });
         let store = EmbeddedStore {
             commit,
             syncer: Mutex::new(Some(syncer)),
@@ -401,9 +409,10 @@ impl EmbeddedStore {
             path,
             head_tx,
             source_ids: Arc::new(RwLock::new(ids)),
-            recent_ids: Arc::new(Mutex::new(recent_ids)),
+            recent_ids,
             segments,
             segments_dir,
+            log,
             pending_index,
             indexer: Mutex::new(Some(indexer)),
         };
@@ -453,20 +462,18 @@ impl EmbeddedStore {
         let savepoint = !matches!(kind, JobKind::Append { .. });
         let transaction = !matches!(kind, JobKind::Append { transaction: false });
         let (tx, rx) = oneshot::channel::<Result<T>>();
-        let commit = self.commit.clone();
-        let segments = self.segments.clone();
-        let pending = self.pending_index.clone();
+        let log = self.event_log();
         let run = Box::new(move |conn: &Connection| -> Completion {
             if savepoint {
                 // Its rows live in SQLite alone: the WAL must be synced.
-                commit.wal_needed.store(true, Ordering::Release);
+                log.commit.wal_needed.store(true, Ordering::Release);
             }
             // Cached statements: each job's savepoint is not parsed again.
             let outcome = (|| {
                 if !savepoint {
                     return f(conn);
                 }
-                let records_end = segments.lock().map_err(|_| StoreError::Closed)?.end();
+                let records_end = log.segments.lock().map_err(|_| StoreError::Closed)?.end();
                 conn.prepare_cached("SAVEPOINT job")?.execute([])?;
                 match f(conn) {
                     Ok(v) => {
@@ -477,7 +484,7 @@ impl EmbeddedStore {
                         conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
                         conn.prepare_cached("RELEASE job")?.execute([])?;
                         // The events it stored go with its rows.
-                        discard_records_from(&segments, &pending, records_end);
+                        discard_records_from(&log.segments, &log.pending_index, records_end);
                         Err(e)
                     }
                 }
@@ -537,13 +544,10 @@ impl EmbeddedStore {
         self.write(move |conn| index_pending(&pending, conn)).await
     }
 
-    fn event_log(&self) -> EventLog {
-        EventLog {
-            recent_ids: self.recent_ids.clone(),
-            segments: self.segments.clone(),
-            pending_index: self.pending_index.clone(),
-            commit: self.commit.clone(),
-        }
+    /// One reference count for what a job needs: clones of shared `Arc`s
+    /// on every request cost cache-line transfers between the cores.
+    fn event_log(&self) -> Arc<EventLog> {
+        self.log.clone()
     }
 
     fn source_id(&self, slug: &str) -> Result<i64> {
