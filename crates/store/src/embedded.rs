@@ -45,6 +45,10 @@ pub struct EmbeddedOptions {
     /// `events` table, in one transaction with those of the events beside
     /// them. Readers find them meanwhile; only the cost changes.
     pub index_interval: std::time::Duration,
+    /// Index rows waiting past which appends insert them themselves: when
+    /// the background insert cannot keep up, ingest slows down instead of
+    /// memory growing (about 200 bytes a row).
+    pub max_waiting_rows: usize,
 }
 
 impl EmbeddedOptions {
@@ -56,6 +60,7 @@ impl EmbeddedOptions {
             dedup_max_ids: 2_000_000,
             segment_bytes: SEGMENT_BYTES,
             index_interval: INDEX_INTERVAL,
+            max_waiting_rows: 1 << 19,
         }
     }
 }
@@ -64,8 +69,9 @@ impl EmbeddedOptions {
 /// per transaction.
 const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Most index rows one job inserts: the writer is not held for long.
-const INDEX_CHUNK: usize = 4096;
+/// Most index rows one job inserts (about a microsecond each): the writer
+/// is not held for long.
+const INDEX_CHUNK: usize = 2048;
 
 /// How often the background checkpointer looks for WAL frames to copy into
 /// the database when the last round found none, and when it found some.
@@ -118,6 +124,8 @@ struct EventLog {
     segments: Arc<Mutex<Segments>>,
     pending_index: Arc<Mutex<PendingIndex>>,
     commit: Arc<GroupCommit>,
+    /// See [`EmbeddedOptions::max_waiting_rows`].
+    max_waiting_rows: usize,
 }
 
 /// How a write job runs.
@@ -399,6 +407,7 @@ impl EmbeddedStore {
             segments: segments.clone(),
             pending_index: pending_index.clone(),
             commit: commit.clone(),
+            max_waiting_rows: options.max_waiting_rows,
         });
         let store = EmbeddedStore {
             commit,
@@ -644,15 +653,16 @@ fn spawn_indexer(
                     if let Err(e) = staged {
                         tracing::warn!(error = %e, "store: cannot index new events yet; they are read from the list meanwhile");
                     }
-                    Box::new(move |_| {
-                        let _ = done_tx.send(());
-                    })
+                    // Told once it ran, not once synced: the next chunk may
+                    // go into the same transaction.
+                    let _ = done_tx.send(());
+                    Box::new(|_| {})
                 });
                 commit.submit(Job {
                     transaction: true,
                     run,
                 });
-                // Answered once its group is synced, or dropped when closed.
+                // Dropped unrun when the store is closed.
                 let _ = done_rx.recv();
                 pause = if waiting > INDEX_CHUNK {
                     std::time::Duration::ZERO
@@ -908,6 +918,13 @@ fn insert_events(
     // Once per job: an atomic read-modify-write per event was a tenth of
     // the writer's time.
     pending_head.fetch_max(last_seq, Ordering::AcqRel);
+    let mut pending = pending.into_inner();
+    if pending.unstaged() > log.max_waiting_rows {
+        if conn.is_autocommit() {
+            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        }
+        pending.stage_all(conn)?;
+    }
     Ok(receipt)
 }
 
@@ -2533,6 +2550,26 @@ mod tests {
         let purged = store.purge_user("u", vec![]).await.unwrap();
         assert_eq!(purged.events, 24);
         assert!(stored_ids(&store, "web").await.is_empty());
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// When the rows wait past the limit (the background insert is far
+    /// behind, here never due), the appends insert them.
+    #[tokio::test]
+    async fn appends_insert_the_rows_themselves_when_too_many_wait() {
+        let dir = temp_dir("backpressure");
+        let mut options = EmbeddedOptions::new(&dir);
+        options.index_interval = std::time::Duration::from_secs(3600);
+        options.max_waiting_rows = 10;
+        let store = EmbeddedStore::open(options).unwrap();
+        source(&store, "web").await;
+        let batch = |from: usize| (from..from + 6).map(|i| event(&format!("e{i}"))).collect();
+        store.append("web", batch(0), vec![]).await.unwrap();
+        assert_eq!(rows(&dir), 0, "6 wait: under the limit");
+        store.append("web", batch(6), vec![]).await.unwrap();
+        assert_eq!(rows(&dir), 12, "12 waited: the append inserted them");
+        assert_eq!(stored_ids(&store, "web").await.len(), 12);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
