@@ -847,7 +847,7 @@ fn keep_last_seq(conn: &Connection, pending_head: &AtomicU64) -> Result<()> {
 fn insert_events(
     conn: &Connection,
     source_id: i64,
-    events: &[NewEvent],
+    events: Vec<NewEvent>,
     log: &EventLog,
 ) -> Result<AppendReceipt> {
     let pending_head = &log.commit.pending_head;
@@ -855,8 +855,7 @@ fn insert_events(
     let mut receipt = AppendReceipt::default();
     let mut recent = log.recent_ids.lock().map_err(|_| StoreError::Closed)?;
     let mut segments = log.segments.lock().map_err(|_| StoreError::Closed)?;
-    let pending =
-        std::cell::RefCell::new(log.pending_index.lock().map_err(|_| StoreError::Closed)?);
+    let mut pending = log.pending_index.lock().map_err(|_| StoreError::Closed)?;
     // Seqs are given here, never by SQLite: it would give the seq of a
     // deleted newest event again, which a destination's cursor has passed.
     let mut last_seq = pending_head.load(Ordering::Acquire);
@@ -867,7 +866,9 @@ fn insert_events(
     for hash in &hashes {
         recent.prefetch(*hash);
     }
-    for (e, hash) in events.iter().zip(hashes) {
+    // The ids move into the index entries: no copy per event.
+    for (e, hash) in events.into_iter().zip(hashes) {
+        let mut location = None;
         let stored = recent.store_once(
             hash,
             now,
@@ -875,7 +876,7 @@ fn insert_events(
                 // The real id is compared, so a hash collision stores the
                 // event. A row that is gone (purged, compacted) does not
                 // count: storing twice is better than losing one.
-                if let Some(id) = pending.borrow().message_id(seq, source_id) {
+                if let Some(id) = pending.message_id(seq, source_id) {
                     return Ok(id == e.message_id);
                 }
                 let stored: Option<String> = conn
@@ -888,37 +889,36 @@ fn insert_events(
             },
             || {
                 let seq = last_seq + 1;
-                let location = segments.append(NewRecord {
+                location = Some(segments.append(NewRecord {
                     seq,
                     source_id,
                     received_ms: now,
                     message_id: &e.message_id,
                     user_id: e.user_id.as_deref(),
                     body: &e.json,
-                })?;
-                pending.borrow_mut().push(IndexEntry {
-                    seq,
-                    source_id,
-                    message_id: e.message_id.clone(),
-                    user_id: e.user_id.clone(),
-                    received_ms: now,
-                    location,
-                });
+                })?);
                 Ok(seq)
             },
         )?;
-        match stored {
-            Some(seq) => {
+        match (stored, location) {
+            (Some(seq), Some(location)) => {
                 last_seq = seq;
                 receipt.stored += 1;
+                pending.push(IndexEntry {
+                    seq,
+                    source_id,
+                    message_id: e.message_id,
+                    user_id: e.user_id,
+                    received_ms: now,
+                    location,
+                });
             }
-            None => receipt.duplicates += 1,
+            _ => receipt.duplicates += 1,
         }
     }
     // Once per job: an atomic read-modify-write per event was a tenth of
     // the writer's time.
     pending_head.fetch_max(last_seq, Ordering::AcqRel);
-    let mut pending = pending.into_inner();
     if pending.unstaged() > log.max_waiting_rows {
         if conn.is_autocommit() {
             conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
@@ -1039,7 +1039,7 @@ impl Store for EmbeddedStore {
         let log = self.event_log();
         self.append_job(!rejections.is_empty(), move |conn| {
             let now = now_ms();
-            let receipt = insert_events(conn, source_id, &events, &log)?;
+            let receipt = insert_events(conn, source_id, events, &log)?;
             if !rejections.is_empty() {
                 // Rejections live in SQLite alone.
                 log.commit.wal_needed.store(true, Ordering::Release);
@@ -1782,7 +1782,7 @@ impl Store for EmbeddedStore {
         let log = self.event_log();
         self.write(move |conn| {
             let now = now_ms();
-            let receipt = insert_events(conn, source_id, &events, &log)?;
+            let receipt = insert_events(conn, source_id, events, &log)?;
             let mut upsert = conn.prepare_cached(
                 "INSERT INTO objects(source_id, collection, id, properties, updated_ms) VALUES(?1, ?2, ?3, json(?4), ?5)
                  ON CONFLICT(source_id, collection, id) DO UPDATE SET
