@@ -1,11 +1,13 @@
 //! Group commit for the embedded store, with no writer thread.
 //!
-//! Jobs run on the thread that submits them, into one open transaction,
+//! Jobs run on the thread that submits them, into one open group (and one
+//! SQLite transaction, begun by the first job that writes rows: plain event
+//! appends write records and index entries only, see `pending_index`),
 //! under one lock: whoever holds the [`Writer`] runs every job queued so far
 //! (flat combining), so a job never waits for another thread to wake up. A
 //! single `store-sync` thread makes committed groups durable. While it syncs
-//! one group, the next one fills the open transaction; when the sync is
-//! done, the sync thread commits that transaction itself and syncs it. So
+//! one group, the next one fills; when the sync is done, the sync thread
+//! commits that group itself and syncs it. So
 //! under load a request costs no thread hand-off on its way in, and one
 //! wake-up on its way out, shared with its whole group.
 //!
