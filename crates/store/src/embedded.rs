@@ -69,6 +69,9 @@ impl EmbeddedOptions {
 /// per transaction.
 const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The indexer's pause after a failed insert.
+const INDEX_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most index rows one job inserts (about a microsecond each): the writer
 /// is not held for long.
 const INDEX_CHUNK: usize = 2048;
@@ -637,25 +640,24 @@ fn spawn_indexer(
         .name("store-indexer".into())
         .spawn(move || {
             let mut pause = interval;
+            // Failures are logged when they begin and end, not every round.
+            let mut failing = false;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(pause) {
                 let waiting = pending.lock().map(|p| p.unstaged()).unwrap_or(0);
                 if waiting == 0 {
                     pause = interval;
                     continue;
                 }
-                let (done_tx, done_rx) = mpsc::channel::<()>();
+                let (done_tx, done_rx) = mpsc::channel::<Result<()>>();
                 let pending = pending.clone();
                 let run = Box::new(move |conn: &Connection| -> Completion {
                     let staged = pending
                         .lock()
                         .map_err(|_| StoreError::Closed)
                         .and_then(|mut p| Ok(p.stage(conn, INDEX_CHUNK)?));
-                    if let Err(e) = staged {
-                        tracing::warn!(error = %e, "store: cannot index new events yet; they are read from the list meanwhile");
-                    }
                     // Told once it ran, not once synced: the next chunk may
                     // go into the same transaction.
-                    let _ = done_tx.send(());
+                    let _ = done_tx.send(staged.map(|_| ()));
                     Box::new(|_| {})
                 });
                 commit.submit(Job {
@@ -663,11 +665,24 @@ fn spawn_indexer(
                     run,
                 });
                 // Dropped unrun when the store is closed.
-                let _ = done_rx.recv();
-                pause = if waiting > INDEX_CHUNK {
-                    std::time::Duration::ZERO
-                } else {
-                    interval
+                pause = match done_rx.recv() {
+                    Ok(Ok(())) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("store: indexing new events again");
+                        }
+                        if waiting > INDEX_CHUNK {
+                            std::time::Duration::ZERO
+                        } else {
+                            interval
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %e, "store: cannot index new events yet; they are read from memory meanwhile, and appends index them once too many wait");
+                        }
+                        INDEX_RETRY
+                    }
+                    Err(_) => interval,
                 };
             }
         })
@@ -1092,12 +1107,34 @@ impl Store for EmbeddedStore {
             )?;
             let mut rows = stmt.query(params![after as i64, upper as i64])?;
             let mut out = Vec::new();
-            // The highest seq the table has in the range: entries up to it
-            // were indexed while this read began.
-            let mut indexed_to = after;
+            // Both are in seq order: merged, an event in both (its row was
+            // committed meanwhile) taken once.
+            let mut waiting = waiting.into_iter().peekable();
+            let take_entry = |entry: IndexEntry,
+                              reader: &mut SegmentReader<'_>,
+                              out: &mut Vec<StoredEvent>|
+             -> Result<()> {
+                if let Some(json) = entry_body(reader, &entry)? {
+                    out.push(StoredEvent {
+                        seq: entry.seq,
+                        source: wanted.get(&entry.source_id).cloned().unwrap_or_default(),
+                        message_id: entry.message_id,
+                        received_ms: entry.received_ms,
+                        json,
+                    });
+                }
+                Ok(())
+            };
             while let Some(r) = rows.next()? {
                 let seq = r.get::<_, i64>(0)? as u64;
-                indexed_to = seq;
+                while let Some(entry) = waiting.next_if(|e| e.seq < seq) {
+                    let entry_seq = entry.seq;
+                    take_entry(entry, &mut reader, &mut out)?;
+                    if out.len() >= limit {
+                        return Ok((out, entry_seq));
+                    }
+                }
+                waiting.next_if(|e| e.seq == seq);
                 let source_id: i64 = r.get(1)?;
                 if let Some(slug) = wanted.get(&source_id) {
                     let Some(json) =
@@ -1117,19 +1154,11 @@ impl Store for EmbeddedStore {
                     }
                 }
             }
-            for entry in waiting.into_iter().filter(|e| e.seq > indexed_to) {
-                let Some(json) = entry_body(&mut reader, &entry)? else {
-                    continue;
-                };
-                out.push(StoredEvent {
-                    seq: entry.seq,
-                    source: wanted.get(&entry.source_id).cloned().unwrap_or_default(),
-                    message_id: entry.message_id,
-                    received_ms: entry.received_ms,
-                    json,
-                });
+            for entry in waiting {
+                let entry_seq = entry.seq;
+                take_entry(entry, &mut reader, &mut out)?;
                 if out.len() >= limit {
-                    return Ok((out, entry.seq));
+                    return Ok((out, entry_seq));
                 }
             }
             Ok((out, upper))
@@ -2570,6 +2599,46 @@ mod tests {
         store.append("web", batch(6), vec![]).await.unwrap();
         assert_eq!(rows(&dir), 12, "12 waited: the append inserted them");
         assert_eq!(stored_ids(&store, "web").await.len(), 12);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Rows the indexer cannot insert (here a trigger refuses them) keep
+    /// their events readable from memory, and are inserted once the
+    /// obstacle is gone.
+    #[tokio::test]
+    async fn events_whose_rows_cannot_be_inserted_stay_readable_and_are_indexed_later() {
+        let dir = temp_dir("index-fails");
+        let mut options = EmbeddedOptions::new(&dir);
+        options.index_interval = std::time::Duration::from_millis(10);
+        let store = EmbeddedStore::open(options).unwrap();
+        source(&store, "web").await;
+        db(&dir)
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        for id in ["a", "b", "c"] {
+            store.append("web", vec![event(id)], vec![]).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(rows(&dir), 0, "the inserts fail");
+        assert_eq!(stored_ids(&store, "web").await, ["a", "b", "c"]);
+        let (events, _) = store
+            .read_events(&["web".into()], 1, u64::MAX, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        db(&dir).execute_batch("DROP TRIGGER refuse").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rows(&dir) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rows were never inserted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(stored_ids(&store, "web").await, ["a", "b", "c"]);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
