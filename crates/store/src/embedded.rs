@@ -98,7 +98,6 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 /// The embedded [`Store`].
 pub struct EmbeddedStore {
-    commit: Arc<GroupCommit>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer, which then truncates the WAL.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -108,23 +107,20 @@ pub struct EmbeddedStore {
     path: PathBuf,
     head_tx: Arc<watch::Sender<u64>>,
     source_ids: Arc<RwLock<HashMap<String, i64>>>,
-    /// Only jobs touch it, with the writer held: the lock is uncontended.
-    recent_ids: Arc<Mutex<RecentIds>>,
-    /// The event records; like `recent_ids`, touched with the writer held.
-    segments: Arc<Mutex<Segments>>,
     segments_dir: PathBuf,
-    /// Index rows not in the `events` table yet; readers look here too.
-    pending_index: Arc<Mutex<PendingIndex>>,
-    /// The thread inserting them (see [`spawn_indexer`]).
+    /// The thread inserting waiting index rows (see [`spawn_indexer`]).
     indexer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
-    /// The fields above that jobs use, behind one reference count.
+    /// The write side and what jobs touch, behind one reference count.
     log: Arc<EventLog>,
 }
 
 /// What storing events touches beside the connection.
 struct EventLog {
+    /// Only jobs touch it, with the writer held: the lock is uncontended.
     recent_ids: Arc<Mutex<RecentIds>>,
+    /// The event records; like `recent_ids`, touched with the writer held.
     segments: Arc<Mutex<Segments>>,
+    /// Index rows not in the `events` table yet; readers look here too.
     pending_index: Arc<Mutex<PendingIndex>>,
     commit: Arc<GroupCommit>,
     /// See [`EmbeddedOptions::max_waiting_rows`].
@@ -406,14 +402,13 @@ impl EmbeddedStore {
             None
         };
         let log = Arc::new(EventLog {
-            recent_ids: recent_ids.clone(),
-            segments: segments.clone(),
-            pending_index: pending_index.clone(),
-            commit: commit.clone(),
+            recent_ids,
+            segments,
+            pending_index,
+            commit,
             max_waiting_rows: options.max_waiting_rows,
         });
         let store = EmbeddedStore {
-            commit,
             syncer: Mutex::new(Some(syncer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             zeroer: Mutex::new(zeroer),
@@ -421,11 +416,8 @@ impl EmbeddedStore {
             path,
             head_tx,
             source_ids: Arc::new(RwLock::new(ids)),
-            recent_ids,
-            segments,
             segments_dir,
             log,
-            pending_index,
             indexer: Mutex::new(Some(indexer)),
         };
         Ok(store)
@@ -511,9 +503,9 @@ impl EmbeddedStore {
         });
         let job = Job { transaction, run };
         match kind {
-            JobKind::Append { .. } | JobKind::Small => self.commit.submit(job),
+            JobKind::Append { .. } | JobKind::Small => self.log.commit.submit(job),
             JobKind::Heavy => {
-                let commit = self.commit.clone();
+                let commit = self.log.commit.clone();
                 tokio::task::spawn_blocking(move || commit.run_blocking(job))
                     .await
                     .map_err(|_| StoreError::Closed)?;
@@ -552,7 +544,7 @@ impl EmbeddedStore {
     /// as the store does by itself within [`EmbeddedOptions::index_interval`]:
     /// for tools and tests that read the database file directly.
     pub async fn index_now(&self) -> Result<()> {
-        let pending = self.pending_index.clone();
+        let pending = self.log.pending_index.clone();
         self.write(move |conn| index_pending(&pending, conn)).await
     }
 
@@ -1090,7 +1082,7 @@ impl Store for EmbeddedStore {
         };
         let head = *self.head_tx.borrow();
         let dir = self.segments_dir.clone();
-        let pending = self.pending_index.clone();
+        let pending = self.log.pending_index.clone();
         self.read(move |conn| {
             let mut reader = SegmentReader::new(&dir);
             let upper = head.min(after.saturating_add(scan));
@@ -1171,7 +1163,7 @@ impl Store for EmbeddedStore {
         let slug = source.to_string();
         let dir = self.segments_dir.clone();
         let head = *self.head_tx.borrow();
-        let pending = self.pending_index.clone();
+        let pending = self.log.pending_index.clone();
         self.read(move |conn| {
             let mut reader = SegmentReader::new(&dir);
             // Newest first: those still waiting for their rows, then the
@@ -1244,7 +1236,7 @@ impl Store for EmbeddedStore {
 
     async fn init_cursor(&self, destination: &str) -> Result<u64> {
         let destination = destination.to_string();
-        let pending = self.pending_index.clone();
+        let pending = self.log.pending_index.clone();
         self.write(move |conn| {
             index_pending(&pending, conn)?;
             conn.execute(
@@ -1658,12 +1650,12 @@ impl Store for EmbeddedStore {
         retention_ms: i64,
         destinations: &[String],
     ) -> Result<CompactReport> {
-        let recent_ids = self.recent_ids.clone();
-        let segments = self.segments.clone();
-        let commit = self.commit.clone();
+        let recent_ids = self.log.recent_ids.clone();
+        let segments = self.log.segments.clone();
+        let commit = self.log.commit.clone();
         let cutoff = now_ms - retention_ms;
         let destinations = destinations.to_vec();
-        let pending = self.pending_index.clone();
+        let pending = self.log.pending_index.clone();
         self.heavy_write(move |conn| {
             index_pending(&pending, conn)?;
             keep_last_seq(conn, &commit.pending_head)?;
@@ -2170,7 +2162,7 @@ impl Store for EmbeddedStore {
 
     async fn sources_of_user(&self, user_id: &str) -> Result<Vec<String>> {
         let user_id = user_id.to_string();
-        let pending = self.pending_index.clone();
+        let pending = self.log.pending_index.clone();
         let source_ids = self.source_ids.clone();
         self.read(move |conn| {
             let waiting: std::collections::HashSet<i64> = pending
@@ -2198,9 +2190,9 @@ impl Store for EmbeddedStore {
 
     async fn purge_user(&self, user_id: &str, keep: Vec<String>) -> Result<PurgeReport> {
         let user_id = user_id.to_string();
-        let commit = self.commit.clone();
-        let segments = self.segments.clone();
-        let pending = self.pending_index.clone();
+        let commit = self.log.commit.clone();
+        let segments = self.log.segments.clone();
+        let pending = self.log.pending_index.clone();
         self.heavy_write(move |conn| {
             index_pending(&pending, conn)?;
             keep_last_seq(conn, &commit.pending_head)?;
@@ -2263,7 +2255,7 @@ impl Store for EmbeddedStore {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        let commit = self.commit.clone();
+        let commit = self.log.commit.clone();
         let _ = tokio::task::spawn_blocking(move || commit.close()).await;
         let handle = self.syncer.lock().ok().and_then(|mut g| g.take());
         if let Some(handle) = handle {
@@ -2284,7 +2276,7 @@ impl Drop for EmbeddedStore {
     /// A store dropped without [`Store::close`] still commits what is open
     /// and stops its threads once the last group is synced.
     fn drop(&mut self) {
-        self.commit.close();
+        self.log.commit.close();
     }
 }
 
