@@ -849,7 +849,8 @@ fn keep_last_seq(conn: &Connection, pending_head: &AtomicU64) -> Result<()> {
 
 /// Stores events (deduplicated by messageId within the window): their
 /// records go to the segment, their index rows to [`PendingIndex`]; shared
-/// by tracking appends and source-function runs. Touches no table: a group
+/// by tracking appends and source-function runs. Touches no table (unless
+/// too many rows wait, see [`EmbeddedOptions::max_waiting_rows`]): a group
 /// of appends commits no SQLite transaction.
 fn insert_events(
     conn: &Connection,

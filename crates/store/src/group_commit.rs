@@ -58,7 +58,7 @@ pub(crate) struct Writer {
     /// only if one of them asked for it).
     open: Vec<Completion>,
     /// A committed group is with the sync thread, which commits the open
-    /// transaction itself when it is done: meanwhile the group grows.
+    /// group itself when it is done: meanwhile that group grows.
     syncing: bool,
     to_sync: Option<mpsc::Sender<Committed>>,
     /// The queue's buffer, swapped with it so neither reallocates.
