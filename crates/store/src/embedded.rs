@@ -12,7 +12,7 @@
 //! Reads use a small pool of separate connections, which WAL lets run beside
 //! the writer. Unix only (positioned file reads and writes, `mmap`).
 
-use crate::group_commit::{sync_loop, Completion, GroupCommit, Job};
+use crate::group_commit::{begin_if_needed, sync_loop, Completion, GroupCommit, Job};
 use crate::pending_index::{IndexEntry, PendingIndex, INSERT_EVENT};
 use crate::recent_ids::RecentIds;
 use crate::segments::{Location, NewRecord, SegmentReader, Segments, SEGMENT_BYTES};
@@ -807,6 +807,15 @@ fn row_body(
         offset: offset as u64,
         len: len as u64,
     };
+    record_body(reader, seq, location)
+}
+
+/// The body of the record at `location` (see [`row_body`] for `None`).
+fn record_body(
+    reader: &mut SegmentReader<'_>,
+    seq: u64,
+    location: Location,
+) -> Result<Option<Vec<u8>>> {
     match reader.body(seq, location) {
         Ok(body) => Ok(Some(body)),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -817,21 +826,23 @@ fn row_body(
     }
 }
 
-/// The body of an event whose row is still waiting (see [`row_body`]).
-fn entry_body(reader: &mut SegmentReader<'_>, entry: &IndexEntry) -> Result<Option<Vec<u8>>> {
-    let Location {
-        segment,
-        offset,
-        len,
-    } = entry.location;
-    row_body(
-        reader,
-        entry.seq,
-        Vec::new(),
-        Some(segment as i64),
-        Some(offset as i64),
-        Some(len as i64),
-    )
+/// The event of an index row still waiting, as readers return it; `None`
+/// when its record is damaged (see [`row_body`]).
+fn waiting_event(
+    reader: &mut SegmentReader<'_>,
+    entry: IndexEntry,
+    source: String,
+) -> Result<Option<StoredEvent>> {
+    let Some(json) = record_body(reader, entry.seq, entry.location)? else {
+        return Ok(None);
+    };
+    Ok(Some(StoredEvent {
+        seq: entry.seq,
+        source,
+        message_id: entry.message_id,
+        received_ms: entry.received_ms,
+        json,
+    }))
 }
 
 /// The meta key of the highest seq given, kept by every job that deletes
@@ -928,9 +939,7 @@ fn insert_events(
     // the writer's time.
     pending_head.fetch_max(last_seq, Ordering::AcqRel);
     if pending.unstaged() > log.max_waiting_rows {
-        if conn.is_autocommit() {
-            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        }
+        begin_if_needed(conn)?;
         pending.stage_all(conn)?;
     }
     Ok(receipt)
@@ -948,11 +957,7 @@ fn discard_records_from(
     let (Ok(mut segments), Ok(mut pending)) = (segments.lock(), pending.lock()) else {
         return;
     };
-    segments.forget(Location {
-        segment: end.0,
-        offset: end.1,
-        len: 0,
-    });
+    segments.discard_from(end);
     pending.discard_from(end);
 }
 
@@ -1107,15 +1112,8 @@ impl Store for EmbeddedStore {
                               reader: &mut SegmentReader<'_>,
                               out: &mut Vec<StoredEvent>|
              -> Result<()> {
-                if let Some(json) = entry_body(reader, &entry)? {
-                    out.push(StoredEvent {
-                        seq: entry.seq,
-                        source: wanted.get(&entry.source_id).cloned().unwrap_or_default(),
-                        message_id: entry.message_id,
-                        received_ms: entry.received_ms,
-                        json,
-                    });
-                }
+                let source = wanted.get(&entry.source_id).cloned().unwrap_or_default();
+                out.extend(waiting_event(reader, entry, source)?);
                 Ok(())
             };
             while let Some(r) = rows.next()? {
@@ -1179,16 +1177,7 @@ impl Store for EmbeddedStore {
                 if out.len() >= limit {
                     return Ok(out);
                 }
-                let Some(json) = entry_body(&mut reader, &entry)? else {
-                    continue;
-                };
-                out.push(StoredEvent {
-                    seq: entry.seq,
-                    source: slug.clone(),
-                    message_id: entry.message_id,
-                    received_ms: entry.received_ms,
-                    json,
-                });
+                out.extend(waiting_event(&mut reader, entry, slug.clone())?);
             }
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, message_id, received_ms, body, seg, off, len FROM events

@@ -100,8 +100,8 @@ impl Writer {
         let Some(conn) = &self.conn else {
             return;
         };
-        if job.transaction && conn.is_autocommit() {
-            if let Err(e) = begin(conn) {
+        if job.transaction {
+            if let Err(e) = begin_if_needed(conn) {
                 tracing::error!(error = %e, "store: cannot begin a transaction");
                 return;
             }
@@ -119,12 +119,7 @@ impl Writer {
         if pending.unstaged() == 0 {
             return;
         }
-        let indexed = if conn.is_autocommit() {
-            begin(conn)
-        } else {
-            Ok(())
-        }
-        .and_then(|()| pending.stage_all(conn));
+        let indexed = begin_if_needed(conn).and_then(|()| pending.stage_all(conn));
         if let Err(e) = indexed {
             // The next open indexes them from the segments.
             tracing::warn!(error = %e, "store: cannot index the newest events");
@@ -220,8 +215,12 @@ impl Writer {
     }
 }
 
-/// `BEGIN IMMEDIATE`, cached: it runs thousands of times a second.
-fn begin(conn: &Connection) -> rusqlite::Result<()> {
+/// `BEGIN IMMEDIATE` unless a transaction is open (the writer commits it
+/// with its group). Cached: it runs thousands of times a second.
+pub(crate) fn begin_if_needed(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        return Ok(());
+    }
     conn.prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut s| s.execute([]))
         .map(|_| ())

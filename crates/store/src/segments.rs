@@ -442,11 +442,12 @@ impl Segments {
         Ok(std::mem::take(&mut self.unsynced).then(|| self.active.clone()))
     }
 
-    /// Takes back the record just appended at `loc` (its row could not be
-    /// inserted), so that it is not written.
-    pub(crate) fn forget(&mut self, loc: Location) {
-        if loc.segment == self.active_id && loc.offset >= self.written {
-            self.pending.truncate((loc.offset - self.written) as usize);
+    /// Takes back the records appended from `end` (as [`Self::end`] gave
+    /// it) on, when they are not written yet, so that they never are.
+    pub(crate) fn discard_from(&mut self, end: (u64, u64)) {
+        let (segment, offset) = end;
+        if segment == self.active_id && offset >= self.written {
+            self.pending.truncate((offset - self.written) as usize);
         }
     }
 
