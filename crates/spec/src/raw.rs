@@ -302,6 +302,10 @@ impl<'a> Scanner<'a> {
         }
         let token = self.text.get(start..self.at)?;
         if token.contains(['.', 'e', 'E']) {
+            if float_is_canonical(token) {
+                out.put(token.as_bytes());
+                return Some(());
+            }
             let canonical = canonical_float(token)?;
             self.dirty |= canonical != token;
             out.put(canonical.as_bytes());
@@ -321,6 +325,35 @@ fn is_plain_integer(token: &str) -> bool {
         && digits.len() <= 18
         && digits.bytes().all(|b| b.is_ascii_digit())
         && (digits == "0" && token == "0" || !digits.starts_with('0'))
+}
+
+/// Whether `token` is a plain decimal that [`canonical_float`] gives back
+/// unchanged, told from its text alone (the usual prices and ratios: three
+/// of them in a typical event, each a parse and a `String` otherwise): at
+/// most 15 significant digits, so the nearest `f64` prints back as exactly
+/// those digits; no exponent, no trailing zero, not below 0.001, so it
+/// prints in the same notation.
+fn float_is_canonical(token: &str) -> bool {
+    let digits = token.strip_prefix('-').unwrap_or(token);
+    let Some((int, fraction)) = digits.split_once('.') else {
+        return false;
+    };
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !plain(int) || !plain(fraction) || fraction.ends_with('0') {
+        return false;
+    }
+    let significant = if int == "0" {
+        let zeros = fraction.len() - fraction.trim_start_matches('0').len();
+        if zeros > 2 {
+            return false;
+        }
+        fraction.len() - zeros
+    } else if int.starts_with('0') {
+        return false;
+    } else {
+        int.len() + fraction.len()
+    };
+    significant <= 15
 }
 
 /// What the tree path writes for a number it read as a float: integral
@@ -599,6 +632,51 @@ mod tests {
         RawMessage::parse(text)
             .and_then(|m| m.normalize(forced, ctx))
             .map(|m| m.json)
+    }
+
+    #[test]
+    fn floats_taken_as_they_are_print_back_unchanged() {
+        for token in [
+            "19.99",
+            "42.5",
+            "-0.25",
+            "0.001",
+            "123456789012.345",
+            "-9.87654321",
+        ] {
+            assert!(float_is_canonical(token), "{token}");
+        }
+        for token in [
+            "1.50", "1e3", "0.0001", "01.5", "1.", ".5", "-", "1.2.3", "1.0",
+        ] {
+            assert!(!float_is_canonical(token), "{token}");
+        }
+        // Every token the check accepts, against serde_json's own round trip.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let mut token = String::new();
+            if next(4) == 0 {
+                token.push('-');
+            }
+            match next(3) {
+                0 => token.push('0'),
+                _ => (0..1 + next(16)).for_each(|_| token.push(char::from(b'0' + next(10) as u8))),
+            }
+            token.push('.');
+            (0..1 + next(17)).for_each(|_| token.push(char::from(b'0' + next(10) as u8)));
+            if float_is_canonical(&token) {
+                accepted += 1;
+                assert_eq!(canonical_float(&token).as_deref(), Some(token.as_str()));
+            }
+        }
+        assert!(accepted > 20_000, "only {accepted} accepted");
     }
 
     fn tree(text: &str, forced: Option<MessageType>, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {

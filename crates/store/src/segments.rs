@@ -404,10 +404,9 @@ impl Segments {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let path = self.path();
         self.active
             .write_all_at(&self.pending, self.written)
-            .map_err(|e| error(&path, "cannot write", e))?;
+            .map_err(|e| error(&self.path(), "cannot write", e))?;
         self.written += self.pending.len() as u64;
         self.pending.clear();
         self.unsynced = true;
