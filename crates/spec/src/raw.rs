@@ -742,6 +742,9 @@ mod tests {
             r#"{"userId":"u","event":"E","properties":[1]}"#,
             r#"[1,2]"#,
             r#"{"userId":"u","event":"E","properties":{"n":12345678901234567890}}"#,
+            // Raw control bytes in strings, short and long.
+            "{\"userId\":\"u\",\"event\":\"a\tb\"}",
+            "{\"userId\":\"u\",\"event\":\"E\",\"properties\":{\"url\":\"https://example.test/a/very/long/path/indeed?q=1\u{1}&r=2\"}}",
         ];
         for text in declined {
             assert!(
