@@ -225,7 +225,7 @@ trait Fields {
     fn field(&self, key: &str) -> Field<'_>;
     fn contains(&self, key: &str) -> bool;
     /// Sets a string field, in place when it exists, last otherwise.
-    fn set_str(&mut self, key: &str, value: String);
+    fn set_str(&mut self, key: &str, value: &str);
     /// Removes a field, keeping the order of the others.
     fn remove(&mut self, key: &str);
     /// Merges `defaults` under the object `key` (keys already there win).
@@ -248,8 +248,8 @@ impl Fields for Map<String, Value> {
         self.contains_key(key)
     }
 
-    fn set_str(&mut self, key: &str, value: String) {
-        self.insert(key.to_string(), Value::String(value));
+    fn set_str(&mut self, key: &str, value: &str) {
+        self.insert(key.to_string(), Value::String(value.to_string()));
     }
 
     fn remove(&mut self, key: &str) {
@@ -400,7 +400,7 @@ fn fill(
             }
         },
     };
-    obj.set_str("type", kind.as_str().to_string());
+    obj.set_str("type", kind.as_str());
     // The write key is a credential: it never travels further than the door.
     obj.remove("writeKey");
 
@@ -455,7 +455,7 @@ fn fill(
     let message_id = match obj.field("messageId") {
         Field::Absent | Field::Null => {
             let id = uuid::Uuid::new_v4().to_string();
-            obj.set_str("messageId", id.clone());
+            obj.set_str("messageId", &id);
             id
         }
         Field::Str(s) if s.is_empty() => {
@@ -507,19 +507,18 @@ fn fill(
     };
     if let Some(orig) = original {
         if !obj.contains("originalTimestamp") {
-            obj.set_str("originalTimestamp", format_time(orig));
+            obj.set_str("originalTimestamp", &format_time(orig));
         }
     }
     if let Some(sent) = sent_at {
-        obj.set_str("sentAt", format_time(sent));
+        obj.set_str("sentAt", &format_time(sent));
     }
-    let timestamp = if timestamp == ctx.received_at {
-        ctx.received_at_text.clone()
+    if timestamp == ctx.received_at {
+        obj.set_str("timestamp", &ctx.received_at_text);
     } else {
-        format_time(timestamp)
-    };
-    obj.set_str("timestamp", timestamp);
-    obj.set_str("receivedAt", ctx.received_at_text.clone());
+        obj.set_str("timestamp", &format_time(timestamp));
+    }
+    obj.set_str("receivedAt", &ctx.received_at_text);
 
     Ok((kind, message_id, user_id))
 }

@@ -484,10 +484,10 @@ impl Fields for RawMessage<'_> {
         self.entry(key).is_some()
     }
 
-    fn set_str(&mut self, key: &str, value: String) {
+    fn set_str(&mut self, key: &str, value: &str) {
         let start = self.values.len();
         // Serializing a string cannot fail.
-        let _ = serde_json::to_writer(&mut self.values, &value);
+        let _ = serde_json::to_writer(&mut self.values, value);
         let canonical = start..self.values.len();
         match self.entries.iter_mut().find(|e| e.key == key) {
             Some(entry) => {
