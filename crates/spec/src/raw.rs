@@ -338,8 +338,8 @@ fn float_is_canonical(token: &str) -> bool {
     let Some((int, fraction)) = digits.split_once('.') else {
         return false;
     };
-    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !plain(int) || !plain(fraction) || fraction.ends_with('0') {
+    let digits_only = !fraction.is_empty() && fraction.bytes().all(|b| b.is_ascii_digit());
+    if !is_plain_integer(int) || !digits_only || fraction.ends_with('0') {
         return false;
     }
     let significant = if int == "0" {
@@ -348,8 +348,6 @@ fn float_is_canonical(token: &str) -> bool {
             return false;
         }
         fraction.len() - zeros
-    } else if int.starts_with('0') {
-        return false;
     } else {
         int.len() + fraction.len()
     };
