@@ -126,6 +126,45 @@ impl Writer {
         }
     }
 
+    /// Inserts up to `max` waiting index rows; returns how many. Into the
+    /// open transaction when a job began one (it commits with their group);
+    /// otherwise, the usual case under event load, in a transaction of its
+    /// own committed at once, so that the next group's commit, on the way
+    /// of every request, has no rows to write. The rows need no sync of
+    /// their own: a crash indexes the segments again.
+    fn index_chunk(&mut self, max: usize) -> Result<usize, String> {
+        let Some(conn) = &self.conn else {
+            return Ok(0);
+        };
+        let mut segments = relock(self.segments.lock());
+        let mut pending = relock(self.pending_index.lock());
+        if !conn.is_autocommit() {
+            return pending.stage(conn, max).map_err(|e| e.to_string());
+        }
+        // A row is committed only after its record is written.
+        segments.write_pending().map_err(|e| e.to_string())?;
+        drop(segments);
+        let staged = begin_if_needed(conn).and_then(|()| pending.stage(conn, max));
+        let committed = staged.and_then(|count| {
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| count)
+        });
+        match committed {
+            Ok(count) => {
+                pending.committed();
+                Ok(count)
+            }
+            Err(e) => {
+                pending.rolled_back();
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
     /// Writes the records of the jobs run since the last commit, commits the
     /// open transaction if there is one, and hands the group to the sync
     /// thread.
@@ -274,6 +313,13 @@ impl GroupCommit {
         });
     }
 
+    /// Inserts up to `max` waiting index rows on the calling thread, which
+    /// may block (see [`Writer::index_chunk`]): never on an async worker,
+    /// which would hold its other requests meanwhile.
+    pub(crate) fn index_waiting(&self, max: usize) -> Result<usize, String> {
+        self.with_writer(|w| w.index_chunk(max))
+    }
+
     /// Runs the queued jobs while no one else does, committing when the
     /// sync thread is free. Returns at once if another thread holds the
     /// writer: it runs the queue again after releasing it.
@@ -404,4 +450,92 @@ fn sync_groups(wal: &File, groups: &[Committed]) -> Result<(), String> {
             .map_err(|e| format!("cannot sync the WAL: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pending_index::IndexEntry;
+    use crate::segments::NewRecord;
+
+    /// A group handed to the sync thread and not synced yet keeps the
+    /// writer `syncing`, so the jobs after it stay open with their records
+    /// in memory. When the indexer commits their rows in a transaction of
+    /// its own, it writes those records first: a row another connection
+    /// can see never points past the end of its segment.
+    #[test]
+    fn the_indexer_writes_the_records_of_the_rows_it_commits() {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-group-commit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join("db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events(seq INTEGER PRIMARY KEY, source_id, message_id, user_id,
+             received_ms, body, seg, off, len)",
+        )
+        .unwrap();
+        let (segments, _) = Segments::open(&dir.join("events"), false, 1, 0, 1 << 20).unwrap();
+        let segments = Arc::new(Mutex::new(segments));
+        let pending = Arc::new(Mutex::new(PendingIndex::default()));
+        let (commit, groups) = GroupCommit::new(conn, segments.clone(), pending.clone(), 0);
+        let append = |seq: u64| {
+            let (segments, pending) = (segments.clone(), pending.clone());
+            Job {
+                transaction: false,
+                run: Box::new(move |_: &Connection| -> Completion {
+                    let id = format!("m{seq}");
+                    let location = relock(segments.lock())
+                        .append(NewRecord {
+                            seq,
+                            source_id: 1,
+                            received_ms: 0,
+                            message_id: &id,
+                            user_id: None,
+                            body: b"{}",
+                        })
+                        .unwrap();
+                    relock(pending.lock()).push(IndexEntry {
+                        seq,
+                        source_id: 1,
+                        message_id: id,
+                        user_id: None,
+                        received_ms: 0,
+                        location,
+                    });
+                    Box::new(|_| {})
+                }),
+            }
+        };
+        commit.submit(append(1));
+        // Committed at once (no sync was running), then held here: the
+        // writer stays `syncing`.
+        let _first = groups.recv().unwrap();
+        commit.submit(append(2));
+        let (_, open_end) = relock(segments.lock()).end();
+        assert_eq!(commit.index_waiting(100), Ok(2));
+        assert_eq!(relock(pending.lock()).unstaged(), 0);
+        let other = Connection::open(dir.join("db")).unwrap();
+        let (rows, furthest): (i64, i64) = other
+            .query_row("SELECT COUNT(*), MAX(off + len) FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((rows, furthest as u64), (2, open_end));
+        let segment = std::fs::read_dir(dir.join("events"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(
+            segment.metadata().unwrap().len() >= open_end,
+            "the open group's record was not written before its row was committed"
+        );
+        assert!(groups.try_recv().is_err(), "the open group is still open");
+        drop(commit);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -400,7 +400,9 @@ impl Segments {
         segment_path(&self.dir, self.active_id)
     }
 
-    fn write_pending(&mut self) -> io::Result<()> {
+    /// Writes the records appended since the last write (the next sync of
+    /// the segment covers them: [`Self::flush`] still hands it over).
+    pub(crate) fn write_pending(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
