@@ -23,6 +23,7 @@
 mod children;
 mod client;
 mod destinations;
+mod durable_bare;
 mod receiver;
 
 use anyhow::{bail, Context};
@@ -140,9 +141,17 @@ pub struct BenchArgs {
     /// Keep the scratch directory (data, configuration, logs) after the run.
     #[arg(long)]
     pub keep: bool,
+    /// Skip the durable bare handler (the bare handler plus a group-committed
+    /// `fdatasync` of every body, see `bench/durable_bare.rs`).
+    #[arg(long)]
+    pub no_durable_bare: bool,
     /// Internal: run as the bare handler.
     #[arg(long, hide = true)]
     pub bare_server: bool,
+    /// Internal: with `--bare-server`, sync every body into this directory
+    /// before answering.
+    #[arg(long, hide = true)]
+    pub durable_dir: Option<std::path::PathBuf>,
 }
 
 static BASE: OnceLock<Instant> = OnceLock::new();
@@ -297,6 +306,8 @@ fn ratio(server: &Throughput, bare: &Throughput) -> (f64, f64) {
 
 /// The rows of the server with no destination (see the module comment).
 const INGEST_ONLY: &str = "ingest-only";
+/// The rows of the durable bare handler (see `bench/durable_bare.rs`).
+const DURABLE_BARE: &str = "durable-bare";
 
 impl Report {
     /// The rows of `server` in `phase`, one per round, in order.
@@ -325,30 +336,38 @@ impl Report {
             .or_else(|| self.find("switchyard", phase))
     }
 
-    /// `server` against the bare handler: the median of the rounds' pairs
-    /// when both ran the same rounds in turn, else of the medians.
-    fn ratio_of(&self, server: &str, phase: Phase) -> Option<(f64, f64)> {
-        let mut pairs = self.pairs(server, phase);
+    /// `server` against `reference` (the bare handler, or the durable
+    /// one): the median of the rounds' pairs when both ran the same rounds
+    /// in turn, else of the medians.
+    fn ratio_of(&self, server: &str, reference: &str, phase: Phase) -> Option<(f64, f64)> {
+        let mut pairs = self.pairs(server, reference, phase);
         if pairs.is_empty() {
-            return Some(ratio(self.find(server, phase)?, self.find("bare", phase)?));
+            return Some(ratio(
+                self.find(server, phase)?,
+                self.find(reference, phase)?,
+            ));
         }
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
         Some(pairs[pairs.len() / 2])
     }
 
-    /// The ratios of each round of `server` to the bare handler's round
-    /// before it, when both ran the same rounds (at least two) in turn.
-    fn pairs(&self, server: &str, phase: Phase) -> Vec<(f64, f64)> {
-        let (rows, bare) = (self.rows(server, phase), self.rows("bare", phase));
-        if rows.len() != bare.len() || rows.len() < 2 {
+    /// The ratios of each round of `server` to the round of `reference`
+    /// taken just before it, when both ran the same rounds (at least two).
+    fn pairs(&self, server: &str, reference: &str, phase: Phase) -> Vec<(f64, f64)> {
+        let (rows, reference) = (self.rows(server, phase), self.rows(reference, phase));
+        if rows.len() != reference.len() || rows.len() < 2 {
             return Vec::new();
         }
-        rows.iter().zip(&bare).map(|(s, b)| ratio(s, b)).collect()
+        rows.iter()
+            .zip(&reference)
+            .map(|(s, b)| ratio(s, b))
+            .collect()
     }
 
-    fn ratio(&self, phase: Phase) -> Option<(f64, f64)> {
+    /// switchyard's ingest against `reference`.
+    fn ratio(&self, reference: &str, phase: Phase) -> Option<(f64, f64)> {
         let server = self.ingest(phase)?.server;
-        self.ratio_of(server, phase)
+        self.ratio_of(server, reference, phase)
     }
 }
 
@@ -372,7 +391,7 @@ fn targets(report: &Report, args: &BenchArgs) -> Vec<(String, String, String, Op
         }),
         batch.map(|t| t.result.events_per_sec() >= 250_000.0 && args.fsync),
     ));
-    let track = report.ratio(Phase::Track);
+    let track = report.ratio("bare", Phase::Track);
     out.push((
         "/v1/track requests/s vs the bare handler".to_string(),
         ">= 50%".to_string(),
@@ -754,6 +773,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         report.bare_idle = Some(child.memory());
         bare = Some(child);
     }
+    let mut durable_bare = None;
+    if !args.no_bare && !args.no_durable_bare && args.fsync && !loads.is_empty() {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "--bare-server", "--durable-dir"])
+            .arg(scratch.path.join("durable-bare"));
+        let child = Child::spawn(
+            "durable bare handler",
+            cmd,
+            &scratch.path.join("durable-bare.log"),
+            secs(30.0),
+        )
+        .await?;
+        progress(
+            quiet,
+            format!("durable bare handler: pid {} on {}", child.pid, child.addr),
+        );
+        durable_bare = Some(child);
+    }
     let alone = BenchArgs {
         no_destination: true,
         ..args.clone()
@@ -768,6 +805,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         for round in 0..args.rounds.max(1) {
             let turns = [
                 (&mut bare, "bare", &args, "tp"),
+                (&mut durable_bare, DURABLE_BARE, &args, "db"),
                 (&mut ingest_only, INGEST_ONLY, &alone, "io"),
             ];
             for (child, name, child_args, prefix) in turns {
@@ -799,6 +837,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(child) = bare {
         report.bare_peak = Some(child.memory());
+        child.stop(secs(5.0)).await;
+    }
+    if let Some(child) = durable_bare {
         child.stop(secs(5.0)).await;
     }
     if let Some(server) = ingest_only {
@@ -944,10 +985,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn report_json(report: &Report, args: &BenchArgs) -> Value {
-    let ratio = |p: Phase| {
-        report.ratio(p).map(|(r, e)| {
+    let ratio = |reference: &str, p: Phase| {
+        report.ratio(reference, p).map(|(r, e)| {
             let server = report.ingest(p).map_or("switchyard", |t| t.server);
-            let rounds: Vec<f64> = report.pairs(server, p).iter().map(|(r, _)| *r).collect();
+            let rounds: Vec<f64> = report
+                .pairs(server, reference, p)
+                .iter()
+                .map(|(r, _)| *r)
+                .collect();
             json!({"requests": r, "events": e, "requests_per_round": rounds})
         })
     };
@@ -974,7 +1019,11 @@ fn report_json(report: &Report, args: &BenchArgs) -> Value {
             "function_file": args.function_file,
         },
         "throughput": report.throughput.iter().map(Throughput::json).collect::<Vec<_>>(),
-        "ratio_to_bare": {"track": ratio(Phase::Track), "batch": ratio(Phase::Batch)},
+        "ratio_to_bare": {"track": ratio("bare", Phase::Track), "batch": ratio("bare", Phase::Batch)},
+        "ratio_to_durable_bare": {
+            "track": ratio(DURABLE_BARE, Phase::Track),
+            "batch": ratio(DURABLE_BARE, Phase::Batch),
+        },
         "delivery_latency": report.paced.as_ref().map(Paced::json),
         "delivery_backlog": report.drains,
         "delivery_without_ingest": report.drain_rate.map(|(r, c)| json!({"events_per_sec": r, "server_cpu_cores": c})),
@@ -1088,18 +1137,28 @@ fn print_table(report: &Report, args: &BenchArgs) {
             println!("  ({INGEST_ONLY} = switchyard with no destination: parsing, validation and durable storage alone)");
         }
         if args.rounds > 1 && report.rows("bare", Phase::Track).len() > 1 {
-            println!("  (bare and {INGEST_ONLY}: one row per round, in the order measured; ratios and targets use the median pair)");
+            println!("  (bare, {DURABLE_BARE} and {INGEST_ONLY}: one row per round, in the order measured; ratios and targets use the median pair)");
         }
-        for server in ["switchyard", INGEST_ONLY] {
+        if report.find(DURABLE_BARE, Phase::Track).is_some() {
+            println!("  ({DURABLE_BARE} = the bare handler that answers once the body is written and fdatasynced, group-committed: the least any durable server pays here)");
+        }
+        let comparisons = [
+            ("switchyard", "bare"),
+            (INGEST_ONLY, "bare"),
+            (DURABLE_BARE, "bare"),
+            (INGEST_ONLY, DURABLE_BARE),
+            ("switchyard", DURABLE_BARE),
+        ];
+        for (server, reference) in comparisons {
             for phase in [Phase::Track, Phase::Batch] {
-                if let Some((req, ev)) = report.ratio_of(server, phase) {
+                if let Some((req, ev)) = report.ratio_of(server, reference, phase) {
                     let rounds: Vec<String> = report
-                        .pairs(server, phase)
+                        .pairs(server, reference, phase)
                         .iter()
                         .map(|(r, _)| format!("{:.1}%", r * 100.0))
                         .collect();
                     println!(
-                        "  {server} / bare on {}: {:.1}% of requests/s, {:.1}% of events/s{}",
+                        "  {server} / {reference} on {}: {:.1}% of requests/s, {:.1}% of events/s{}",
                         if phase == Phase::Batch {
                             "/v1/batch"
                         } else {
@@ -1233,7 +1292,7 @@ async fn interrupted() {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.bare_server {
-        return receiver::bare_server().await;
+        return receiver::bare_server(args.durable_dir.as_deref()).await;
     }
     // Dropping the bench future kills the children (their guards live in it).
     tokio::select! {

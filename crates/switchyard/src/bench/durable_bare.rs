@@ -90,7 +90,8 @@ impl DurableLog {
                 }
                 std::mem::take(&mut *open)
             };
-            let written = write_ring(file, &mut offset, &group.bytes).and_then(|()| file.sync_data());
+            let written =
+                write_ring(file, &mut offset, &group.bytes).and_then(|()| file.sync_data());
             if written.is_ok() {
                 for waiter in group.waiters {
                     let _ = waiter.send(());

@@ -123,7 +123,13 @@ async fn bare(body: Bytes) -> axum::response::Response {
 /// with 200 `{"success":true}` after reading the body, storing nothing. Prints
 /// its address; exits on SIGTERM, Ctrl-C or when its stdin closes (its parent
 /// went away).
-pub async fn bare_server() -> anyhow::Result<()> {
+pub async fn bare_server(durable_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let app = match durable_dir {
+        None => Router::new().fallback(bare),
+        Some(dir) => Router::new()
+            .fallback(super::durable_bare::handle)
+            .with_state(super::durable_bare::DurableLog::start(dir)?),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!(
         "switchyard-bare: listening on http://{}",
@@ -131,9 +137,7 @@ pub async fn bare_server() -> anyhow::Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let app = Router::new()
-        .fallback(bare)
-        .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(16 << 20));
     // A plain thread, not `spawn_blocking`: the runtime would wait for it on exit.
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
