@@ -477,6 +477,33 @@ fn write_config(
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Starts the bare handler (`bench --bare-server`), or with `durable` the
+/// durable one, which syncs every body into that directory.
+async fn start_bare(
+    exe: &std::path::Path,
+    scratch: &ScratchDir,
+    durable: Option<&std::path::Path>,
+    quiet: bool,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "--bare-server"]);
+    let name = match durable {
+        Some(dir) => {
+            cmd.arg("--durable-dir").arg(dir);
+            "durable bare handler"
+        }
+        None => "bare handler",
+    };
+    let log = scratch.path.join(format!("{}.log", name.replace(' ', "-")));
+    // The durable one first writes and syncs its 64 MiB ring.
+    let child = Child::spawn(name, cmd, &log, secs(30.0)).await?;
+    progress(
+        quiet,
+        format!("{name}: pid {} on {}", child.pid, child.addr),
+    );
+    Ok(child)
+}
+
 /// Writes the config for `args` and starts `serve` on it; its config, data
 /// directory and log in the scratch directory are named with `suffix`.
 async fn start_server(
@@ -756,40 +783,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // writeback in its syncs (10-20% of `/v1/batch` in earlier runs).
     let mut bare = None;
     if !args.no_bare && !loads.is_empty() {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "--bare-server"]);
-        let child = Child::spawn(
-            "bare handler",
-            cmd,
-            &scratch.path.join("bare.log"),
-            secs(15.0),
-        )
-        .await?;
-        progress(
-            quiet,
-            format!("bare handler: pid {} on {}", child.pid, child.addr),
-        );
+        let child = start_bare(&exe, &scratch, None, quiet).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         report.bare_idle = Some(child.memory());
         bare = Some(child);
     }
     let mut durable_bare = None;
     if !args.no_bare && !args.no_durable_bare && args.fsync && !loads.is_empty() {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "--bare-server", "--durable-dir"])
-            .arg(scratch.path.join("durable-bare"));
-        let child = Child::spawn(
-            "durable bare handler",
-            cmd,
-            &scratch.path.join("durable-bare.log"),
-            secs(30.0),
-        )
-        .await?;
-        progress(
-            quiet,
-            format!("durable bare handler: pid {} on {}", child.pid, child.addr),
-        );
-        durable_bare = Some(child);
+        let dir = scratch.path.join(DURABLE_BARE);
+        durable_bare = Some(start_bare(&exe, &scratch, Some(&dir), quiet).await?);
     }
     let alone = BenchArgs {
         no_destination: true,
