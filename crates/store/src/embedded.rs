@@ -620,7 +620,8 @@ fn spawn_checkpointer(
 }
 
 /// Starts the thread that inserts waiting index rows every `interval`
-/// (sooner while more than a chunk waits), as a job of the group commit.
+/// (sooner while more than a chunk waits), holding the writer itself (see
+/// `GroupCommit::index_waiting`).
 /// It stops when the sender is dropped; the store's close indexes the rest.
 fn spawn_indexer(
     commit: Arc<GroupCommit>,
@@ -2451,6 +2452,16 @@ mod tests {
             .unwrap()
     }
 
+    /// Waits (10 s at most, else fails with `what`) for the background
+    /// indexer to have inserted `count` rows.
+    async fn wait_for_rows(dir: &Path, count: i64, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rows(dir) < count {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// With the index rows waiting (an interval longer than the test), the
     /// events are read, deduplicated, listed and found by user all the
     /// same; deleting jobs index them first; and when the process dies
@@ -2619,14 +2630,7 @@ mod tests {
         for w in writers {
             w.await.unwrap();
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while check(&dir) < 1200 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the indexer never caught up"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_for_rows(&dir, 1200, "the indexer never caught up").await;
         assert_eq!(check(&dir), 1200, "one row per event");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -2659,14 +2663,7 @@ mod tests {
             .unwrap();
         assert_eq!(events.len(), 2);
         db(&dir).execute_batch("DROP TRIGGER refuse").unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while rows(&dir) < 3 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the rows were never inserted"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_for_rows(&dir, 3, "the rows were never inserted").await;
         assert_eq!(stored_ids(&store, "web").await, ["a", "b", "c"]);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -145,11 +145,7 @@ impl Writer {
         segments.write_pending().map_err(|e| e.to_string())?;
         drop(segments);
         let staged = begin_if_needed(conn).and_then(|()| pending.stage(conn, max));
-        let committed = staged.and_then(|count| {
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .map(|_| count)
-        });
+        let committed = staged.and_then(|count| commit_transaction(conn).map(|()| count));
         match committed {
             Ok(count) => {
                 pending.committed();
@@ -189,9 +185,8 @@ impl Writer {
             if !transaction {
                 return Ok(segment);
             }
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .map(|_| segment)
+            commit_transaction(conn)
+                .map(|()| segment)
                 .map_err(|e| e.to_string())
         });
         let mut pending = relock(self.pending_index.lock());
@@ -252,6 +247,13 @@ impl Writer {
             tracing::warn!(error = %e, "store: WAL checkpoint failed");
         }
     }
+}
+
+/// `COMMIT`, cached: it runs with every group that wrote rows.
+fn commit_transaction(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
 }
 
 /// `BEGIN IMMEDIATE` unless a transaction is open (the writer commits it

@@ -121,7 +121,7 @@ pub async fn handle(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if log.append(&body).await {
-        axum::Json(serde_json::json!({"success": true})).into_response()
+        super::receiver::success()
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
     }

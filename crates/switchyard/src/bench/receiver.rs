@@ -113,9 +113,14 @@ pub async fn start_receiver(
 }
 
 async fn bare(body: Bytes) -> axum::response::Response {
-    use axum::response::IntoResponse;
     // Read (above) and drop the body; answer what switchyard answers.
     drop(body);
+    success()
+}
+
+/// What switchyard answers an accepted call: `200 {"success":true}`.
+pub fn success() -> axum::response::Response {
+    use axum::response::IntoResponse;
     axum::Json(serde_json::json!({"success": true})).into_response()
 }
 
