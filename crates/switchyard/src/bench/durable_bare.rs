@@ -126,3 +126,35 @@ pub async fn handle(
         axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that reaches the ring's end goes on at its start.
+    #[test]
+    fn writes_wrap_round_the_ring() {
+        let path = std::env::temp_dir().join(format!("switchyard-ring-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut offset = RING_BYTES - 3;
+        write_ring(&file, &mut offset, b"abcdef").unwrap();
+        assert_eq!(offset, 3);
+        let mut tail = [0u8; 3];
+        file.read_exact_at(&mut tail, RING_BYTES - 3).unwrap();
+        let mut head = [0u8; 3];
+        file.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!((&tail, &head), (b"abc", b"def"));
+        assert_eq!(
+            file.metadata().unwrap().len(),
+            RING_BYTES,
+            "never past the ring"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
