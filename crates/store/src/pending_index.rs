@@ -46,21 +46,14 @@ const ROWS_PER_INSERT: usize = 32;
 
 /// [`INSERT_EVENT`] for [`ROWS_PER_INSERT`] rows.
 static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
-    let row = |r: usize| {
-        let p = |c: usize| r * COLUMNS + c;
-        format!(
-            "(?{}, ?{}, ?{}, ?{}, ?{}, X'', ?{}, ?{}, ?{})",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-            p(6),
-            p(7),
-            p(8)
-        )
-    };
-    let rows: Vec<String> = (0..ROWS_PER_INSERT).map(row).collect();
+    let rows: Vec<String> = (0..ROWS_PER_INSERT)
+        .map(|row| {
+            let p = |column: usize| format!("?{}", row * COLUMNS + column);
+            let body = "X''".to_string();
+            let values = [p(1), p(2), p(3), p(4), p(5), body, p(6), p(7), p(8)];
+            format!("({})", values.join(", "))
+        })
+        .collect();
     format!(
         "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len) VALUES {}",
         rows.join(", ")
@@ -300,7 +293,7 @@ mod tests {
         let mut stmt = conn
             .prepare("SELECT seq, source_id, message_id, user_id, received_ms, body, seg, off, len FROM events ORDER BY seq")
             .unwrap();
-        let stored: Vec<(
+        type Row = (
             i64,
             i64,
             String,
@@ -310,7 +303,8 @@ mod tests {
             i64,
             i64,
             i64,
-        )> = stmt
+        );
+        let stored: Vec<Row> = stmt
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
