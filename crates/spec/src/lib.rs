@@ -224,8 +224,9 @@ enum Field<'v> {
 trait Fields {
     fn field(&self, key: &str) -> Field<'_>;
     fn contains(&self, key: &str) -> bool;
-    /// Sets a string field, in place when it exists, last otherwise.
-    fn set_str(&mut self, key: &str, value: &str);
+    /// Sets a string field, in place when it exists, last otherwise. Keys
+    /// are the Spec's own names, so a new one costs no allocation.
+    fn set_str(&mut self, key: &'static str, value: &str);
     /// Removes a field, keeping the order of the others.
     fn remove(&mut self, key: &str);
     /// Merges `defaults` under the object `key` (keys already there win).
@@ -248,7 +249,7 @@ impl Fields for Map<String, Value> {
         self.contains_key(key)
     }
 
-    fn set_str(&mut self, key: &str, value: &str) {
+    fn set_str(&mut self, key: &'static str, value: &str) {
         self.insert(key.to_string(), Value::String(value.to_string()));
     }
 
@@ -400,7 +401,10 @@ fn fill(
             }
         },
     };
-    obj.set_str("type", kind.as_str());
+    // Batch items already name their type as it is written back.
+    if forced_type.is_some() || !matches!(obj.field("type"), Field::Str(s) if s == kind.as_str()) {
+        obj.set_str("type", kind.as_str());
+    }
     // The write key is a credential: it never travels further than the door.
     obj.remove("writeKey");
 
