@@ -445,7 +445,7 @@ impl<'a> RawMessage<'a> {
     }
 
     fn entry(&self, key: &str) -> Option<&Entry<'a>> {
-        self.entries.iter().find(|e| same_key(&e.key, key))
+        self.entries.iter().find(|e| e.key == key)
     }
 
     /// Validates and normalizes; `None` leaves the message to the tree path.
@@ -472,13 +472,6 @@ impl<'a> RawMessage<'a> {
         json.push(b'}');
         message(json, kind, message_id, user_id, ctx).ok()
     }
-}
-
-/// Whether two keys are equal, the first byte compared before the rest: the
-/// Spec's names mostly differ there, and the full comparison was a tenth of
-/// validation.
-fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
 }
 
 impl Fields for RawMessage<'_> {
@@ -526,7 +519,7 @@ impl Fields for RawMessage<'_> {
             let _ = serde_json::to_writer(&mut self.values, value);
         }
         let canonical = start..self.values.len();
-        match self.entries.iter_mut().find(|e| same_key(&e.key, key)) {
+        match self.entries.iter_mut().find(|e| e.key == key) {
             Some(entry) => {
                 entry.sent = None;
                 entry.canonical = canonical;
@@ -540,7 +533,7 @@ impl Fields for RawMessage<'_> {
     }
 
     fn remove(&mut self, key: &str) {
-        self.entries.retain(|e| !same_key(&e.key, key));
+        self.entries.retain(|e| e.key != key);
     }
 
     fn merge_under(&mut self, _key: &str, defaults: Option<&Map<String, Value>>) {

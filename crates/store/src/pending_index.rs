@@ -32,21 +32,21 @@ pub(crate) struct IndexEntry {
     pub location: Location,
 }
 
-/// The index row of an event whose record is in a segment.
-pub(crate) const INSERT_EVENT: &str =
-    "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len)
-     VALUES(?1, ?2, ?3, ?4, ?5, X'', ?6, ?7, ?8)";
-
-/// Parameters of one row of [`INSERT_EVENT`].
+/// Parameters of one row of an insert (the body is an empty literal).
 const COLUMNS: usize = 8;
 /// Rows per statement of [`INSERT_EVENTS`]: a statement per row made the
 /// indexer a quarter of the server's CPU under `/v1/batch` load, most of it
 /// running the statement rather than writing the B-tree.
 const ROWS_PER_INSERT: usize = 32;
 
+/// The index row of an event whose record is in a segment.
+pub(crate) static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| insert_sql(1));
 /// [`INSERT_EVENT`] for [`ROWS_PER_INSERT`] rows.
-static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
-    let rows: Vec<String> = (0..ROWS_PER_INSERT)
+static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+
+/// An insert of `rows` index rows, [`COLUMNS`] parameters each.
+fn insert_sql(rows: usize) -> String {
+    let rows: Vec<String> = (0..rows)
         .map(|row| {
             let p = |column: usize| format!("?{}", row * COLUMNS + column);
             let body = "X''".to_string();
@@ -58,7 +58,7 @@ static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
         "INSERT INTO events(seq, source_id, message_id, user_id, received_ms, body, seg, off, len) VALUES {}",
         rows.join(", ")
     )
-});
+}
 
 /// Binds `e` to the parameters after `first` (0-based) of an insert.
 fn bind_row(insert: &mut Statement<'_>, first: usize, e: &IndexEntry) -> rusqlite::Result<()> {
@@ -124,7 +124,7 @@ impl PendingIndex {
                     rest -= ROWS_PER_INSERT;
                 }
             }
-            let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+            let mut insert = conn.prepare_cached(&INSERT_EVENT)?;
             for e in self.entries.range(run..end) {
                 bind_row(&mut insert, 0, e)?;
                 insert.raw_execute()?;
