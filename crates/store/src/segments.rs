@@ -519,9 +519,12 @@ impl Segments {
 /// How far ahead of the records the zeroer keeps zeros, in what steps,
 /// how often it looks, and the record rate (bytes per look) above which it
 /// stops: under `/v1/batch` the groups are large, a sync's metadata is shared
-/// by thousands of events, and zeros would double the bytes written.
+/// by thousands of events, and zeros would double the bytes written. The
+/// steps are small because each is synced on the same device as the
+/// records: a group's sync that lands behind a step waits for it (a 1 MiB
+/// step of new blocks took 3.8 ms here, a 128 KiB one under 1 ms).
 const ZERO_LEAD: u64 = 4 << 20;
-const ZERO_CHUNK: usize = 1 << 20;
+const ZERO_CHUNK: usize = 128 << 10;
 const ZERO_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 const ZERO_MAX_RATE: u64 = 512 << 10;
 
@@ -531,34 +534,45 @@ const ZERO_MAX_RATE: u64 = 512 << 10;
 pub(crate) fn spawn_zeroer(
     segments: Arc<std::sync::Mutex<Segments>>,
 ) -> io::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("store-zeroer".into())
         .spawn(move || {
             let zeros = vec![0u8; ZERO_CHUNK];
             let mut last = (0, 0);
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(ZERO_TICK) {
-                let file = {
-                    let Ok(mut segments) = segments.lock() else {
+            while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(ZERO_TICK) {
+                {
+                    let Ok(segments) = segments.lock() else {
                         return;
                     };
-                    let end = segments.end();
-                    let (previous, now) = (std::mem::replace(&mut last, end), end);
+                    let now = segments.end();
+                    let previous = std::mem::replace(&mut last, now);
                     // A new segment: its rate is known at the next look.
                     if now.0 != previous.0 || now.1 - previous.1 > ZERO_MAX_RATE {
                         continue;
                     }
-                    match segments.zero_ahead(&zeros, ZERO_LEAD) {
-                        Ok(file) => file,
+                }
+                // Step by step up to the lead, each step synced before the
+                // next is written, the lock let go in between.
+                while let Err(TryRecvError::Empty) = stop_rx.try_recv() {
+                    let step = {
+                        let Ok(mut segments) = segments.lock() else {
+                            return;
+                        };
+                        segments.zero_ahead(&zeros, ZERO_LEAD)
+                    };
+                    let file = match step {
+                        Ok(Some(file)) => file,
+                        Ok(None) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, "store: cannot write zeros ahead of the event records");
-                            None
+                            break;
                         }
-                    }
-                };
-                if let Some(file) = file {
+                    };
                     if let Err(e) = file.sync_data() {
                         tracing::warn!(error = %e, "store: cannot sync the zeros ahead of the event records");
+                        break;
                     }
                 }
             }
@@ -791,6 +805,37 @@ mod tests {
 
     /// Zeros written ahead are not a torn end: a reopen keeps them and
     /// writes the next records over them; a record torn inside them is cut.
+    #[test]
+    fn the_zeroer_keeps_the_whole_lead_ahead_in_small_steps() {
+        let dir = temp_dir("zeroer");
+        let (mut s, _) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        let first = append(&mut s, 1, None);
+        s.flush().unwrap();
+        let segments = Arc::new(std::sync::Mutex::new(s));
+        let (stop, handle) = spawn_zeroer(segments.clone()).unwrap();
+        let path = segment_path(&dir, 1);
+        let wanted = first.len + ZERO_LEAD;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < wanted {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the zeros never reached the lead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(stop);
+        handle.join().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            size < wanted + ZERO_CHUNK as u64,
+            "no step past the lead: {size} bytes"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[first.len as usize..].iter().all(|b| *b == 0));
+        let (_, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        assert_eq!((recovered.records.len(), recovered.truncated), (1, 0));
+    }
+
     #[test]
     fn zeros_ahead_of_the_records_are_written_over() {
         let dir = temp_dir("zeros");
