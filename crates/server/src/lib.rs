@@ -269,16 +269,21 @@ async fn not_found(uri: axum::http::Uri) -> error::ApiError {
 pub fn router(state: Arc<AppState>) -> Router {
     // The tracking API is the hot path, and the management guard has
     // nothing to check there: it is merged in after the guard.
+    // Each door also answers at its first letter (`/v1/t`, `/v1/b`, …),
+    // where analytics.js posts, and to a browser's CORS preflight.
     let mut tracking_api = Router::new();
     for kind in MessageType::CLIENT_TYPES {
-        tracking_api = tracking_api.route(
-            &format!("/v1/{}", kind.as_str()),
-            post(move |s, r| tracking::single(s, kind, r)),
-        );
+        let door = post(move |s, r| tracking::single(s, kind, r)).options(tracking::preflight);
+        let name = kind.as_str();
+        tracking_api = tracking_api
+            .route(&format!("/v1/{name}"), door.clone())
+            .route(&format!("/v1/{}", &name[..1]), door);
     }
+    let batch_door = post(tracking::batch).options(tracking::preflight);
     let tracking_api = tracking_api
-        .route("/v1/batch", post(tracking::batch))
-        .route("/v1/import", post(tracking::batch));
+        .route("/v1/batch", batch_door.clone())
+        .route("/v1/import", batch_door.clone())
+        .route("/v1/b", batch_door);
     Router::new()
         .route("/functions/{slug}", any(functions::without_token))
         .route("/functions/{slug}/{token}", any(functions::with_token))

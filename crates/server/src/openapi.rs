@@ -44,6 +44,19 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "Several messages; invalid items are reported, valid ones stored",
     ),
     ("post", "/v1/import", Auth::WriteKey, "Same as /v1/batch"),
+    // The paths analytics.js posts to.
+    ("post", "/v1/t", Auth::WriteKey, "Same as /v1/track"),
+    ("post", "/v1/i", Auth::WriteKey, "Same as /v1/identify"),
+    ("post", "/v1/p", Auth::WriteKey, "Same as /v1/page"),
+    ("post", "/v1/s", Auth::WriteKey, "Same as /v1/screen"),
+    ("post", "/v1/g", Auth::WriteKey, "Same as /v1/group"),
+    ("post", "/v1/a", Auth::WriteKey, "Same as /v1/alias"),
+    (
+        "post",
+        "/v1/b",
+        Auth::WriteKey,
+        "Same as /v1/batch; the body may also be a bare array of messages",
+    ),
     (
         "post",
         "/functions/{slug}",

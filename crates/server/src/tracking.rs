@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::{AppState, TrackingSource};
 use axum::extract::Request;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -108,6 +108,49 @@ async fn store_events(
     Ok(receipt)
 }
 
+/// Lets a web page read the answer: analytics.js posts from the page's
+/// origin, and a write key is public by design, so any origin may.
+fn allow_any_origin(request: &HeaderMap, mut response: Response) -> Response {
+    if request.contains_key(header::ORIGIN) {
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
+    response
+}
+
+/// `OPTIONS` on a tracking door: the CORS preflight a browser sends before
+/// a cross-origin POST with `Authorization` or a JSON content type. The
+/// headers asked for are allowed, and the answer is cached for a day.
+pub async fn preflight(request: HeaderMap) -> Response {
+    let asked = request
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(
+            "authorization, content-type, content-encoding",
+        ));
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("POST, OPTIONS"),
+            ),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, asked),
+            (
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            ),
+        ],
+    )
+        .into_response()
+}
+
 /// `{"success": true}`, the answer of every accepted call, built without
 /// JSON serialization.
 fn success() -> Response {
@@ -167,10 +210,11 @@ pub async fn single(
         Ok(())
     }
     .await;
-    match result {
+    let response = match result {
         Ok(()) => success(),
         Err(e) => e.into_response(),
-    }
+    };
+    allow_any_origin(headers, response)
 }
 
 fn excerpt(v: &Value) -> String {
@@ -202,9 +246,40 @@ struct BatchBody<'a> {
 }
 
 impl BatchBody<'_> {
+    /// A batch sent as a bare array: the write key is the first one a
+    /// message carries, unless the request has one of its own.
+    fn from_array(
+        state: &AppState,
+        headers: &HeaderMap,
+        items: Vec<Value>,
+    ) -> Result<Self, ApiError> {
+        let body_key = items
+            .iter()
+            .find_map(|item| item.get("writeKey").and_then(Value::as_str))
+            .map(str::to_string);
+        Ok(BatchBody {
+            source: authenticate(state, basic_user(headers), body_key)?,
+            items: items.into_iter().map(BatchItem::Parsed).collect(),
+            sent_at: None,
+            context: None,
+            integrations: None,
+        })
+    }
+
     /// The tree path: parses the whole body, with its precise errors.
     fn parse(state: &AppState, headers: &HeaderMap, bytes: &[u8]) -> Result<Self, ApiError> {
-        let mut body = parse_object(bytes)?;
+        let mut body = match parse_json(bytes)? {
+            Value::Object(body) => body,
+            // Older analytics.js posts its batches as a bare array, each
+            // message with its `writeKey`.
+            Value::Array(items) => return Self::from_array(state, headers, items),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_batch",
+                    "the body must be a JSON object with a `batch` array",
+                ))
+            }
+        };
         let source = authenticate(state, basic_user(headers), body_write_key(&body))?;
         let items = match body.shift_remove("batch") {
             Some(Value::Array(items)) => items,
@@ -331,5 +406,5 @@ pub async fn batch(State(state): State<Arc<AppState>>, request: Request) -> Resp
         Ok(Json(json!({"success": true, "rejected": report})).into_response())
     }
     .await;
-    result.unwrap_or_else(|e| e.into_response())
+    allow_any_origin(headers, result.unwrap_or_else(|e| e.into_response()))
 }

@@ -463,3 +463,132 @@ async fn first_start_without_configuration_creates_a_default_source() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// What analytics.js does from a web page: it posts `text/plain` bodies
+/// carrying the write key to `/v1/{first letter}` and batches to `/v1/b`,
+/// across origins. Each message is stored once, without its write key, and
+/// the browser may read every answer.
+#[tokio::test]
+async fn analytics_js_doors_take_text_plain_bodies_across_origins() {
+    let sy = Switchyard::start(&config_with(""));
+    let client = http_client();
+    let origin = "http://shop.example";
+
+    // The preflight a browser sends before a JSON or authorized POST.
+    let resp = client
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/t", sy.base))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let allowed = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(allowed("access-control-allow-origin"), "*");
+    assert!(allowed("access-control-allow-methods").contains("POST"));
+    assert_eq!(
+        allowed("access-control-allow-headers"),
+        "authorization,content-type"
+    );
+
+    let send = |path: &'static str, body: Value| {
+        let request = client
+            .post(format!("{}{path}", sy.base))
+            .header("origin", origin)
+            .header("content-type", "text/plain")
+            .body(body.to_string());
+        async move {
+            let resp = request.send().await.unwrap();
+            let allow = resp
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_string());
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (status, allow, text)
+        }
+    };
+    let message = |kind: &str, id: &str| {
+        let mut m =
+            json!({"writeKey": "wk_web", "type": kind, "anonymousId": "anon-1", "messageId": id});
+        match kind {
+            "track" => m["event"] = json!("Clicked"),
+            "group" => m["groupId"] = json!("g1"),
+            "alias" => m["previousId"] = json!("anon-0"),
+            _ => {}
+        }
+        m
+    };
+    for (path, kind) in [
+        ("/v1/t", "track"),
+        ("/v1/i", "identify"),
+        ("/v1/p", "page"),
+        ("/v1/s", "screen"),
+        ("/v1/g", "group"),
+        ("/v1/a", "alias"),
+    ] {
+        let (status, allow, text) = send(path, message(kind, &format!("ajs-{kind}"))).await;
+        assert_eq!(
+            (status, allow.as_deref()),
+            (200, Some("*")),
+            "{path}: {text}"
+        );
+    }
+    // The batching dispatcher: an object today, a bare array in older builds.
+    let (status, allow, text) = send(
+        "/v1/b",
+        json!({"batch": [message("track", "ajs-b1")], "writeKey": "wk_web", "sentAt": "2026-12-03T10:00:00.000Z"}),
+    )
+    .await;
+    assert_eq!((status, allow.as_deref()), (200, Some("*")), "{text}");
+    let (status, _, text) = send("/v1/b", json!([message("track", "ajs-b2")])).await;
+    assert_eq!(status, 200, "{text}");
+    // A refusal is readable too, and names what is wrong.
+    let (status, allow, text) = send("/v1/t", json!({"writeKey": "nope", "type": "track"})).await;
+    assert_eq!((status, allow.as_deref()), (401, Some("*")), "{text}");
+    let (status, _, text) = send("/v1/b", json!([{"type": "track", "event": "E"}])).await;
+    assert_eq!(status, 401, "no write key anywhere: {text}");
+
+    let (s, list) = sy
+        .admin("GET", "/api/v1/sources/web/events?limit=100", None)
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let stored = list["data"].as_array().unwrap();
+    let mut ids: Vec<&str> = stored
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            "ajs-alias",
+            "ajs-b1",
+            "ajs-b2",
+            "ajs-group",
+            "ajs-identify",
+            "ajs-page",
+            "ajs-screen",
+            "ajs-track"
+        ]
+    );
+    for event in stored {
+        assert!(event.get("writeKey").is_none(), "{event}");
+    }
+    let types: std::collections::BTreeSet<&str> =
+        stored.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        ["alias", "group", "identify", "page", "screen", "track"]
+    );
+}
