@@ -283,7 +283,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let tracking_api = tracking_api
         .route("/v1/batch", batch_door.clone())
         .route("/v1/import", batch_door.clone())
-        .route("/v1/b", batch_door);
+        .route("/v1/b", batch_door)
+        .route(
+            "/v1/projects/{write_key}/settings",
+            get(tracking::browser_settings),
+        );
     Router::new()
         .route("/functions/{slug}", any(functions::without_token))
         .route("/functions/{slug}/{token}", any(functions::with_token))

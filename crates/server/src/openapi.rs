@@ -58,6 +58,12 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "Same as /v1/batch; the body may also be a bare array of messages",
     ),
     (
+        "get",
+        "/v1/projects/{write_key}/settings",
+        Auth::None,
+        "analytics.js settings naming this host as its API host (for `cdnURL`)",
+    ),
+    (
         "post",
         "/functions/{slug}",
         Auth::FunctionToken,

@@ -151,6 +151,59 @@ pub async fn preflight(request: HeaderMap) -> Response {
         .into_response()
 }
 
+/// `GET /v1/projects/{writeKey}/settings`: the settings analytics.js loads
+/// from its CDN before anything else. Given switchyard's address as its
+/// `cdnURL`, it then sends every call here: the settings name this host (as
+/// the request reached it, `X-Forwarded-Proto` telling the scheme behind a
+/// proxy) as the Segment.io integration's API host. Client-side metrics are
+/// switched off, as switchyard does not collect them.
+pub async fn browser_settings(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(write_key): axum::extract::Path<String>,
+    request: HeaderMap,
+) -> Response {
+    let response = match state.source_for_write_key(&write_key) {
+        None => ApiError::not_found("no source has this write key").into_response(),
+        Some(_) => {
+            let host = request
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            let protocol = request
+                .get("x-forwarded-proto")
+                .and_then(|h| h.to_str().ok())
+                .filter(|p| *p == "https" || *p == "http")
+                .unwrap_or("http");
+            Json(json!({
+                "integrations": {
+                    "Segment.io": {
+                        "apiKey": write_key,
+                        "apiHost": format!("{host}/v1"),
+                        "protocol": protocol,
+                        "unbundledIntegrations": [],
+                        "addBundledMetadata": true,
+                        "maybeBundledConfigIds": {},
+                    }
+                },
+                "plan": {
+                    "track": {"__default": {"enabled": true, "integrations": {}}},
+                    "identify": {"__default": {"enabled": true}},
+                    "group": {"__default": {"enabled": true}},
+                },
+                "edgeFunction": {},
+                "analyticsNextEnabled": true,
+                "middlewareSettings": {},
+                "enabledMiddleware": {},
+                "metrics": {"sampleRate": 0},
+                "legacyVideoPluginsEnabled": false,
+                "remotePlugins": [],
+            }))
+            .into_response()
+        }
+    };
+    allow_any_origin(&request, response)
+}
+
 /// `{"success": true}`, the answer of every accepted call, built without
 /// JSON serialization.
 fn success() -> Response {

@@ -592,3 +592,72 @@ async fn analytics_js_doors_take_text_plain_bodies_across_origins() {
         ["alias", "group", "identify", "page", "screen", "track"]
     );
 }
+
+/// analytics.js given switchyard as its `cdnURL` loads its settings here,
+/// and is told to send its calls to the host it asked.
+#[tokio::test]
+async fn analytics_js_settings_name_the_host_it_reached() {
+    let sy = Switchyard::start(&config_with(""));
+    let client = http_client();
+    let resp = client
+        .get(format!("{}/v1/projects/wk_web/settings", sy.base))
+        .header("origin", "http://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"]
+            .to_str()
+            .unwrap(),
+        "*"
+    );
+    let settings: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let segment = &settings["integrations"]["Segment.io"];
+    let host = sy.base.trim_start_matches("http://");
+    assert_eq!(segment["apiKey"], "wk_web");
+    assert_eq!(segment["apiHost"], format!("{host}/v1"));
+    assert_eq!(segment["protocol"], "http");
+    assert_eq!(settings["metrics"]["sampleRate"], 0);
+
+    // Behind a TLS proxy: its host and scheme.
+    let text = client
+        .get(format!("{}/v1/projects/wk_web/settings", sy.base))
+        .header("host", "events.shop.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let settings: Value = serde_json::from_str(&text).unwrap();
+    let segment = &settings["integrations"]["Segment.io"];
+    assert_eq!(segment["apiHost"], "events.shop.example/v1");
+    assert_eq!(segment["protocol"], "https");
+
+    // The host named is one that answers analytics.js's calls.
+    let (s, b) = sy
+        .post_with(
+            "/v1/t",
+            None,
+            json!({"writeKey": "wk_web", "type": "track", "event": "E", "anonymousId": "a"})
+                .to_string()
+                .into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    let resp = client
+        .get(format!("{}/v1/projects/nope/settings", sy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("write key"));
+}
