@@ -2,7 +2,10 @@
 # Installs the official Segment SDKs used by the compatibility tests
 # (crates/switchyard/tests/sdk.rs), locally under tests/sdk/:
 #   .venv/          Python venv with segment-analytics-python (PyPI)
-#   node_modules/   @segment/analytics-node (npm, pinned by package-lock.json)
+#   node_modules/   @segment/analytics-node and @segment/analytics-next
+#                   (analytics.js; npm, pinned by package-lock.json)
+# and Debian's Chromium (apt-get, as root) for the analytics.js browser test
+# (crates/switchyard/tests/browser.rs).
 # Idempotent: a second run with everything in place does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +41,7 @@ fi
 
 # --- Node.js ----------------------------------------------------------------
 if [ ! -f node_modules/@segment/analytics-node/package.json ] \
+  || [ ! -f node_modules/@segment/analytics-next/dist/umd/index.js ] \
   || [ package-lock.json -nt node_modules/.package-lock.json ] \
   || [ package.json -nt node_modules/.package-lock.json ]; then
   if [ -f package-lock.json ]; then
@@ -48,5 +52,19 @@ if [ ! -f node_modules/@segment/analytics-node/package.json ] \
 fi
 node -e "require.resolve('@segment/analytics-node')" \
   || { echo "tests/sdk/install.sh: @segment/analytics-node is not installed" >&2; exit 1; }
+[ -f node_modules/@segment/analytics-next/dist/umd/index.js ] \
+  || { echo "tests/sdk/install.sh: @segment/analytics-next is not installed" >&2; exit 1; }
 
-echo "tests/sdk/install.sh: SDKs ready ($PY_SDK, @segment/analytics-node@$(node -p "require('@segment/analytics-node/package.json').version"))"
+# --- Chromium (analytics.js runs in a real browser) ---------------------------
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "tests/sdk/install.sh: installing chromium (apt-get)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "tests/sdk/install.sh: chromium is missing; install Debian's chromium package (the browser test needs it)" >&2
+    exit 1
+  fi
+fi
+
+echo "tests/sdk/install.sh: SDKs ready ($PY_SDK, @segment/analytics-node@$(node -p "require('@segment/analytics-node/package.json').version"), @segment/analytics-next@$(node -p "require('@segment/analytics-next/package.json').version"), $(chromium --version 2>/dev/null | head -1))"
