@@ -803,8 +803,8 @@ mod tests {
         SegmentReader::new(dir).body(1, loc)
     }
 
-    /// Zeros written ahead are not a torn end: a reopen keeps them and
-    /// writes the next records over them; a record torn inside them is cut.
+    /// The zeroer thread reaches its whole lead, step by step, with no
+    /// step past it, and what it wrote reads back as zeros, not records.
     #[test]
     fn the_zeroer_keeps_the_whole_lead_ahead_in_small_steps() {
         let dir = temp_dir("zeroer");
@@ -836,6 +836,8 @@ mod tests {
         assert_eq!((recovered.records.len(), recovered.truncated), (1, 0));
     }
 
+    /// Zeros written ahead are not a torn end: a reopen keeps them and
+    /// writes the next records over them; a record torn inside them is cut.
     #[test]
     fn zeros_ahead_of_the_records_are_written_over() {
         let dir = temp_dir("zeros");
