@@ -74,7 +74,7 @@ fn chromium() -> PathBuf {
 /// Serves the page (with switchyard's address and the run tag filled in)
 /// and analytics.js's files, on a loopback port of its own: another origin
 /// than switchyard's.
-async fn serve_page(switchyard: &str, run: &str, batching: bool) -> String {
+async fn serve_page(analytics_js: PathBuf, switchyard: &str, run: &str, batching: bool) -> String {
     use axum::extract::Path;
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
@@ -82,7 +82,7 @@ async fn serve_page(switchyard: &str, run: &str, batching: bool) -> String {
         .replace("SWITCHYARD", switchyard)
         .replace("RUN", run)
         .replace("BATCHING", if batching { "true" } else { "false" });
-    let dir = analytics_js_dir();
+    let dir = analytics_js;
     let app = axum::Router::new()
         .route(
             "/",
@@ -116,10 +116,10 @@ async fn serve_page(switchyard: &str, run: &str, batching: bool) -> String {
 }
 
 /// Opens `url` in headless Chromium until the page's scripts are done (or
-/// 20 s of the page's virtual time); returns the page's title.
-async fn open_in_chromium(url: &str) -> String {
+/// 20 s of the page's virtual time); panics unless the page says it is done.
+async fn open_in_chromium(chromium: &std::path::Path, url: &str) {
     let profile = TempDir::new("chromium");
-    let browser = std::process::Command::new(chromium())
+    let browser = std::process::Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -160,31 +160,27 @@ async fn open_in_chromium(url: &str) -> String {
         .split("<title>")
         .nth(1)
         .and_then(|t| t.split("</title>").next())
-        .unwrap_or("")
-        .to_string();
+        .unwrap_or("");
     if title != "done" {
         let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
         panic!("the page did not finish (title {title:?}); console: {console:#?}");
     }
-    title
 }
 
 async fn every_call_arrives_once_from_a_browser(batching: bool) {
-    analytics_js_dir();
-    chromium();
+    // Both are looked for first, so that a missing one fails the test
+    // before any server starts.
+    let analytics_js = analytics_js_dir();
+    let chromium = chromium();
     let rx = Receiver::start(SECRET);
-    let destination = format!(
-        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\"]\nshared_secret = \"{SECRET}\"\nretry_initial_ms = 100\n",
-        rx.url("hook")
-    );
-    let sy = Switchyard::start(&config_with(&destination));
+    let sy = Switchyard::start(&config_with(&signed_hook(&rx.url("hook"), SECRET)));
     let run = format!(
         "ajs-{}-{}",
         std::process::id(),
         chrono::Utc::now().timestamp_micros()
     );
-    let page = serve_page(&sy.base, &run, batching).await;
-    open_in_chromium(&page).await;
+    let page = serve_page(analytics_js, &sy.base, &run, batching).await;
+    open_in_chromium(&chromium, &page).await;
 
     rx.wait_delivered("hook", 6, 30).await;
     // Give stray duplicates (if any) time to show up before counting.
@@ -200,10 +196,11 @@ async fn every_call_arrives_once_from_a_browser(batching: bool) {
             "{event}"
         );
         assert!(event.get("writeKey").is_none(), "{event}");
-        let tagged = ["properties", "traits", "context"]
-            .iter()
-            .any(|k| event[*k]["run_id"] == run.as_str());
-        assert!(tagged, "a message of this run: {event}");
+        assert_eq!(
+            run_tag(&event),
+            Some(run.as_str()),
+            "a message of this run: {event}"
+        );
         *per_id
             .entry(event["messageId"].as_str().expect("messageId").to_string())
             .or_default() += 1;

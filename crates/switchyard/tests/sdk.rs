@@ -234,25 +234,12 @@ impl Drop for SdkRun {
     }
 }
 
-fn hook(url: &str) -> String {
-    format!(
-        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{url}\"]\nshared_secret = \"{SECRET}\"\nretry_initial_ms = 100\nretry_max_delay = \"2s\"\n"
-    )
-}
-
 fn run_id(tag: &str) -> String {
     format!(
         "{tag}-{}-{}",
         std::process::id(),
         chrono::Utc::now().timestamp_micros()
     )
-}
-
-/// The run tag the scripts put in each message.
-fn tag_of(event: &Value) -> Option<&str> {
-    ["properties", "traits", "context"]
-        .iter()
-        .find_map(|k| event[*k]["run_id"].as_str())
 }
 
 /// Polls the receiver until every id in `want` was delivered (answered 2xx)
@@ -295,7 +282,7 @@ async fn wait_for_ids(
 async fn sdk_delivers_every_event_exactly_once(sdk: Sdk) {
     sdk.require();
     let rx = Receiver::start(SECRET);
-    let sy = Switchyard::start(&config_with(&hook(&rx.url("hook"))));
+    let sy = Switchyard::start(&config_with(&signed_hook(&rx.url("hook"), SECRET)));
     let run = run_id(&format!("{sdk:?}").to_lowercase());
     let count = COUNT.to_string();
     let script = SdkRun::start(sdk, &sy.base, &run, &[("COUNT", count.as_str())]);
@@ -333,7 +320,7 @@ async fn sdk_delivers_every_event_exactly_once(sdk: Sdk) {
         assert!(event.is_object(), "one event per request: {event}");
         let id = event["messageId"].as_str().expect("messageId").to_string();
         assert!(want.contains(&id), "an event the SDK did not send: {event}");
-        assert_eq!(tag_of(&event), Some(run.as_str()), "run tag kept: {event}");
+        assert_eq!(run_tag(&event), Some(run.as_str()), "run tag kept: {event}");
         assert_eq!(
             event["context"]["library"]["name"],
             sdk.library(),
@@ -472,7 +459,7 @@ async fn events_acknowledged_before_a_crash_are_delivered() {
     Sdk::Python.require();
     Sdk::Node.require();
     let rx = Receiver::start(SECRET);
-    let mut sy = Switchyard::start(&config_with(&hook(&rx.url("hook"))));
+    let mut sy = Switchyard::start(&config_with(&signed_hook(&rx.url("hook"), SECRET)));
     let run = run_id("crash");
     let base = sy.base.clone();
 
@@ -575,6 +562,6 @@ async fn events_acknowledged_before_a_crash_are_delivered() {
             r["raw"]
         );
         let event = body(r);
-        assert_eq!(tag_of(&event), Some(run.as_str()), "run tag kept: {event}");
+        assert_eq!(run_tag(&event), Some(run.as_str()), "run tag kept: {event}");
     }
 }

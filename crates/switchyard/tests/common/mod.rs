@@ -382,6 +382,22 @@ impl Drop for Switchyard {
     }
 }
 
+/// A Webhooks destination `hook` for source `web`, signing with `secret`
+/// and retrying fast.
+pub fn signed_hook(url: &str, secret: &str) -> String {
+    format!(
+        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{url}\"]\nshared_secret = \"{secret}\"\nretry_initial_ms = 100\nretry_max_delay = \"2s\"\n"
+    )
+}
+
+/// The run tag a test's client put in a message (in its properties, traits
+/// or context).
+pub fn run_tag(event: &Value) -> Option<&str> {
+    ["properties", "traits", "context"]
+        .iter()
+        .find_map(|k| event[*k]["run_id"].as_str())
+}
+
 /// A minimal configuration: source `web` (key `wk_web`) and the given destinations.
 pub fn config_with(destinations: &str) -> String {
     format!(
