@@ -661,3 +661,83 @@ async fn analytics_js_settings_name_the_host_it_reached() {
         .unwrap()
         .contains("write key"));
 }
+
+/// The value of `name{source="web"}` in the Prometheus text (0 when absent).
+fn web_counter(metrics: &str, name: &str) -> u64 {
+    let prefix = format!("{name}{{source=\"web\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0, |value| value.trim().parse().expect("a counter value"))
+}
+
+/// A client that hangs up while its event is on its way to the disk does
+/// not get an answer, but the event is stored all the same (a retry would
+/// be deduplicated), so it must be counted as stored and delivered: once
+/// the server is idle, received and stored agree, and the destination got
+/// each stored event once. (A request the server had not read when its
+/// client hung up is neither received nor stored.)
+#[tokio::test]
+async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
+    use tokio::io::AsyncWriteExt;
+    let receiver = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config_with(&signed_hook(
+        &receiver.url("hangup"),
+        "s3cret",
+    )));
+    const CLIENTS: usize = 200;
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        let addr = sy.addr.clone();
+        clients.push(tokio::spawn(async move {
+            let body = format!(r#"{{"userId":"u","event":"e","messageId":"hang-up-{n}"}}"#);
+            let request = format!(
+                "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            stream.write_all(request.as_bytes()).await.expect("send");
+            // Hanging up from at once to 4 ms later: some clients hang up
+            // before their request is read, most while it waits for its
+            // group commit, some after the answer.
+            tokio::time::sleep(std::time::Duration::from_micros(20 * n as u64)).await;
+            stream.shutdown().await.expect("shutdown");
+        }));
+    }
+    for client in clients {
+        client.await.expect("client");
+    }
+    // Settled: the same count of received events twice, 300 ms apart.
+    let (mut settled, mut last) = (None, String::new());
+    for _ in 0..40 {
+        let (status, text) = sy.get_text("/metrics").await;
+        assert_eq!(status, 200);
+        let received = web_counter(&text, "switchyard_events_received_total");
+        let stored = web_counter(&text, "switchyard_events_stored_total");
+        if received > 0 && stored == received && settled == Some(received) {
+            let arrived = receiver.wait_delivered("hangup", stored as usize, 20).await;
+            let mut ids: Vec<String> = arrived
+                .iter()
+                .map(|r| {
+                    body(r)["messageId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len() as u64, stored, "each stored event arrives once");
+            assert_eq!(
+                arrived.len() as u64,
+                stored,
+                "each stored event arrives once"
+            );
+            return;
+        }
+        settled = Some(received);
+        last = text;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    panic!("received and stored still disagree after 12 s:\n{last}");
+}
