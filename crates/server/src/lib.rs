@@ -285,6 +285,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/import", batch_door.clone())
         .route("/v1/b", batch_door)
         .route(
+            "/v1/m",
+            post(tracking::client_metrics).options(tracking::preflight),
+        )
+        .route(
             "/v1/projects/{write_key}/settings",
             get(tracking::browser_settings),
         );

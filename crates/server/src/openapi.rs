@@ -58,6 +58,12 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "Same as /v1/batch; the body may also be a bare array of messages",
     ),
     (
+        "post",
+        "/v1/m",
+        Auth::None,
+        "analytics.js's reports about itself: answered 200 and dropped",
+    ),
+    (
         "get",
         "/v1/projects/{write_key}/settings",
         Auth::None,

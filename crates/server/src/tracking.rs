@@ -199,6 +199,21 @@ pub async fn preflight(request: HeaderMap) -> Response {
         .into_response()
 }
 
+/// `POST /v1/m`: analytics.js's reports about itself (counters of its own
+/// calls and errors), which Segment collects for its own use. The settings
+/// turn them off; a page that turns them back on gets a 200 and the report
+/// is dropped: switchyard stores events, not the library's telemetry. The
+/// body is read (capped like one message) so that the connection stays
+/// usable, and never parsed.
+pub async fn client_metrics(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let answer = match read_body(&parts.headers, body, state.limits.max_message_bytes).await {
+        Ok(_) => success(),
+        Err(e) => e.into_response(),
+    };
+    allow_any_origin(&parts.headers, answer)
+}
+
 /// `GET /v1/projects/{writeKey}/settings`: the settings analytics.js loads
 /// from its CDN before anything else. Given switchyard's address as its
 /// `cdnURL`, it then sends every call here: the settings name this host (as

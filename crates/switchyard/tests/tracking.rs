@@ -558,6 +558,13 @@ async fn analytics_js_doors_take_text_plain_bodies_across_origins() {
     assert_eq!((status, allow.as_deref()), (401, Some("*")), "{text}");
     let (status, _, text) = send("/v1/b", json!([{"type": "track", "event": "E"}])).await;
     assert_eq!(status, 401, "no write key anywhere: {text}");
+    // Its reports about itself are taken and dropped (never stored), and a
+    // flood is refused like an oversize message.
+    let report = json!({"series": [{"type": "Counter", "metric": "analytics_js.invoke", "value": 1, "tags": {"method": "track"}}]});
+    let (status, allow, text) = send("/v1/m", report).await;
+    assert_eq!((status, allow.as_deref()), (200, Some("*")), "{text}");
+    let (status, _, text) = send("/v1/m", json!({"series": "x".repeat(40_000)})).await;
+    assert_eq!(status, 413, "{text}");
 
     let (s, list) = sy
         .admin("GET", "/api/v1/sources/web/events?limit=100", None)
