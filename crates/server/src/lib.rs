@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod error;
+mod finish;
 pub mod functions;
 pub mod functions_api;
 pub mod manage;

@@ -5,6 +5,7 @@
 
 use crate::body::{parse_json, read_body};
 use crate::error::ApiError;
+use crate::finish::FinishOnDrop;
 use crate::{AppState, TrackingSource};
 use axum::extract::Request;
 use axum::extract::State;
@@ -14,10 +15,7 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 use spec::{MessageType, RequestContext};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use store::{NewEvent, Rejection};
 
 /// The write key from `Authorization: Basic base64(writeKey:)`.
@@ -112,48 +110,6 @@ async fn store_events(
         Ok(receipt)
     })
     .await
-}
-
-/// Drives a future to its end even when what awaits it is dropped. Hyper
-/// drops a handler whose client hangs up while it waits, but an append the
-/// store has begun is stored all the same, so what follows it (counting the
-/// events as stored) must run too: the rest of the future is then spawned.
-struct FinishOnDrop<F: Future + Send + 'static> {
-    future: Option<Pin<Box<F>>>,
-}
-
-impl<F: Future + Send + 'static> FinishOnDrop<F> {
-    fn new(future: F) -> Self {
-        FinishOnDrop {
-            future: Some(Box::pin(future)),
-        }
-    }
-}
-
-impl<F: Future + Send + 'static> Future for FinishOnDrop<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Once it has answered, it never answers again.
-        let Some(future) = self.future.as_mut() else {
-            return Poll::Pending;
-        };
-        let output = std::task::ready!(future.as_mut().poll(cx));
-        self.future = None;
-        Poll::Ready(output)
-    }
-}
-
-impl<F: Future + Send + 'static> Drop for FinishOnDrop<F> {
-    fn drop(&mut self) {
-        if let (Some(future), Ok(runtime)) =
-            (self.future.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                future.await;
-            });
-        }
-    }
 }
 
 /// Lets a web page read the answer: analytics.js posts from the page's

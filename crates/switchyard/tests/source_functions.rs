@@ -426,3 +426,74 @@ async fn a_capture_window_source_keeps_requests_only_while_the_window_is_open() 
     let (_, status) = sy.admin("GET", "/api/v1/sources/stigg/capture", None).await;
     assert_eq!(status["mode"], "always");
 }
+
+/// A sender that hangs up while a `respond = "function"` source runs its
+/// function gets no answer, but its request was stored: the run goes on to
+/// its end, and what it emits is delivered once, without waiting for a
+/// restart to run the request again.
+#[tokio::test]
+async fn an_inline_run_whose_sender_hangs_up_still_delivers() {
+    use tokio::io::AsyncWriteExt;
+    let rx = Receiver::start("s3cret");
+    let code = TempDir::new("slow-function");
+    let file = code.0.join("slow.js");
+    std::fs::write(
+        &file,
+        r#"async function onRequest(request, settings) {
+  const body = request.json();
+  const started = Date.now();
+  while (Date.now() - started < 600) {}
+  Segment.track({ userId: body.user, event: 'Slow Done', messageId: 'slow-' + body.user });
+  return new Response('done', { status: 200 });
+}
+"#,
+    )
+    .expect("write the function");
+    let sy = Switchyard::start(&format!(
+        r#"
+[[sources]]
+slug = "slow"
+kind = "function"
+function = "slow"
+token = "tok_slow"
+respond = "function"
+
+[[functions]]
+name = "slow"
+kind = "source"
+file = "{file}"
+
+[[destinations]]
+name = "hook"
+kind = "webhooks"
+sources = ["slow"]
+urls = ["{url}"]
+shared_secret = "s3cret"
+"#,
+        file = file.display(),
+        url = rx.url("slow"),
+    ));
+    let payload = r#"{"user":"u-hang-up"}"#;
+    let request = format!(
+        "POST /functions/slow/tok_slow HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        sy.addr,
+        payload.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(&sy.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // Stored by now (a sync takes well under 200 ms), and the function is
+    // still running.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.shutdown().await.expect("shutdown");
+    drop(stream);
+    let got = rx.wait_delivered("slow", 1, 10).await;
+    assert_eq!(body(&got[0])["messageId"], "slow-u-hang-up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        delivered(&rx.received("slow").await).len(),
+        1,
+        "delivered once"
+    );
+}

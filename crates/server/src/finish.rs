@@ -1,0 +1,51 @@
+//! Work that must not stop half-way when its request is dropped.
+//!
+//! Hyper drops a handler whose client hangs up while it waits. What the
+//! store has begun is stored all the same, so what follows it must run too:
+//! the tracking API counts the events it stored, and a source function
+//! answering inline records its run (or its request would wait for the next
+//! start to be run again).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Drives a future to its end even when what awaits it is dropped: the rest
+/// of it is then spawned.
+pub(crate) struct FinishOnDrop<F: Future + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> FinishOnDrop<F> {
+    pub(crate) fn new(future: F) -> Self {
+        FinishOnDrop {
+            future: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for FinishOnDrop<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // Once it has answered, it never answers again.
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for FinishOnDrop<F> {
+    fn drop(&mut self) {
+        if let (Some(future), Ok(runtime)) =
+            (self.future.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                future.await;
+            });
+        }
+    }
+}
