@@ -2,10 +2,14 @@
 //!
 //! Hyper drops a handler whose client hangs up while it waits. What the
 //! store has begun is stored all the same, so what follows it must run too:
-//! the tracking API counts the events it stored, and a source function
-//! answering inline records its run (or its request would wait for the next
-//! start to be run again).
+//! the tracking API counts the events it stored; a management call changes
+//! in memory what it changed in the store (or a revoked token would go on
+//! working until the next start); a source function answering inline
+//! records its run (or its request would wait for the next start).
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -48,4 +52,10 @@ impl<F: Future + Send + 'static> Drop for FinishOnDrop<F> {
             });
         }
     }
+}
+
+/// Middleware of the management and function doors: each call runs to its
+/// end, whether or not its client waits for the answer.
+pub(crate) async fn run_to_end(request: Request, next: Next) -> Response {
+    FinishOnDrop::new(next.run(request)).await
 }

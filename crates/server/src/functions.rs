@@ -8,18 +8,15 @@
 
 use crate::body::read_body;
 use crate::error::ApiError;
-use crate::finish::FinishOnDrop;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use delivery::source_functions::SourceRunner;
 use functions::RawRequest;
 use serde_json::json;
 use std::sync::Arc;
-use store::Store;
 
 pub const TOKEN_HEADERS: [&str; 2] = ["x-segment-source-function-token", "x-switchyard-token"];
 
@@ -107,32 +104,8 @@ async fn handle(
     };
     let stored = serde_json::to_vec(&request)
         .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
-    // Stored, the request is run to its end even if the sender hangs up
-    // meanwhile: an inline run cut short would leave it waiting for the
-    // next start.
-    FinishOnDrop::new(store_and_run(
-        state.store.clone(),
-        runner,
-        slug,
-        stored,
-        inline,
-        capture,
-    ))
-    .await
-}
-
-/// Stores the raw request durably, then either wakes the runner or, for a
-/// `respond = "function"` source, runs the function now and answers with
-/// what it returns.
-async fn store_and_run(
-    store: Arc<dyn Store>,
-    runner: Arc<SourceRunner>,
-    slug: String,
-    stored: Vec<u8>,
-    inline: bool,
-    capture: bool,
-) -> Result<Response, ApiError> {
-    let id = store
+    let id = state
+        .store
         .append_raw(
             &slug,
             stored.clone(),

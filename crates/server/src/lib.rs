@@ -406,6 +406,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             manage::read_only_guard,
         ))
+        .layer(axum::middleware::from_fn(finish::run_to_end))
         .merge(tracking_api)
         .fallback(not_found)
         // Bodies are capped by the handlers themselves, with JSON errors.

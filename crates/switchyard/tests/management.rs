@@ -269,6 +269,75 @@ async fn tokens_are_created_shown_once_and_revoked() {
     assert!(b["error"]["message"].as_str().unwrap().contains("admin"));
 }
 
+/// A management call runs to its end even if its client hangs up: a token
+/// revoked in the store stops working at once, whether or not the client
+/// that revoked it waited for the answer.
+#[tokio::test]
+async fn a_token_revoked_by_a_client_that_hangs_up_stops_working() {
+    use tokio::io::AsyncWriteExt;
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let mut tokens = Vec::new();
+    for n in 0..40 {
+        let (s, t) = sy
+            .admin(
+                "POST",
+                "/api/v1/tokens",
+                Some(json!({"name": format!("t{n}")})),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        tokens.push((
+            t["id"].as_i64().unwrap(),
+            t["token"].as_str().unwrap().to_string(),
+        ));
+    }
+    let mut clients = Vec::new();
+    for (n, (id, _)) in tokens.iter().enumerate() {
+        let (addr, id) = (sy.addr.clone(), *id);
+        clients.push(tokio::spawn(async move {
+            let request = format!(
+                "DELETE /api/v1/tokens/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            stream.write_all(request.as_bytes()).await.expect("send");
+            // From at once to 4 ms later: some before the call is read,
+            // some while it writes, some after the answer.
+            tokio::time::sleep(std::time::Duration::from_micros(100 * n as u64)).await;
+            stream.shutdown().await.expect("shutdown");
+        }));
+    }
+    for client in clients {
+        client.await.expect("client");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (s, list) = sy.admin("GET", "/api/v1/tokens", None).await;
+    assert_eq!(s, 200, "{list}");
+    let listed = list.to_string();
+    let mut revoked = 0;
+    for (id, token) in &tokens {
+        let active = list["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a token list: {listed}"))
+            .iter()
+            .any(|t| t["id"].as_i64() == Some(*id));
+        let (s, _) = call(
+            &sy,
+            "get",
+            "/api/v1/sources",
+            Some(&format!("Bearer {token}")),
+        )
+        .await;
+        assert_eq!(
+            (active, s == 200),
+            (active, active),
+            "token {id}: active in the store: {active}, answered {s}"
+        );
+        revoked += usize::from(!active);
+    }
+    assert!(revoked > 0, "some revocations were read: {listed}");
+}
+
 #[tokio::test]
 async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
     let rx = Receiver::start("s3cret");
