@@ -433,7 +433,6 @@ async fn a_capture_window_source_keeps_requests_only_while_the_window_is_open() 
 /// restart to run the request again.
 #[tokio::test]
 async fn an_inline_run_whose_sender_hangs_up_still_delivers() {
-    use tokio::io::AsyncWriteExt;
     let rx = Receiver::start("s3cret");
     let code = TempDir::new("slow-function");
     let file = code.0.join("slow.js");
@@ -479,15 +478,9 @@ shared_secret = "s3cret"
         sy.addr,
         payload.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(&sy.addr)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("send");
     // Stored by now (a sync takes well under 200 ms), and the function is
     // still running.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stream.shutdown().await.expect("shutdown");
-    drop(stream);
+    send_and_hang_up(&sy.addr, &request, Duration::from_millis(200)).await;
     let got = rx.wait_delivered("slow", 1, 10).await;
     assert_eq!(body(&got[0])["messageId"], "slow-u-hang-up");
     tokio::time::sleep(Duration::from_millis(500)).await;

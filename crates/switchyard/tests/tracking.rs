@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
+use std::time::Duration;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -686,7 +687,6 @@ fn web_counter(metrics: &str, name: &str) -> u64 {
 /// client hung up is neither received nor stored.)
 #[tokio::test]
 async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
-    use tokio::io::AsyncWriteExt;
     let receiver = Receiver::start("s3cret");
     let sy = Switchyard::start(&config_with(&signed_hook(
         &receiver.url("hangup"),
@@ -702,13 +702,10 @@ async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
                 "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
-            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-            stream.write_all(request.as_bytes()).await.expect("send");
             // Hanging up from at once to 4 ms later: some clients hang up
             // before their request is read, most while it waits for its
             // group commit, some after the answer.
-            tokio::time::sleep(std::time::Duration::from_micros(20 * n as u64)).await;
-            stream.shutdown().await.expect("shutdown");
+            send_and_hang_up(&addr, &request, Duration::from_micros(20 * n as u64)).await;
         }));
     }
     for client in clients {
@@ -744,7 +741,7 @@ async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
         }
         settled = Some(received);
         last = text;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     panic!("received and stored still disagree after 12 s:\n{last}");
 }

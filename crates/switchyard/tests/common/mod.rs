@@ -404,3 +404,13 @@ pub fn config_with(destinations: &str) -> String {
         "[[sources]]\nslug = \"web\"\nkind = \"tracking\"\nwrite_key = \"wk_web\"\n\n{destinations}"
     )
 }
+
+/// Sends the raw HTTP `request` to `addr`, waits `after`, and hangs up
+/// without reading the answer (the server sees the end of the stream).
+pub async fn send_and_hang_up(addr: &str, request: &str, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    tokio::time::sleep(after).await;
+    stream.shutdown().await.expect("shutdown");
+}
