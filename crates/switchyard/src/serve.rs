@@ -559,6 +559,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
+    // Nagle's algorithm would hold a small write back behind the peer's
+    // delayed ACK (up to 40 ms): the live streams (`…/events/stream`, logs)
+    // send one small frame per event.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, server::router(state.clone()))
         .with_graceful_shutdown({
             let state = state.clone();

@@ -143,6 +143,10 @@ pub async fn bare_server(durable_dir: Option<&std::path::Path>) -> anyhow::Resul
     use std::io::Write;
     std::io::stdout().flush()?;
     let app = app.layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+    // As `serve` does.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     // A plain thread, not `spawn_blocking`: the runtime would wait for it on exit.
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
