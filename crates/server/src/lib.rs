@@ -269,7 +269,9 @@ async fn not_found(uri: axum::http::Uri) -> error::ApiError {
 /// The router of every door.
 pub fn router(state: Arc<AppState>) -> Router {
     // The tracking API is the hot path, and the management guard has
-    // nothing to check there: it is merged in after the guard.
+    // nothing to check there: it is merged in after the guard and after
+    // `finish::run_to_end` (its handlers finish their appends themselves,
+    // in `tracking::store_events`, without a middleware per request).
     // Each door also answers at its first letter (`/v1/t`, `/v1/b`, …),
     // where analytics.js posts, and to a browser's CORS preflight.
     let mut tracking_api = Router::new();

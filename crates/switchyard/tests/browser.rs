@@ -217,19 +217,10 @@ async fn every_call_arrives_once_from_a_browser(batching: bool) {
     // Each message reached switchyard once: an answer the page could not
     // read (no CORS header) would have been sent again.
     let (_, metrics) = sy.get_text("/metrics").await;
-    let received: Vec<&str> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("switchyard_events_received_total") && l.contains("source=\"web\"")
-        })
-        .collect();
     assert_eq!(
-        received
-            .iter()
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>(),
-        6.0,
-        "{received:?}"
+        web_counter(&metrics, "switchyard_events_received_total"),
+        6,
+        "{metrics}"
     );
 
     // A batch's messages share the moment it was received.

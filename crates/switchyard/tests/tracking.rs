@@ -670,15 +670,6 @@ async fn analytics_js_settings_name_the_host_it_reached() {
         .contains("write key"));
 }
 
-/// The value of `name{source="web"}` in the Prometheus text (0 when absent).
-fn web_counter(metrics: &str, name: &str) -> u64 {
-    let prefix = format!("{name}{{source=\"web\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .map_or(0, |value| value.trim().parse().expect("a counter value"))
-}
-
 /// A client that hangs up while its event is on its way to the disk does
 /// not get an answer, but the event is stored all the same (a retry would
 /// be deduplicated), so it must be counted as stored and delivered: once

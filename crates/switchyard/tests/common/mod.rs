@@ -414,3 +414,12 @@ pub async fn send_and_hang_up(addr: &str, request: &str, after: Duration) {
     tokio::time::sleep(after).await;
     stream.shutdown().await.expect("shutdown");
 }
+
+/// The value of `name{source="web"}` in the Prometheus text (0 when absent).
+pub fn web_counter(metrics: &str, name: &str) -> u64 {
+    let prefix = format!("{name}{{source=\"web\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0, |value| value.trim().parse().expect("a counter value"))
+}
