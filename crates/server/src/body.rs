@@ -6,6 +6,20 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use std::io::Read;
 
+/// The first error of type `E` in the chain of `error`'s causes.
+fn cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
+}
+
 /// Reads the body (at most `limit` bytes on the wire) and inflates gzip (at
 /// most `limit` bytes once inflated, so a gzip bomb is refused, not expanded).
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -14,6 +28,12 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             || e.to_string().contains("length limit")
         {
             ApiError::too_large(format!("request body exceeds the limit of {limit} bytes"))
+        } else if let Some(timeout) = cause::<crate::listen::BodyTimeout>(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                timeout.to_string(),
+            )
         } else {
             ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
         }

@@ -10,6 +10,7 @@ pub mod error;
 mod finish;
 pub mod functions;
 pub mod functions_api;
+pub mod listen;
 pub mod manage;
 pub mod openapi;
 pub mod tracking;

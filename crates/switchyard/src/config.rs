@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub max_message_bytes: Option<usize>,
     pub max_batch_bytes: Option<usize>,
     pub max_batch_events: Option<usize>,
+    /// How long a client may take to send a request's headers, and its body
+    /// once it stalls; also how long a keep-alive connection may idle (default 60s).
+    pub client_timeout: Option<String>,
     pub log_format: Option<String>,
     /// Hosts functions may `fetch` even when private or loopback.
     #[serde(default)]

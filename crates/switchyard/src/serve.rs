@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Most messages per batch request [default: 2500].
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_EVENTS")]
     pub max_batch_events: Option<usize>,
+    /// How long a client may take to send a request's headers, and its body once it stalls; an idle keep-alive connection is closed after as long [default: 60s].
+    #[arg(long, env = "SWITCHYARD_CLIENT_TIMEOUT")]
+    pub client_timeout: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -423,6 +426,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("retention: {e}")))
         .transpose()?
         .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+    let client_timeout = args
+        .client_timeout
+        .clone()
+        .or(server.client_timeout.clone())
+        .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("client_timeout: {e}")))
+        .transpose()?
+        .unwrap_or(server::listen::DEFAULT_CLIENT_TIMEOUT);
+    if client_timeout.is_zero() {
+        bail!("client_timeout: must be longer than 0 s");
+    }
     let defaults = Limits::default();
     let limits = Limits {
         max_message_bytes: args
@@ -559,22 +572,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
-    // Nagle's algorithm would hold a small write back behind the peer's
-    // delayed ACK (up to 40 ms): the live streams (`…/events/stream`, logs)
-    // send one small frame per event.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, server::router(state.clone()))
-        .with_graceful_shutdown({
-            let state = state.clone();
-            async move {
-                shutdown_signal().await;
-                state.begin_shutdown();
-            }
-        })
-        .await
-        .context("HTTP server failed")?;
+    server::listen::serve(listener, server::router(state.clone()), client_timeout, {
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
+            state.begin_shutdown();
+        }
+    })
+    .await
+    .context("HTTP server failed")?;
     compactor.abort();
     let _ = workers_stop.send(true);
     if let Some(task) = runner_task {

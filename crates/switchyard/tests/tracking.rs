@@ -736,3 +736,137 @@ async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
     }
     panic!("received and stored still disagree after 12 s:\n{last}");
 }
+
+/// A client that shuts down its sending side once its request is out (as
+/// `nc -N` does) still reads the answer, for a single call and for a batch,
+/// and the events are stored once.
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let receiver = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config_with(&signed_hook(&receiver.url("half"), "s3cret")));
+    let calls = [
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "e", "messageId": "half-1"}),
+        ),
+        (
+            "/v1/batch",
+            json!({"batch": [
+                {"type": "identify", "userId": "u", "messageId": "half-2"},
+                {"type": "track", "userId": "u", "event": "e", "messageId": "half-3"},
+            ]}),
+        ),
+    ];
+    for (path, body) in calls {
+        let body = body.to_string();
+        let mut stream = tokio::net::TcpStream::connect(&sy.addr)
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            sy.addr,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        stream.shutdown().await.expect("half-close");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read the answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {answer}"
+        );
+        assert!(answer.ends_with(r#"{"success":true}"#), "{path}: {answer}");
+    }
+    let arrived = receiver.wait_delivered("half", 3, 20).await;
+    let mut ids: Vec<String> = arrived
+        .iter()
+        .map(|r| {
+            body(r)["messageId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["half-1", "half-2", "half-3"]);
+}
+
+/// Clients that trickle their requests are cut off after `client_timeout`:
+/// headers that do not complete close the connection, a body that stalls
+/// gets a 408 and is not stored, and the server goes on serving, on a
+/// connection that keeps up the whole time as well.
+#[tokio::test]
+async fn slow_clients_are_cut_off_after_the_client_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sy = Switchyard::start(&format!(
+        "[server]\nclient_timeout = \"1s\"\n\n{}",
+        config_with("")
+    ));
+    let read_all = |mut stream: tokio::net::TcpStream| async move {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server ends the exchange within 10 s");
+        // A reset is also an end; what was read before it counts.
+        let _ = read;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+
+    let mut headers_only = tokio::net::TcpStream::connect(&sy.addr)
+        .await
+        .expect("connect");
+    headers_only
+        .write_all(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        .await
+        .expect("send");
+    let body = r#"{"userId":"u","event":"e","messageId":"slow-body"}"#;
+    let mut stalled_body = tokio::net::TcpStream::connect(&sy.addr)
+        .await
+        .expect("connect");
+    stalled_body
+        .write_all(
+            format!(
+                "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                body.len(),
+                &body[..10]
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let started = std::time::Instant::now();
+    let (headers_answer, body_answer) =
+        tokio::join!(read_all(headers_only), read_all(stalled_body));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut off before the timeout"
+    );
+    assert!(
+        !headers_answer.contains("200 OK"),
+        "stalled headers: {headers_answer}"
+    );
+    assert!(
+        body_answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "stalled body: {body_answer}"
+    );
+    assert!(
+        body_answer.contains(r#""code":"body_timeout""#),
+        "{body_answer}"
+    );
+
+    // Requests that arrive whole are served, and the stalled one was not stored.
+    let (status, _) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"e","messageId":"whole"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, metrics) = sy.get_text("/metrics").await;
+    assert_eq!(web_counter(&metrics, "switchyard_events_stored_total"), 1);
+}

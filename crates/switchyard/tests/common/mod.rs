@@ -406,13 +406,16 @@ pub fn config_with(destinations: &str) -> String {
 }
 
 /// Sends the raw HTTP `request` to `addr`, waits `after`, and hangs up
-/// without reading the answer (the server sees the end of the stream).
+/// without reading the answer (the connection is reset).
 pub async fn send_and_hang_up(addr: &str, request: &str, after: Duration) {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("send");
     tokio::time::sleep(after).await;
-    stream.shutdown().await.expect("shutdown");
+    // A reset, not a half-close: the server cannot tell that this client
+    // stopped waiting until it writes the answer.
+    stream.set_zero_linger().expect("SO_LINGER");
+    drop(stream);
 }
 
 /// The value of `name{source="web"}` in the Prometheus text (0 when absent).
