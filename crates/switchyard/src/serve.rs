@@ -79,7 +79,7 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
 }
 
 fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".to_string()),
             &[
@@ -89,7 +89,19 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         )
         .context("metrics buckets")?
         .install_recorder()
-        .context("cannot install the metrics recorder")
+        .context("cannot install the metrics recorder")?;
+    // A histogram's samples wait in the recorder until they are folded into
+    // its buckets, which only a scrape of /metrics or an upkeep does: without
+    // this a server nobody scrapes keeps every delivery's latency in memory.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// Credential digests to serve: (slug, digest).
