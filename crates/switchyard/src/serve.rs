@@ -104,6 +104,35 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
     Ok(handle)
 }
 
+/// Every client holds a connection open (a browser running analytics.js,
+/// an SDK's keep-alive pool), and each one is a file descriptor: the usual
+/// soft limit of 1,024 would stop the server accepting at about a thousand
+/// clients while the hard limit allows far more. Raises the soft limit to
+/// the hard one (at most 2^20, the kernel's usual `nr_open`) and returns
+/// the limit in effect.
+fn raise_open_files_limit() -> libc::rlim_t {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return wanted;
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Credential digests to serve: (slug, digest).
 struct Credentials {
     write_keys: Vec<(String, String)>,
@@ -546,8 +575,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    let open_files = raise_open_files_limit();
     tracing::info!(
         address = %local,
+        open_files,
         data_dir = %data_dir.display(),
         config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
         sources = credentials.write_keys.len() + credentials.function_tokens.len(),

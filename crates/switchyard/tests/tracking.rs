@@ -870,3 +870,49 @@ async fn slow_clients_are_cut_off_after_the_client_timeout() {
     let (_, metrics) = sy.get_text("/metrics").await;
     assert_eq!(web_counter(&metrics, "switchyard_events_stored_total"), 1);
 }
+
+/// A server started with a soft limit of 256 open files serves 600 clients
+/// holding their connections open at once: it raises its own limit (to the
+/// hard one) instead of leaving clients past the 256th waiting to be accepted.
+#[tokio::test]
+async fn clients_past_the_soft_open_files_limit_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 600;
+    let sy = Switchyard::start_with_open_files(&config_with(""), Some(256));
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        let addr = sy.addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let body = format!(r#"{{"userId":"u","event":"e","messageId":"many-{n}"}}"#);
+            let request = format!(
+                "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).await.expect("send");
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 512];
+            while !answer.ends_with(br#"{"success":true}"#) {
+                let read = stream.read(&mut buf).await.expect("read");
+                assert!(read > 0, "connection closed: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..read]);
+            }
+            // Held open until every client has its answer.
+            stream
+        }));
+    }
+    let mut open = Vec::new();
+    for client in clients {
+        let stream = tokio::time::timeout(Duration::from_secs(20), client)
+            .await
+            .expect("every client answered within 20 s (were some never accepted?)")
+            .expect("client");
+        open.push(stream);
+    }
+    let (_, metrics) = sy.get_text("/metrics").await;
+    assert_eq!(
+        web_counter(&metrics, "switchyard_events_stored_total"),
+        CLIENTS as u64
+    );
+    drop(open);
+}

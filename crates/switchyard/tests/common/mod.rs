@@ -216,11 +216,19 @@ pub struct Switchyard {
     pub dir: TempDir,
     pub stdout: Vec<String>,
     http: reqwest::Client,
+    /// The soft limit of open files it starts with (`ulimit -Sn`), if set.
+    open_files: Option<u32>,
 }
 
 impl Switchyard {
     /// Starts switchyard with `config` (TOML) on a random loopback port.
     pub fn start(config: &str) -> Switchyard {
+        Self::start_with_open_files(config, None)
+    }
+
+    /// Starts switchyard as [`Switchyard::start`] does, from a shell that
+    /// first lowers the soft limit of open files to `open_files`.
+    pub fn start_with_open_files(config: &str, open_files: Option<u32>) -> Switchyard {
         let http = http_client();
         let dir = TempDir::new("server");
         std::fs::write(dir.0.join("switchyard.toml"), config).expect("write config");
@@ -231,6 +239,7 @@ impl Switchyard {
             dir,
             stdout: Vec::new(),
             http,
+            open_files,
         };
         s.spawn();
         s
@@ -242,7 +251,16 @@ impl Switchyard {
             .append(true)
             .open(self.dir.0.join("server.log"))
             .expect("server log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        let mut cmd = match self.open_files {
+            None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_switchyard"));
+                sh
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(self.dir.0.join("switchyard.toml"))
