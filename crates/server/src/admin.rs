@@ -2,6 +2,7 @@
 //! the admin token: rejected batch items, delivery attempts, dead letters
 //! and their replay, disabled URLs.
 
+use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -130,11 +131,11 @@ pub async fn replay(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
-    body: Option<Json<ReplayRequest>>,
+    body: Result<Option<JsonBody<ReplayRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let sink = known_destination(&state, &destination).await?;
-    let selection = body.map(|Json(b)| b.selection()).unwrap_or_default();
+    let selection = body?.map(|JsonBody(b)| b.selection()).unwrap_or_default();
     let replayed = state
         .store
         .replay_dead_letters(&destination, selection)
@@ -150,7 +151,7 @@ pub async fn discard(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
-    body: Option<Json<ReplayRequest>>,
+    body: Result<Option<JsonBody<ReplayRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     if state.engine.sink(&destination).await.is_none()
@@ -166,7 +167,7 @@ pub async fn discard(
             "unknown destination {destination:?}"
         )));
     }
-    let selection = body.map(|Json(b)| b.selection()).unwrap_or_default();
+    let selection = body?.map(|JsonBody(b)| b.selection()).unwrap_or_default();
     let discarded = state
         .store
         .discard_dead_letters(&destination, selection)
@@ -185,11 +186,11 @@ pub async fn enable_urls(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
-    body: Option<Json<EnableRequest>>,
+    body: Result<Option<JsonBody<EnableRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let sink = known_destination(&state, &destination).await?;
-    let url = body.and_then(|Json(b)| b.url);
+    let url = body?.and_then(|JsonBody(b)| b.url);
     state
         .store
         .enable_urls(&destination, url)
@@ -303,11 +304,11 @@ pub async fn replay_source(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    body: Option<Json<ReplayRequest>>,
+    body: Result<Option<JsonBody<ReplayRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let runner = runner_for(&state, &slug)?.clone();
-    let ids = body.and_then(|Json(b)| b.ids);
+    let ids = body?.and_then(|JsonBody(b)| b.ids);
     let replayed = state
         .store
         .replay_raw(&slug, ids)
@@ -363,9 +364,10 @@ pub async fn test_function(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    Json(req): Json<TestRequest>,
+    body: Result<JsonBody<TestRequest>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let JsonBody(req) = body?;
     let runner = runner_for(&state, &slug)?;
     let Some(source) = runner.source(&slug) else {
         return Err(ApiError::not_found(format!(

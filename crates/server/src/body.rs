@@ -2,9 +2,58 @@
 //! UTF-8 and JSON checks with messages a person can act on.
 
 use crate::error::ApiError;
+use crate::listen::BodyTimeout;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::de::DeserializeOwned;
 use std::io::Read;
+
+/// A JSON request body of the management API, refused in the one error
+/// shape: `400 invalid_body` naming what is wrong, `408 body_timeout` for a
+/// body that stalled (axum's own `Json` answers in plain text). Take it as
+/// `Result<JsonBody<T>, ApiError>` to check credentials before the body.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match <Json<T> as FromRequest<S>>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(refused_json(rejection)),
+        }
+    }
+}
+
+/// An optional body: none at all (no `Content-Type`) is `None`.
+impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        match <Json<T> as OptionalFromRequest<S>>::from_request(request, state).await {
+            Ok(value) => Ok(value.map(|Json(value)| JsonBody(value))),
+            Err(rejection) => Err(refused_json(rejection)),
+        }
+    }
+}
+
+fn refused_json(rejection: JsonRejection) -> ApiError {
+    match cause::<BodyTimeout>(&rejection) {
+        Some(timeout) => body_timeout(timeout),
+        None => ApiError::bad_request("invalid_body", rejection.body_text()),
+    }
+}
+
+fn body_timeout(timeout: &BodyTimeout) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        timeout.to_string(),
+    )
+}
 
 /// The first error of type `E` in the chain of `error`'s causes.
 fn cause<'a, E: std::error::Error + 'static>(

@@ -2,6 +2,7 @@
 //! destinations running the function switch at once), list versions, test
 //! without side effects. Function sources are created under `/sources`.
 
+use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::manage::require_token;
 use crate::AppState;
@@ -15,10 +16,6 @@ use std::sync::Arc;
 
 fn unavailable(e: store::StoreError) -> ApiError {
     ApiError::unavailable(e.to_string())
-}
-
-fn invalid(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    ApiError::bad_request("invalid_body", e.body_text())
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,10 +144,10 @@ pub async fn list(
 pub async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<FunctionBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<FunctionBody>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_token(&state, &headers)?;
-    let Json(body) = body.map_err(invalid)?;
+    let JsonBody(body) = body?;
     let name = body
         .name
         .clone()
@@ -194,10 +191,10 @@ pub async fn update(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Result<Json<FunctionBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<FunctionBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let Json(body) = body.map_err(invalid)?;
+    let JsonBody(body) = body?;
     let existing = record(&state, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
@@ -272,14 +269,14 @@ pub async fn deploy(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Option<Json<DeployBody>>,
+    body: Result<Option<JsonBody<DeployBody>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let f = record(&state, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
-    let version = body
-        .and_then(|Json(b)| b.version)
+    let version = body?
+        .and_then(|JsonBody(b)| b.version)
         .unwrap_or(f.latest_version);
     if !state
         .store
@@ -324,10 +321,10 @@ pub async fn test(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Result<Json<TestBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<TestBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let Json(body) = body.map_err(invalid)?;
+    let JsonBody(body) = body?;
     let f = record(&state, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;

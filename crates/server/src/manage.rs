@@ -1,6 +1,7 @@
 //! Management resources: API tokens, user deletion, and the lists of sources
 //! and destinations. Read-only tokens may only read (`GET`).
 
+use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, Request, State};
@@ -88,10 +89,10 @@ pub struct NewToken {
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<NewToken>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_token(&state, &headers)?;
-    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let JsonBody(req) = body?;
     if req.name.trim().is_empty() {
         return Err(
             ApiError::bad_request("invalid_body", "`name` must not be empty")
@@ -193,10 +194,10 @@ pub struct NewDeletion {
 pub async fn create_deletion(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<NewDeletion>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<NewDeletion>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_token(&state, &headers)?;
-    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let JsonBody(req) = body?;
     let user_id = req.user_id.trim().to_string();
     if user_id.is_empty() {
         return Err(
@@ -339,10 +340,10 @@ fn tracking_kind() -> String {
 pub async fn create_source(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<NewSource>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<NewSource>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_token(&state, &headers)?;
-    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let JsonBody(req) = body?;
     if !matches!(req.kind.as_str(), "tracking" | "function") {
         return Err(ApiError::bad_request(
             "invalid_kind",
@@ -731,10 +732,10 @@ fn sealed(state: &AppState, config: &Value) -> String {
 pub async fn create_destination(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<Value>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_token(&state, &headers)?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let JsonBody(body) = body?;
     let name = body
         .get("name")
         .and_then(Value::as_str)
@@ -763,10 +764,10 @@ pub async fn put_destination(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<Value>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let JsonBody(body) = body?;
     if stored_destination(&state, &name).await?.is_none() {
         return Err(ApiError::not_found(format!("unknown destination {name:?}")));
     }
@@ -904,7 +905,7 @@ pub async fn start_capture(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    body: Option<Json<CaptureRequest>>,
+    body: Result<Option<JsonBody<CaptureRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let source = state
@@ -912,7 +913,10 @@ pub async fn start_capture(
         .as_ref()
         .and_then(|r| r.source(&slug))
         .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
-    let minutes = body.and_then(|Json(b)| b.minutes).unwrap_or(5).clamp(1, 60);
+    let minutes = body?
+        .and_then(|JsonBody(b)| b.minutes)
+        .unwrap_or(5)
+        .clamp(1, 60);
     let until = chrono::Utc::now().timestamp_millis() + (minutes * 60_000) as i64;
     state.open_capture(&slug, until);
     Ok(Json(json!({
@@ -984,10 +988,10 @@ pub async fn update_source(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    body: Result<Json<SourceUpdate>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<SourceUpdate>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let Json(update) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let JsonBody(update) = body?;
     let record = find_source(&state, &slug).await?;
     let (Some(runner), Some(current)) = (
         &state.runner,

@@ -52,6 +52,17 @@ fn concrete(path: &str) -> String {
 }
 
 async fn call(sy: &Switchyard, method: &str, path: &str, auth: Option<&str>) -> (u16, Value) {
+    call_with(sy, method, path, auth, "{}").await
+}
+
+/// `call`, with `body` (as JSON) on every method but GET.
+async fn call_with(
+    sy: &Switchyard,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &'static str,
+) -> (u16, Value) {
     let client = http_client();
     let mut req = client
         .request(
@@ -60,7 +71,7 @@ async fn call(sy: &Switchyard, method: &str, path: &str, auth: Option<&str>) -> 
         )
         .header("content-type", "application/json");
     if method != "get" {
-        req = req.body("{}");
+        req = req.body(body);
     }
     if let Some(a) = auth {
         req = req.header("authorization", a);
@@ -137,6 +148,16 @@ async fn every_management_route_checks_its_token() {
             );
         }
         assert!(b.is_object(), "{method} {path}: {b}");
+        // A malformed body is refused in the same JSON shape (a route that
+        // reads no body ignores it).
+        if *method != "get" {
+            let (s, b) = call_with(&sy, method, path, Some(&admin), r#"{"oops"#).await;
+            assert!(b.is_object(), "{method} {path} malformed: {s} {b}");
+            if s == 400 {
+                assert_eq!(b["error"]["code"], "invalid_body", "{method} {path}: {b}");
+            }
+            assert!(s < 500, "{method} {path} malformed: {s} {b}");
+        }
         checked += 1;
     }
     assert!(checked >= 20, "{checked}");

@@ -797,8 +797,8 @@ async fn a_client_that_half_closes_still_gets_its_answer() {
 
 /// Clients that trickle their requests are cut off after `client_timeout`:
 /// headers that do not complete close the connection, a body that stalls
-/// gets a 408 and is not stored, and the server goes on serving, on a
-/// connection that keeps up the whole time as well.
+/// gets a 408 (in the tracking API and in the management API alike) and is
+/// not stored, and the server goes on serving.
 #[tokio::test]
 async fn slow_clients_are_cut_off_after_the_client_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -838,9 +838,24 @@ async fn slow_clients_are_cut_off_after_the_client_timeout() {
         )
         .await
         .expect("send");
+    let mut stalled_management = tokio::net::TcpStream::connect(&sy.addr)
+        .await
+        .expect("connect");
+    stalled_management
+        .write_all(
+            format!(
+                "POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"name\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
     let started = std::time::Instant::now();
-    let (headers_answer, body_answer) =
-        tokio::join!(read_all(headers_only), read_all(stalled_body));
+    let (headers_answer, body_answer, management_answer) = tokio::join!(
+        read_all(headers_only),
+        read_all(stalled_body),
+        read_all(stalled_management)
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "cut off before the timeout"
@@ -856,6 +871,11 @@ async fn slow_clients_are_cut_off_after_the_client_timeout() {
     assert!(
         body_answer.contains(r#""code":"body_timeout""#),
         "{body_answer}"
+    );
+    assert!(
+        management_answer.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && management_answer.contains(r#""code":"body_timeout""#),
+        "stalled management body: {management_answer}"
     );
 
     // Requests that arrive whole are served, and the stalled one was not stored.
