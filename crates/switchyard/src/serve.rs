@@ -104,6 +104,20 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
     Ok(handle)
 }
 
+/// A duration setting: its flag (or environment variable), else the file's
+/// `[server]` value, else `default`.
+fn duration_setting(
+    name: &str,
+    flag: &Option<String>,
+    file: &Option<String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match flag.as_ref().or(file.as_ref()) {
+        Some(text) => delivery::retry::parse_duration(text).map_err(|e| anyhow!("{name}: {e}")),
+        None => Ok(default),
+    }
+}
+
 /// Every client holds a connection open (a browser running analytics.js,
 /// an SDK's keep-alive pool), and each one is a file descriptor: the usual
 /// soft limit of 1,024 would stop the server accepting at about a thousand
@@ -453,27 +467,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.store.clone().or(server.store.clone()) {
         bail!("store {url:?}: the NATS JetStream backend is not available in this build yet; remove `store` to use the embedded store");
     }
-    let dedup_window = args
-        .dedup_window
-        .clone()
-        .or(server.dedup_window.clone())
-        .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("dedup_window: {e}")))
-        .transpose()?
-        .unwrap_or(Duration::from_secs(24 * 3600));
-    let retention = args
-        .retention
-        .clone()
-        .or(server.retention.clone())
-        .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("retention: {e}")))
-        .transpose()?
-        .unwrap_or(Duration::from_secs(7 * 24 * 3600));
-    let client_timeout = args
-        .client_timeout
-        .clone()
-        .or(server.client_timeout.clone())
-        .map(|s| delivery::retry::parse_duration(&s).map_err(|e| anyhow!("client_timeout: {e}")))
-        .transpose()?
-        .unwrap_or(server::listen::DEFAULT_CLIENT_TIMEOUT);
+    let dedup_window = duration_setting(
+        "dedup_window",
+        &args.dedup_window,
+        &server.dedup_window,
+        Duration::from_secs(24 * 3600),
+    )?;
+    let retention = duration_setting(
+        "retention",
+        &args.retention,
+        &server.retention,
+        Duration::from_secs(7 * 24 * 3600),
+    )?;
+    let client_timeout = duration_setting(
+        "client_timeout",
+        &args.client_timeout,
+        &server.client_timeout,
+        server::listen::DEFAULT_CLIENT_TIMEOUT,
+    )?;
     if client_timeout.is_zero() {
         bail!("client_timeout: must be longer than 0 s");
     }

@@ -788,12 +788,8 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
     rx.wait_delivered("hook", 4, 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // (The restart above was a SIGKILL: a redelivery of a2 is at-least-once, allowed.)
-    let ids: std::collections::HashSet<String> = rx
-        .received("api2")
-        .await
-        .iter()
-        .map(|r| body(r)["messageId"].as_str().unwrap_or("").to_string())
-        .collect();
+    let ids: std::collections::HashSet<String> =
+        rx.received("api2").await.iter().map(message_id).collect();
     assert_eq!(ids, ["a2", "a3"].iter().map(|s| s.to_string()).collect());
 }
 
@@ -955,7 +951,7 @@ async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
         .wait_until("hook", 60, |r| {
             delivered(r)
                 .iter()
-                .map(|x| body(x)["messageId"].as_str().unwrap_or("").to_string())
+                .map(message_id)
                 .collect::<std::collections::HashSet<_>>()
                 .len()
                 == 450

@@ -689,10 +689,7 @@ async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
         let addr = sy.addr.clone();
         clients.push(tokio::spawn(async move {
             let body = format!(r#"{{"userId":"u","event":"e","messageId":"hang-up-{n}"}}"#);
-            let request = format!(
-                "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
+            let request = raw_post(&addr, "/v1/track", &body);
             // Hanging up from at once to 4 ms later: some clients hang up
             // before their request is read, most while it waits for its
             // group commit, some after the answer.
@@ -711,15 +708,7 @@ async fn events_of_clients_that_hang_up_are_counted_as_stored_and_delivered() {
         let stored = web_counter(&text, "switchyard_events_stored_total");
         if received > 0 && stored == received && settled == Some(received) {
             let arrived = receiver.wait_delivered("hangup", stored as usize, 20).await;
-            let mut ids: Vec<String> = arrived
-                .iter()
-                .map(|r| {
-                    body(r)["messageId"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string()
-                })
-                .collect();
+            let mut ids: Vec<String> = arrived.iter().map(message_id).collect();
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len() as u64, stored, "each stored event arrives once");
@@ -763,11 +752,7 @@ async fn a_client_that_half_closes_still_gets_its_answer() {
         let mut stream = tokio::net::TcpStream::connect(&sy.addr)
             .await
             .expect("connect");
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            sy.addr,
-            body.len()
-        );
+        let request = raw_post(&sy.addr, path, &body);
         stream.write_all(request.as_bytes()).await.expect("send");
         stream.shutdown().await.expect("half-close");
         let mut answer = String::new();
@@ -782,15 +767,7 @@ async fn a_client_that_half_closes_still_gets_its_answer() {
         assert!(answer.ends_with(r#"{"success":true}"#), "{path}: {answer}");
     }
     let arrived = receiver.wait_delivered("half", 3, 20).await;
-    let mut ids: Vec<String> = arrived
-        .iter()
-        .map(|r| {
-            body(r)["messageId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
+    let mut ids: Vec<String> = arrived.iter().map(message_id).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["half-1", "half-2", "half-3"]);
 }
@@ -827,15 +804,9 @@ async fn slow_clients_are_cut_off_after_the_client_timeout() {
     let mut stalled_body = tokio::net::TcpStream::connect(&sy.addr)
         .await
         .expect("connect");
+    let request = raw_post(&sy.addr, "/v1/track", body);
     stalled_body
-        .write_all(
-            format!(
-                "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-                body.len(),
-                &body[..10]
-            )
-            .as_bytes(),
-        )
+        .write_all(&request.as_bytes()[..request.len() - body.len() + 10])
         .await
         .expect("send");
     let mut stalled_management = tokio::net::TcpStream::connect(&sy.addr)
@@ -903,18 +874,21 @@ async fn clients_past_the_soft_open_files_limit_are_served() {
     for n in 0..CLIENTS {
         let addr = sy.addr.clone();
         clients.push(tokio::spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let mut stream = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
             let body = format!(r#"{{"userId":"u","event":"e","messageId":"many-{n}"}}"#);
-            let request = format!(
-                "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
+            let request = raw_post(&addr, "/v1/track", &body);
             stream.write_all(request.as_bytes()).await.expect("send");
             let mut answer = Vec::new();
             let mut buf = [0u8; 512];
             while !answer.ends_with(br#"{"success":true}"#) {
                 let read = stream.read(&mut buf).await.expect("read");
-                assert!(read > 0, "connection closed: {}", String::from_utf8_lossy(&answer));
+                assert!(
+                    read > 0,
+                    "connection closed: {}",
+                    String::from_utf8_lossy(&answer)
+                );
                 answer.extend_from_slice(&buf[..read]);
             }
             // Held open until every client has its answer.

@@ -561,7 +561,7 @@ async fn sigterm_with_a_backlog_stops_promptly_and_the_backlog_resumes() {
         .wait_until("hook", 60, |r| {
             delivered(r)
                 .iter()
-                .map(|x| body(x)["messageId"].as_str().unwrap_or("").to_string())
+                .map(message_id)
                 .collect::<HashSet<_>>()
                 .len()
                 == 300

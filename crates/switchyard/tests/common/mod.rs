@@ -201,6 +201,14 @@ pub fn body(record: &Value) -> Value {
     serde_json::from_str(record["raw"].as_str().unwrap_or("null")).expect("JSON body")
 }
 
+/// The `messageId` of a recorded request's body ("" when it has none).
+pub fn message_id(record: &Value) -> String {
+    body(record)["messageId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -420,6 +428,15 @@ pub fn run_tag(event: &Value) -> Option<&str> {
 pub fn config_with(destinations: &str) -> String {
     format!(
         "[[sources]]\nslug = \"web\"\nkind = \"tracking\"\nwrite_key = \"wk_web\"\n\n{destinations}"
+    )
+}
+
+/// A raw HTTP/1.1 `POST` of the JSON `body` to `path` on `host`, with the
+/// `web` source's write key (`wk_web`).
+pub fn raw_post(host: &str, path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic d2tfd2ViOg==\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
 }
 
