@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Window in which duplicate messageIds are stored once [default: 24h].
     #[arg(long, env = "SWITCHYARD_DEDUP_WINDOW")]
     pub dedup_window: Option<String>,
-    /// Most message ids remembered for deduplication, about 60 bytes of memory each [default: 2000000].
+    /// Most message ids remembered for deduplication, 56–112 bytes of memory each [default: 2000000].
     #[arg(long, env = "SWITCHYARD_DEDUP_MAX_IDS")]
     pub dedup_max_ids: Option<usize>,
     /// How long delivered events, attempts and finished raw requests are kept [default: 7d].
