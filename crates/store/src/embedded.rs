@@ -690,13 +690,24 @@ const RETRY_COLUMNS: &str = "id, destination, url, message_ids, body, webhook_id
 fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<RecentIds> {
     let mut recent = RecentIds::new(options.dedup_window_ms, options.dedup_max_ids);
     let cutoff = now_ms() - options.dedup_window_ms;
+    // The newest `dedup_max_ids` events of the window, oldest first. Found as
+    // the seq of the oldest of them (walking the primary key backwards) and a
+    // forward scan from it, both in key order: selecting them newest first
+    // and sorting them back made SQLite hold every row of the window at once
+    // (about 60 MB for 600,000 ids, kept by the allocator after the start).
+    let first: i64 = conn
+        .query_row(
+            "SELECT seq FROM events WHERE received_ms >= ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
+            params![cutoff, options.dedup_max_ids.max(1) as i64 - 1],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
     let mut stmt = conn.prepare(
-        "SELECT seq, source_id, message_id, received_ms FROM
-           (SELECT seq, source_id, message_id, received_ms FROM events
-            WHERE received_ms >= ?1 ORDER BY seq DESC LIMIT ?2)
-         ORDER BY seq",
+        "SELECT seq, source_id, message_id, received_ms FROM events
+         WHERE seq >= ?1 AND received_ms >= ?2 ORDER BY seq",
     )?;
-    let mut rows = stmt.query(params![cutoff, options.dedup_max_ids as i64])?;
+    let mut rows = stmt.query(params![first, cutoff])?;
     while let Some(r) = rows.next()? {
         let message_id: String = r.get(2)?;
         let hash = recent.id_hash(r.get(1)?, &message_id);
@@ -2702,6 +2713,40 @@ mod tests {
         let r = store.append("web", vec![event("b")], vec![]).await.unwrap();
         assert_eq!(r.duplicates, 1);
         assert_eq!(*store.subscribe().borrow(), 3);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Reopened, a store remembers the ids of its dedup window, at most the
+    /// newest `dedup_max_ids` of them.
+    #[tokio::test]
+    async fn reopened_it_remembers_the_newest_ids_of_the_window() {
+        let dir = temp_dir("dedup-reopen");
+        let options = |max_ids: usize, window_ms: i64| {
+            let mut options = EmbeddedOptions::new(&dir);
+            options.dedup_max_ids = max_ids;
+            options.dedup_window_ms = window_ms;
+            options
+        };
+        let store = EmbeddedStore::open(options(3, 60_000)).unwrap();
+        source(&store, "web").await;
+        for id in ["a", "b", "c", "d", "e"] {
+            store.append("web", vec![event(id)], vec![]).await.unwrap();
+        }
+        store.close().await;
+        let store = EmbeddedStore::open(options(3, 60_000)).unwrap();
+        // The newest three first: a duplicate stores nothing, so it evicts
+        // nothing either.
+        for (id, duplicate) in [("c", 1), ("d", 1), ("e", 1), ("a", 0), ("b", 0)] {
+            let receipt = store.append("web", vec![event(id)], vec![]).await.unwrap();
+            assert_eq!(receipt.duplicates, duplicate, "{id}");
+        }
+        store.close().await;
+        // Past the window nothing is remembered.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let store = EmbeddedStore::open(options(100, 20)).unwrap();
+        let receipt = store.append("web", vec![event("e")], vec![]).await.unwrap();
+        assert_eq!(receipt.duplicates, 0);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

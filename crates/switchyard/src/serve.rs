@@ -512,6 +512,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let embedded = EmbeddedStore::open(options)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    // Opening a large store frees tens of megabytes on this thread (the
+    // buffers the deduplication table's rebuild grew out of); the allocator
+    // would keep them resident until this thread allocates again, which a
+    // serving process's main thread seldom does.
+    // SAFETY: mi_collect only returns the calling thread's free memory.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     let store: Arc<dyn Store> = Arc::new(embedded);
     let keyring = Keyring::load(&data_dir, args.master_key.as_deref()).map_err(|e| anyhow!(e))?;
 
