@@ -176,6 +176,33 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        let (status, value) = self.exchange(method, path, body).await?;
+        if !status.is_success() {
+            return Err(failure(status, &value));
+        }
+        Ok(value)
+    }
+
+    /// [`Client::send`] without a body, where 404 (no such thing) is `None`.
+    pub async fn send_optional(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<Option<Value>> {
+        let (status, value) = self.exchange(method, path, None).await?;
+        match status {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(value)),
+            status => Err(failure(status, &value)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base.trim_end_matches('/')))
@@ -192,14 +219,15 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let message = value["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed");
-            return Err(ApiFailure(format!("{status}: {message}")).into());
-        }
-        Ok(value)
+        Ok((status, value))
     }
+}
+
+fn failure(status: reqwest::StatusCode, answer: &Value) -> anyhow::Error {
+    let message = answer["error"]["message"]
+        .as_str()
+        .unwrap_or("request failed");
+    ApiFailure(format!("{status}: {message}")).into()
 }
 
 /// A refusal from the server (exit code 1), as opposed to a usage or connection error (2).

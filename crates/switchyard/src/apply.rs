@@ -2,7 +2,7 @@
 //! through the API, idempotently, printing the plan first.
 
 use crate::api_cli::{Client, Remote};
-use crate::config::{Config, DestinationConfig};
+use crate::config::{Config, FunctionConfig};
 
 use anyhow::Context;
 use clap::Args;
@@ -20,6 +20,8 @@ pub struct ApplyArgs {
 }
 
 enum Step {
+    CreateFunction { name: String, body: Value },
+    ChangeFunction { name: String, body: Value },
     CreateSource { slug: String, body: Value },
     CreateDestination { name: String, body: Value },
     ChangeDestination { name: String, body: Value },
@@ -61,30 +63,45 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
 
     let mut steps = Vec::new();
-    let mut notes = Vec::new();
+    let config_dir = args
+        .config
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_default();
+    // Functions first: the sources and destinations below may run them.
+    for f in &config.functions {
+        if let Some(step) = function_step(&client, f, &config_dir).await? {
+            steps.push(step);
+        }
+    }
     for s in &config.sources {
         if existing_sources.contains(&s.slug) {
             continue;
         }
-        if s.kind == "tracking" {
-            let mut body = json!({ "slug": s.slug });
-            if let Some(k) = &s.write_key {
-                body["write_key"] = Value::String(k.clone());
-            }
-            steps.push(Step::CreateSource {
-                slug: s.slug.clone(),
-                body,
-            });
-        } else {
-            notes.push(format!("! source {:?} (function): code comes from files; it starts with the server's next start", s.slug));
+        let mut body = json!({ "slug": s.slug, "kind": s.kind });
+        if let Some(k) = &s.write_key {
+            body["write_key"] = Value::String(k.clone());
         }
+        if s.kind == "function" {
+            body["function"] = json!(s.function);
+            body["settings"] = serde_json::to_value(&s.settings)?;
+            for (field, value) in [
+                ("respond", &s.respond),
+                ("capture", &s.capture),
+                ("token", &s.token),
+            ] {
+                if let Some(v) = value {
+                    body[field] = Value::String(v.clone());
+                }
+            }
+        }
+        steps.push(Step::CreateSource {
+            slug: s.slug.clone(),
+            body,
+        });
     }
     for (d, raw) in config.destinations.iter().zip(&config.raw_destinations) {
         let name = d.name().to_string();
-        if let DestinationConfig::Function(_) = d {
-            notes.push(format!("! destination {name:?} (function): code comes from files; applied at the server's next start"));
-            continue;
-        }
         if !existing_destinations.contains(&name) {
             steps.push(Step::CreateDestination {
                 name,
@@ -116,29 +133,51 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     }
     for step in &steps {
         match step {
+            Step::CreateFunction { name, .. } => println!("  + create function {name} (deployed)"),
+            Step::ChangeFunction { name, .. } => {
+                println!("  ~ change function {name} (a new version, deployed where it runs)")
+            }
             Step::CreateSource { slug, .. } => println!("  + create source {slug}"),
             Step::CreateDestination { name, .. } => println!("  + create destination {name}"),
             Step::ChangeDestination { name, .. } => println!("  ~ change destination {name}"),
             Step::RemoveDestination { name } => println!("  - remove destination {name}"),
         }
     }
-    for n in &notes {
-        println!("  {n}");
-    }
     if args.dry_run || steps.is_empty() {
         return Ok(());
     }
     for step in steps {
         match step {
+            Step::CreateFunction { name, body } => {
+                client
+                    .send(Method::POST, "/api/v1/functions", Some(body))
+                    .await
+                    .with_context(|| format!("create function {name:?}"))?;
+            }
+            Step::ChangeFunction { name, body } => {
+                client
+                    .send(
+                        Method::PUT,
+                        &format!("/api/v1/functions/{name}"),
+                        Some(body),
+                    )
+                    .await
+                    .with_context(|| format!("change function {name:?}"))?;
+            }
             Step::CreateSource { slug, body } => {
                 let v = client
                     .send(Method::POST, "/api/v1/sources", Some(body.clone()))
                     .await
                     .with_context(|| format!("create source {slug:?}"))?;
-                if body.get("write_key").is_none() {
+                let (credential, field) = if body["kind"] == "function" {
+                    ("token", "token")
+                } else {
+                    ("write key", "write_key")
+                };
+                if body.get(field).is_none() {
                     println!(
-                        "  source {slug}: write key {} (shown once)",
-                        v["write_key"].as_str().unwrap_or("")
+                        "  source {slug}: {credential} {} (shown once)",
+                        v[field].as_str().unwrap_or("")
                     );
                 }
             }
@@ -172,4 +211,70 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     }
     println!("applied");
     Ok(())
+}
+
+/// What a declared function needs: created, a new version deployed (its code,
+/// settings or limits differ from the deployed version's), or nothing.
+async fn function_step(
+    client: &Client,
+    f: &FunctionConfig,
+    config_dir: &std::path::Path,
+) -> anyhow::Result<Option<Step>> {
+    use reqwest::Method;
+    let path = config_dir.join(&f.file);
+    let code = std::fs::read_to_string(&path)
+        .with_context(|| format!("function {:?}: cannot read {}", f.name, path.display()))?;
+    let spec = delivery::catalog::FunctionSpec {
+        settings: f.settings.clone(),
+        timeout_ms: f.timeout_ms,
+        memory_mb: f.memory_mb,
+    };
+    let limits = spec.limits();
+    // Limits are sent in full: a version saved over the API keeps the
+    // previous version's value of any limit left out.
+    let body = json!({
+        "name": f.name,
+        "kind": f.kind,
+        "code": code,
+        "settings": spec.settings,
+        "timeout_ms": limits.timeout.as_millis() as u64,
+        "memory_mb": limits.memory_bytes / (1024 * 1024),
+        "deploy": true,
+    });
+    let current = match client
+        .send_optional(Method::GET, &format!("/api/v1/functions/{}", f.name))
+        .await
+        .with_context(|| format!("read function {:?}", f.name))?
+    {
+        None => {
+            return Ok(Some(Step::CreateFunction {
+                name: f.name.clone(),
+                body,
+            }))
+        }
+        Some(current) => current,
+    };
+    let record = &current["function"];
+    if record["kind"].as_str() != Some(f.kind.as_str()) {
+        anyhow::bail!(
+            "function {:?} is a {} function on the server and a {} function in the file: a function's kind cannot change",
+            f.name,
+            record["kind"].as_str().unwrap_or("?"),
+            f.kind
+        );
+    }
+    let deployed_is_latest = record["deployed_version"] == record["latest_version"];
+    let stored: delivery::catalog::FunctionSpec =
+        serde_json::from_value(record["settings"].clone()).unwrap_or_default();
+    let same_spec = serde_json::to_value(&stored.settings)?
+        == serde_json::to_value(&spec.settings)?
+        && stored.limits().timeout == limits.timeout
+        && stored.limits().memory_bytes == limits.memory_bytes;
+    if deployed_is_latest && same_spec && current["code"].as_str() == Some(code.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(Step::ChangeFunction {
+        name: f.name.clone(),
+        body,
+    }))
 }

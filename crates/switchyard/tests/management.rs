@@ -1028,3 +1028,104 @@ async fn a_function_source_is_read_and_changed() {
     assert_eq!(s, 200);
     rx.wait_delivered("hook", 1, 30).await;
 }
+
+/// `switchyard apply` deploys functions too: a changed file becomes a new
+/// version running where the function runs, and new functions, function
+/// sources and function destinations are created, in an order that lets
+/// each find what it needs; applied twice, it has nothing left to do.
+#[tokio::test]
+async fn apply_deploys_function_code_function_sources_and_destinations() {
+    let rx = Receiver::start("s3cret");
+    let start = format!("[server]\nfetch_allow = [\"127.0.0.1\"]\n{}", config(&rx));
+    let sy = Switchyard::start(&start);
+    let dir = TempDir::new("apply-functions");
+    let file = dir.0.join("next.toml");
+    // Relative paths are read from the file's directory.
+    std::fs::copy(fixture("forwarder.js"), dir.0.join("forwarder.js")).unwrap();
+    let next = start
+        .replace(&fixture("stigg.js"), &fixture("stigg_v2.js"))
+        .replace(
+            r#"sources = ["web", "stigg"]"#,
+            r#"sources = ["web", "stigg", "stigg2"]"#,
+        )
+        + &format!(
+            r#"
+[[sources]]
+slug = "stigg2"
+kind = "function"
+function = "stigg"
+token = "tok_stigg2"
+
+[[functions]]
+name = "fwd"
+kind = "destination"
+file = "forwarder.js"
+settings = [{{ name = "url", required = true }}, {{ name = "secret", encrypted = true }}]
+
+[[destinations]]
+name = "forward"
+kind = "function"
+function = "fwd"
+sources = ["web"]
+settings = {{ url = "{}", secret = "fw" }}
+"#,
+            rx.url("fwd")
+        );
+    std::fs::write(&file, &next).unwrap();
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "--config", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cli(&sy, &args)
+    };
+    let (code, plan) = apply(&["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    for step in [
+        "~ change function stigg",
+        "+ create function fwd",
+        "+ create source stigg2",
+        "~ change destination hook",
+        "+ create destination forward",
+    ] {
+        assert!(plan.contains(step), "{step}: {plan}");
+    }
+    let webhook = br#"{"type":"subscription.created","customer":{"id":"c1"},"plan":"pro"}"#;
+    let (s, _) = sy
+        .post_with("/functions/stigg2/tok_stigg2", None, webhook.to_vec(), &[])
+        .await;
+    assert!(s == 401 || s == 404, "a dry run creates nothing: {s}");
+
+    let (code, out) = apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("applied"), "{out}");
+    // The running source runs version 2 now, and so does the new one.
+    for (path, user) in [
+        ("/functions/stigg/tok_stigg", "c1"),
+        ("/functions/stigg2/tok_stigg2", "c2"),
+    ] {
+        let webhook = format!(
+            r#"{{"type":"subscription.created","customer":{{"id":"{user}"}},"plan":"pro"}}"#
+        );
+        let (s, b) = sy.post_with(path, None, webhook.into_bytes(), &[]).await;
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+    let hook = rx.wait_delivered("hook", 2, 30).await;
+    for record in &hook {
+        let event = body(record);
+        assert_eq!(event["properties"]["version"], 2, "{event}");
+    }
+    // The new function destination forwards the tracking source's events.
+    let (s, _) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"E","messageId":"fwd-1"}"#,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let forwarded = rx.wait_delivered("fwd", 1, 30).await;
+    assert_eq!(message_id(&forwarded[0]), "fwd-1");
+
+    let (code, plan) = apply(&["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("no changes"), "idempotent: {plan}");
+}
