@@ -224,11 +224,7 @@ async fn function_step(
     let path = config_dir.join(&f.file);
     let code = std::fs::read_to_string(&path)
         .with_context(|| format!("function {:?}: cannot read {}", f.name, path.display()))?;
-    let spec = delivery::catalog::FunctionSpec {
-        settings: f.settings.clone(),
-        timeout_ms: f.timeout_ms,
-        memory_mb: f.memory_mb,
-    };
+    let spec = f.spec();
     let limits = spec.limits();
     // Limits are sent in full: a version saved over the API keeps the
     // previous version's value of any limit left out.

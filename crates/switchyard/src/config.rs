@@ -117,6 +117,17 @@ pub struct FunctionConfig {
 
 pub use delivery::catalog::SettingDecl;
 
+impl FunctionConfig {
+    /// What the function declares besides its code, as the store keeps it.
+    pub fn spec(&self) -> delivery::catalog::FunctionSpec {
+        delivery::catalog::FunctionSpec {
+            settings: self.settings.clone(),
+            timeout_ms: self.timeout_ms,
+            memory_mb: self.memory_mb,
+        }
+    }
+}
+
 pub use delivery::DestinationConfig;
 
 /// Replaces `${NAME}` in every string with the environment variable's value.

@@ -269,11 +269,7 @@ async fn apply_file_functions(
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("function {:?}: cannot read {}", f.name, path.display()))?;
-        let spec = delivery::catalog::FunctionSpec {
-            settings: f.settings.clone(),
-            timeout_ms: f.timeout_ms,
-            memory_mb: f.memory_mb,
-        };
+        let spec = f.spec();
         let code = functions::FunctionCode::new(&f.name, &format!("{}.js", f.name), &text);
         functions::inspect(&code, &spec.limits()).map_err(|e| {
             anyhow!(

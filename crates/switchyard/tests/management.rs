@@ -793,6 +793,13 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
     assert_eq!(ids, ["a2", "a3"].iter().map(|s| s.to_string()).collect());
 }
 
+/// `switchyard apply --config FILE EXTRA…` against `sy`.
+fn apply_file(sy: &Switchyard, file: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["apply", "--config", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    cli(sy, &args)
+}
+
 #[tokio::test]
 async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
     let rx = Receiver::start("s3cret");
@@ -805,11 +812,7 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
             rx.url("extra")
         );
     std::fs::write(&file, &next).unwrap();
-    let apply = |extra: &[&str]| {
-        let mut args = vec!["apply", "--config", file.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        cli(&sy, &args)
-    };
+    let apply = |extra: &[&str]| apply_file(&sy, &file, extra);
     let (code, plan) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
     assert!(plan.contains("+ create source newsrc"), "{plan}");
@@ -1072,11 +1075,7 @@ settings = {{ url = "{}", secret = "fw" }}
             rx.url("fwd")
         );
     std::fs::write(&file, &next).unwrap();
-    let apply = |extra: &[&str]| {
-        let mut args = vec!["apply", "--config", file.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        cli(&sy, &args)
-    };
+    let apply = |extra: &[&str]| apply_file(&sy, &file, extra);
     let (code, plan) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
     for step in [
