@@ -77,12 +77,8 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             || e.to_string().contains("length limit")
         {
             ApiError::too_large(format!("request body exceeds the limit of {limit} bytes"))
-        } else if let Some(timeout) = cause::<crate::listen::BodyTimeout>(&e) {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                timeout.to_string(),
-            )
+        } else if let Some(timeout) = cause::<BodyTimeout>(&e) {
+            body_timeout(timeout)
         } else {
             ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
         }
