@@ -598,6 +598,34 @@ pub fn config_digest(config: &Value) -> String {
     hex::encode(sha2::Sha256::digest(config.to_string().as_bytes()))
 }
 
+/// A digest of a function source's binding, the way [`config_digest`] is of
+/// a destination's: object keys sorted at every depth, `respond` and
+/// `capture` at their defaults when absent, so that the same binding from a
+/// file or from the API digests alike.
+pub fn binding_digest(binding: &delivery::catalog::SourceBinding) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&map[k])))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    config_digest(&json!({
+        "function": binding.function,
+        "settings": sorted(&binding.settings),
+        "respond": binding.respond.as_deref().unwrap_or("ack"),
+        "capture": binding.capture.as_deref().unwrap_or("always"),
+    }))
+}
+
 /// Masks secrets in a stored destination configuration.
 fn masked(mut config: Value) -> Value {
     for key in ["shared_secret", "previous_shared_secret"] {
@@ -955,12 +983,21 @@ pub async fn get_source(
     require_token(&state, &headers)?;
     let source = find_source(&state, &slug).await?;
     let function = state.runner.as_ref().and_then(|r| r.source(&slug)).map(|f| {
+        let respond = if f.respond_inline { "function" } else { "ack" };
+        let capture = if f.capture_always { "always" } else { "window" };
+        let binding = delivery::catalog::SourceBinding {
+            function: f.code.name.clone(),
+            settings: f.settings.clone(),
+            respond: Some(respond.into()),
+            capture: Some(capture.into()),
+        };
         json!({
             "name": f.code.name,
             "version": f.code.version,
-            "respond": if f.respond_inline { "function" } else { "ack" },
-            "capture": if f.capture_always { "always" } else { "window" },
+            "respond": respond,
+            "capture": capture,
             "settings": f.settings.as_object().map(|m| m.keys().map(|k| (k.clone(), json!("********"))).collect::<serde_json::Map<_, _>>()),
+            "digest": binding_digest(&binding),
         })
     });
     Ok(Json(json!({

@@ -23,15 +23,13 @@ enum Step {
     CreateFunction { name: String, body: Value },
     ChangeFunction { name: String, body: Value },
     CreateSource { slug: String, body: Value },
+    ChangeSource { slug: String, body: Value },
     CreateDestination { name: String, body: Value },
     ChangeDestination { name: String, body: Value },
     RemoveDestination { name: String },
 }
 
-fn digest(v: &Value) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(v.to_string().as_bytes()))
-}
+use server::manage::{binding_digest, config_digest as digest};
 
 pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
@@ -76,6 +74,9 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     }
     for s in &config.sources {
         if existing_sources.contains(&s.slug) {
+            if let Some(step) = source_change(&client, s).await? {
+                steps.push(step);
+            }
             continue;
         }
         let mut body = json!({ "slug": s.slug, "kind": s.kind });
@@ -138,6 +139,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 println!("  ~ change function {name} (a new version, deployed where it runs)")
             }
             Step::CreateSource { slug, .. } => println!("  + create source {slug}"),
+            Step::ChangeSource { slug, .. } => println!("  ~ change source {slug}"),
             Step::CreateDestination { name, .. } => println!("  + create destination {name}"),
             Step::ChangeDestination { name, .. } => println!("  ~ change destination {name}"),
             Step::RemoveDestination { name } => println!("  - remove destination {name}"),
@@ -180,6 +182,16 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                         v[field].as_str().unwrap_or("")
                     );
                 }
+            }
+            Step::ChangeSource { slug, body } => {
+                client
+                    .send(
+                        Method::PATCH,
+                        &format!("/api/v1/sources/{slug}"),
+                        Some(body),
+                    )
+                    .await
+                    .with_context(|| format!("change source {slug:?}"))?;
             }
             Step::CreateDestination { name, body } => {
                 client
@@ -272,5 +284,44 @@ async fn function_step(
     Ok(Some(Step::ChangeFunction {
         name: f.name.clone(),
         body,
+    }))
+}
+
+/// A function source whose function, settings, `respond` or `capture` differ
+/// from the running one's (compared by digest: the API never shows settings)
+/// needs a change; a tracking source never does (its key is rotated, not
+/// declared).
+async fn source_change(
+    client: &Client,
+    s: &crate::config::SourceConfig,
+) -> anyhow::Result<Option<Step>> {
+    let Some(function) = s.function.clone().filter(|_| s.kind == "function") else {
+        return Ok(None);
+    };
+    let binding = delivery::catalog::SourceBinding {
+        function,
+        settings: serde_json::to_value(&s.settings)?,
+        respond: s.respond.clone(),
+        capture: s.capture.clone(),
+    };
+    let current = client
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/sources/{}", s.slug),
+            None,
+        )
+        .await
+        .with_context(|| format!("read source {:?}", s.slug))?;
+    if current["function"]["digest"].as_str() == Some(binding_digest(&binding).as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(Step::ChangeSource {
+        slug: s.slug.clone(),
+        body: json!({
+            "function": binding.function,
+            "settings": binding.settings,
+            "respond": binding.respond.as_deref().unwrap_or("ack"),
+            "capture": binding.capture.as_deref().unwrap_or("always"),
+        }),
     }))
 }

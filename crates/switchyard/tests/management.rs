@@ -1033,9 +1033,10 @@ async fn a_function_source_is_read_and_changed() {
 }
 
 /// `switchyard apply` deploys functions too: a changed file becomes a new
-/// version running where the function runs, and new functions, function
-/// sources and function destinations are created, in an order that lets
-/// each find what it needs; applied twice, it has nothing left to do.
+/// version running where the function runs, new functions, function sources
+/// and function destinations are created and a changed function source is
+/// changed, in an order that lets each find what it needs; applied twice, it
+/// has nothing left to do.
 #[tokio::test]
 async fn apply_deploys_function_code_function_sources_and_destinations() {
     let rx = Receiver::start("s3cret");
@@ -1051,6 +1052,10 @@ async fn apply_deploys_function_code_function_sources_and_destinations() {
             r#"sources = ["web", "stigg"]"#,
             r#"sources = ["web", "stigg", "stigg2"]"#,
         )
+        .replace(
+            "token = \"tok_stigg\"\n",
+            "token = \"tok_stigg\"\ncapture = \"window\"\n",
+        )
         + &format!(
             r#"
 [[sources]]
@@ -1058,6 +1063,19 @@ slug = "stigg2"
 kind = "function"
 function = "stigg"
 token = "tok_stigg2"
+
+[[sources]]
+slug = "verified"
+kind = "function"
+function = "verify"
+token = "tok_verified"
+settings = {{ signingSecret = "first" }}
+
+[[functions]]
+name = "verify"
+kind = "source"
+file = "{verify}"
+settings = [{{ name = "signingSecret", required = true, encrypted = true }}]
 
 [[functions]]
 name = "fwd"
@@ -1072,7 +1090,8 @@ function = "fwd"
 sources = ["web"]
 settings = {{ url = "{}", secret = "fw" }}
 "#,
-            rx.url("fwd")
+            rx.url("fwd"),
+            verify = fixture("verify.js"),
         );
     std::fs::write(&file, &next).unwrap();
     let apply = |extra: &[&str]| apply_file(&sy, &file, extra);
@@ -1082,6 +1101,7 @@ settings = {{ url = "{}", secret = "fw" }}
         "~ change function stigg",
         "+ create function fwd",
         "+ create source stigg2",
+        "~ change source stigg",
         "~ change destination hook",
         "+ create destination forward",
     ] {
@@ -1112,6 +1132,8 @@ settings = {{ url = "{}", secret = "fw" }}
         let event = body(record);
         assert_eq!(event["properties"]["version"], 2, "{event}");
     }
+    let (_, source) = sy.admin("GET", "/api/v1/sources/stigg", None).await;
+    assert_eq!(source["function"]["capture"], "window", "{source}");
     // The new function destination forwards the tracking source's events.
     let (s, _) = sy
         .post(
@@ -1124,6 +1146,16 @@ settings = {{ url = "{}", secret = "fw" }}
     let forwarded = rx.wait_delivered("fwd", 1, 30).await;
     assert_eq!(message_id(&forwarded[0]), "fwd-1");
 
+    let (code, plan) = apply(&["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("no changes"), "idempotent: {plan}");
+
+    // A changed setting (never shown by the API) is seen by its digest.
+    std::fs::write(&file, next.replace("\"first\"", "\"second\"")).unwrap();
+    let (code, plan) = apply(&[]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("~ change source verified"), "{plan}");
+    assert!(!plan.contains("change source stigg"), "{plan}");
     let (code, plan) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
     assert!(plan.contains("no changes"), "idempotent: {plan}");
