@@ -33,6 +33,14 @@ pub fn require_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
         .ok_or_else(|| ApiError::unauthorized("invalid API token"))
 }
 
+/// Whether the request's token may change things (an admin or full API
+/// token). Digests of configurations that hold secrets are shown only to
+/// such tokens: a read-only viewer could otherwise test guesses of a weak
+/// secret against them offline.
+fn may_change(state: &AppState, headers: &HeaderMap) -> bool {
+    bearer(headers).and_then(|t| state.token_access(t)) == Some(false)
+}
+
 /// Refuses writes (anything but GET/HEAD) to `/api/v1/…` with a read-only token.
 pub async fn read_only_guard(
     State(state): State<Arc<AppState>>,
@@ -667,11 +675,12 @@ pub async fn get_destination(
     let (config, origin) = stored_destination(&state, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown destination {name:?}")))?;
+    let digest = may_change(&state, &headers).then(|| config_digest(&config));
     Ok(Json(json!({
         "name": name,
         "origin": origin,
         "running": state.engine.sink(&name).await.is_some(),
-        "digest": config_digest(&config),
+        "digest": digest,
         "config": masked(config),
     })))
 }
@@ -982,6 +991,7 @@ pub async fn get_source(
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let source = find_source(&state, &slug).await?;
+    let show_digest = may_change(&state, &headers);
     let function = state.runner.as_ref().and_then(|r| r.source(&slug)).map(|f| {
         let respond = if f.respond_inline { "function" } else { "ack" };
         let capture = if f.capture_always { "always" } else { "window" };
@@ -997,7 +1007,7 @@ pub async fn get_source(
             "respond": respond,
             "capture": capture,
             "settings": f.settings.as_object().map(|m| m.keys().map(|k| (k.clone(), json!("********"))).collect::<serde_json::Map<_, _>>()),
-            "digest": binding_digest(&binding),
+            "digest": show_digest.then(|| binding_digest(&binding)),
         })
     });
     Ok(Json(json!({

@@ -115,6 +115,25 @@ async fn every_management_route_checks_its_token() {
         ("write key as Bearer", Some("Bearer wk_web")),
         ("function token", Some("Bearer tok_stigg")),
     ];
+    // Digests of configurations that hold secrets are for tokens that may
+    // change them, not for read-only viewers.
+    for (path, pointer) in [
+        ("/api/v1/destinations/hook", "/digest"),
+        ("/api/v1/sources/stigg", "/function/digest"),
+    ] {
+        let (s, b) = call(&sy, "get", path, Some(&admin)).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        assert!(
+            b.pointer(pointer).is_some_and(Value::is_string),
+            "{path}: {b}"
+        );
+        let (s, b) = call(&sy, "get", path, Some(&read_only)).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        assert!(
+            b.pointer(pointer).is_some_and(Value::is_null),
+            "{path}: {b}"
+        );
+    }
     let mut checked = 0;
     for (method, path, auth, _) in ROUTES {
         if *auth != Auth::Api {
