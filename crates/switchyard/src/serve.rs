@@ -51,6 +51,21 @@ pub struct ServeArgs {
     /// How long a client may take to send a request's headers, and its body once it stalls; an idle keep-alive connection is closed after as long [default: 60s].
     #[arg(long, env = "SWITCHYARD_CLIENT_TIMEOUT")]
     pub client_timeout: Option<String>,
+    /// Threads running functions [default: one per core].
+    #[arg(long, env = "SWITCHYARD_FUNCTION_WORKERS")]
+    pub function_workers: Option<usize>,
+    /// Largest raw request a function source accepts, in bytes [default: 2097152].
+    #[arg(long, env = "SWITCHYARD_MAX_FUNCTION_BODY_BYTES")]
+    pub max_function_body_bytes: Option<usize>,
+    /// Delay before a failed source-function run is retried, doubling each time [default: 1000].
+    #[arg(long, env = "SWITCHYARD_FUNCTION_RETRY_INITIAL_MS")]
+    pub function_retry_initial_ms: Option<u64>,
+    /// Hosts functions may `fetch` even when private or loopback, comma-separated (replaces the file's list).
+    #[arg(long, env = "SWITCHYARD_FETCH_ALLOW", value_delimiter = ',')]
+    pub fetch_allow: Vec<String>,
+    /// Hosts functions may never `fetch`, comma-separated (replaces the file's list).
+    #[arg(long, env = "SWITCHYARD_FETCH_DENY", value_delimiter = ',')]
+    pub fetch_deny: Vec<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -529,18 +544,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     // Functions can be created at run time: the pool is always there (its
     // threads are idle until a function runs).
-    let workers = server.function_workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    let pool = Arc::new(functions::Pool::new(
-        workers,
-        functions::FetchPolicy {
-            allow: server.fetch_allow.clone(),
-            deny: server.fetch_deny.clone(),
-        },
-    ));
+    let workers = args
+        .function_workers
+        .or(server.function_workers)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+    let hosts =
+        |flag: &Vec<String>, file: &Vec<String>| if flag.is_empty() { file } else { flag }.clone();
+    let fetch_policy = functions::FetchPolicy {
+        allow: hosts(&args.fetch_allow, &server.fetch_allow),
+        deny: hosts(&args.fetch_deny, &server.fetch_deny),
+    };
+    let pool = Arc::new(functions::Pool::new(workers, fetch_policy.clone()));
     let stored_destinations = reconcile_destinations(store.as_ref(), &keyring, &config).await?;
     let destinations = build_destinations(&stored_destinations, &store, Some(&pool)).await?;
     let engine = delivery::Engine::start(store.clone(), destinations)
@@ -552,7 +570,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         pool.clone(),
         source_functions,
         limits,
-        Duration::from_millis(server.function_retry_initial_ms.unwrap_or(1000)),
+        Duration::from_millis(
+            args.function_retry_initial_ms
+                .or(server.function_retry_initial_ms)
+                .unwrap_or(1000),
+        ),
     ));
     let runner_task = runner
         .clone()
@@ -565,13 +587,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(metrics),
     );
     app.runner = runner.clone();
-    if let Some(max) = server.max_function_body_bytes {
+    if let Some(max) = args
+        .max_function_body_bytes
+        .or(server.max_function_body_bytes)
+    {
         app.max_function_body_bytes = max;
     }
-    app.fetch_policy = functions::FetchPolicy {
-        allow: server.fetch_allow.clone(),
-        deny: server.fetch_deny.clone(),
-    };
+    app.fetch_policy = fetch_policy;
     let state = Arc::new(app);
     for (slug, hash) in &credentials.write_keys {
         state.set_write_key_hash(slug, hash);

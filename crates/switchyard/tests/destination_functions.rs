@@ -446,3 +446,71 @@ async fn api_test_runs_mock_fetch_or_really_send_when_asked() {
     let got = rx.wait_delivered("live", 1, 30).await;
     assert_eq!(body(&got[0])["text"], "*Tested* by u");
 }
+
+/// The `[server]` function settings have flags and environment variables
+/// like every other setting: `SWITCHYARD_FETCH_ALLOW` lets a function call
+/// the loopback receiver, which the same server refuses without it.
+#[tokio::test]
+async fn function_settings_come_from_the_environment_too() {
+    let rx = Receiver::start("unused");
+    let config = format!(
+        r#"
+[[sources]]
+slug = "web"
+kind = "tracking"
+write_key = "wk_web"
+
+[[functions]]
+name = "fwd"
+kind = "destination"
+file = "{forwarder}"
+settings = [{{ name = "url", required = true }}, {{ name = "secret" }}]
+
+[[destinations]]
+name = "forward"
+kind = "function"
+function = "fwd"
+sources = ["web"]
+settings = {{ url = "{url}", secret = "s" }}
+"#,
+        forwarder = fixture("forwarder.js"),
+        url = rx.url("fwd"),
+    );
+    let env = |pairs: &[(&str, &str)]| Launch {
+        env: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Launch::default()
+    };
+    let allowed = Switchyard::start_with(
+        &config,
+        env(&[
+            ("SWITCHYARD_FETCH_ALLOW", "127.0.0.1,localhost"),
+            ("SWITCHYARD_FUNCTION_WORKERS", "1"),
+        ]),
+    );
+    let event = r#"{"userId":"u","event":"E","messageId":"allowed"}"#;
+    assert_eq!(allowed.post("/v1/track", "wk_web", event).await.0, 200);
+    let got = rx.wait_delivered("fwd", 1, 30).await;
+    assert_eq!(message_id(&got[0]), "allowed");
+
+    let refused = Switchyard::start(&config);
+    let event = r#"{"userId":"u","event":"E","messageId":"refused"}"#;
+    assert_eq!(refused.post("/v1/track", "wk_web", event).await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, attempts) = refused
+            .admin("GET", "/api/v1/destinations/forward/attempts", None)
+            .await;
+        if attempts.to_string().contains("private or loopback") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused fetch recorded: {attempts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rx.received("fwd").await.len(), 1, "nothing more arrived");
+}

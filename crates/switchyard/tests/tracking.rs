@@ -869,7 +869,13 @@ async fn slow_clients_are_cut_off_after_the_client_timeout() {
 async fn clients_past_the_soft_open_files_limit_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const CLIENTS: usize = 600;
-    let sy = Switchyard::start_with_open_files(&config_with(""), Some(256));
+    let sy = Switchyard::start_with(
+        &config_with(""),
+        Launch {
+            open_files: Some(256),
+            ..Launch::default()
+        },
+    );
     let mut clients = Vec::new();
     for n in 0..CLIENTS {
         let addr = sy.addr.clone();

@@ -224,19 +224,26 @@ pub struct Switchyard {
     pub dir: TempDir,
     pub stdout: Vec<String>,
     http: reqwest::Client,
-    /// The soft limit of open files it starts with (`ulimit -Sn`), if set.
-    open_files: Option<u32>,
+    launch: Launch,
+}
+
+/// How a test starts switchyard beyond its configuration file.
+#[derive(Default, Clone)]
+pub struct Launch {
+    /// The soft limit of open files (`ulimit -Sn`) it starts with, if set.
+    pub open_files: Option<u32>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Switchyard {
     /// Starts switchyard with `config` (TOML) on a random loopback port.
     pub fn start(config: &str) -> Switchyard {
-        Self::start_with_open_files(config, None)
+        Self::start_with(config, Launch::default())
     }
 
-    /// Starts switchyard as [`Switchyard::start`] does, from a shell that
-    /// first lowers the soft limit of open files to `open_files`.
-    pub fn start_with_open_files(config: &str, open_files: Option<u32>) -> Switchyard {
+    /// Starts switchyard as [`Switchyard::start`] does, the way `launch` says.
+    pub fn start_with(config: &str, launch: Launch) -> Switchyard {
         let http = http_client();
         let dir = TempDir::new("server");
         std::fs::write(dir.0.join("switchyard.toml"), config).expect("write config");
@@ -247,7 +254,7 @@ impl Switchyard {
             dir,
             stdout: Vec::new(),
             http,
-            open_files,
+            launch,
         };
         s.spawn();
         s
@@ -259,7 +266,7 @@ impl Switchyard {
             .append(true)
             .open(self.dir.0.join("server.log"))
             .expect("server log");
-        let mut cmd = match self.open_files {
+        let mut cmd = match self.launch.open_files {
             None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
             Some(limit) => {
                 let mut sh = Command::new("sh");
@@ -279,6 +286,7 @@ impl Switchyard {
             .arg("--admin-token")
             .arg(ADMIN_TOKEN)
             .env("SWITCHYARD_LOG", "info,switchyard_delivery=debug")
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::from(log));
         let (child, url, rx) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             spawn_and_wait(cmd, "switchyard: listening on ", "switchyard")
