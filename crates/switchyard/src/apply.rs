@@ -114,7 +114,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             .send(Method::GET, &format!("/api/v1/destinations/{name}"), None)
             .await
             .with_context(|| format!("read destination {name:?}"))?;
-        if current["digest"].as_str() != Some(digest(raw).as_str()) {
+        if shown_digest(&current["digest"])? != digest(raw) {
             steps.push(Step::ChangeDestination {
                 name,
                 body: raw.clone(),
@@ -312,7 +312,13 @@ async fn source_change(
         )
         .await
         .with_context(|| format!("read source {:?}", s.slug))?;
-    if current["function"]["digest"].as_str() == Some(binding_digest(&binding).as_str()) {
+    if current["function"].is_null() {
+        anyhow::bail!(
+            "source {:?} is a tracking source on the server and a function source in the file: a source's kind cannot change",
+            s.slug
+        );
+    }
+    if shown_digest(&current["function"]["digest"])? == binding_digest(&binding) {
         return Ok(None);
     }
     Ok(Some(Step::ChangeSource {
@@ -324,4 +330,13 @@ async fn source_change(
             "capture": binding.capture.as_deref().unwrap_or("always"),
         }),
     }))
+}
+
+/// A digest the server showed; it shows none to a read-only token.
+fn shown_digest(digest: &Value) -> anyhow::Result<&str> {
+    digest.as_str().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the server shows no configuration digests to this token: apply needs an admin token or a full API token, not a read-only one"
+        )
+    })
 }

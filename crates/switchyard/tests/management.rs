@@ -832,6 +832,25 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
         );
     std::fs::write(&file, &next).unwrap();
     let apply = |extra: &[&str]| apply_file(&sy, &file, extra);
+    // A read-only token sees no digests: apply says so instead of planning.
+    let (s, t) = sy
+        .admin(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "viewer", "read_only": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["apply", "--dry-run", "--config", file.to_str().unwrap()])
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", t["token"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not a read-only one"), "{stderr}");
+
     let (code, plan) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
     assert!(plan.contains("+ create source newsrc"), "{plan}");
