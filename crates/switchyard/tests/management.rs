@@ -97,15 +97,7 @@ async fn call_with(
 async fn every_management_route_checks_its_token() {
     let rx = Receiver::start("s3cret");
     let sy = Switchyard::start(&config(&rx));
-    let (s, t) = sy
-        .admin(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "viewer", "read_only": true})),
-        )
-        .await;
-    assert_eq!(s, 201, "{t}");
-    let read_only = format!("Bearer {}", t["token"].as_str().unwrap());
+    let read_only = format!("Bearer {}", read_only_token(&sy).await);
     let admin = format!("Bearer {ADMIN_TOKEN}");
     let basic_write_key = format!("Basic {}", base64_of("wk_web:"));
     let wrong: [(&str, Option<&str>); 5] = [
@@ -180,6 +172,19 @@ async fn every_management_route_checks_its_token() {
         checked += 1;
     }
     assert!(checked >= 20, "{checked}");
+}
+
+/// A new read-only API token.
+async fn read_only_token(sy: &Switchyard) -> String {
+    let (s, t) = sy
+        .admin(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "viewer", "read_only": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    t["token"].as_str().expect("token").to_string()
 }
 
 fn base64_of(s: &str) -> String {
@@ -476,10 +481,15 @@ async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
 }
 
 fn cli(sy: &Switchyard, args: &[&str]) -> (i32, String) {
+    cli_as(sy, ADMIN_TOKEN, args)
+}
+
+/// The CLI against `sy` with `token`: exit code and stdout + stderr.
+fn cli_as(sy: &Switchyard, token: &str, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .env("SWITCHYARD_SERVER", &sy.base)
-        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHYARD_TOKEN", token)
         .output()
         .unwrap();
     (
@@ -833,23 +843,14 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
     std::fs::write(&file, &next).unwrap();
     let apply = |extra: &[&str]| apply_file(&sy, &file, extra);
     // A read-only token sees no digests: apply says so instead of planning.
-    let (s, t) = sy
-        .admin(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "viewer", "read_only": true})),
-        )
-        .await;
-    assert_eq!(s, 201, "{t}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["apply", "--dry-run", "--config", file.to_str().unwrap()])
-        .env("SWITCHYARD_SERVER", &sy.base)
-        .env("SWITCHYARD_TOKEN", t["token"].as_str().unwrap())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("not a read-only one"), "{stderr}");
+    let viewer = read_only_token(&sy).await;
+    let (code, out) = cli_as(
+        &sy,
+        &viewer,
+        &["apply", "--dry-run", "--config", file.to_str().unwrap()],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not a read-only one"), "{out}");
 
     let (code, plan) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
