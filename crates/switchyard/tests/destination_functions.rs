@@ -453,13 +453,8 @@ async fn api_test_runs_mock_fetch_or_really_send_when_asked() {
 #[tokio::test]
 async fn function_settings_come_from_the_environment_too() {
     let rx = Receiver::start("unused");
-    let config = format!(
+    let config = config_with(&format!(
         r#"
-[[sources]]
-slug = "web"
-kind = "tracking"
-write_key = "wk_web"
-
 [[functions]]
 name = "fwd"
 kind = "destination"
@@ -475,7 +470,7 @@ settings = {{ url = "{url}", secret = "s" }}
 "#,
         forwarder = fixture("forwarder.js"),
         url = rx.url("fwd"),
-    );
+    ));
     let env = |pairs: &[(&str, &str)]| Launch {
         env: pairs
             .iter()
