@@ -995,19 +995,21 @@ pub async fn get_source(
     let function = state.runner.as_ref().and_then(|r| r.source(&slug)).map(|f| {
         let respond = if f.respond_inline { "function" } else { "ack" };
         let capture = if f.capture_always { "always" } else { "window" };
-        let binding = delivery::catalog::SourceBinding {
-            function: f.code.name.clone(),
-            settings: f.settings.clone(),
-            respond: Some(respond.into()),
-            capture: Some(capture.into()),
-        };
+        let digest = show_digest.then(|| {
+            binding_digest(&delivery::catalog::SourceBinding {
+                function: f.code.name.clone(),
+                settings: f.settings.clone(),
+                respond: Some(respond.into()),
+                capture: Some(capture.into()),
+            })
+        });
         json!({
             "name": f.code.name,
             "version": f.code.version,
             "respond": respond,
             "capture": capture,
             "settings": f.settings.as_object().map(|m| m.keys().map(|k| (k.clone(), json!("********"))).collect::<serde_json::Map<_, _>>()),
-            "digest": show_digest.then(|| binding_digest(&binding)),
+            "digest": digest,
         })
     });
     Ok(Json(json!({

@@ -7,6 +7,7 @@ use crate::config::{Config, FunctionConfig};
 use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
+use server::manage::{binding_digest, config_digest};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -28,8 +29,6 @@ enum Step {
     ChangeDestination { name: String, body: Value },
     RemoveDestination { name: String },
 }
-
-use server::manage::{binding_digest, config_digest as digest};
 
 pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
@@ -114,7 +113,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             .send(Method::GET, &format!("/api/v1/destinations/{name}"), None)
             .await
             .with_context(|| format!("read destination {name:?}"))?;
-        if shown_digest(&current["digest"])? != digest(raw) {
+        if shown_digest(&current["digest"])? != config_digest(raw) {
             steps.push(Step::ChangeDestination {
                 name,
                 body: raw.clone(),
