@@ -690,29 +690,30 @@ const RETRY_COLUMNS: &str = "id, destination, url, message_ids, body, webhook_id
 fn load_recent_ids(conn: &Connection, options: &EmbeddedOptions) -> Result<RecentIds> {
     let mut recent = RecentIds::new(options.dedup_window_ms, options.dedup_max_ids);
     let cutoff = now_ms() - options.dedup_window_ms;
-    // The newest `dedup_max_ids` events of the window, oldest first. Found as
-    // the seq of the oldest of them (walking the primary key backwards) and a
-    // forward scan from it, both in key order: selecting them newest first
-    // and sorting them back made SQLite hold every row of the window at once
-    // (about 60 MB for 600,000 ids, kept by the allocator after the start).
-    let first: i64 = conn
-        .query_row(
-            "SELECT seq FROM events WHERE received_ms >= ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
-            params![cutoff, options.dedup_max_ids.max(1) as i64 - 1],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    let mut stmt = conn.prepare(
-        "SELECT seq, source_id, message_id, received_ms FROM events
-         WHERE seq >= ?1 AND received_ms >= ?2 ORDER BY seq",
-    )?;
-    let mut rows = stmt.query(params![first, cutoff])?;
-    while let Some(r) = rows.next()? {
+    let most = options.dedup_max_ids.max(1);
+    // One walk of the primary key from the newest event back, to the first
+    // one received before the window (events are logged in the order
+    // received) or the `dedup_max_ids`th. Filtering every row by its time
+    // instead read the whole log, seven days of it by default, to find one
+    // day; and inserting the ids as they came grew the table (and the
+    // expiry order) by doubling, each step holding both copies at once.
+    let mut stmt = conn
+        .prepare("SELECT seq, source_id, message_id, received_ms FROM events ORDER BY seq DESC")?;
+    let mut rows = stmt.query([])?;
+    let mut newest_first = Vec::new();
+    while newest_first.len() < most {
+        let Some(r) = rows.next()? else {
+            break;
+        };
+        let received_ms: i64 = r.get(3)?;
+        if received_ms < cutoff {
+            break;
+        }
         let message_id: String = r.get(2)?;
         let hash = recent.id_hash(r.get(1)?, &message_id);
-        recent.insert(hash, r.get::<_, i64>(0)? as u64, r.get(3)?);
+        newest_first.push((received_ms, r.get::<_, i64>(0)? as u64, hash));
     }
+    recent.load_newest_first(newest_first);
     Ok(recent)
 }
 

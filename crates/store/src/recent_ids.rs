@@ -57,6 +57,20 @@ impl IdTable {
         }
     }
 
+    /// Grows (never shrinks) to the size that holds `ids` ids at most
+    /// half full, within its largest size: one step instead of a doubling
+    /// per power of two, each of which held the old table and the new at
+    /// once.
+    fn reserve_for(&mut self, ids: usize) {
+        let wanted = (ids.max(1) * 2)
+            .next_power_of_two()
+            .min(self.max_slots)
+            .max(MIN_SLOTS);
+        if wanted > self.slots.len() {
+            self.rehash_into(SlotBuf::zeroed(wanted));
+        }
+    }
+
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }
@@ -95,7 +109,10 @@ impl IdTable {
         if (self.len + 1) * 2 <= self.slots.len() || self.slots.len() >= self.max_slots {
             return;
         }
-        let grown = SlotBuf::zeroed(self.slots.len() * 2);
+        self.rehash_into(SlotBuf::zeroed(self.slots.len() * 2));
+    }
+
+    fn rehash_into(&mut self, grown: SlotBuf) {
         let old = std::mem::replace(&mut self.slots, grown);
         let mask = self.mask();
         let slots = self.slots.as_mut_slice();
@@ -334,6 +351,21 @@ impl RecentIds {
         Ok(Some(seq))
     }
 
+    /// Loads the ids of a log read newest first (`(received_ms, seq,
+    /// hash)`), into a store that remembers none yet: the table is sized
+    /// once for all of them, and the list becomes the expiry order in place.
+    /// The newest `capacity` are kept.
+    pub(crate) fn load_newest_first(&mut self, mut ids: Vec<(i64, u64, IdHash)>) {
+        debug_assert!(self.order.is_empty(), "loaded into an empty store only");
+        ids.truncate(self.capacity);
+        ids.reverse();
+        self.table.reserve_for(ids.len());
+        for &(_, seq, hash) in &ids {
+            self.table.insert(hash, seq);
+        }
+        self.order = VecDeque::from(ids);
+    }
+
     /// Records an event just stored.
     pub(crate) fn insert(&mut self, hash: IdHash, seq: u64, received_ms: i64) {
         self.table.insert(hash, seq);
@@ -479,6 +511,34 @@ mod tests {
         // Hash 0 is a key like any other.
         table.insert(0, 9);
         assert_eq!(table.get(0), Some(9));
+    }
+
+    #[test]
+    fn loading_newest_first_sizes_the_table_once_and_keeps_the_order() {
+        let mut ids = RecentIds::new(1000, 50_000);
+        let mut hashes: Vec<IdHash> = (0..60_000u64)
+            .map(|i| ids.id_hash(1, &i.to_string()))
+            .collect();
+        // An id stored twice (the older copy past the window then): the
+        // newer seq must win.
+        hashes[10_500] = hashes[59_999];
+        let newest_first = (0..60_000u64)
+            .rev()
+            .map(|seq| (seq as i64 / 100, seq, hashes[seq as usize]))
+            .collect();
+        ids.load_newest_first(newest_first);
+        assert_eq!(ids.table.slots.len(), 131_072, "sized once for 50,000 ids");
+        assert_eq!(ids.order.len(), 50_000, "the newest capacity ids are kept");
+        assert_eq!(ids.len(), 49_999, "one hash twice");
+        assert_eq!(ids.get(hashes[59_999]), Some(59_999), "the newest seq wins");
+        assert_eq!(ids.get(hashes[10_000]), Some(10_000));
+        assert_eq!(ids.get(hashes[9_999]), None, "past the capacity");
+        // Expiry goes oldest first (received_ms = seq / 100, window 1 s),
+        // and the older copy's expiry leaves the newer one in place.
+        assert_eq!(ids.expire(200 + 1000), 10_000);
+        assert_eq!(ids.get(hashes[19_999]), None);
+        assert_eq!(ids.get(hashes[20_000]), Some(20_000));
+        assert_eq!(ids.get(hashes[59_999]), Some(59_999));
     }
 
     #[test]
