@@ -366,7 +366,9 @@ impl RecentIds {
         self.order = VecDeque::from(ids);
     }
 
-    /// Records an event just stored.
+    /// Records an event just stored (the store itself goes through
+    /// [`Self::store_once`]).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, hash: IdHash, seq: u64, received_ms: i64) {
         self.table.insert(hash, seq);
         self.remember(hash, seq, received_ms);
