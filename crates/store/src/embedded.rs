@@ -2749,6 +2749,18 @@ mod tests {
         let receipt = store.append("web", vec![event("e")], vec![]).await.unwrap();
         assert_eq!(receipt.duplicates, 0);
         store.close().await;
+        // The walk back from the newest event stops at the window's edge:
+        // the ids after it are remembered, those before it are not.
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let store = EmbeddedStore::open(options(100, 60_000)).unwrap();
+        store.append("web", vec![event("f")], vec![]).await.unwrap();
+        store.close().await;
+        let store = EmbeddedStore::open(options(100, 1_000)).unwrap();
+        for (id, duplicate) in [("f", 1), ("a", 0)] {
+            let receipt = store.append("web", vec![event(id)], vec![]).await.unwrap();
+            assert_eq!(receipt.duplicates, duplicate, "{id}");
+        }
+        store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 
