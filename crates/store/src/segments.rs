@@ -175,28 +175,97 @@ fn decode(bytes: &[u8], parsed: Parsed) -> Record {
     }
 }
 
-/// Adds the live records of `bytes` (segment `segment`) past `indexed_head`
-/// to `records`; returns where the valid records end.
+/// Bytes of a segment read at a time when it is scanned at open: reading a
+/// whole segment (64 MiB when full) at once was most of a start's peak memory.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// Where the valid records of a segment file end, as [`scan`] found it.
+struct Scanned {
+    valid_end: u64,
+    /// Whether anything but zeros follows them (a torn write).
+    torn: bool,
+    /// The file's length.
+    len: u64,
+}
+
+/// Reads `file` (segment `segment`) from its start, `SCAN_CHUNK` bytes at a
+/// time (more for a record that is longer), adds its live records past
+/// `indexed_head` to `records`, and says where the valid ones end.
 fn scan(
-    bytes: &[u8],
+    file: &File,
     segment: u64,
     indexed_head: u64,
     records: &mut Vec<(Record, Location)>,
-) -> usize {
-    let mut at = 0;
-    while let Some(parsed) = parse(&bytes[at..]) {
-        let len = parsed.len;
-        if !parsed.erased && parsed.seq > indexed_head {
-            let location = Location {
-                segment,
-                offset: at as u64,
-                len: len as u64,
-            };
-            records.push((decode(&bytes[at..], parsed), location));
+) -> io::Result<Scanned> {
+    let len = file.metadata()?.len();
+    let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
+    // File offset of `buf[0]`, and of the end of what is read.
+    let mut base = 0u64;
+    let mut read_to = 0u64;
+    let mut at = 0usize;
+    loop {
+        if let Some(parsed) = parse(&buf[at..]) {
+            let record_len = parsed.len;
+            if !parsed.erased && parsed.seq > indexed_head {
+                let location = Location {
+                    segment,
+                    offset: base + at as u64,
+                    len: parsed.len as u64,
+                };
+                records.push((decode(&buf[at..], parsed), location));
+            }
+            at += record_len;
+            continue;
         }
-        at += len;
+        // No whole record here: either more must be read, or the valid
+        // records end here (the end of the file, a torn or corrupt record).
+        let rest = &buf[at..];
+        let needed = if rest.len() < HEADER + FIXED {
+            HEADER + FIXED
+        } else {
+            HEADER + u32_at(rest, 0) as usize
+        };
+        if rest.len() >= needed || base + (at + needed) as u64 > len {
+            break;
+        }
+        buf.drain(..at);
+        base += at as u64;
+        at = 0;
+        let want = (needed - buf.len()).max(SCAN_CHUNK);
+        read_to += read_more(file, &mut buf, read_to, want)?;
     }
-    at
+    let valid_end = base + at as u64;
+    // Zeros past the records were written ahead of them; anything else is
+    // a torn write.
+    let mut torn = buf[at..].iter().any(|b| *b != 0);
+    while !torn && read_to < len {
+        buf.clear();
+        read_to += read_more(file, &mut buf, read_to, SCAN_CHUNK)?;
+        torn = buf.iter().any(|b| *b != 0);
+    }
+    Ok(Scanned {
+        valid_end,
+        torn,
+        len,
+    })
+}
+
+/// Appends up to `want` bytes of `file` from `offset` to `buf`; returns how
+/// many (0 at the end of the file).
+fn read_more(file: &File, buf: &mut Vec<u8>, offset: u64, want: usize) -> io::Result<u64> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buf[start + filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(start + filled);
+    Ok(filled as u64)
 }
 
 /// The newest segment as [`Segments::open`] found it.
@@ -274,18 +343,17 @@ impl Segments {
             .unwrap_or(0);
         for id in ids.iter().skip(first).filter(|id| **id != active_id) {
             let older = segment_path(dir, *id);
-            let bytes = std::fs::read(&older).map_err(|e| error(&older, "cannot read", e))?;
-            scan(&bytes, *id, indexed_head, &mut recovered.records);
+            std::fs::File::open(&older)
+                .and_then(|f| scan(&f, *id, indexed_head, &mut recovered.records))
+                .map_err(|e| error(&older, "cannot read", e))?;
         }
-        let bytes = std::fs::read(&path).map_err(|e| error(&path, "cannot read", e))?;
-        let at = scan(&bytes, active_id, indexed_head, &mut recovered.records);
-        recovered.valid_end = at as u64;
-        // Zeros past the records were written ahead of them; anything else
-        // there is a torn write of a group never acknowledged.
-        let torn = bytes[at..].iter().any(|b| *b != 0);
-        recovered.truncated = if torn { (bytes.len() - at) as u64 } else { 0 };
-        if torn {
-            file.set_len(at as u64)
+        let scanned = scan(&file, active_id, indexed_head, &mut recovered.records)
+            .map_err(|e| error(&path, "cannot read", e))?;
+        let at = scanned.valid_end;
+        recovered.valid_end = at;
+        recovered.truncated = if scanned.torn { scanned.len - at } else { 0 };
+        if scanned.torn {
+            file.set_len(at)
                 .map_err(|e| error(&path, "cannot truncate", e))?;
             file.sync_all()
                 .map_err(|e| error(&path, "cannot sync", e))?;
@@ -298,8 +366,8 @@ impl Segments {
             fsync,
             active: Arc::new(file),
             active_id,
-            written: at as u64,
-            zeroed_to: if torn { at } else { bytes.len() } as u64,
+            written: at,
+            zeroed_to: if scanned.torn { at } else { scanned.len },
             pending: Vec::new(),
             unsynced: false,
             max_bytes,
@@ -760,6 +828,69 @@ mod tests {
         s.flush().unwrap();
         let mut reader = SegmentReader::new(&dir);
         assert_eq!(reader.body(2, again).unwrap(), br#"{"messageId":"m2"}"#);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The scan at open reads a segment a chunk at a time: records that
+    /// straddle chunks, one longer than a chunk, and a torn byte far past
+    /// the records (beyond a long run of zeros written ahead) are all found.
+    #[test]
+    fn the_scan_at_open_reads_in_chunks_and_misses_nothing() {
+        let dir = temp_dir("chunks");
+        let (mut s, _) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        let filler = "x".repeat(777);
+        let big = vec![b'y'; SCAN_CHUNK * 2 + 13];
+        let mut locations = Vec::new();
+        for seq in 1..=4_000u64 {
+            let body: &[u8] = if seq == 2_500 {
+                &big
+            } else {
+                filler.as_bytes()
+            };
+            locations.push(
+                s.append(NewRecord {
+                    seq,
+                    source_id: 7,
+                    received_ms: 1000,
+                    message_id: &format!("m{seq}"),
+                    user_id: None,
+                    body,
+                })
+                .unwrap(),
+            );
+        }
+        s.flush().unwrap();
+        let end = s.end().1;
+        drop(s);
+        assert!(end > 4 * SCAN_CHUNK as u64);
+        let path = segment_path(&dir, 1);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // Zeros written ahead, then one stray byte past the first chunk of them.
+        file.set_len(end + 3 * SCAN_CHUNK as u64).unwrap();
+        let (_, recovered) = Segments::open(&dir, true, 1, 0, SEGMENT_BYTES).unwrap();
+        assert_eq!(recovered.records.len(), 4_000);
+        assert_eq!(recovered.truncated, 0, "zeros ahead are not a torn write");
+        for ((record, location), (seq, expected)) in
+            recovered.records.iter().zip((1u64..).zip(&locations))
+        {
+            assert_eq!((record.seq, location), (seq, expected));
+        }
+        assert_eq!(recovered.records[2_499].0.body, big);
+        file.write_at(&[1], end + 2 * SCAN_CHUNK as u64 + 5)
+            .unwrap();
+        let (_, recovered) = Segments::open(&dir, true, 1, 3_000, SEGMENT_BYTES).unwrap();
+        assert_eq!(
+            recovered.records.len(),
+            1_000,
+            "only those past the index's head"
+        );
+        assert_eq!(recovered.valid_end, end);
+        assert_eq!(
+            recovered.truncated,
+            3 * SCAN_CHUNK as u64,
+            "the torn tail is cut off"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
