@@ -189,6 +189,22 @@
     }
   }
   class Buffer extends Uint8Array {
+    // `new Buffer(string, encoding)` and `new Buffer(array)`: deprecated in
+    // Node but still found in functions; the typed-array forms pass through.
+    constructor(value, encOrOffset, length) {
+      if (typeof value === 'string') {
+        const bytes = encodeString(value, encOrOffset);
+        super(bytes.length);
+        this.set(bytes);
+      } else if (Array.isArray(value)) {
+        super(value.length);
+        this.set(value);
+      } else if (encOrOffset === undefined && length === undefined) {
+        super(value);
+      } else {
+        super(value, encOrOffset, length);
+      }
+    }
     static from(value, encOrOffset, length) {
       if (typeof value === 'string') return Buffer._wrap(encodeString(value, encOrOffset));
       if (value instanceof ArrayBuffer) return new Buffer(value, encOrOffset || 0, length === undefined ? value.byteLength - (encOrOffset || 0) : length);
@@ -230,10 +246,99 @@
     }
     slice(start, end) { const s = this.subarray(start, end); return new Buffer(s.buffer, s.byteOffset, s.byteLength); }
     write(str, offset, enc) { const b = encodeString(str, enc); this.set(b.subarray(0, this.length - (offset || 0)), offset || 0); return Math.min(b.length, this.length - (offset || 0)); }
-    readUInt8(o) { return this[o]; }
-    readUInt32BE(o) { return ((this[o] << 24) >>> 0) + ((this[o + 1] << 16) | (this[o + 2] << 8) | this[o + 3]); }
+    indexOf(value, byteOffset, enc) {
+      if (typeof byteOffset === 'string') { enc = byteOffset; byteOffset = 0; }
+      let from = Math.trunc(Number(byteOffset) || 0);
+      if (from < 0) from = Math.max(this.length + from, 0);
+      if (typeof value === 'number') return Uint8Array.prototype.indexOf.call(this, value & 255, from);
+      const needle = typeof value === 'string' ? encodeString(value, enc) : toBytes(value);
+      if (needle.length === 0) return Math.min(from, this.length);
+      outer: for (let i = from; i <= this.length - needle.length; i++) {
+        for (let j = 0; j < needle.length; j++) if (this[i + j] !== needle[j]) continue outer;
+        return i;
+      }
+      return -1;
+    }
+    includes(value, byteOffset, enc) { return this.indexOf(value, byteOffset, enc) !== -1; }
+  }
+  // readUInt8 … writeDoubleBE, as Node names them (and the `Uint` aliases).
+  {
+    const view = (b) => new DataView(b.buffer, b.byteOffset, b.byteLength);
+    const kinds = [
+      ['UInt8', 1, 'Uint8'], ['Int8', 1, 'Int8'],
+      ['UInt16', 2, 'Uint16'], ['Int16', 2, 'Int16'],
+      ['UInt32', 4, 'Uint32'], ['Int32', 4, 'Int32'],
+      ['Float', 4, 'Float32'], ['Double', 8, 'Float64'],
+      ['BigUInt64', 8, 'BigUint64'], ['BigInt64', 8, 'BigInt64'],
+    ];
+    const check = (b, o, size) => {
+      if (o === undefined) o = 0;
+      if (!Number.isInteger(o) || o < 0 || o + size > b.length) {
+        const e = new RangeError('The value of "offset" is out of range. It must be >= 0 and <= ' + (b.length - size) + '. Received ' + o);
+        e.code = 'ERR_OUT_OF_RANGE';
+        throw e;
+      }
+      return o;
+    };
+    for (const [name, size, dv] of kinds) {
+      const ends = size === 1 ? [['', false]] : [['LE', true], ['BE', false]];
+      for (const [end, little] of ends) {
+        const read = function (o) { return view(this)['get' + dv](check(this, o, size), little); };
+        const write = function (value, o) { o = check(this, o, size); view(this)['set' + dv](o, value, little); return o + size; };
+        for (const n of [name, name.replace('UInt', 'Uint')]) {
+          Buffer.prototype['read' + n + end] = read;
+          Buffer.prototype['write' + n + end] = write;
+        }
+      }
+    }
   }
   define('Buffer', Buffer);
+  class TextEncoder {
+    get encoding() { return 'utf-8'; }
+    encode(input) { return utf8Encode(input === undefined ? '' : String(input)); }
+  }
+  class TextDecoder {
+    constructor(label) {
+      const l = String(label === undefined ? 'utf-8' : label).trim().toLowerCase();
+      if (l !== 'utf-8' && l !== 'utf8' && l !== 'unicode-1-1-utf-8') throw new RangeError('The "' + label + '" encoding is not supported');
+    }
+    get encoding() { return 'utf-8'; }
+    decode(input) {
+      if (input === undefined) return '';
+      const bytes = input instanceof ArrayBuffer ? new Uint8Array(input) : new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+      return utf8Decode(bytes);
+    }
+  }
+  define('TextEncoder', TextEncoder);
+  define('TextDecoder', TextDecoder);
+  // The structured clone algorithm for what JSON-like data holds: plain
+  // objects and arrays (cycles kept), dates, regular expressions, maps,
+  // sets, typed arrays, errors; functions cannot be cloned.
+  define('structuredClone', function structuredClone(value) {
+    const seen = new Map();
+    const clone = (v) => {
+      if (typeof v === 'function' || typeof v === 'symbol') throw new DOMExceptionLike(String(v) + ' could not be cloned.', 'DataCloneError');
+      if (v === null || typeof v !== 'object') return v;
+      if (seen.has(v)) return seen.get(v);
+      let out;
+      if (v instanceof Date) out = new Date(v.getTime());
+      else if (v instanceof RegExp) out = new RegExp(v.source, v.flags);
+      else if (v instanceof ArrayBuffer) out = v.slice(0);
+      else if (ArrayBuffer.isView(v)) out = new v.constructor(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
+      else if (v instanceof Map) { out = new Map(); seen.set(v, out); for (const [k, x] of v) out.set(clone(k), clone(x)); return out; }
+      else if (v instanceof Set) { out = new Set(); seen.set(v, out); for (const x of v) out.add(clone(x)); return out; }
+      else if (v instanceof Error) { out = new Error(v.message); out.name = v.name; if (v.stack) out.stack = v.stack; }
+      else {
+        out = Array.isArray(v) ? new Array(v.length) : {};
+        seen.set(v, out);
+        for (const k of Object.keys(v)) out[k] = clone(v[k]);
+        return out;
+      }
+      seen.set(v, out);
+      return out;
+    };
+    return clone(value);
+  });
   const toBytes = (data, enc) => {
     if (typeof data === 'string') return encodeString(data, enc);
     if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -264,8 +369,15 @@
     return obj;
   }
   const crypto = {
-    createHmac: (alg, key) => digestObject('hmac', alg, toBytes(key && key.export ? key.export() : key)),
-    createHash: (alg) => digestObject('hash', alg, null),
+    createHmac: (alg, key) => {
+      host.hmac(String(alg), '', '');
+      return digestObject('hmac', alg, toBytes(key && key.export ? key.export() : key));
+    },
+    createHash: (alg) => {
+      host.hash(String(alg), '');
+      return digestObject('hash', alg, null);
+    },
+    getHashes: () => ['md5', 'sha1', 'sha256', 'sha384', 'sha512'],
     randomBytes: (n) => Buffer._wrap(b64Decode(host.randomBytes(n), false)),
     randomUUID: () => host.uuid(),
     getRandomValues(arr) {
@@ -341,12 +453,24 @@
       this.password = p.password;
       this.hostname = p.hostname;
       this.port = p.port;
-      this.pathname = p.pathname;
+      this._pathname = p.pathname;
       this._search = p.search;
       this.hash = p.hash;
       const sp = new URLSearchParams(p.search);
       sp._url = this;
       Object.defineProperty(this, 'searchParams', { value: sp, enumerable: false });
+    }
+    static canParse(input, base) {
+      try { new URL(input, base); return true; } catch (_) { return false; }
+    }
+    get pathname() { return this._pathname; }
+    set pathname(v) {
+      v = String(v);
+      if (!v.startsWith('/')) v = '/' + v;
+      // The WHATWG path percent-encode set, and anything beyond ASCII.
+      this._pathname = v
+        .replace(/[\x00-\x20"#<>?`{}\x7f]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'))
+        .replace(/[^\x00-\x7f]+/g, (t) => encodeURIComponent(t));
     }
     get search() { return this._search; }
     set search(v) {
@@ -358,7 +482,7 @@
     get origin() { return this.protocol + '//' + this.host; }
     get href() {
       const auth = this.username ? this.username + (this.password ? ':' + this.password : '') + '@' : '';
-      return this.protocol + '//' + auth + this.host + this.pathname + this._search + this.hash;
+      return this.protocol + '//' + auth + this.host + this._pathname + this._search + this.hash;
     }
     toString() { return this.href; }
     toJSON() { return this.href; }
@@ -459,10 +583,17 @@
       return this._cache;
     }
     get ok() { return this.status >= 200 && this.status < 300; }
-    async text() { this.bodyUsed = true; return this._text !== null ? this._text : utf8Decode(this._bytes); }
+    get redirected() { return false; }
+    get type() { return 'default'; }
+    // A body is read once, as node-fetch enforces (`clone()` first to read twice).
+    _use() {
+      if (this.bodyUsed) throw new TypeError('body used already for: ' + this.url);
+      this.bodyUsed = true;
+    }
+    async text() { this._use(); return this._text !== null ? this._text : utf8Decode(this._bytes); }
     async json() { return JSON.parse(await this.text()); }
-    async arrayBuffer() { this.bodyUsed = true; return this._bytes.slice().buffer; }
-    async buffer() { this.bodyUsed = true; return Buffer.from(this._bytes); }
+    async arrayBuffer() { this._use(); return this._bytes.slice().buffer; }
+    async buffer() { this._use(); return Buffer.from(this._bytes); }
     clone() { const r = new Response(this._text !== null ? this._text : this._bytes, this); r.headers = new Headers(this.headers); return r; }
     static json(data, init) {
       const r = new Response(JSON.stringify(data), init);
@@ -480,6 +611,8 @@
         : input instanceof Request ? (input._text !== null ? input._text : input._bytes) : undefined;
       this._text = typeof body === 'string' ? body : null;
       this._bytes = this._text === null ? bodyBytes(body, this.headers) : null;
+      // As node-fetch does: a string body without a type is plain text.
+      if (this._text !== null && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
     }
     async text() { return this._text !== null ? this._text : this._bytes ? utf8Decode(this._bytes) : ''; }
     async json() { return JSON.parse(await this.text()); }
@@ -487,18 +620,66 @@
   define('Response', Response);
   define('Request', Request);
 
+  // ---------------------------------------------------------------- AbortController
+  class AbortSignal {
+    constructor() { this.aborted = false; this.reason = undefined; this.onabort = null; this._listeners = []; }
+    addEventListener(type, fn) { if (type === 'abort' && typeof fn === 'function') this._listeners.push(fn); }
+    removeEventListener(type, fn) { this._listeners = this._listeners.filter((f) => f !== fn); }
+    throwIfAborted() { if (this.aborted) throw this.reason; }
+    _abort(reason) {
+      if (this.aborted) return;
+      this.aborted = true;
+      this.reason = reason === undefined ? new DOMExceptionLike('This operation was aborted', 'AbortError') : reason;
+      const event = { type: 'abort', target: this };
+      if (typeof this.onabort === 'function') this.onabort(event);
+      for (const fn of this._listeners.splice(0)) fn(event);
+    }
+    static abort(reason) { const s = new AbortSignal(); s._abort(reason); return s; }
+    static timeout(ms) {
+      const s = new AbortSignal();
+      addTimer(() => s._abort(new DOMExceptionLike('The operation was aborted due to timeout', 'TimeoutError')), ms, [], false);
+      return s;
+    }
+  }
+  class AbortController {
+    constructor() { this.signal = new AbortSignal(); }
+    abort(reason) { this.signal._abort(reason); }
+  }
+  define('AbortSignal', AbortSignal);
+  define('AbortController', AbortController);
+  // node-fetch rejects an aborted request with an AbortError.
+  function abortError(signal) {
+    const r = signal.reason;
+    if (r instanceof Error && r.name !== 'AbortError' && r.name !== 'TimeoutError') return r;
+    const e = new DOMExceptionLike('The user aborted a request.', 'AbortError');
+    e.type = 'aborted';
+    return e;
+  }
+
+  // The host runs fetches concurrently and answers them, by id, through
+  // __fetchDone whenever the job queue is empty.
+  const fetchesInFlight = new Map();
+  define('__fetchDone', (id, answerJson) => {
+    const resolve = fetchesInFlight.get(id);
+    fetchesInFlight.delete(id);
+    if (resolve) resolve(JSON.parse(answerJson));
+  });
   async function fetch(input, init) {
     const req = new Request(input, init);
-    const answer = JSON.parse(
-      host.fetch(
-        req.method,
-        req.url,
-        JSON.stringify([...req.headers.entries()]),
-        req._text === null && req._bytes ? b64Encode(req._bytes) : '',
-        req._text !== null ? req._text : '',
-        req._text !== null
-      )
+    const id = host.fetch(
+      req.method,
+      req.url,
+      JSON.stringify([...req.headers.entries()]),
+      req._text === null && req._bytes ? b64Encode(req._bytes) : '',
+      req._text !== null ? req._text : '',
+      req._text !== null
     );
+    const signal = init && init.signal;
+    if (signal && signal.aborted) { fetchesInFlight.delete(id); throw abortError(signal); }
+    const answer = await new Promise((resolve, reject) => {
+      fetchesInFlight.set(id, resolve);
+      if (signal) signal.addEventListener('abort', () => { fetchesInFlight.delete(id); reject(abortError(signal)); });
+    });
     if (answer.error) {
       const e = new TypeError('fetch failed: ' + answer.error);
       e.code = answer.code;
@@ -515,14 +696,15 @@
 
   // ---------------------------------------------------------------- timers
   // The host drives them: after the job queue drains, it asks for the next
-  // timer, waits (within the invocation's budget) and runs it.
+  // timer and waits (within the invocation's budget) for it or for a fetch
+  // to be answered, whichever comes first. Due times are real time, since
+  // fetches run meanwhile.
   let timerSeq = 0;
   let timers = [];
-  let virtualNow = 0;
   function addTimer(fn, ms, args, repeat) {
     const id = ++timerSeq;
     const delay = Math.max(0, Number(ms) || 0);
-    timers.push({ id, due: virtualNow + delay, fn, args, repeat: repeat ? Math.max(1, delay) : 0 });
+    timers.push({ id, due: Date.now() + delay, fn, args, repeat: repeat ? Math.max(1, delay) : 0 });
     return id;
   }
   define('setTimeout', (fn, ms, ...args) => addTimer(fn, ms, args, false));
@@ -536,13 +718,12 @@
   define('__nextTimerDelay', () => {
     if (!timers.length) return -1;
     const next = timers.reduce((a, b) => (b.due < a.due ? b : a));
-    return Math.max(0, next.due - virtualNow);
+    return Math.max(0, next.due - Date.now());
   });
   define('__runNextTimer', () => {
     if (!timers.length) return;
     const next = timers.reduce((a, b) => (b.due < a.due ? b : a));
-    virtualNow = Math.max(virtualNow, next.due);
-    if (next.repeat) next.due = virtualNow + next.repeat;
+    if (next.repeat) next.due = Math.max(next.due, Date.now()) + next.repeat;
     else clear(next.id);
     if (typeof next.fn === 'function') next.fn(...next.args);
   });
@@ -605,6 +786,93 @@
     return xmlModule;
   };
   Object.defineProperty(G, 'xml', { configurable: true, get() { return loadXml(); } });
+  // Node's `querystring`: repeated keys are arrays, spaces are %20.
+  const qsUnescape = (s) => { try { return decodeURIComponent(s); } catch (_) { return unescape(s); } };
+  const qsValue = (v) => (typeof v === 'string' ? v
+    : (typeof v === 'number' && isFinite(v)) || typeof v === 'boolean' || typeof v === 'bigint' ? String(v) : '');
+  const querystring = {
+    escape: (s) => encodeURIComponent(s),
+    unescape: qsUnescape,
+    stringify(obj, sep, eq) {
+      sep = sep || '&'; eq = eq || '=';
+      if (obj === null || typeof obj !== 'object') return '';
+      return Object.keys(obj).map((k) => {
+        const key = encodeURIComponent(qsValue(k)) + eq;
+        const v = obj[k];
+        return Array.isArray(v) ? v.map((x) => key + encodeURIComponent(qsValue(x))).join(sep) : key + encodeURIComponent(qsValue(v));
+      }).filter((p) => p !== '').join(sep);
+    },
+    parse(str, sep, eq, options) {
+      sep = sep || '&'; eq = eq || '=';
+      const out = Object.create(null);
+      if (typeof str !== 'string' || str.length === 0) return out;
+      const max = options && typeof options.maxKeys === 'number' ? options.maxKeys : 1000;
+      let parts = str.split(sep);
+      if (max > 0) parts = parts.slice(0, max);
+      for (const part of parts) {
+        if (!part) continue;
+        const i = part.indexOf(eq);
+        const k = qsUnescape((i < 0 ? part : part.slice(0, i)).replace(/\+/g, ' '));
+        const v = i < 0 ? '' : qsUnescape(part.slice(i + eq.length).replace(/\+/g, ' '));
+        if (!(k in out)) out[k] = v;
+        else if (Array.isArray(out[k])) out[k].push(v);
+        else out[k] = [out[k], v];
+      }
+      return out;
+    },
+  };
+  querystring.encode = querystring.stringify;
+  querystring.decode = querystring.parse;
+  // Node's `url`: WHATWG URL, plus the legacy parse/format/resolve.
+  const SLASHED = ['http:', 'https:', 'ftp:', 'ws:', 'wss:', 'file:'];
+  const urlModule = {
+    URL,
+    URLSearchParams,
+    parse(str, parseQuery) {
+      str = String(str).trim();
+      const absolute = /^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(str);
+      const out = { protocol: null, slashes: null, auth: null, host: null, port: null, hostname: null, hash: null, search: null, query: parseQuery ? Object.create(null) : null, pathname: null, path: null, href: str };
+      let u;
+      try { u = absolute ? new URL(str) : new URL(str, 'http://relative.invalid'); } catch (_) { u = null; }
+      if (!u) { out.pathname = str; out.path = str; return out; }
+      if (absolute) {
+        out.protocol = u.protocol;
+        out.slashes = str.slice(u.protocol.length, u.protocol.length + 2) === '//' ? true : null;
+        out.auth = u.username ? qsUnescape(u.username) + (u.password ? ':' + qsUnescape(u.password) : '') : null;
+        out.host = u.host;
+        out.port = u.port || null;
+        out.hostname = u.hostname;
+      }
+      out.hash = u.hash || null;
+      out.search = u.search || null;
+      if (parseQuery) out.query = querystring.parse(u.search.slice(1));
+      else out.query = u.search ? u.search.slice(1) : null;
+      out.pathname = u.pathname;
+      out.path = u.pathname + u.search;
+      out.href = absolute ? u.href : u.pathname + u.search + u.hash;
+      return out;
+    },
+    format(obj) {
+      if (typeof obj === 'string') obj = urlModule.parse(obj);
+      if (obj instanceof URL) return obj.href;
+      const protocol = obj.protocol ? (obj.protocol.endsWith(':') ? obj.protocol : obj.protocol + ':') : '';
+      const host = obj.host || (obj.hostname ? obj.hostname + (obj.port ? ':' + obj.port : '') : '');
+      const slashes = obj.slashes || SLASHED.includes(protocol) ? '//' : '';
+      const auth = obj.auth ? encodeURIComponent(obj.auth).replace(/%3A/i, ':') + '@' : '';
+      let search = obj.search || '';
+      if (!search && obj.query && typeof obj.query === 'object') {
+        const q = querystring.stringify(obj.query);
+        search = q ? '?' + q : '';
+      }
+      if (search && !search.startsWith('?')) search = '?' + search;
+      let hash = obj.hash || '';
+      if (hash && !hash.startsWith('#')) hash = '#' + hash;
+      let pathname = obj.pathname || '';
+      if (host && pathname && !pathname.startsWith('/')) pathname = '/' + pathname;
+      return protocol + (host || protocol === 'file:' ? slashes : '') + auth + host + pathname + search + hash;
+    },
+    resolve: (from, to) => new URL(to, new URL(from, 'resolve://')).href.replace(/^resolve:\/\//, ''),
+  };
   const nodeFetch = Object.assign((...a) => fetch(...a), { default: fetch, Headers, Request, Response });
   function req(name) {
     switch (name) {
@@ -616,11 +884,8 @@
       case 'form-data': return FormData;
       case 'crypto': return crypto;
       case 'buffer': return { Buffer };
-      case 'url': return { URL, URLSearchParams };
-      case 'querystring': return {
-        parse: (s) => Object.fromEntries(new URLSearchParams(s)),
-        stringify: (o) => new URLSearchParams(o).toString(),
-      };
+      case 'url': return urlModule;
+      case 'querystring': return querystring;
       default: {
         const e = new Error("Cannot find module '" + name + "': switchyard pre-installs lodash, xml, atob, btoa, node-fetch, form-data, crypto, buffer, url and querystring");
         e.code = 'MODULE_NOT_FOUND';
@@ -724,6 +989,7 @@
   // Runs a source function. `rawJson`: {method, url, headers, body (base64)}.
   define('__invokeSource', (rawJson, settingsJson, file) => {
     emitted = { messages: [], objects: [] };
+    fetchesInFlight.clear();
     try {
       const raw = JSON.parse(rawJson);
       const settings = JSON.parse(settingsJson);
@@ -764,6 +1030,7 @@
   // Runs a destination function handler for one event (or `onBatch` for an array).
   define('__invokeDestination', (eventJson, settingsJson, file) => {
     emitted = { messages: [], objects: [] };
+    fetchesInFlight.clear();
     try {
       const event = JSON.parse(eventJson);
       const settings = JSON.parse(settingsJson);

@@ -4,9 +4,12 @@
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
 
 /// Who functions may call.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -153,11 +156,20 @@ pub enum FetchMode {
     Mock(Arc<Vec<MockResponse>>),
 }
 
-/// Performs fetches for one worker thread.
+/// Performs fetches for one worker thread. Fetches run concurrently: an
+/// invocation starts them ([`Fetcher::start`]) and, whenever its JavaScript
+/// has nothing left to run, waits for the first to finish
+/// ([`Fetcher::wait_any`]), so `Promise.all` over several calls takes as
+/// long as the slowest, as in Node.
 pub struct Fetcher {
     mode: FetchMode,
     client: Option<reqwest::Client>,
+    /// A current-thread runtime, driven only while an invocation waits.
     runtime: Option<tokio::runtime::Runtime>,
+    in_flight: RefCell<JoinSet<(u64, String)>>,
+    /// Answers known at once (mocks, refused requests), in start order.
+    ready: RefCell<VecDeque<(u64, String)>>,
+    next_id: Cell<u64>,
 }
 
 /// A request body as the JavaScript side hands it over.
@@ -241,11 +253,15 @@ impl Fetcher {
             mode,
             client,
             runtime,
+            in_flight: RefCell::new(JoinSet::new()),
+            ready: RefCell::new(VecDeque::new()),
+            next_id: Cell::new(0),
         })
     }
 
-    /// Runs one fetch; returns the JSON the prelude expects (`{error}` on failure).
-    pub fn fetch(
+    /// Starts one fetch and returns its id; its answer, the JSON the prelude
+    /// expects (`{error}` on failure), comes from [`Fetcher::wait_any`].
+    pub fn start(
         &self,
         method: &str,
         url: &str,
@@ -253,8 +269,62 @@ impl Fetcher {
         body: Body<'_>,
         budget: Duration,
         recorded: &mut Vec<RecordedRequest>,
-    ) -> String {
-        let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
+    ) -> u64 {
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        if let Some(answer) = self.begin(id, method, url, headers_json, body, budget, recorded) {
+            self.ready.borrow_mut().push_back((id, answer));
+        }
+        id
+    }
+
+    /// Whether a fetch started is still to be answered.
+    pub fn in_flight(&self) -> bool {
+        !self.ready.borrow().is_empty() || !self.in_flight.borrow().is_empty()
+    }
+
+    /// The next answer (`(id, JSON)`), waiting up to `wait` for one.
+    pub fn wait_any(&self, wait: Duration) -> Option<(u64, String)> {
+        if let Some(answer) = self.ready.borrow_mut().pop_front() {
+            return Some(answer);
+        }
+        let runtime = self.runtime.as_ref()?;
+        let mut in_flight = self.in_flight.borrow_mut();
+        if in_flight.is_empty() {
+            return None;
+        }
+        runtime
+            .block_on(async { tokio::time::timeout(wait, in_flight.join_next()).await })
+            .ok()
+            .flatten()
+            .and_then(Result::ok)
+    }
+
+    /// Drops what an invocation left running (a `fetch` it never awaited):
+    /// the next one starts with none.
+    pub fn cancel_all(&self) {
+        self.ready.borrow_mut().clear();
+        let mut in_flight = self.in_flight.borrow_mut();
+        if !in_flight.is_empty() {
+            in_flight.abort_all();
+            *in_flight = JoinSet::new();
+        }
+    }
+
+    /// Checks and records a request, then answers it at once (`Some`: mocks
+    /// and refusals) or spawns it (`None`).
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &self,
+        id: u64,
+        method: &str,
+        url: &str,
+        headers_json: &str,
+        body: Body<'_>,
+        budget: Duration,
+        recorded: &mut Vec<RecordedRequest>,
+    ) -> Option<String> {
+        let error = |msg: String| Some(serde_json::json!({ "error": msg }).to_string());
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
         let body = match body {
             Body::Text(t) => t.as_bytes().to_vec(),
@@ -295,13 +365,12 @@ impl Fetcher {
                         "{}".to_string(),
                     ),
                 };
-                serde_json::to_string(&FetchAnswer::new(
+                Some(answer_json(Ok(FetchAnswer::new(
                     status,
                     String::new(),
                     headers,
                     body.into_bytes(),
-                ))
-                .unwrap_or_else(|e| error(e.to_string()))
+                ))))
             }
             FetchMode::Live(policy) => {
                 if let Err(e) = check_url(policy, &parsed) {
@@ -321,7 +390,7 @@ impl Fetcher {
                 for (k, v) in &headers {
                     request = request.header(k.as_str(), v.as_str());
                 }
-                let result = runtime.block_on(async {
+                let exchange = async move {
                     let resp = request.send().await?;
                     let status = resp.status();
                     let headers: Vec<(String, String)> = resp
@@ -335,24 +404,41 @@ impl Fetcher {
                         })
                         .collect();
                     let bytes = resp.bytes().await?;
-                    Ok::<_, reqwest::Error>((status, headers, bytes))
-                });
-                match result {
-                    Ok((status, headers, bytes)) => serde_json::to_string(&FetchAnswer::new(
+                    Ok::<_, reqwest::Error>(FetchAnswer::new(
                         status.as_u16(),
                         status.canonical_reason().unwrap_or("").to_string(),
                         headers,
                         bytes.to_vec(),
                     ))
-                    .unwrap_or_else(|e| error(e.to_string())),
-                    Err(e) if e.is_timeout() => error(format!(
-                        "timed out: the function's time budget ({} ms left) ran out",
-                        budget.as_millis()
-                    )),
-                    Err(e) => error(error_chain(&e)),
-                }
+                };
+                let answer = async move {
+                    let answer = exchange.await.map_err(|e| {
+                        if e.is_timeout() {
+                            format!(
+                                "timed out: the function's time budget ({} ms left) ran out",
+                                budget.as_millis()
+                            )
+                        } else {
+                            error_chain(&e)
+                        }
+                    });
+                    (id, answer_json(answer))
+                };
+                self.in_flight
+                    .borrow_mut()
+                    .spawn_on(answer, runtime.handle());
+                None
             }
         }
+    }
+}
+
+/// The JSON of an answer, or of `{error}`.
+fn answer_json(answer: Result<FetchAnswer, String>) -> String {
+    let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
+    match answer {
+        Ok(answer) => serde_json::to_string(&answer).unwrap_or_else(|e| error(e.to_string())),
+        Err(e) => error(e),
     }
 }
 

@@ -169,7 +169,7 @@ fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
                   body_b64: String,
                   text: String,
                   is_text: bool|
-                  -> String {
+                  -> f64 {
                 let budget = s.remaining();
                 let mut recorded = s.recorded.borrow_mut();
                 let body = if is_text {
@@ -178,7 +178,8 @@ fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
                     crate::fetch::Body::Base64(&body_b64)
                 };
                 s.fetcher
-                    .fetch(&method, &url, &headers, body, budget, &mut recorded)
+                    .start(&method, &url, &headers, body, budget, &mut recorded)
+                    as f64
             },
         )?,
     )?;
@@ -466,13 +467,15 @@ impl Sandbox {
                 if state.interrupted.get() || state.remaining().is_zero() {
                     return Err(FunctionError::timeout());
                 }
-                // Nothing runnable: wait for the next timer, if any.
+                // Nothing runnable: wait for the first fetch answered or
+                // the next timer, whichever comes first.
                 let next: Function = ctx
                     .globals()
                     .get("__nextTimerDelay")
                     .map_err(|e| FunctionError::internal(e.to_string()))?;
                 let delay: f64 = next.call(()).map_err(|e| caught(&ctx, e, &file, &state))?;
-                if delay < 0.0 {
+                let fetching = state.fetcher.in_flight();
+                if delay < 0.0 && !fetching {
                     return Err(FunctionError {
                         kind: ErrorKind::Timeout,
                         name: "TimeoutError".into(),
@@ -481,12 +484,24 @@ impl Sandbox {
                         stack: String::new(),
                     });
                 }
-                let wait = Duration::from_millis(delay as u64);
-                if wait > state.remaining() {
-                    std::thread::sleep(state.remaining());
+                let timer = (delay >= 0.0).then(|| Duration::from_millis(delay as u64));
+                let wait = timer.map_or(state.remaining(), |t| t.min(state.remaining()));
+                if fetching {
+                    if let Some((id, answer)) = state.fetcher.wait_any(wait) {
+                        let done: Function = ctx
+                            .globals()
+                            .get("__fetchDone")
+                            .map_err(|e| FunctionError::internal(e.to_string()))?;
+                        done.call::<_, ()>((id as f64, answer))
+                            .map_err(|e| caught(&ctx, e, &file, &state))?;
+                        continue;
+                    }
+                } else {
+                    std::thread::sleep(wait);
+                }
+                if timer.is_none_or(|t| t > wait) || state.remaining().is_zero() {
                     return Err(FunctionError::timeout());
                 }
-                std::thread::sleep(wait);
                 let run: Function = ctx
                     .globals()
                     .get("__runNextTimer")
@@ -494,6 +509,7 @@ impl Sandbox {
                 run.call::<_, ()>(()).map_err(|e| caught(&ctx, e, &file, &state))?;
             }
         });
+        state.fetcher.cancel_all();
         if let Err(e) = &output {
             if matches!(
                 e.kind,

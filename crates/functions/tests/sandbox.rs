@@ -250,6 +250,97 @@ async function onRequest(request) {
     assert_eq!(out.logs[1].level, "warn");
 }
 
+/// Node's behaviour for what functions from Segment's library and its users
+/// reach for beyond the basics (the expected values are Node 20's).
+#[test]
+fn node_apis_behave_as_in_node() {
+    let src = r#"
+async function onTrack(event) {
+  const qs = require('querystring');
+  const url = require('url');
+  const b = Buffer.alloc(12);
+  const end = b.writeUInt32BE(0xdeadbeef, 0);
+  b.writeInt16LE(-2, end);
+  b.writeDoubleBE(1.5, 4);
+  let outOfRange = null;
+  try { b.readUInt32LE(10); } catch (e) { outOfRange = e.code; }
+  let badHash = null;
+  try { crypto.createHash('nope'); } catch (e) { badHash = e.message; }
+  const legacy = url.parse('https://user:pw@api.example.com:8443/v1/items?tag=a&tag=b#top', true);
+  const u = new URL('https://a.example/x');
+  u.pathname = '/a b/ü';
+  const original = { when: new Date(0), list: [1, { deep: true }], map: new Map([['k', 1]]) };
+  original.self = original;
+  const copy = structuredClone(original);
+  const controller = new AbortController();
+  controller.abort();
+  let aborted = null;
+  try { await fetch('https://api.example.com/', { signal: controller.signal }); } catch (e) { aborted = e.name; }
+  const res = await fetch('https://api.example.com/once');
+  await res.text();
+  let secondRead = null;
+  try { await res.text(); } catch (e) { secondRead = e.name; }
+  return {
+    newBuffer: new Buffer('abc').toString('hex'),
+    newBufferB64: new Buffer('aGk=', 'base64').toString(),
+    indexOf: Buffer.from('abcdef').indexOf('cd'),
+    includes: Buffer.from('abcdef').includes(Buffer.from('ef')),
+    missing: Buffer.from('abcdef').indexOf('x'),
+    written: b.toString('hex'),
+    readBack: [b.readUInt32BE(0), b.readDoubleBE(4), b.readUint8(0)],
+    outOfRange,
+    badHash,
+    stringify: qs.stringify({ tags: ['a', 'b'], q: 'x y', n: 1, o: {} }),
+    parse: qs.parse('a=1&a=2&b=%20c+d'),
+    escape: qs.escape('a b&c'),
+    legacy: [legacy.protocol, legacy.auth, legacy.hostname, legacy.port, legacy.pathname, legacy.query.tag, legacy.hash, legacy.path],
+    format: url.format({ protocol: 'https', hostname: 'h.example', pathname: '/p', query: { a: 'b c' } }),
+    resolve: url.resolve('https://h.example/a/b', '../c'),
+    pathname: u.href,
+    canParse: [URL.canParse('https://x.example'), URL.canParse('nope')],
+    text: [new TextDecoder().decode(new TextEncoder().encode('héllo')), new TextEncoder().encode('é').length],
+    cloned: [copy.when instanceof Date, copy.list[1].deep, copy.map.get('k'), copy.self === copy, copy !== original],
+    aborted,
+    secondRead,
+  };
+}"#;
+    let out = run_destination_once(
+        &code(src),
+        &json!({"type": "track", "event": "E", "userId": "u"}),
+        &json!({}),
+        &Limits::default(),
+        mock(),
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let r = out.result.expect("a result");
+    let expected = json!({
+        "newBuffer": "616263",
+        "newBufferB64": "hi",
+        "indexOf": 2,
+        "includes": true,
+        "missing": -1,
+        "written": "deadbeef3ff8000000000000",
+        "readBack": [3735928559u32, 1.5, 222],
+        "outOfRange": "ERR_OUT_OF_RANGE",
+        "badHash": "Digest method not supported: nope",
+        "stringify": "tags=a&tags=b&q=x%20y&n=1&o=",
+        "parse": {"a": ["1", "2"], "b": " c d"},
+        "escape": "a%20b%26c",
+        "legacy": ["https:", "user:pw", "api.example.com", "8443", "/v1/items", ["a", "b"], "#top", "/v1/items?tag=a&tag=b"],
+        "format": "https://h.example/p?a=b%20c",
+        "resolve": "https://h.example/c",
+        "pathname": "https://a.example/a%20b/%C3%BC",
+        "canParse": [true, false],
+        "text": ["héllo", 2],
+        "cloned": [true, true, 1, true, true],
+        "aborted": "AbortError",
+        "secondRead": "TypeError",
+    });
+    for (key, want) in expected.as_object().unwrap() {
+        assert_eq!(&r[key], want, "{key}");
+    }
+}
+
 #[test]
 fn a_function_can_answer_the_request() {
     let src = r#"
@@ -482,6 +573,83 @@ async function onRequest(request, settings) {
         "{seen}"
     );
     assert!(seen.ends_with(r#"{"hi":1}"#), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: text/plain;charset=utf-8"),
+        "a string body without a type is sent as text, as node-fetch does: {seen}"
+    );
+}
+
+/// A server on loopback that answers none of `n` requests until all `n`
+/// have arrived: fetches made one after the other never get an answer.
+fn rendezvous_server(n: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut waiting = Vec::new();
+        while waiting.len() < n && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let mut buf = vec![0u8; 65536];
+                    let read = s.read(&mut buf).unwrap();
+                    let path = String::from_utf8_lossy(&buf[..read])
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    waiting.push((s, path));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        let met = waiting.len();
+        if met == n {
+            for (mut s, path) in waiting {
+                let body = format!(r#"{{"path":"{path}"}}"#);
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                s.write_all(resp.as_bytes()).unwrap();
+            }
+        }
+        met
+    });
+    (port, handle)
+}
+
+#[test]
+fn fetches_awaited_together_run_at_once() {
+    let src = r#"
+async function onTrack(event, settings) {
+  const paths = ['/a', '/b', '/c', '/d'];
+  const answers = await Promise.all(paths.map((p) => fetch(settings.base + p).then((r) => r.json())));
+  return answers.map((a) => a.path);
+}"#;
+    let (port, server) = rendezvous_server(4);
+    let limits = Limits {
+        timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let out = run_destination_once(
+        &code(src),
+        &json!({"type": "track", "event": "E", "userId": "u"}),
+        &json!({"base": format!("http://127.0.0.1:{port}")}),
+        &limits,
+        FetchMode::Live(Arc::new(FetchPolicy {
+            allow: vec!["127.0.0.1".into()],
+            deny: vec![],
+        })),
+    );
+    assert_eq!(
+        server.join().unwrap(),
+        4,
+        "all four requests were in flight at once"
+    );
+    assert_eq!(
+        out.result.expect("answered"),
+        json!(["/a", "/b", "/c", "/d"])
+    );
 }
 
 #[test]

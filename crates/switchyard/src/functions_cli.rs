@@ -82,12 +82,18 @@ pub struct TestArgs {
     /// Settings as a JSON object (override the fixture's).
     #[arg(long)]
     pub settings: Option<PathBuf>,
-    /// Destination tests: answers for fetch, by URL prefix: [{"url", "status", "headers", "body"}].
-    #[arg(long)]
+    /// Answers for fetch, by URL prefix: [{"url", "status", "headers", "body"}]
+    /// (other URLs are answered 200 {}). Every request is listed.
+    #[arg(long, conflicts_with = "live_fetch")]
     pub fetch_mock: Option<PathBuf>,
-    /// Source tests: let fetch reach the network (public addresses only) instead of answering 200 {}.
+    /// Let fetch reach the network (public addresses only, and the hosts of
+    /// --fetch-allow) instead of answering from mocks.
     #[arg(long)]
     pub live_fetch: bool,
+    /// With --live-fetch: hosts allowed even at private or loopback
+    /// addresses (comma-separated), as `fetch_allow` on a server.
+    #[arg(long, value_delimiter = ',', requires = "live_fetch")]
+    pub fetch_allow: Vec<String>,
     /// Time budget in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
@@ -101,6 +107,36 @@ fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("{what} {} is not valid JSON", path.display()))
+}
+
+/// How `fetch` is answered in a test run: from the network under the
+/// policy, or from the mocks (200 `{}` for any other URL).
+fn fetch_mode(args: &TestArgs) -> anyhow::Result<functions::FetchMode> {
+    if args.live_fetch {
+        return Ok(functions::FetchMode::Live(Arc::new(
+            functions::FetchPolicy {
+                allow: args.fetch_allow.clone(),
+                deny: Vec::new(),
+            },
+        )));
+    }
+    let mocks: Vec<functions::MockResponse> = match &args.fetch_mock {
+        Some(p) => serde_json::from_value(read_json(p, "fetch mock")?).with_context(|| {
+            format!(
+                "{}: expected [{{\"url\", \"status\", \"headers\", \"body\"}}]",
+                p.display()
+            )
+        })?,
+        None => Vec::new(),
+    };
+    Ok(functions::FetchMode::Mock(Arc::new(mocks)))
+}
+
+fn print_requests(requests: &[functions::RecordedRequest]) {
+    println!("requests ({}):", requests.len());
+    for r in requests {
+        println!("  {} {} {}", r.method, r.url, r.body);
+    }
 }
 
 fn error_json(e: &Option<functions::FunctionError>) -> Value {
@@ -143,12 +179,8 @@ pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
             let settings = explicit_settings
                 .or_else(|| fixture.get("settings").cloned())
                 .unwrap_or_else(|| json!({}));
-            let mode = if args.live_fetch {
-                functions::FetchMode::Live(Arc::new(functions::FetchPolicy::default()))
-            } else {
-                functions::FetchMode::Mock(Arc::new(Vec::new()))
-            };
-            let outcome = functions::run_source_once(&code, &request, &settings, &limits, mode);
+            let outcome =
+                functions::run_source_once(&code, &request, &settings, &limits, fetch_mode(&args)?);
             let mut error = outcome.error.clone();
             if error.is_none() {
                 if let Err(e) = delivery::source_functions::normalize_emitted(&outcome.messages, &spec::Limits::default()) {
@@ -161,6 +193,7 @@ pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
                     serde_json::to_string_pretty(&json!({
                         "events": outcome.messages,
                         "objects": outcome.objects,
+                        "requests": outcome.requests,
                         "logs": outcome.logs,
                         "error": error_json(&error),
                     }))?
@@ -176,6 +209,9 @@ pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
                         println!("  {}/{} {}", o.collection, o.id, o.properties);
                     }
                 }
+                if !outcome.requests.is_empty() {
+                    print_requests(&outcome.requests);
+                }
                 print_logs(&outcome.logs);
                 print_error(&error, &file_name);
             }
@@ -184,18 +220,8 @@ pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
         (None, Some(event_path)) => {
             let event = read_json(event_path, "event")?;
             let settings = explicit_settings.unwrap_or_else(|| json!({}));
-            let mocks: Vec<functions::MockResponse> = match &args.fetch_mock {
-                Some(p) => serde_json::from_value(read_json(p, "fetch mock")?)
-                    .with_context(|| format!("{}: expected [{{\"url\", \"status\", \"headers\", \"body\"}}]", p.display()))?,
-                None => Vec::new(),
-            };
-            let outcome = functions::run_destination_once(
-                &code,
-                &event,
-                &settings,
-                &limits,
-                functions::FetchMode::Mock(Arc::new(mocks)),
-            );
+            let outcome =
+                functions::run_destination_once(&code, &event, &settings, &limits, fetch_mode(&args)?);
             if args.json {
                 println!(
                     "{}",
@@ -207,10 +233,7 @@ pub fn run(args: FunctionsArgs) -> anyhow::Result<i32> {
                     }))?
                 );
             } else {
-                println!("requests ({}):", outcome.requests.len());
-                for r in &outcome.requests {
-                    println!("  {} {} {}", r.method, r.url, r.body);
-                }
+                print_requests(&outcome.requests);
                 if let Some(result) = &outcome.result {
                     println!("result: {result}");
                 }

@@ -388,6 +388,37 @@ async fn offline_test_command_with_a_functions_library_fixture() {
         v["error"],
         json!({"name": "InvalidEventPayload", "message": "no subscription.created", "line": 3})
     );
+
+    // --fetch-mock answers a source function's calls too, and they are listed.
+    let enrich = dir.0.join("enrich.js");
+    std::fs::write(&enrich, "async function onRequest(request, settings) {\n  const b = request.json();\n  const res = await fetch('https://crm.example/api/customers/' + b.customer.id);\n  const c = await res.json();\n  Segment.identify({ userId: b.customer.id, traits: { plan: c.plan, status: res.status } });\n}\n").unwrap();
+    let mock = dir.0.join("mock.json");
+    std::fs::write(
+        &mock,
+        json!([{"url": "https://crm.example/api/", "status": 203, "body": {"plan": "pro"}}])
+            .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["functions", "test"])
+        .arg(&enrich)
+        .arg("--payload")
+        .arg(&payload)
+        .arg("--fetch-mock")
+        .arg(&mock)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"], Value::Null, "{v}");
+    assert_eq!(
+        v["events"][0]["traits"],
+        json!({"plan": "pro", "status": 203})
+    );
+    assert_eq!(
+        v["requests"][0]["url"],
+        "https://crm.example/api/customers/c-7"
+    );
 }
 
 #[tokio::test]
