@@ -392,6 +392,64 @@
       return d === 0;
     },
   };
+  // Public-key signatures (RSA PKCS#1 v1.5, ECDSA on P-256/P-384), by the host.
+  class KeyObject {
+    constructor(type, pem) { this.type = type; this._pem = pem; }
+    export() { return this._pem; }
+  }
+  function keyText(key) {
+    if (key instanceof KeyObject) return key._pem;
+    if (typeof key === 'string') return key;
+    if (key instanceof ArrayBuffer || ArrayBuffer.isView(key)) return utf8Decode(toBytes(key));
+    if (key && typeof key === 'object' && key.key !== undefined) {
+      if (key.passphrase) throw new Error('encrypted private keys are not supported: give the key unencrypted');
+      if (key.padding !== undefined && key.padding !== 1) throw new Error('only PKCS#1 v1.5 padding is supported for RSA signatures');
+      return keyText(key.key);
+    }
+    throw new TypeError('The "key" argument must be of type string or an instance of Buffer or KeyObject');
+  }
+  const p1363 = (key) => !!(key && typeof key === 'object' && key.dsaEncoding === 'ieee-p1363');
+  const signWith = (alg, data, key) =>
+    Buffer._wrap(b64Decode(host.sign(String(alg || 'sha256'), keyText(key), b64Encode(data), p1363(key)), false));
+  const verifyWith = (alg, data, key, sig) =>
+    host.verify(String(alg || 'sha256'), keyText(key), b64Encode(data), b64Encode(sig), p1363(key));
+  function signatureObject(alg, finish) {
+    const parts = [];
+    const obj = {
+      update(data, enc) { parts.push(toBytes(data, enc)); return obj; },
+      end(data, enc) { if (data !== undefined) parts.push(toBytes(data, enc)); return obj; },
+      _data: () => Buffer.concat(parts.map((p) => Buffer._wrap(p))),
+    };
+    return finish(obj);
+  }
+  Object.assign(crypto, {
+    KeyObject,
+    createPrivateKey: (key) => new KeyObject('private', keyText(key)),
+    createPublicKey: (key) => new KeyObject('public', keyText(key)),
+    createSign: (alg) => signatureObject(alg, (obj) => Object.assign(obj, {
+      sign(key, enc) { const out = signWith(alg, obj._data(), key); return enc ? out.toString(enc) : out; },
+    })),
+    createVerify: (alg) => signatureObject(alg, (obj) => Object.assign(obj, {
+      verify(key, sig, enc) { return verifyWith(alg, obj._data(), key, toBytes(sig, enc)); },
+    })),
+    sign: (alg, data, key, cb) => {
+      const out = signWith(alg, toBytes(data), key);
+      if (typeof cb === 'function') { Promise.resolve().then(() => cb(null, out)); return undefined; }
+      return out;
+    },
+    verify: (alg, data, key, sig, cb) => {
+      const ok = verifyWith(alg, toBytes(data), key, toBytes(sig));
+      if (typeof cb === 'function') { Promise.resolve().then(() => cb(null, ok)); return undefined; }
+      return ok;
+    },
+    pbkdf2Sync: (password, salt, iterations, keylen, digest) =>
+      Buffer._wrap(b64Decode(host.pbkdf2(String(digest || 'sha1'), b64Encode(toBytes(password)), b64Encode(toBytes(salt)), iterations, keylen), false)),
+    pbkdf2(password, salt, iterations, keylen, digest, cb) {
+      let out;
+      try { out = crypto.pbkdf2Sync(password, salt, iterations, keylen, digest); } catch (e) { Promise.resolve().then(() => cb(e)); return; }
+      Promise.resolve().then(() => cb(null, out));
+    },
+  });
   define('crypto', crypto);
 
   // ---------------------------------------------------------------- URL
@@ -491,6 +549,12 @@
   define('URLSearchParams', URLSearchParams);
 
   // ---------------------------------------------------------------- Headers
+  // A header name is an HTTP token, as node-fetch checks.
+  function headerName(k) {
+    k = String(k);
+    if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(k)) throw new TypeError(k + ' is not a legal HTTP header name');
+    return k.toLowerCase();
+  }
   class Headers {
     constructor(init) {
       this._map = new Map();
@@ -504,14 +568,24 @@
       }
     }
     append(k, v) {
-      k = String(k).toLowerCase();
+      k = headerName(k);
+      if (k === 'set-cookie') { (this._cookies = this._cookies || []).push(String(v)); }
       const cur = this._map.get(k);
       this._map.set(k, cur === undefined ? String(v) : cur + ', ' + String(v));
     }
-    set(k, v) { this._map.set(String(k).toLowerCase(), String(v)); }
+    set(k, v) {
+      k = headerName(k);
+      if (k === 'set-cookie') this._cookies = [String(v)];
+      this._map.set(k, String(v));
+    }
+    getSetCookie() { return (this._cookies || []).slice(); }
     get(k) { const v = this._map.get(String(k).toLowerCase()); return v === undefined ? null : v; }
     has(k) { return this._map.has(String(k).toLowerCase()); }
-    delete(k) { this._map.delete(String(k).toLowerCase()); }
+    delete(k) {
+      k = String(k).toLowerCase();
+      if (k === 'set-cookie') this._cookies = [];
+      this._map.delete(k);
+    }
     forEach(fn, self) { for (const [k, v] of this.entries()) fn.call(self, v, k, this); }
     entries() { return [...this._map.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1))[Symbol.iterator](); }
     keys() { return [...this.entries()].map((e) => e[0])[Symbol.iterator](); }
@@ -728,6 +802,412 @@
     if (typeof next.fn === 'function') next.fn(...next.args);
   });
 
+  // ---------------------------------------------------------------- Intl
+  // QuickJS has no Intl. This is the part functions use: numbers (decimal,
+  // percent, currency) with the separators of common locales, dates in any
+  // IANA time zone (English patterns: en-US, en-GB; numeric patterns for a
+  // few other languages; month and day names in English), collation close to
+  // ICU's root order, English plural rules, relative times and lists.
+  const canonLocale = (l) => {
+    const s = String(l);
+    if (!/^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$/.test(s)) throw new RangeError('Incorrect locale information provided');
+    const [lang, ...rest] = s.split('-');
+    return [lang.toLowerCase(), ...rest.map((p) => (p.length === 2 ? p.toUpperCase() : p.length === 4 ? p[0].toUpperCase() + p.slice(1).toLowerCase() : p))].join('-');
+  };
+  const pickLocale = (locales) => {
+    const l = Array.isArray(locales) ? locales[0] : locales;
+    return l === undefined || l === null ? 'en-US' : canonLocale(l);
+  };
+  const langOf = (locale) => locale.split('-')[0];
+  // [grouping, decimal, minimum digits before grouping applies, where the
+  // currency goes: 'after' the number, 'before' it, or 'space' (before, spaced)]
+  const NUMBER_SYMBOLS = {
+    en: [',', '.', 1, 'before'], ja: [',', '.', 1, 'before'], zh: [',', '.', 1, 'before'], ko: [',', '.', 1, 'before'], he: [',', '.', 1, 'after'], th: [',', '.', 1, 'before'],
+    de: ['.', ',', 1, 'after'], it: ['.', ',', 1, 'after'], nl: ['.', ',', 1, 'space'], id: ['.', ',', 1, 'before'], da: ['.', ',', 1, 'after'], tr: ['.', ',', 1, 'before'], el: ['.', ',', 1, 'after'],
+    es: ['.', ',', 2, 'after'], pt: ['.', ',', 1, 'space'], pl: ['\u00a0', ',', 2, 'after'],
+    fr: ['\u202f', ',', 1, 'after'], sv: ['\u00a0', ',', 1, 'after'], nb: ['\u00a0', ',', 1, 'after'], no: ['\u00a0', ',', 1, 'after'], fi: ['\u00a0', ',', 1, 'after'],
+    cs: ['\u00a0', ',', 1, 'after'], sk: ['\u00a0', ',', 1, 'after'], ru: ['\u00a0', ',', 1, 'after'], uk: ['\u00a0', ',', 1, 'after'], hu: ['\u00a0', ',', 1, 'after'], bg: ['\u00a0', ',', 1, 'after'],
+  };
+  const numberSymbols = (locale) => {
+    if (locale === 'de-CH') return ["'", '.', 1, 'space'];
+    if (locale === 'pt-PT') return ['\u00a0', ',', 2, 'after'];
+    return NUMBER_SYMBOLS[langOf(locale)] || NUMBER_SYMBOLS.en;
+  };
+  const CURRENCY_SYMBOLS = { USD: '$', EUR: '€', GBP: '£', JPY: '¥', INR: '₹', CNY: 'CN¥', KRW: '₩', BRL: 'R$', CAD: 'CA$', AUD: 'A$', MXN: 'MX$', ILS: '₪', VND: '₫', NZD: 'NZ$', HKD: 'HK$', TWD: 'NT$', PHP: '₱' };
+  // Units in their short English form (`unitDisplay: 'short'`, the default).
+  const UNITS = {
+    kilometer: 'km', meter: 'm', centimeter: 'cm', millimeter: 'mm', mile: 'mi', foot: 'ft', inch: 'in', yard: 'yd',
+    kilogram: 'kg', gram: 'g', pound: 'lb', ounce: 'oz', liter: 'L', milliliter: 'mL', gallon: 'gal',
+    second: 'sec', minute: 'min', hour: 'hr', day: ['day', 'days'], week: ['wk', 'wks'], month: ['mth', 'mths'], year: ['yr', 'yrs'],
+    millisecond: 'ms', byte: 'byte', kilobyte: 'kB', megabyte: 'MB', gigabyte: 'GB', terabyte: 'TB',
+    celsius: '°C', fahrenheit: '°F', percent: '%', 'kilometer-per-hour': 'km/h', 'mile-per-hour': 'mph',
+  };
+  // Symbols a currency has only in its own country's language.
+  const LOCAL_CURRENCY_SYMBOLS = {
+    ja: { JPY: '￥' }, tr: { TRY: '₺' }, ru: { RUB: '₽' }, pl: { PLN: 'zł' }, sv: { SEK: 'kr' }, nb: { NOK: 'kr' }, no: { NOK: 'kr' },
+    da: { DKK: 'kr.' }, cs: { CZK: 'Kč' }, hu: { HUF: 'Ft' }, uk: { UAH: '₴' }, zh: { CNY: '¥' }, th: { THB: '฿' }, id: { IDR: 'Rp' },
+  };
+  const ZERO_DIGIT_CURRENCIES = ['JPY', 'KRW', 'VND', 'CLP', 'ISK', 'HUF', 'TWD'];
+  // The digits of |x| rounded half away from zero at `frac` decimals, from
+  // the shortest decimal that prints x (as ECMA-402 rounds, not toFixed).
+  function roundDecimal(x, frac) {
+    let [mant, exp] = Math.abs(x).toExponential().split('e');
+    let digits = mant.replace('.', '');
+    let point = Number(exp) + 1; // digits before the decimal point
+    if (point < 0) { digits = '0'.repeat(-point) + digits; point = 0; }
+    const keep = point + frac;
+    if (digits.length < keep) digits += '0'.repeat(keep - digits.length);
+    if (digits.length > keep) {
+      const roundUp = digits.charCodeAt(keep) >= 53;
+      digits = digits.slice(0, keep);
+      if (roundUp) {
+        const arr = digits.split('');
+        let i = arr.length - 1;
+        while (i >= 0 && arr[i] === '9') { arr[i] = '0'; i--; }
+        if (i < 0) { arr.unshift('1'); point++; } else arr[i] = String(Number(arr[i]) + 1);
+        digits = arr.join('');
+      }
+    }
+    const int = digits.slice(0, point) || '0';
+    return [int.replace(/^0+(?=\d)/, ''), digits.slice(point)];
+  }
+  class NumberFormat {
+    constructor(locales, options) {
+      const o = options || {};
+      this._locale = pickLocale(locales);
+      this._style = o.style || 'decimal';
+      if (!['decimal', 'percent', 'currency', 'unit'].includes(this._style)) throw new RangeError('Value ' + this._style + ' out of range for Intl.NumberFormat options property style');
+      if (this._style === 'currency' && !o.currency) throw new TypeError('Currency code is required with currency style.');
+      this._currency = o.currency ? String(o.currency).toUpperCase() : undefined;
+      this._currencyDisplay = o.currencyDisplay || 'symbol';
+      this._unit = o.unit;
+      const currencyDigits = this._currency && ZERO_DIGIT_CURRENCIES.includes(this._currency) ? 0 : 2;
+      const defMin = this._style === 'currency' ? currencyDigits : 0;
+      const defMax = this._style === 'currency' ? currencyDigits : this._style === 'percent' ? 0 : 3;
+      this._minFrac = o.minimumFractionDigits !== undefined ? Number(o.minimumFractionDigits) : defMin;
+      this._maxFrac = o.maximumFractionDigits !== undefined ? Number(o.maximumFractionDigits) : Math.max(defMax, this._minFrac);
+      if (this._minFrac > this._maxFrac || this._maxFrac > 100) throw new RangeError('maximumFractionDigits value is out of range.');
+      this._maxSig = o.maximumSignificantDigits;
+      this._minInt = o.minimumIntegerDigits || 1;
+      this._grouping = o.useGrouping !== false && o.useGrouping !== 'false';
+      this._signDisplay = o.signDisplay || 'auto';
+    }
+    resolvedOptions() {
+      return { locale: this._locale, numberingSystem: 'latn', style: this._style, currency: this._currency, minimumIntegerDigits: this._minInt,
+        minimumFractionDigits: this._minFrac, maximumFractionDigits: this._maxFrac, useGrouping: this._grouping ? 'auto' : false, signDisplay: this._signDisplay };
+    }
+    formatToParts(value) {
+      let x = typeof value === 'bigint' ? Number(value) : Number(value);
+      const [group, decimal, minGroup, currencyAt] = numberSymbols(this._locale);
+      const parts = [];
+      const negative = x < 0 || Object.is(x, -0);
+      if (Number.isNaN(x)) return [{ type: 'nan', value: 'NaN' }];
+      if (this._style === 'percent') x *= 100;
+      const body = [];
+      if (!Number.isFinite(x)) body.push({ type: 'infinity', value: '∞' });
+      else {
+        let int, frac;
+        if (this._maxSig) {
+          [int, frac] = roundDecimal(Number(Math.abs(x).toPrecision(Math.min(21, this._maxSig))), 20);
+          frac = frac.replace(/0+$/, '');
+        } else {
+          [int, frac] = roundDecimal(x, this._maxFrac);
+          while (frac.length > this._minFrac && frac.endsWith('0')) frac = frac.slice(0, -1);
+        }
+        int = int.padStart(this._minInt, '0');
+        const groupIt = this._grouping && int.length >= 4 && int.length >= 3 + minGroup;
+        if (groupIt) {
+          const first = int.length % 3 || 3;
+          body.push({ type: 'integer', value: int.slice(0, first) });
+          for (let i = first; i < int.length; i += 3) { body.push({ type: 'group', value: group }); body.push({ type: 'integer', value: int.slice(i, i + 3) }); }
+        } else body.push({ type: 'integer', value: int });
+        if (frac) { body.push({ type: 'decimal', value: decimal }); body.push({ type: 'fraction', value: frac }); }
+      }
+      const isZero = body.every((p) => (p.type !== 'integer' && p.type !== 'fraction') || /^0*$/.test(p.value));
+      let sign = '';
+      switch (this._signDisplay) {
+        case 'never': break;
+        case 'always': sign = negative ? '-' : '+'; break;
+        case 'exceptZero': sign = isZero ? '' : negative ? '-' : '+'; break;
+        case 'negative': sign = negative && !isZero ? '-' : ''; break;
+        default: sign = negative ? '-' : '';
+      }
+      if (this._style === 'currency') {
+        const symbol = this._currencyDisplay === 'code' ? this._currency
+          : this._currencyDisplay === 'name' ? this._currency
+          : this._locale === 'en-CA' && this._currency === 'CAD' ? '$'
+          : this._locale === 'en-AU' && this._currency === 'AUD' ? '$'
+          : (LOCAL_CURRENCY_SYMBOLS[langOf(this._locale)] || {})[this._currency] || CURRENCY_SYMBOLS[this._currency] || this._currency;
+        if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
+        if (currencyAt === 'after') {
+          parts.push(...body, { type: 'literal', value: '\u00a0' }, { type: 'currency', value: symbol });
+        } else {
+          parts.push({ type: 'currency', value: symbol });
+          if (currencyAt === 'space' || /^[A-Z]{3}$/.test(symbol)) parts.push({ type: 'literal', value: '\u00a0' });
+          parts.push(...body);
+        }
+        return parts;
+      }
+      if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
+      parts.push(...body);
+      if (this._style === 'unit') {
+        const abs = Math.abs(x);
+        const unit = UNITS[this._unit];
+        parts.push({ type: 'literal', value: ' ' }, { type: 'unit', value: unit ? (Array.isArray(unit) ? unit[abs === 1 ? 0 : 1] : unit) : String(this._unit) });
+      }
+      if (this._style === 'percent') {
+        const lang = langOf(this._locale);
+        if (['fr', 'de', 'sv', 'nb', 'no', 'fi', 'cs', 'sk', 'ru', 'uk', 'da', 'pl', 'es'].includes(lang)) parts.push({ type: 'literal', value: '\u00a0' });
+        parts.push({ type: 'percentSign', value: '%' });
+      }
+      return parts;
+    }
+    static supportedLocalesOf(l) { return (Array.isArray(l) ? l : l === undefined ? [] : [l]).map(canonLocale); }
+  }
+  Object.defineProperty(NumberFormat.prototype, 'format', {
+    get() { const f = (v) => NumberFormat.prototype.formatToParts.call(this, v).map((p) => p.value).join(''); return f; },
+    configurable: true,
+  });
+
+  const MONTHS = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
+  const DAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
+  // Numeric date patterns: [order, separator, pad day and month, 24-hour, date–time joiner].
+  const DATE_PATTERNS = {
+    'en-US': ['mdy', '/', false, false, ', '], en: ['mdy', '/', false, false, ', '],
+    'en-GB': ['dmy', '/', true, true, ', '], 'en-AU': ['dmy', '/', true, false, ', '], 'en-IN': ['dmy', '/', false, false, ', '], 'en-CA': ['ymd', '-', true, false, ', '],
+    de: ['dmy', '.', false, true, ', '], fr: ['dmy', '/', true, true, ' '], es: ['dmy', '/', false, true, ', '], it: ['dmy', '/', false, true, ', '],
+    nl: ['dmy', '-', false, true, ', '], pt: ['dmy', '/', true, true, ', '], sv: ['ymd', '-', true, true, ' '], ja: ['ymd', '/', false, true, ' '],
+    zh: ['ymd', '/', false, true, ' '], pl: ['dmy', '.', true, true, ', '], ru: ['dmy', '.', true, true, ', '], da: ['dmy', '.', false, true, ' '],
+  };
+  const datePattern = (locale) => DATE_PATTERNS[locale] || DATE_PATTERNS[langOf(locale)] || DATE_PATTERNS.en;
+  const two = (n) => String(n).padStart(2, '0');
+  function zoneAt(name, ms) {
+    const info = host.timeZone(name, ms);
+    if (info === null || info === undefined) throw new RangeError('Invalid time zone specified: ' + name);
+    return JSON.parse(info);
+  }
+  function gmtName(offsetSeconds) {
+    if (!offsetSeconds) return 'GMT';
+    const sign = offsetSeconds < 0 ? '-' : '+';
+    const abs = Math.abs(offsetSeconds);
+    const h = Math.floor(abs / 3600);
+    const m = Math.floor((abs % 3600) / 60);
+    return 'GMT' + sign + h + (m ? ':' + two(m) : '');
+  }
+  const US_ZONE_NAMES = ['EST', 'EDT', 'CST', 'CDT', 'MST', 'MDT', 'PST', 'PDT', 'AKST', 'AKDT', 'HST', 'HDT'];
+  const GB_ZONE_NAMES = ['GMT', 'BST', 'CET', 'CEST', 'EET', 'EEST', 'WET', 'WEST'];
+  const DATE_STYLES = {
+    full: { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' },
+    long: { year: 'numeric', month: 'long', day: 'numeric' },
+    medium: { year: 'numeric', month: 'short', day: 'numeric' },
+    short: { year: '2-digit', month: 'numeric', day: 'numeric' },
+  };
+  const TIME_STYLES = {
+    full: { hour: 'numeric', minute: '2-digit', second: '2-digit', timeZoneName: 'short' },
+    long: { hour: 'numeric', minute: '2-digit', second: '2-digit', timeZoneName: 'short' },
+    medium: { hour: 'numeric', minute: '2-digit', second: '2-digit' },
+    short: { hour: 'numeric', minute: '2-digit' },
+  };
+  class DateTimeFormat {
+    constructor(locales, options, defaults) {
+      const o = Object.assign({}, options || {});
+      this._locale = pickLocale(locales);
+      this._timeZone = o.timeZone === undefined ? 'UTC' : zoneAt(String(o.timeZone), 0).name;
+      const fields = ['weekday', 'year', 'month', 'day', 'hour', 'minute', 'second'];
+      this._styled = !!(o.dateStyle || o.timeStyle);
+      if (this._styled) {
+        if (fields.some((f) => o[f] !== undefined)) throw new TypeError("Can't set option " + fields.find((f) => o[f] !== undefined) + ' when dateStyle or timeStyle is used');
+        if (o.dateStyle) Object.assign(o, DATE_STYLES[o.dateStyle]);
+        if (o.timeStyle) Object.assign(o, TIME_STYLES[o.timeStyle]);
+      } else if (!fields.some((f) => o[f] !== undefined)) {
+        const d = defaults || 'date';
+        if (d === 'date' || d === 'all') Object.assign(o, { year: 'numeric', month: 'numeric', day: 'numeric' });
+        if (d === 'time' || d === 'all') Object.assign(o, { hour: 'numeric', minute: '2-digit', second: '2-digit' });
+      }
+      const pattern = datePattern(this._locale);
+      const h12 = o.hourCycle ? o.hourCycle === 'h12' || o.hourCycle === 'h11' : o.hour12 !== undefined ? !!o.hour12 : !pattern[3];
+      this._o = o;
+      this._h12 = h12;
+      this._pattern = pattern;
+      this._dateStyle = o.dateStyle;
+    }
+    resolvedOptions() {
+      const out = { locale: this._locale, calendar: 'gregory', numberingSystem: 'latn', timeZone: this._timeZone };
+      for (const f of ['weekday', 'year', 'month', 'day', 'hour', 'minute', 'second', 'timeZoneName', 'dateStyle', 'timeStyle']) if (this._o[f] !== undefined) out[f] = this._o[f];
+      if (this._o.hour !== undefined) { out.hour12 = this._h12; out.hourCycle = this._h12 ? 'h12' : 'h23'; }
+      return out;
+    }
+    formatToParts(date) {
+      const ms = date === undefined ? Date.now() : date instanceof Date ? date.getTime() : Number(date);
+      if (!Number.isFinite(ms)) throw new RangeError('Invalid time value');
+      const zone = zoneAt(this._timeZone, ms);
+      const t = new Date(ms + zone.offset * 1000);
+      const Y = t.getUTCFullYear(), M = t.getUTCMonth(), D = t.getUTCDate(), W = t.getUTCDay();
+      const h = t.getUTCHours(), m = t.getUTCMinutes(), s = t.getUTCSeconds();
+      const o = this._o;
+      const [order, sep, pad, , joiner] = this._pattern;
+      const parts = [];
+      const lit = (v) => parts.push({ type: 'literal', value: v });
+      const textual = o.month === 'long' || o.month === 'short' || o.month === 'narrow';
+      const yearText = o.year === '2-digit' ? two(Y % 100) : String(Y);
+      const monthText = o.month === 'long' ? MONTHS[M] : o.month === 'short' ? MONTHS[M].slice(0, 3) : o.month === 'narrow' ? MONTHS[M][0]
+        : o.month === '2-digit' || (pad && o.month) ? two(M + 1) : String(M + 1);
+      const dayText = o.day === '2-digit' || (pad && o.day && !textual) ? two(D) : String(D);
+      const weekdayText = o.weekday === 'long' ? DAYS[W] : o.weekday === 'short' ? DAYS[W].slice(0, 3) : o.weekday === 'narrow' ? DAYS[W][0] : null;
+      const hasDate = o.year || o.month || o.day || o.weekday;
+      if (hasDate) {
+        if (textual) {
+          const dayFirst = order === 'dmy';
+          if (weekdayText) { parts.push({ type: 'weekday', value: weekdayText }); lit(', '); }
+          if (dayFirst) {
+            if (o.day) { parts.push({ type: 'day', value: dayText }); lit(' '); }
+            parts.push({ type: 'month', value: monthText });
+            if (o.year) { lit(' '); parts.push({ type: 'year', value: yearText }); }
+          } else {
+            parts.push({ type: 'month', value: monthText });
+            if (o.day) { lit(' '); parts.push({ type: 'day', value: dayText }); }
+            if (o.year) { lit(o.day ? ', ' : ' '); parts.push({ type: 'year', value: yearText }); }
+          }
+        } else {
+          if (weekdayText) { parts.push({ type: 'weekday', value: weekdayText }); if (o.year || o.month || o.day) lit(', '); }
+          const fields = { y: o.year && ['year', yearText], m: o.month && ['month', monthText], d: o.day && ['day', dayText] };
+          const present = order.split('').map((k) => fields[k]).filter(Boolean);
+          present.forEach(([type, value], i) => { if (i) lit(sep); parts.push({ type, value }); });
+        }
+      }
+      if (o.hour || o.minute || o.second) {
+        if (hasDate) lit(textual && (this._dateStyle === 'full' || this._dateStyle === 'long' || !this._dateStyle) && this._locale.startsWith('en') ? ' at ' : joiner);
+        const timeParts = [];
+        if (o.hour) {
+          const hour = this._h12 ? h % 12 || 12 : h;
+          timeParts.push({ type: 'hour', value: o.hour === '2-digit' || (!this._h12) ? two(hour) : String(hour) });
+        }
+        if (o.minute) timeParts.push({ type: 'minute', value: o.hour ? two(m) : String(m) });
+        if (o.second) timeParts.push({ type: 'second', value: o.hour || o.minute ? two(s) : String(s) });
+        timeParts.forEach((p, i) => { if (i) lit(':'); parts.push(p); });
+        if (o.hour && this._h12) { lit(' '); parts.push({ type: 'dayPeriod', value: h < 12 ? 'AM' : 'PM' }); }
+      }
+      if (o.timeZoneName) {
+        lit(' ');
+        // A locale names only the zones its readers know by abbreviation
+        // (as ICU does); the others are shown by their offset.
+        const known = this._locale === 'en-GB' ? GB_ZONE_NAMES : langOf(this._locale) === 'en' ? US_ZONE_NAMES : [];
+        const value = zone.name === 'UTC' && !o.timeZoneName.endsWith('Offset') ? 'UTC'
+          : known.includes(zone.abbr) && !o.timeZoneName.endsWith('Offset') ? zone.abbr : gmtName(zone.offset);
+        parts.push({ type: 'timeZoneName', value });
+      }
+      return parts;
+    }
+    formatRange(a, b) { return this.format(a) + ' – ' + this.format(b); }
+    static supportedLocalesOf(l) { return NumberFormat.supportedLocalesOf(l); }
+  }
+  Object.defineProperty(DateTimeFormat.prototype, 'format', {
+    get() { return (d) => DateTimeFormat.prototype.formatToParts.call(this, d).map((p) => p.value).join(''); },
+    configurable: true,
+  });
+
+  // Close to ICU's root collation: letters compared without accents or case
+  // first, then accents, then lowercase before uppercase.
+  const baseLetters = (s) => s.normalize('NFD').replace(/[\u0300-\u036f]/g, '');
+  class Collator {
+    constructor(locales, options) {
+      const o = options || {};
+      this._locale = pickLocale(locales);
+      this._sensitivity = o.sensitivity || 'variant';
+      this._numeric = !!o.numeric;
+      this._ignorePunctuation = !!o.ignorePunctuation;
+      this.compare = this.compare.bind(this);
+    }
+    compare(a, b) {
+      a = String(a); b = String(b);
+      if (this._ignorePunctuation) { a = a.replace(/[\s\p{P}]/gu, ''); b = b.replace(/[\s\p{P}]/gu, ''); }
+      const cmp = (x, y) => {
+        if (this._numeric) {
+          const xs = x.match(/\d+|\D+/g) || [], ys = y.match(/\d+|\D+/g) || [];
+          for (let i = 0; i < Math.min(xs.length, ys.length); i++) {
+            const p = xs[i], q = ys[i];
+            if (/^\d/.test(p) && /^\d/.test(q)) { const d = Number(p) - Number(q); if (d) return d < 0 ? -1 : 1; }
+            else if (p !== q) return p < q ? -1 : 1;
+          }
+          return xs.length === ys.length ? 0 : xs.length < ys.length ? -1 : 1;
+        }
+        return x === y ? 0 : x < y ? -1 : 1;
+      };
+      const primary = cmp(baseLetters(a).toLowerCase(), baseLetters(b).toLowerCase());
+      if (primary || this._sensitivity === 'base') return primary;
+      const secondary = cmp(a.toLowerCase(), b.toLowerCase());
+      if (secondary || this._sensitivity === 'accent') return secondary;
+      for (let i = 0; i < Math.min(a.length, b.length); i++) {
+        if (a[i] !== b[i]) return a[i] === a[i].toLowerCase() ? -1 : 1;
+      }
+      return cmp(a, b);
+    }
+    resolvedOptions() { return { locale: this._locale, usage: 'sort', sensitivity: this._sensitivity, numeric: this._numeric, ignorePunctuation: this._ignorePunctuation }; }
+    static supportedLocalesOf(l) { return NumberFormat.supportedLocalesOf(l); }
+  }
+  class PluralRules {
+    constructor(locales, options) { this._locale = pickLocale(locales); this._type = (options && options.type) || 'cardinal'; }
+    select(n) {
+      n = Number(n);
+      if (this._type === 'ordinal') {
+        const ten = n % 10, hundred = n % 100;
+        if (ten === 1 && hundred !== 11) return 'one';
+        if (ten === 2 && hundred !== 12) return 'two';
+        if (ten === 3 && hundred !== 13) return 'few';
+        return 'other';
+      }
+      return n === 1 ? 'one' : 'other';
+    }
+    resolvedOptions() { return { locale: this._locale, type: this._type }; }
+    static supportedLocalesOf(l) { return NumberFormat.supportedLocalesOf(l); }
+  }
+  const RELATIVE_WORDS = { day: ['yesterday', 'today', 'tomorrow'], year: ['last year', 'this year', 'next year'], month: ['last month', 'this month', 'next month'],
+    week: ['last week', 'this week', 'next week'], quarter: ['last quarter', 'this quarter', 'next quarter'] };
+  class RelativeTimeFormat {
+    constructor(locales, options) { this._locale = pickLocale(locales); this._numeric = (options && options.numeric) || 'always'; }
+    format(value, unit) {
+      value = Number(value);
+      unit = String(unit).replace(/s$/, '');
+      if (!['second', 'minute', 'hour', 'day', 'week', 'month', 'quarter', 'year'].includes(unit)) throw new RangeError('Invalid unit argument for format() \'' + unit + '\'');
+      if (this._numeric === 'auto') {
+        if (unit === 'second' && value === 0) return 'now';
+        if (RELATIVE_WORDS[unit] && [-1, 0, 1].includes(value)) return RELATIVE_WORDS[unit][value + 1];
+      }
+      const abs = Math.abs(value);
+      const text = new NumberFormat(this._locale).format(abs) + ' ' + unit + (abs === 1 ? '' : 's');
+      return value < 0 || Object.is(value, -0) ? text + ' ago' : 'in ' + text;
+    }
+    resolvedOptions() { return { locale: this._locale, style: 'long', numeric: this._numeric, numberingSystem: 'latn' }; }
+  }
+  class ListFormat {
+    constructor(locales, options) { this._locale = pickLocale(locales); this._type = (options && options.type) || 'conjunction'; }
+    format(list) {
+      const items = [...list].map(String);
+      const word = this._type === 'disjunction' ? 'or' : 'and';
+      if (this._type === 'unit') return items.join(', ');
+      if (items.length < 3) return items.join(' ' + word + ' ');
+      return items.slice(0, -1).join(', ') + ', ' + word + ' ' + items[items.length - 1];
+    }
+  }
+  const Intl = {
+    NumberFormat, DateTimeFormat, Collator, PluralRules, RelativeTimeFormat, ListFormat,
+    getCanonicalLocales: (l) => NumberFormat.supportedLocalesOf(l),
+    supportedValuesOf: (key) => (key === 'timeZone' ? ['UTC'] : []),
+  };
+  define('Intl', Intl);
+  const protoMethod = (proto, name, fn) => Object.defineProperty(proto, name, { value: fn, writable: true, configurable: true, enumerable: false });
+  protoMethod(Number.prototype, 'toLocaleString', function (locales, options) { return new NumberFormat(locales, options).format(this); });
+  protoMethod(Date.prototype, 'toLocaleString', function (locales, options) {
+    return Number.isNaN(this.getTime()) ? 'Invalid Date' : new DateTimeFormat(locales, options, 'all').format(this);
+  });
+  protoMethod(Date.prototype, 'toLocaleDateString', function (locales, options) {
+    return Number.isNaN(this.getTime()) ? 'Invalid Date' : new DateTimeFormat(locales, options, 'date').format(this);
+  });
+  protoMethod(Date.prototype, 'toLocaleTimeString', function (locales, options) {
+    return Number.isNaN(this.getTime()) ? 'Invalid Date' : new DateTimeFormat(locales, options, 'time').format(this);
+  });
+  protoMethod(String.prototype, 'localeCompare', function (other, locales, options) { return new Collator(locales, options).compare(String(this), other); });
+
   // ---------------------------------------------------------------- console
   function show(v, depth) {
     if (typeof v === 'string') return depth ? JSON.stringify(v) : v;
@@ -748,6 +1228,7 @@
   define('console', {
     log: logAt('info'), info: logAt('info'), debug: logAt('debug'),
     warn: logAt('warn'), error: logAt('error'), trace: logAt('debug'),
+    dir: (v) => logAt('info')(v), table: (v) => logAt('info')(v),
   });
 
   // ---------------------------------------------------------------- modules
@@ -873,6 +1354,52 @@
     },
     resolve: (from, to) => new URL(to, new URL(from, 'resolve://')).href.replace(/^resolve:\/\//, ''),
   };
+  // Node's `zlib`, one-shot: `gzipSync`…, and the callback forms.
+  const zlib = {};
+  for (const op of ['gzip', 'gunzip', 'deflate', 'inflate', 'deflateRaw', 'inflateRaw', 'unzip']) {
+    zlib[op + 'Sync'] = (data) => Buffer._wrap(b64Decode(host.zlib(op, b64Encode(toBytes(data))), false));
+    zlib[op] = (data, opts, cb) => {
+      if (typeof opts === 'function') cb = opts;
+      let out;
+      try { out = zlib[op + 'Sync'](data); } catch (e) { Promise.resolve().then(() => cb(e)); return; }
+      Promise.resolve().then(() => cb(null, out));
+    };
+  }
+  // Node's `util`, the parts functions use.
+  function formatArgs(fmt, ...args) {
+    if (typeof fmt !== 'string') return [fmt, ...args].map((a) => show(a, 0)).join(' ');
+    let i = 0;
+    let out = fmt.replace(/%[sdifjoO%]/g, (m) => {
+      if (m === '%%') return '%';
+      if (i >= args.length) return m;
+      const a = args[i++];
+      switch (m) {
+        case '%s': return typeof a === 'string' ? a : show(a, 0);
+        case '%d': case '%i': return String(m === '%i' ? parseInt(a, 10) : Number(a));
+        case '%f': return String(parseFloat(a));
+        case '%j': return JSON.stringify(a);
+        default: return show(a, 1);
+      }
+    });
+    for (; i < args.length; i++) out += ' ' + show(args[i], 0);
+    return out;
+  }
+  const util = {
+    format: formatArgs,
+    inspect: (v) => show(v, 1),
+    promisify: (fn) => (...args) => new Promise((resolve, reject) => fn(...args, (err, value) => (err ? reject(err) : resolve(value)))),
+    deprecate: (fn) => fn,
+    inherits(ctor, superCtor) { Object.setPrototypeOf(ctor.prototype, superCtor.prototype); Object.setPrototypeOf(ctor, superCtor); },
+    isDeepStrictEqual: (a, b) => G._.isEqual(a, b),
+    types: {
+      isDate: (v) => v instanceof Date,
+      isRegExp: (v) => v instanceof RegExp,
+      isPromise: (v) => v instanceof Promise,
+      isUint8Array: (v) => v instanceof Uint8Array,
+    },
+    TextEncoder,
+    TextDecoder,
+  };
   const nodeFetch = Object.assign((...a) => fetch(...a), { default: fetch, Headers, Request, Response });
   function req(name) {
     switch (name) {
@@ -885,9 +1412,11 @@
       case 'crypto': return crypto;
       case 'buffer': return { Buffer };
       case 'url': return urlModule;
+      case 'zlib': return zlib;
+      case 'util': return util;
       case 'querystring': return querystring;
       default: {
-        const e = new Error("Cannot find module '" + name + "': switchyard pre-installs lodash, xml, atob, btoa, node-fetch, form-data, crypto, buffer, url and querystring");
+        const e = new Error("Cannot find module '" + name + "': switchyard pre-installs lodash, xml, atob, btoa, node-fetch, form-data, crypto, buffer, url, querystring, zlib and util");
         e.code = 'MODULE_NOT_FOUND';
         throw e;
       }

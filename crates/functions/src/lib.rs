@@ -8,6 +8,7 @@
 //! an event and returns what the function emitted, logged and answered.
 
 mod fetch;
+mod native;
 mod sandbox;
 
 pub use fetch::{error_chain, is_internal, FetchMode, FetchPolicy, MockResponse, RecordedRequest};

@@ -45,6 +45,8 @@ struct HostState {
     logs: RefCell<Vec<LogLine>>,
     recorded: RefCell<Vec<RecordedRequest>>,
     fetcher: Rc<Fetcher>,
+    /// The runtime's memory cap: native results (`zlib`) are held to it too.
+    memory_bytes: usize,
 }
 
 impl HostState {
@@ -205,6 +207,70 @@ fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
         )?,
     )?;
     host.set(
+        "sign",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'_>, alg: String, key: String, data: String, p1363: bool| {
+                crate::native::sign(&alg, &key, &unb64(&data)?, p1363)
+                    .map(|s| b64(&s))
+                    .map_err(|e| throw(&ctx, e))
+            },
+        )?,
+    )?;
+    host.set(
+        "verify",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'_>, alg: String, key: String, data: String, sig: String, p1363: bool| {
+                crate::native::verify(&alg, &key, &unb64(&data)?, &unb64(&sig)?, p1363)
+                    .map_err(|e| throw(&ctx, e))
+            },
+        )?,
+    )?;
+    host.set(
+        "pbkdf2",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'_>,
+             digest: String,
+             password: String,
+             salt: String,
+             iterations: u32,
+             key_len: usize| {
+                crate::native::pbkdf2(
+                    &digest,
+                    &unb64(&password)?,
+                    &unb64(&salt)?,
+                    iterations,
+                    key_len,
+                )
+                .map(|k| b64(&k))
+                .map_err(|e| throw(&ctx, e))
+            },
+        )?,
+    )?;
+    host.set(
+        "timeZone",
+        Function::new(
+            ctx.clone(),
+            |name: String, epoch_ms: f64| -> Option<String> {
+                crate::native::time_zone_at(&name, epoch_ms)
+            },
+        )?,
+    )?;
+    let max_bytes = state.memory_bytes;
+    host.set(
+        "zlib",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'_>, op: String, data: String| {
+                crate::native::zlib(&op, &unb64(&data)?, max_bytes)
+                    .map(|out| b64(&out))
+                    .map_err(|e| throw(&ctx, e))
+            },
+        )?,
+    )?;
+    host.set(
         "randomBytes",
         Function::new(ctx.clone(), |n: usize| {
             use rand::RngCore;
@@ -334,6 +400,7 @@ impl Sandbox {
             logs: RefCell::new(Vec::new()),
             recorded: RefCell::new(Vec::new()),
             fetcher,
+            memory_bytes: limits.memory_bytes,
         });
         {
             let s = state.clone();

@@ -341,6 +341,98 @@ async function onTrack(event) {
     }
 }
 
+/// Signing a JWT for a Google service account, verifying a provider's
+/// signature, gzip and `util`: what a function does with Node's modules.
+#[test]
+fn signatures_zlib_and_util_work_as_in_node() {
+    let src = r#"
+async function onTrack(event, settings) {
+  const crypto = require('crypto');
+  const zlib = require('zlib');
+  const util = require('util');
+  const b64url = (b) => b.toString('base64').replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
+  const header = b64url(Buffer.from(JSON.stringify({ alg: 'RS256', typ: 'JWT' })));
+  const claims = b64url(Buffer.from(JSON.stringify({ iss: 'sa@example.iam', aud: 'https://oauth2.example/token' })));
+  const signer = crypto.createSign('RSA-SHA256');
+  signer.update(header + '.' + claims);
+  const jwt = header + '.' + claims + '.' + b64url(signer.sign(settings.privateKey));
+  const verified = crypto.createVerify('RSA-SHA256').update(jwt.split('.').slice(0, 2).join('.'))
+    .verify(settings.publicKey, Buffer.from(jwt.split('.')[2].replace(/-/g, '+').replace(/_/g, '/'), 'base64'));
+  const known = crypto.sign('sha256', Buffer.from('payload'), { key: settings.privateKey }).toString('base64');
+  const tampered = crypto.verify('sha256', Buffer.from('payloaD'), settings.publicKey, Buffer.from(known, 'base64'));
+  const gz = zlib.gzipSync(JSON.stringify({ hello: 'world' }));
+  let badHeader = null;
+  try { new Headers({ 'bad header': 'x' }); } catch (e) { badHeader = e.name; }
+  const h = new Headers(); h.append('Set-Cookie', 'a=1'); h.append('set-cookie', 'b=2');
+  return {
+    verified, known, tampered,
+    gzipMagic: gz[0] === 0x1f && gz[1] === 0x8b,
+    gunzipped: JSON.parse(zlib.gunzipSync(gz).toString()).hello,
+    pbkdf2: crypto.pbkdf2Sync('password', 'salt', 2, 20, 'sha1').toString('hex'),
+    format: util.format('%s has %d items: %j', 'cart', 3, { a: 1 }),
+    promisified: await util.promisify((x, cb) => cb(null, x * 2))(21),
+    badHeader,
+    cookies: h.getSetCookie(),
+  };
+}"#;
+    let key = |name: &str| {
+        std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+    };
+    let out = run_destination_once(
+        &code(src),
+        &json!({"type": "track", "event": "E", "userId": "u"}),
+        &json!({"privateKey": key("rsa-pkcs8.pem"), "publicKey": key("rsa-public.pem")}),
+        &Limits::default(),
+        mock(),
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let r = out.result.expect("a result");
+    // `printf payload | openssl dgst -sha256 -sign tests/keys/rsa-pkcs1.pem | base64`
+    let openssl = "jmGBRz+d/SmVp5ecMWTsc15SWDAI6lme5qdLoboO61ajChd1VcFivcWavAJX/Gq7AYJ/FfuV/p4gxy7CTM/yu9M0wIPoLZQ5PhrvgHxXApICitxIDxr1wb5m8OKSCnVgYxvt/Gaez0IYHoIu9AopNITdyVF7im3/yU9rWP8aUD5dOrNyR5gJghKZsCfA9WQ9hCYyheaKfIHXFzopVyT6oCdGSrZ5hBxEZy1vsLbi9cLPikyBRFMWxryLO0so9otmSRyXo5bMdXN/wREMoOe9+HDIFxHOPW/u395h0FqRFB8ucsDwkVIDQ7ISFoOqJQEJYe2E8aBO0ITC2GIr9lFBUQ==";
+    let expected = json!({
+        "verified": true,
+        "known": openssl,
+        "tampered": false,
+        "gzipMagic": true,
+        "gunzipped": "world",
+        "pbkdf2": "ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957",
+        "format": "cart has 3 items: {\"a\":1}",
+        "promisified": 42,
+        "badHeader": "TypeError",
+        "cookies": ["a=1", "b=2"],
+    });
+    for (k, want) in expected.as_object().unwrap() {
+        assert_eq!(&r[k], want, "{k}");
+    }
+}
+
+/// `Intl` and the `toLocale…` methods, against Node 20's output for the
+/// same expressions (`TZ=UTC`; the cases are evaluated one by one).
+#[test]
+fn intl_formats_numbers_dates_and_orders_strings_as_node_does() {
+    let expected: serde_json::Map<String, Value> = serde_json::from_str(INTL_CASES).unwrap();
+    let cases: Vec<&String> = expected.keys().collect();
+    let src = format!(
+        "const CASES = {};\nasync function onTrack() {{ const out = {{}}; for (const c of CASES) {{ try {{ out[c] = String((0, eval)(c)); }} catch (e) {{ out[c] = 'threw ' + e.name + ': ' + e.message; }} }} return out; }}",
+        serde_json::to_string(&cases).unwrap()
+    );
+    let out = run_destination_once(
+        &code(&src),
+        &json!({"type": "track", "event": "E", "userId": "u"}),
+        &json!({}),
+        &Limits::default(),
+        mock(),
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let got = out.result.expect("a result");
+    for (case, want) in &expected {
+        assert_eq!(&got[case], want, "{case}");
+    }
+}
+
+const INTL_CASES: &str = r##"{"(1234567.891).toLocaleString('de-DE')": "1.234.567,891", "(1234.5).toLocaleString('en-US', {style: 'currency', currency: 'USD'})": "$1,234.50", "(-1234.5).toLocaleString('en-US', {style: 'currency', currency: 'USD'})": "-$1,234.50", "(1234.5).toLocaleString('de-DE', {style: 'currency', currency: 'EUR'})": "1.234,50 €", "new Intl.NumberFormat('en-US', {maximumFractionDigits: 2}).format(1.005)": "1.01", "JSON.stringify(new Intl.NumberFormat('en-US', {style: 'currency', currency: 'USD'}).formatToParts(-12.5))": "[{\"type\":\"minusSign\",\"value\":\"-\"},{\"type\":\"currency\",\"value\":\"$\"},{\"type\":\"integer\",\"value\":\"12\"},{\"type\":\"decimal\",\"value\":\".\"},{\"type\":\"fraction\",\"value\":\"50\"}]", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleString('en-US', {timeZone: 'America/New_York'})": "5/1/2024, 8:00:05 AM", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleString('en-GB', {timeZone: 'Europe/London'})": "01/05/2024, 13:00:05", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleTimeString('en-US', {timeZone: 'Asia/Kolkata', timeZoneName: 'short'})": "5:30:05 PM GMT+5:30", "new Intl.DateTimeFormat('en-US', {dateStyle: 'full', timeStyle: 'long', timeZone: 'America/Chicago'}).format(new Date(Date.UTC(2024, 4, 1, 12, 0, 5)))": "Wednesday, May 1, 2024 at 7:00:05 AM CDT", "new Intl.DateTimeFormat('en-US', {dateStyle: 'medium', timeStyle: 'short'}).format(new Date(Date.UTC(2024, 0, 9, 15, 4, 5)))": "Jan 9, 2024, 3:04 PM", "new Intl.DateTimeFormat('en-GB', {dateStyle: 'medium', timeStyle: 'short'}).format(new Date(Date.UTC(2024, 0, 9, 15, 4, 5)))": "9 Jan 2024, 15:04", "(() => { try { new Intl.DateTimeFormat('en-US', {timeZone: 'Mars/Base'}); return 'no throw'; } catch (e) { return e.name; } })()": "RangeError", "['C', 'a', 'b', 'B', 'é', 'e', 'f'].sort((x, y) => x.localeCompare(y)).join('')": "abBCeéf", "['item10', 'item2', 'item1'].sort(new Intl.Collator('en', {numeric: true}).compare).join(',')": "item1,item2,item10", "[1, 2, 3, 4, 11, 21, 22, 23, 112].map((n) => new Intl.PluralRules('en-US', {type: 'ordinal'}).select(n)).join(',')": "one,two,few,other,other,one,two,few,other", "new Intl.RelativeTimeFormat('en', {numeric: 'auto'}).format(-1, 'day')": "yesterday", "new Intl.ListFormat('en', {type: 'disjunction'}).format(['a', 'b'])": "a or b", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleDateString('de-DE')": "1.5.2024", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleDateString('ja-JP')": "2024/5/1", "(1234.5).toLocaleString('nl-NL', {style: 'currency', currency: 'EUR'})": "€ 1.234,50", "(1234.5).toLocaleString('fr-FR', {style: 'currency', currency: 'EUR'})": "1 234,50 €"}"##;
+
 #[test]
 fn a_function_can_answer_the_request() {
     let src = r#"
