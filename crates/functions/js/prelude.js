@@ -1189,8 +1189,17 @@
       return items.slice(0, -1).join(', ') + ', ' + word + ' ' + items[items.length - 1];
     }
   }
+  // These three may be called without `new`, as the specification allows.
+  const callable = (C) => {
+    const F = function (locales, options) { return new C(locales, options); };
+    F.prototype = C.prototype;
+    F.supportedLocalesOf = C.supportedLocalesOf;
+    Object.defineProperty(F, 'name', { value: C.name });
+    return F;
+  };
   const Intl = {
-    NumberFormat, DateTimeFormat, Collator, PluralRules, RelativeTimeFormat, ListFormat,
+    NumberFormat: callable(NumberFormat), DateTimeFormat: callable(DateTimeFormat), Collator: callable(Collator),
+    PluralRules, RelativeTimeFormat, ListFormat,
     getCanonicalLocales: (l) => NumberFormat.supportedLocalesOf(l),
     supportedValuesOf: (key) => (key === 'timeZone' ? ['UTC'] : []),
   };
@@ -1206,6 +1215,14 @@
   protoMethod(Date.prototype, 'toLocaleTimeString', function (locales, options) {
     return Number.isNaN(this.getTime()) ? 'Invalid Date' : new DateTimeFormat(locales, options, 'time').format(this);
   });
+  // The runtime's clock is UTC; V8 names the zone after the offset.
+  for (const name of ['toString', 'toTimeString']) {
+    const original = Date.prototype[name];
+    protoMethod(Date.prototype, name, function () {
+      const text = original.call(this);
+      return Number.isNaN(this.getTime()) ? text : text + ' (Coordinated Universal Time)';
+    });
+  }
   protoMethod(String.prototype, 'localeCompare', function (other, locales, options) { return new Collator(locales, options).compare(String(this), other); });
 
   // ---------------------------------------------------------------- console
