@@ -172,6 +172,15 @@ pub struct Fetcher {
     next_id: Cell<u64>,
 }
 
+/// A request as the JavaScript side hands it over.
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    /// `[[name, value], …]` as JSON.
+    pub headers_json: &'a str,
+    pub body: Body<'a>,
+}
+
 /// A request body as the JavaScript side hands it over.
 pub enum Body<'a> {
     /// A string body, passed as is (no per-byte work in JavaScript).
@@ -263,16 +272,13 @@ impl Fetcher {
     /// expects (`{error}` on failure), comes from [`Fetcher::wait_any`].
     pub fn start(
         &self,
-        method: &str,
-        url: &str,
-        headers_json: &str,
-        body: Body<'_>,
+        request: Outgoing<'_>,
         budget: Duration,
         recorded: &mut Vec<RecordedRequest>,
     ) -> u64 {
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
-        if let Some(answer) = self.begin(id, method, url, headers_json, body, budget, recorded) {
+        if let Some(answer) = self.begin(id, request, budget, recorded) {
             self.ready.borrow_mut().push_back((id, answer));
         }
         id
@@ -313,17 +319,19 @@ impl Fetcher {
 
     /// Checks and records a request, then answers it at once (`Some`: mocks
     /// and refusals) or spawns it (`None`).
-    #[allow(clippy::too_many_arguments)]
     fn begin(
         &self,
         id: u64,
-        method: &str,
-        url: &str,
-        headers_json: &str,
-        body: Body<'_>,
+        request: Outgoing<'_>,
         budget: Duration,
         recorded: &mut Vec<RecordedRequest>,
     ) -> Option<String> {
+        let Outgoing {
+            method,
+            url,
+            headers_json,
+            body,
+        } = request;
         let error = |msg: String| Some(serde_json::json!({ "error": msg }).to_string());
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
         let body = match body {

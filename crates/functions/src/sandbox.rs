@@ -179,9 +179,13 @@ fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
                 } else {
                     crate::fetch::Body::Base64(&body_b64)
                 };
-                s.fetcher
-                    .start(&method, &url, &headers, body, budget, &mut recorded)
-                    as f64
+                let request = crate::fetch::Outgoing {
+                    method: &method,
+                    url: &url,
+                    headers_json: &headers,
+                    body,
+                };
+                s.fetcher.start(request, budget, &mut recorded) as f64
             },
         )?,
     )?;
