@@ -211,6 +211,9 @@ pub fn verify(
         .is_ok())
 }
 
+/// Most PBKDF2 rounds one call may ask for.
+const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+
 /// PBKDF2 with HMAC over the named digest.
 pub fn pbkdf2(
     digest: &str,
@@ -226,6 +229,13 @@ pub fn pbkdf2(
         "sha512" => ring::pbkdf2::PBKDF2_HMAC_SHA512,
         _ => return Err(format!("Invalid digest: {digest}")),
     };
+    // Native code cannot be interrupted at the function's deadline: the
+    // work is bounded instead (a million rounds of SHA-256 is about 0.3 s).
+    if iterations > MAX_PBKDF2_ITERATIONS {
+        return Err(format!(
+            "The value of \"iterations\" is out of range. It must be <= {MAX_PBKDF2_ITERATIONS} in switchyard. Received {iterations}"
+        ));
+    }
     let iterations = std::num::NonZeroU32::new(iterations)
         .ok_or("The value of \"iterations\" is out of range. It must be >= 1")?;
     if key_len > 1 << 20 {
@@ -414,6 +424,9 @@ mod tests {
         let out = pbkdf2("sha1", b"password", b"salt", 2, 20).unwrap();
         assert_eq!(hex::encode(out), "ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957");
         assert!(pbkdf2("sha1", b"p", b"s", 0, 20).is_err());
+        assert!(pbkdf2("sha256", b"p", b"s", MAX_PBKDF2_ITERATIONS + 1, 20)
+            .unwrap_err()
+            .contains("out of range"));
     }
 
     #[test]
