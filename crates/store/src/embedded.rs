@@ -2211,23 +2211,31 @@ impl Store for EmbeddedStore {
                 ..Default::default()
             };
             segments.lock().map_err(|_| StoreError::Closed)?.erase(&records)?;
-            report.raw_requests = purge_raw(conn, "raw_requests", &user_id)?;
-            report.captures = purge_raw(conn, "captures", &user_id)?;
+            // A request still waiting for its function was acknowledged and
+            // may carry other users' data too: it is run, not dropped (what
+            // it emits for this user is stored anew, like an event sent
+            // after the deletion). Those run or dead-lettered go.
+            report.raw_requests =
+                purge_raw(conn, "raw_requests", "state NOT IN ('pending', 'inline')", &user_id)?;
+            report.captures = purge_raw(conn, "captures", "1", &user_id)?;
             report.objects = conn.execute("DELETE FROM objects WHERE id = ?1", [&user_id])? as u64;
-            let body_like = format!("%\"userId\":{}%", quoted.replace('%', "\\%").replace('_', "\\_"));
+            // `"userId":"…"` as it appears in the stored JSON, found with
+            // `instr`: exact and case-sensitive (`LIKE` ignores ASCII case,
+            // so deleting `zed` took `ZED`'s rows too).
+            let user_field = format!("\"userId\":{quoted}");
             report.retries = conn.execute(
-                "DELETE FROM retries WHERE CAST(body AS TEXT) LIKE ?1 ESCAPE '\\'
-                 AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE retries.message_ids LIKE '%' || k.id || '%')",
-                [&body_like],
+                "DELETE FROM retries WHERE instr(CAST(body AS TEXT), ?1) > 0
+                 AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE instr(retries.message_ids, k.id) > 0)",
+                [&user_field],
             )? as u64;
             report.dead_letters = conn.execute(
-                "DELETE FROM dead_letters WHERE CAST(body AS TEXT) LIKE ?1 ESCAPE '\\'
-                 AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE dead_letters.message_ids LIKE '%' || k.id || '%')",
-                [&body_like],
+                "DELETE FROM dead_letters WHERE instr(CAST(body AS TEXT), ?1) > 0
+                 AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE instr(dead_letters.message_ids, k.id) > 0)",
+                [&user_field],
             )? as u64;
             report.rejections = conn.execute(
-                "DELETE FROM rejections WHERE excerpt LIKE ?1 ESCAPE '\\'",
-                [&body_like],
+                "DELETE FROM rejections WHERE instr(excerpt, ?1) > 0",
+                [&user_field],
             )? as u64;
             Ok(report)
         })
@@ -2265,9 +2273,28 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// Whether a stored raw request (JSON with a base64 `body`) mentions `needle`
-/// in its body, URL or headers.
-fn raw_mentions(request: &[u8], needle: &str) -> bool {
+/// Whether `haystack` holds `needle` as a whole value: not as part of a
+/// longer id (`zed` is not in `zed2`, `zedd` or `zed-order`), since a
+/// raw request is a third party's payload that may name many users.
+fn mentions_whole(haystack: &[u8], needle: &[u8]) -> bool {
+    // Bytes that continue an id: letters, digits, `_-.@+`, and anything
+    // beyond ASCII (part of a letter in UTF-8).
+    let continues = |b: u8| b.is_ascii_alphanumeric() || b"_-.@+".contains(&b) || b >= 0x80;
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return false;
+    }
+    (0..=haystack.len() - needle.len()).any(|at| {
+        haystack[at..].starts_with(needle)
+            && (at == 0 || !continues(haystack[at - 1]))
+            && haystack
+                .get(at + needle.len())
+                .is_none_or(|b| !continues(*b))
+    })
+}
+
+/// Whether a stored raw request (JSON with a base64 `body`) names `user`,
+/// as a whole value, in its body, URL or headers.
+fn raw_mentions(request: &[u8], user: &str) -> bool {
     use base64::Engine;
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(request) else {
         return false;
@@ -2277,26 +2304,25 @@ fn raw_mentions(request: &[u8], needle: &str) -> bool {
         .and_then(|b| b.as_str())
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .unwrap_or_default();
-    let needle_bytes = needle.as_bytes();
-    body.windows(needle_bytes.len().max(1))
-        .any(|w| w == needle_bytes)
+    let needle = user.as_bytes();
+    mentions_whole(&body, needle)
         || v.get("url")
             .and_then(|u| u.as_str())
-            .is_some_and(|u| u.contains(needle))
+            .is_some_and(|u| mentions_whole(u.as_bytes(), needle))
         || v.get("headers")
-            .is_some_and(|h| h.to_string().contains(needle))
+            .is_some_and(|h| mentions_whole(h.to_string().as_bytes(), needle))
 }
 
-/// Deletes the rows of `table` (with `id` and `request` columns) whose raw
-/// request mentions `needle`.
-fn purge_raw(conn: &Connection, table: &str, needle: &str) -> Result<u64> {
+/// Deletes the rows of `table` (with `id` and `request` columns, and
+/// matching `only`, an SQL condition) whose raw request names `user`.
+fn purge_raw(conn: &Connection, table: &str, only: &str, user: &str) -> Result<u64> {
     let ids: Vec<i64> = {
-        let mut stmt = conn.prepare(&format!("SELECT id, request FROM {table}"))?;
+        let mut stmt = conn.prepare(&format!("SELECT id, request FROM {table} WHERE {only}"))?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut ids = Vec::new();
         for row in rows {
             let (id, request) = row?;
-            if raw_mentions(&request, needle) {
+            if raw_mentions(&request, user) {
                 ids.push(id);
             }
         }
@@ -2960,6 +2986,136 @@ mod tests {
         assert_eq!(recent[0].json, b"{}");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A user's deletion takes the raw requests that name the user as a
+    /// whole value, not those of users whose ids merely contain it, and
+    /// not requests still waiting for their function (acknowledged, and
+    /// perhaps carrying other users' data too).
+    #[tokio::test]
+    async fn a_deletion_takes_only_the_raw_requests_that_name_the_user() {
+        let dir = temp_dir("purge-raw");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "hook").await;
+        let raw = |body: &str| {
+            use base64::Engine;
+            serde_json::json!({
+                "method": "POST",
+                "url": "https://switchyard.example/functions/hook",
+                "headers": [["content-type", "application/json"]],
+                "body": base64::engine::general_purpose::STANDARD.encode(body),
+            })
+            .to_string()
+            .into_bytes()
+        };
+        let mut ids = std::collections::HashMap::new();
+        for (name, body, state) in [
+            ("zed", r#"[{"customer":"zed","total":3}]"#, "done"),
+            ("zed, dead", r#"{"user":"zed"}"#, "dead"),
+            ("zed, form", "customer=zed&total=3", "done"),
+            (
+                "zed, waiting",
+                r#"[{"customer":"zed"},{"customer":"kim"}]"#,
+                "pending",
+            ),
+            ("zed2", r#"[{"customer":"zed2"}]"#, "done"),
+            ("zedd", r#"{"user":"zedd"}"#, "dead"),
+            (
+                "zed-order",
+                r#"[{"order_id":"zed-order","customer":"kim"}]"#,
+                "done",
+            ),
+            ("ZED", r#"{"user":"ZED"}"#, "done"),
+            ("zed@example.com", r#"{"email":"zed@example.com"}"#, "done"),
+        ] {
+            let id = store
+                .append_raw("hook", raw(body), state, true)
+                .await
+                .unwrap();
+            ids.insert(name, id);
+        }
+        let report = store.purge_user("zed", vec![]).await.unwrap();
+        assert_eq!(report.raw_requests, 3, "{report:?}");
+        let left: Vec<i64> = db(&dir)
+            .prepare("SELECT id FROM raw_requests ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let mut kept: Vec<i64> = [
+            "zed, waiting",
+            "zed2",
+            "zedd",
+            "zed-order",
+            "ZED",
+            "zed@example.com",
+        ]
+        .iter()
+        .map(|n| ids[n])
+        .collect();
+        kept.sort();
+        assert_eq!(left, kept);
+        // Captures are copies for debugging: every one naming the user goes.
+        assert_eq!(report.captures, 4);
+        // Dead letters by the exact, case-sensitive `userId` of their body.
+        for (n, body) in [
+            r#"{"userId":"zed"}"#,
+            r#"{"userId":"ZED"}"#,
+            r#"{"userId":"zed2"}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            db(&dir)
+                .execute(
+                    "INSERT INTO dead_letters(destination, message_ids, body, webhook_id, attempts, first_ms, failed_ms, last_error, response_excerpt)
+                     VALUES('hook', ?1, ?2, 'w', 1, 0, 0, '', '')",
+                    params![format!("m{n}"), body.as_bytes()],
+                )
+                .unwrap();
+        }
+        let report = store.purge_user("zed", vec![]).await.unwrap();
+        assert_eq!(report.dead_letters, 1);
+        let bodies: Vec<Vec<u8>> = db(&dir)
+            .prepare("SELECT body FROM dead_letters ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            bodies,
+            [
+                br#"{"userId":"ZED"}"#.to_vec(),
+                br#"{"userId":"zed2"}"#.to_vec()
+            ]
+        );
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn whole_values_are_told_from_parts_of_longer_ids() {
+        for (haystack, found) in [
+            (r#"{"u":"zed"}"#, true),
+            ("zed", true),
+            ("a=zed&b=1", true),
+            ("/users/zed/orders", true),
+            ("zed2", false),
+            ("zedd", false),
+            ("x-zed", false),
+            ("zed.example", false),
+            ("zedé", false),
+            ("azed", false),
+        ] {
+            assert_eq!(
+                mentions_whole(haystack.as_bytes(), b"zed"),
+                found,
+                "{haystack}"
+            );
+        }
+        assert!(!mentions_whole(b"zed", b""));
     }
 
     /// Retention removes whole segments once no event points into them,
