@@ -319,21 +319,32 @@ impl SourceRunner {
                     stack: String::new(),
                 });
                 let attempts = record.attempts + 1;
-                let next = (attempts < MAX_ATTEMPTS).then(|| {
+                // A run answering its sender (`respond = "function"`) that
+                // fails tells the sender so (500), and senders of webhooks
+                // send again on a 5xx: retrying here too would run the
+                // request twice. It waits in the dead letters instead.
+                let answered_sender = record.state == "inline";
+                let next = (attempts < MAX_ATTEMPTS && !answered_sender).then(|| {
                     chrono::Utc::now().timestamp_millis()
                         + backoff(self.retry_initial, attempts).as_millis() as i64
                 });
                 logs.push(FunctionLog {
                     at_ms: chrono::Utc::now().timestamp_millis(),
                     level: "error".into(),
-                    message: format!(
-                        "{error} — attempt {attempts} of {MAX_ATTEMPTS}{}",
-                        if next.is_some() {
-                            ", will retry"
-                        } else {
-                            ", dead-lettered"
-                        }
-                    ),
+                    message: if answered_sender {
+                        format!(
+                            "{error} — answered 500 (the sender may send it again), dead-lettered"
+                        )
+                    } else {
+                        format!(
+                            "{error} — attempt {attempts} of {MAX_ATTEMPTS}{}",
+                            if next.is_some() {
+                                ", will retry"
+                            } else {
+                                ", dead-lettered"
+                            }
+                        )
+                    },
                 });
                 self.store
                     .fail_raw(

@@ -144,14 +144,11 @@ async fn handle(
             Ok(response)
         }
         Ok(None) => Ok(Json(json!({"success": true})).into_response()),
-        Err(e) => {
-            runner.wake();
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "function_failed",
-                format!("the function failed; the request is stored and will be retried: {e}"),
-            ))
-        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "function_failed",
+            format!("the function failed: {e} (switchyard does not retry a request it answered with an error: send it again; it is kept in the source's dead letters)"),
+        )),
     }
 }
 

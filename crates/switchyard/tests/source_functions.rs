@@ -235,6 +235,15 @@ async fn exact_bytes_challenge_answers_logs_and_objects() {
         .as_str()
         .unwrap()
         .contains("bad signature"));
+    // The sender was told, and will send it again: switchyard does not
+    // retry it as well. It waits in the dead letters, after one run.
+    let (s, dead) = sy
+        .admin("GET", "/api/v1/sources/verified/deadletters", None)
+        .await;
+    assert_eq!(s, 200, "{dead}");
+    let dead = dead["data"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["attempts"], 1, "{dead:?}");
     // Logs, with the encrypted setting redacted.
     let (_, logs) = sy.admin("GET", "/api/v1/sources/verified/logs", None).await;
     let text = logs.to_string();
