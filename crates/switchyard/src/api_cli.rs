@@ -144,8 +144,14 @@ pub enum Call {
     DeleteUser(String),
     Tail(String),
     FollowLogs(LogsArgs),
-    /// (method, path, body, what to print)
-    Raw(reqwest::Method, String, Option<Value>),
+    /// (method, path, body, the columns of `data` to print as a table;
+    /// none: the JSON as it came)
+    Raw(
+        reqwest::Method,
+        String,
+        Option<Value>,
+        &'static [&'static str],
+    ),
 }
 
 /// A client of a running server's management API.
@@ -303,7 +309,9 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
     let client = Client::new(&remote)?;
     use reqwest::Method;
     let (value, columns): (Value, &[&str]) = match call {
-        Call::Raw(method, path, body) => (client.send(method, &path, body).await?, &[]),
+        Call::Raw(method, path, body, columns) => {
+            (client.send(method, &path, body).await?, columns)
+        }
         Call::Sources(SourcesCommand::Create {
             slug,
             function,

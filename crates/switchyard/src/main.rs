@@ -87,6 +87,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The CLI's output is often piped (`| head`): a reader that goes away
+    // ends the process quietly, as it does other Unix tools, instead of a
+    // panic on the next print. The server keeps SIGPIPE ignored: a client
+    // hanging up must never kill it (`bench` runs servers too).
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        // SAFETY: restores the default action of one signal, before any
+        // thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
         clap_complete::generate(
@@ -125,7 +137,12 @@ fn main() -> std::process::ExitCode {
             ),
             F::List { remote } => (
                 remote,
-                api_cli::Call::Raw(reqwest::Method::GET, "/api/v1/functions".into(), None),
+                api_cli::Call::Raw(
+                    reqwest::Method::GET,
+                    "/api/v1/functions".into(),
+                    None,
+                    &["name", "kind", "deployed_version", "latest_version"],
+                ),
             ),
             F::Deploy {
                 remote,
@@ -137,6 +154,7 @@ fn main() -> std::process::ExitCode {
                     reqwest::Method::POST,
                     format!("/api/v1/functions/{name}/deploy"),
                     Some(serde_json::json!({ "version": version })),
+                    &[],
                 ),
             ),
             F::Create {
@@ -177,6 +195,7 @@ fn main() -> std::process::ExitCode {
                         reqwest::Method::POST,
                         "/api/v1/functions".into(),
                         Some(body),
+                        &[],
                     ),
                 )
             }
@@ -199,6 +218,7 @@ fn main() -> std::process::ExitCode {
                         reqwest::Method::PUT,
                         format!("/api/v1/functions/{name}"),
                         Some(serde_json::json!({"code": code, "deploy": deploy})),
+                        &[],
                     ),
                 )
             }

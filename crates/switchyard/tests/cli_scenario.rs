@@ -99,8 +99,40 @@ async fn the_whole_story_through_the_cli() {
             "--deploy",
         ],
     );
-    let listed: Value = serde_json::from_str(&cli(&sy, &["functions", "list"])).unwrap();
+    let listed: Value = serde_json::from_str(&cli(&sy, &["functions", "list", "--json"])).unwrap();
     assert_eq!(listed["data"][0]["deployed_version"], 2);
+    let table = cli(&sy, &["functions", "list"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "KIND", "DEPLOYED_VERSION", "LATEST_VERSION"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["stigg", "source", "2", "2"], "{table}");
+    // A reader that goes away (`| head -1`) ends the CLI quietly: no panic.
+    let mut piped = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["functions", "list"])
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     cli(
         &sy,

@@ -349,6 +349,17 @@ shared_secret = "s3cret"
     assert_eq!(by_id["m-identify"], ["unsupported"]);
     assert_eq!(by_id["m-fine"], ["delivered"]);
     assert!(by_id["m-retry"].iter().filter(|o| *o == "retry").count() >= 1);
+    // Each run is counted by its outcome.
+    let (_, metrics) = sy.get_text("/metrics").await;
+    for outcome in ["ok", "error", "dropped", "unsupported"] {
+        let series = format!(
+            "switchyard_function_invocations_total{{destination=\"errors\",outcome=\"{outcome}\"}}"
+        );
+        assert!(
+            metrics.contains(&series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

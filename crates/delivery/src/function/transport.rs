@@ -162,6 +162,14 @@ impl Transport for FunctionTransport {
         let latency = started.elapsed().as_millis() as u64;
         metrics::histogram!("switchyard_function_duration_seconds", "destination" => self.name.clone())
             .record(started.elapsed().as_secs_f64());
+        let result = match &outcome.error {
+            None => "ok",
+            Some(e) if e.kind == ErrorKind::Unsupported => "unsupported",
+            Some(e) if e.name == "DropEvent" => "dropped",
+            Some(_) => "error",
+        };
+        metrics::counter!("switchyard_function_invocations_total", "destination" => self.name.clone(), "outcome" => result)
+            .increment(1);
         self.record_logs(&outcome).await;
         job.attempts += 1;
         let at_ms = now_ms();
