@@ -18,16 +18,44 @@ pub struct ApplyArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep the destinations the file does not declare. By default `apply`
+    /// makes the server match the file and removes them, those created
+    /// through the API included (a start of the server keeps those).
+    #[arg(long)]
+    pub keep_unlisted: bool,
 }
 
 enum Step {
-    CreateFunction { name: String, body: Value },
-    ChangeFunction { name: String, body: Value },
-    CreateSource { slug: String, body: Value },
-    ChangeSource { slug: String, body: Value },
-    CreateDestination { name: String, body: Value },
-    ChangeDestination { name: String, body: Value },
-    RemoveDestination { name: String },
+    CreateFunction {
+        name: String,
+        body: Value,
+    },
+    ChangeFunction {
+        name: String,
+        body: Value,
+    },
+    CreateSource {
+        slug: String,
+        body: Value,
+    },
+    ChangeSource {
+        slug: String,
+        body: Value,
+    },
+    CreateDestination {
+        name: String,
+        body: Value,
+    },
+    ChangeDestination {
+        name: String,
+        body: Value,
+    },
+    /// `origin`: `file` (declared by the server's own file at a start) or
+    /// `api` (created through the API, `apply` included).
+    RemoveDestination {
+        name: String,
+        origin: String,
+    },
 }
 
 pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
@@ -121,15 +149,31 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
         }
     }
     let declared: Vec<&str> = config.destinations.iter().map(|d| d.name()).collect();
+    let mut kept = Vec::new();
     for name in &existing_destinations {
-        if !declared.contains(&name.as_str()) {
-            steps.push(Step::RemoveDestination { name: name.clone() });
+        if declared.contains(&name.as_str()) {
+            continue;
         }
+        if args.keep_unlisted {
+            kept.push(name.clone());
+            continue;
+        }
+        let current = client
+            .send(Method::GET, &format!("/api/v1/destinations/{name}"), None)
+            .await
+            .with_context(|| format!("read destination {name:?}"))?;
+        steps.push(Step::RemoveDestination {
+            name: name.clone(),
+            origin: current["origin"].as_str().unwrap_or("api").to_string(),
+        });
     }
 
     println!("plan for {} ({}):", remote.server, args.config.display());
     if steps.is_empty() {
         println!("  no changes");
+    }
+    for name in &kept {
+        println!("  = keep destination {name} (not in the file; --keep-unlisted)");
     }
     for step in &steps {
         match step {
@@ -141,7 +185,10 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             Step::ChangeSource { slug, .. } => println!("  ~ change source {slug}"),
             Step::CreateDestination { name, .. } => println!("  + create destination {name}"),
             Step::ChangeDestination { name, .. } => println!("  ~ change destination {name}"),
-            Step::RemoveDestination { name } => println!("  - remove destination {name}"),
+            Step::RemoveDestination { name, origin } if origin == "api" => println!(
+                "  - remove destination {name} (created through the API; --keep-unlisted keeps it)"
+            ),
+            Step::RemoveDestination { name, .. } => println!("  - remove destination {name}"),
         }
     }
     if args.dry_run || steps.is_empty() {
@@ -208,7 +255,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("change destination {name:?}"))?;
             }
-            Step::RemoveDestination { name } => {
+            Step::RemoveDestination { name, .. } => {
                 client
                     .send(
                         Method::DELETE,

@@ -894,9 +894,16 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
             + "\n[[sources]]\nslug = \"newsrc\"\nkind = \"tracking\"\n",
     )
     .unwrap();
+    let (code, plan) = apply(&["--keep-unlisted", "--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("= keep destination extra"), "{plan}");
+    assert!(!plan.contains("- remove"), "{plan}");
     let (code, plan) = apply(&[]);
     assert_eq!(code, 0, "{plan}");
-    assert!(plan.contains("- remove destination extra"), "{plan}");
+    assert!(
+        plan.contains("- remove destination extra (created through the API"),
+        "{plan}"
+    );
     let (s, _) = sy.admin("GET", "/api/v1/destinations/extra", None).await;
     assert_eq!(s, 404);
 }
