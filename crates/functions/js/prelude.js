@@ -1488,7 +1488,9 @@
     if (!(err instanceof Error)) {
       return { name: 'Error', message: typeof err === 'string' ? err : show(err, 0), line: null, stack: '' };
     }
-    const stack = String(err.stack || '');
+    // The runtime's own frames (an error class's constructor, fetch) say
+    // nothing about the function.
+    const stack = String(err.stack || '').split('\n').filter((l) => !l.includes('switchyard-prelude.js')).join('\n');
     let line = null;
     const re = new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + ':(\\d+)');
     const m = re.exec(stack);

@@ -18,6 +18,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const PRELUDE: &str = include_str!("../js/prelude.js");
+/// The prelude's name in stack traces; its frames are left out of the
+/// stacks users see (see `describe` in the prelude).
+const PRELUDE_FILE: &str = "switchyard-prelude.js";
 const EXPOSE_HANDLERS: &str = r#"
 for (const name of ['onRequest', 'onTrack', 'onIdentify', 'onPage', 'onScreen', 'onGroup', 'onAlias', 'onDelete', 'onBatch']) {
   try {
@@ -421,8 +424,11 @@ impl Sandbox {
         let loaded = ctx.with(|ctx| -> Result<(), FunctionError> {
             install_host(&ctx, &state)
                 .map_err(|e| FunctionError::internal(format!("host setup: {e}")))?;
-            ctx.eval::<(), _>(PRELUDE)
-                .map_err(|e| caught(&ctx, e, "prelude.js", &state))
+            let mut prelude_options = rquickjs::context::EvalOptions::default();
+            prelude_options.global = true;
+            prelude_options.filename = Some(PRELUDE_FILE.into());
+            ctx.eval_with_options::<(), _>(PRELUDE, prelude_options)
+                .map_err(|e| caught(&ctx, e, PRELUDE_FILE, &state))
                 .map_err(|e| {
                     FunctionError::internal(format!("prelude: {}: {}", e.name, e.message))
                 })?;

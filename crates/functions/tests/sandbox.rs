@@ -161,6 +161,16 @@ fn thrown_error_classes_keep_their_names() {
             (e.name.as_str(), e.message.as_str(), e.kind),
             (class, "bad payload", ErrorKind::Thrown)
         );
+        // The stack shows the function's frames, not the runtime's.
+        assert!(e.stack.contains("function.js:1"), "{}", e.stack);
+        assert!(
+            e.stack
+                .lines()
+                .filter(|l| l.trim_start().starts_with("at "))
+                .all(|l| l.contains("function.js")),
+            "{}",
+            e.stack
+        );
     }
     let e = run("async function onRequest() { null.x; }", "{}")
         .error
