@@ -1226,22 +1226,82 @@
   protoMethod(String.prototype, 'localeCompare', function (other, locales, options) { return new Collator(locales, options).compare(String(this), other); });
 
   // ---------------------------------------------------------------- console
-  function show(v, depth) {
-    if (typeof v === 'string') return depth ? JSON.stringify(v) : v;
-    if (v instanceof Error) return (v.name || 'Error') + ': ' + v.message;
-    if (typeof v === 'function') return '[Function ' + (v.name || 'anonymous') + ']';
-    if (typeof v === 'undefined') return 'undefined';
-    if (typeof v === 'bigint') return v.toString() + 'n';
-    try {
-      const seen = new WeakSet();
-      return JSON.stringify(v, (k, x) => {
-        if (typeof x === 'object' && x !== null) { if (seen.has(x)) return '[Circular]'; seen.add(x); }
-        if (typeof x === 'bigint') return x.toString();
-        return x;
-      });
-    } catch (_) { return String(v); }
+  // Values as Node's util.inspect prints them (what console.log shows in
+  // Segment's logs): `{ a: 1, b: 'x' }`, `[ 1, 2 ]`, `Map(1) { 'k' => 1 }`,
+  // nesting past two levels as `[Object]`, long ones over several lines.
+  const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+  // Single quotes, or the first kind the string does not contain, as Node.
+  const quote = (str) => {
+    const mark = !str.includes("'") ? "'" : !str.includes('"') ? '"' : !str.includes('`') ? '`' : "'";
+    const escaped = str.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
+    return mark + (mark === "'" ? escaped.replace(/'/g, "\\'") : escaped) + mark;
+  };
+  function inspect(v, depth, seen, circular) {
+    seen = seen || [];
+    circular = circular || new Set();
+    switch (typeof v) {
+      case 'string': return quote(v);
+      case 'number': return Object.is(v, -0) ? '-0' : String(v);
+      case 'bigint': return v + 'n';
+      case 'undefined': return 'undefined';
+      case 'boolean': case 'symbol': return String(v);
+      case 'function': {
+        const source = Function.prototype.toString.call(v);
+        if (source.startsWith('class')) return '[class ' + (v.name || '(anonymous)') + ']';
+        return v.name ? '[Function: ' + v.name + ']' : '[Function (anonymous)]';
+      }
+    }
+    if (v === null) return 'null';
+    if (seen.includes(v)) { circular.add(v); return '[Circular *1]'; }
+    if (v instanceof Date) return Number.isNaN(v.getTime()) ? 'Invalid Date' : v.toISOString();
+    if (v instanceof RegExp) return String(v);
+    if (v instanceof Error) {
+      const head = (v.name || 'Error') + ': ' + v.message;
+      const frames = String(v.stack || '').split('\n').filter((l) => l.trim() && !l.includes('switchyard-prelude.js'));
+      return depth > 0 ? '[' + head + ']' : [head, ...frames].join('\n');
+    }
+    if (v instanceof Promise) return 'Promise { <pending> }';
+    const nested = (x) => inspect(x, depth + 1, seen.concat([v]), circular);
+    const ctorName = v.constructor && v.constructor.name;
+    if (v instanceof Buffer) {
+      const shown = Array.from(v.subarray(0, 50), (b) => (b < 16 ? '0' : '') + b.toString(16)).join(' ');
+      return '<Buffer' + (shown ? ' ' + shown : '') + (v.length > 50 ? ' ... ' + (v.length - 50) + ' more bytes' : '') + '>';
+    }
+    let start, end, entries;
+    if (Array.isArray(v) || ArrayBuffer.isView(v)) {
+      if (depth > 2) return '[Array]';
+      const items = Array.from(v).slice(0, 100);
+      entries = items.map(nested);
+      if (v.length > 100) entries.push('... ' + (v.length - 100) + ' more item' + (v.length - 100 > 1 ? 's' : ''));
+      start = Array.isArray(v) ? (ctorName && ctorName !== 'Array' ? ctorName + '(' + v.length + ') [' : '[') : ctorName + '(' + v.length + ') [';
+      end = ']';
+    } else if (v instanceof Map) {
+      if (depth > 2) return '[Map]';
+      entries = [...v].map(([k, x]) => nested(k) + ' => ' + nested(x));
+      start = 'Map(' + v.size + ') {';
+      end = '}';
+    } else if (v instanceof Set) {
+      if (depth > 2) return '[Set]';
+      entries = [...v].map(nested);
+      start = 'Set(' + v.size + ') {';
+      end = '}';
+    } else {
+      const named = ctorName && ctorName !== 'Object' ? ctorName + ' ' : Object.getPrototypeOf(v) === null ? '[Object: null prototype] ' : '';
+      if (depth > 2) return named ? '[' + named.trim() + ']' : '[Object]';
+      entries = Object.keys(v).map((k) => (IDENTIFIER.test(k) ? k : quote(k)) + ': ' + nested(v[k]));
+      start = named + '{';
+      end = '}';
+    }
+    if (!entries.length) return start + end;
+    if (circular.has(v)) start = '<ref *1> ' + start;
+    const oneLine = start + ' ' + entries.join(', ') + ' ' + end;
+    if (oneLine.length <= 72 && !oneLine.includes('\n')) return oneLine;
+    const pad = '  '.repeat(depth + 1);
+    return start + '\n' + entries.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
   }
-  const logAt = (level) => (...args) => host.log(level, args.map((a) => show(a, 0)).join(' '));
+  // A value printed by console.log or util.format: strings as they are.
+  const show = (v) => (typeof v === 'string' ? v : inspect(v, 0));
+  const logAt = (level) => (...args) => host.log(level, formatArgs(...args));
   define('console', {
     log: logAt('info'), info: logAt('info'), debug: logAt('debug'),
     warn: logAt('warn'), error: logAt('error'), trace: logAt('debug'),
@@ -1384,26 +1444,26 @@
   }
   // Node's `util`, the parts functions use.
   function formatArgs(fmt, ...args) {
-    if (typeof fmt !== 'string') return [fmt, ...args].map((a) => show(a, 0)).join(' ');
+    if (typeof fmt !== 'string') return [fmt, ...args].map(show).join(' ');
     let i = 0;
     let out = fmt.replace(/%[sdifjoO%]/g, (m) => {
       if (m === '%%') return '%';
       if (i >= args.length) return m;
       const a = args[i++];
       switch (m) {
-        case '%s': return typeof a === 'string' ? a : show(a, 0);
+        case '%s': return show(a);
         case '%d': case '%i': return String(m === '%i' ? parseInt(a, 10) : Number(a));
         case '%f': return String(parseFloat(a));
         case '%j': return JSON.stringify(a);
-        default: return show(a, 1);
+        default: return inspect(a, 0);
       }
     });
-    for (; i < args.length; i++) out += ' ' + show(args[i], 0);
+    for (; i < args.length; i++) out += ' ' + show(args[i]);
     return out;
   }
   const util = {
     format: formatArgs,
-    inspect: (v) => show(v, 1),
+    inspect: (v) => inspect(v, 0),
     promisify: (fn) => (...args) => new Promise((resolve, reject) => fn(...args, (err, value) => (err ? reject(err) : resolve(value)))),
     deprecate: (fn) => fn,
     inherits(ctor, superCtor) { Object.setPrototypeOf(ctor.prototype, superCtor.prototype); Object.setPrototypeOf(ctor, superCtor); },
@@ -1486,7 +1546,7 @@
   // ---------------------------------------------------------------- invocation
   function describe(err, file) {
     if (!(err instanceof Error)) {
-      return { name: 'Error', message: typeof err === 'string' ? err : show(err, 0), line: null, stack: '' };
+      return { name: 'Error', message: show(err), line: null, stack: '' };
     }
     // The runtime's own frames (an error class's constructor, fetch) say
     // nothing about the function.

@@ -256,7 +256,7 @@ async function onRequest(request) {
         "{p}"
     );
     assert_eq!(out.logs.len(), 2);
-    assert_eq!(out.logs[0].message, r#"hello {"a":1}"#);
+    assert_eq!(out.logs[0].message, "hello { a: 1 }");
     assert_eq!(out.logs[1].level, "warn");
 }
 
@@ -442,6 +442,38 @@ fn intl_formats_numbers_dates_and_orders_strings_as_node_does() {
 }
 
 const INTL_CASES: &str = r##"{"(1234567.891).toLocaleString('de-DE')": "1.234.567,891", "(1234.5).toLocaleString('en-US', {style: 'currency', currency: 'USD'})": "$1,234.50", "(-1234.5).toLocaleString('en-US', {style: 'currency', currency: 'USD'})": "-$1,234.50", "(1234.5).toLocaleString('de-DE', {style: 'currency', currency: 'EUR'})": "1.234,50 €", "new Intl.NumberFormat('en-US', {maximumFractionDigits: 2}).format(1.005)": "1.01", "JSON.stringify(new Intl.NumberFormat('en-US', {style: 'currency', currency: 'USD'}).formatToParts(-12.5))": "[{\"type\":\"minusSign\",\"value\":\"-\"},{\"type\":\"currency\",\"value\":\"$\"},{\"type\":\"integer\",\"value\":\"12\"},{\"type\":\"decimal\",\"value\":\".\"},{\"type\":\"fraction\",\"value\":\"50\"}]", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleString('en-US', {timeZone: 'America/New_York'})": "5/1/2024, 8:00:05 AM", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleString('en-GB', {timeZone: 'Europe/London'})": "01/05/2024, 13:00:05", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleTimeString('en-US', {timeZone: 'Asia/Kolkata', timeZoneName: 'short'})": "5:30:05 PM GMT+5:30", "new Intl.DateTimeFormat('en-US', {dateStyle: 'full', timeStyle: 'long', timeZone: 'America/Chicago'}).format(new Date(Date.UTC(2024, 4, 1, 12, 0, 5)))": "Wednesday, May 1, 2024 at 7:00:05 AM CDT", "new Intl.DateTimeFormat('en-US', {dateStyle: 'medium', timeStyle: 'short'}).format(new Date(Date.UTC(2024, 0, 9, 15, 4, 5)))": "Jan 9, 2024, 3:04 PM", "new Intl.DateTimeFormat('en-GB', {dateStyle: 'medium', timeStyle: 'short'}).format(new Date(Date.UTC(2024, 0, 9, 15, 4, 5)))": "9 Jan 2024, 15:04", "(() => { try { new Intl.DateTimeFormat('en-US', {timeZone: 'Mars/Base'}); return 'no throw'; } catch (e) { return e.name; } })()": "RangeError", "['C', 'a', 'b', 'B', 'é', 'e', 'f'].sort((x, y) => x.localeCompare(y)).join('')": "abBCeéf", "['item10', 'item2', 'item1'].sort(new Intl.Collator('en', {numeric: true}).compare).join(',')": "item1,item2,item10", "[1, 2, 3, 4, 11, 21, 22, 23, 112].map((n) => new Intl.PluralRules('en-US', {type: 'ordinal'}).select(n)).join(',')": "one,two,few,other,other,one,two,few,other", "new Intl.RelativeTimeFormat('en', {numeric: 'auto'}).format(-1, 'day')": "yesterday", "new Intl.ListFormat('en', {type: 'disjunction'}).format(['a', 'b'])": "a or b", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleDateString('de-DE')": "1.5.2024", "new Date(Date.UTC(2024, 4, 1, 12, 0, 5)).toLocaleDateString('ja-JP')": "2024/5/1", "(1234.5).toLocaleString('nl-NL', {style: 'currency', currency: 'EUR'})": "€ 1.234,50", "(1234.5).toLocaleString('fr-FR', {style: 'currency', currency: 'EUR'})": "1 234,50 €", "new Date(0).toString()": "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)", "Intl.DateTimeFormat().resolvedOptions().timeZone": "UTC", "Intl.NumberFormat('en-US').format(1234) + (new Intl.NumberFormat() instanceof Intl.NumberFormat)": "1,234true", "new Date(Date.UTC(2024, 0, 1, 12, 0, 5)).toLocaleString('en-US', {timeZone: 'America/Los_Angeles'})": "1/1/2024, 4:00:05 AM", "(0.256).toLocaleString('fr-FR', {style: 'percent'})": "26 %"}"##;
+
+/// `console.log` prints values as Node's `util.format` does (what
+/// Segment's logs show); the expected lines are Node 20's.
+#[test]
+fn console_prints_values_as_node_does() {
+    let cases: Vec<(&str, &str)> = vec![
+        ("[{ a: 1, b: 'x', c: [1, 2, 3], d: { e: { f: { g: 1 } } } }]", "{ a: 1, b: 'x', c: [ 1, 2, 3 ], d: { e: { f: [Object] } } }"),
+        ("[new Map([['k', 1], ['j', { x: 2 }]])]", "Map(2) { 'k' => 1, 'j' => { x: 2 } }"),
+        ("[{ 'needs-quote': 1, ok_key: \"it's\" }]", "{ 'needs-quote': 1, ok_key: \"it's\" }"),
+        ("['%s has %d items', 'cart', 3]", "cart has 3 items"),
+        ("[Buffer.from('hello')]", "<Buffer 68 65 6c 6c 6f>"),
+        ("[function named() {}, () => 1, class K {}]", "[Function: named] [Function (anonymous)] [class K]"),
+        ("[{ long: 'x'.repeat(40), other: 'y'.repeat(30) }]", "{\n  long: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx',\n  other: 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyy'\n}"),
+        ("[(() => { const o = { name: 'o' }; o.self = o; return o; })()]", "<ref *1> { name: 'o', self: [Circular *1] }"),
+    ];
+    let calls: String = cases
+        .iter()
+        .map(|(args, _)| format!("console.log(...{args});\n"))
+        .collect();
+    let src = format!("async function onTrack() {{\n{calls}}}");
+    let out = run_destination_once(
+        &code(&src),
+        &json!({"type": "track", "event": "E", "userId": "u"}),
+        &json!({}),
+        &Limits::default(),
+        mock(),
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let printed: Vec<&str> = out.logs.iter().map(|l| l.message.as_str()).collect();
+    let expected: Vec<&str> = cases.iter().map(|(_, line)| *line).collect();
+    assert_eq!(printed, expected);
+}
 
 #[test]
 fn a_function_can_answer_the_request() {
