@@ -88,16 +88,24 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The CLI's output is often piped (`| head`): a reader that goes away
-    // ends the process quietly, as it does other Unix tools, instead of a
-    // panic on the next print. The server keeps SIGPIPE ignored: a client
-    // hanging up must never kill it (`bench` runs servers too).
-    #[cfg(unix)]
+    // ends it quietly, as it does other Unix tools, instead of a panic on
+    // the next `println!`. Not by restoring SIGPIPE's default action: the
+    // HTTP client writes its requests with `writev`, which raises SIGPIPE
+    // on a connection the server closed, and that must stay an error the
+    // client handles, not a silent death.
     if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
-        // SAFETY: restores the default action of one signal, before any
-        // thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            report(info);
+        }));
     }
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
