@@ -20,9 +20,10 @@ use tokio::sync::{watch, Notify};
 
 /// Attempts before a raw request is dead-lettered (Segment: 5).
 pub const MAX_ATTEMPTS: u32 = 5;
-/// Consecutive failed runs after which a function is marked degraded.
+/// Requests in a row whose first run failed, after which a function is
+/// marked degraded (a retry that succeeds makes it healthy again).
 pub const DEGRADED_AFTER: u32 = 5;
-/// Consecutive failed runs after which a function is paused.
+/// Requests in a row whose first run failed, after which a function is paused.
 pub const PAUSED_AFTER: u32 = 25;
 
 /// A function source as configured.
@@ -359,7 +360,12 @@ impl SourceRunner {
                     .map_err(|e| e.to_string())?;
                 metrics::counter!("switchyard_function_invocations_total", "source" => source.slug.clone(), "outcome" => "error").increment(1);
                 tracing::warn!(source = %source.slug, request = record.id, attempts, error = %error, "source function failed");
-                self.record_result(&source.slug, Some(&error));
+                // Health counts requests, not runs: the retries of one bad
+                // request (a provider's test ping the function rejects) must
+                // not pause the source for every good request behind it.
+                if record.attempts == 0 {
+                    self.record_result(&source.slug, Some(&error));
+                }
             }
         }
         Ok(outcome)

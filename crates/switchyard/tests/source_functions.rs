@@ -324,6 +324,18 @@ async fn failing_functions_are_retried_then_dead_lettered_and_the_server_survive
         errors.iter().any(|e| e.contains("memory limit")),
         "{errors:?}"
     );
+    // Health counts the three requests, not their fifteen runs.
+    let (_, health) = sy
+        .admin("GET", "/api/v1/sources/broken/function", None)
+        .await;
+    assert_eq!(
+        (
+            health["health"]["consecutive_failures"].as_u64(),
+            health["health"]["status"].as_str()
+        ),
+        (Some(3), Some("healthy")),
+        "{health}"
+    );
     // Still serving, and a healthy function on the same server still works.
     let (s, _) = post_raw(
         &sy,
