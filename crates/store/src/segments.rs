@@ -232,7 +232,12 @@ fn scan(
         base += at as u64;
         at = 0;
         let want = (needed - buf.len()).max(SCAN_CHUNK);
-        read_to += read_more(file, &mut buf, read_to, want)?;
+        let read = read_more(file, &mut buf, read_to, want)?;
+        if read == 0 {
+            // Shorter than its length said (cut meanwhile): the end is here.
+            break;
+        }
+        read_to += read;
     }
     let valid_end = base + at as u64;
     // Zeros past the records were written ahead of them; anything else is
@@ -240,7 +245,11 @@ fn scan(
     let mut torn = buf[at..].iter().any(|b| *b != 0);
     while !torn && read_to < len {
         buf.clear();
-        read_to += read_more(file, &mut buf, read_to, SCAN_CHUNK)?;
+        let read = read_more(file, &mut buf, read_to, SCAN_CHUNK)?;
+        if read == 0 {
+            break;
+        }
+        read_to += read;
         torn = buf.iter().any(|b| *b != 0);
     }
     Ok(Scanned {
