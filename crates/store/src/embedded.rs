@@ -868,6 +868,10 @@ fn insert_events(
     let now = now_ms();
     let mut receipt = AppendReceipt::default();
     let mut recent = log.recent_ids.lock().map_err(|_| StoreError::Closed)?;
+    // The window is kept exactly, not only at the hourly compaction: an id
+    // sent again once its window is over is a new event. Usually one look
+    // at the oldest id.
+    recent.expire(now);
     let mut segments = log.segments.lock().map_err(|_| StoreError::Closed)?;
     let mut pending = log.pending_index.lock().map_err(|_| StoreError::Closed)?;
     // Seqs are given here, never by SQLite: it would give the seq of a
@@ -2786,6 +2790,31 @@ mod tests {
             let receipt = store.append("web", vec![event(id)], vec![]).await.unwrap();
             assert_eq!(receipt.duplicates, duplicate, "{id}");
         }
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An id sent again once its window is over is stored: the window is
+    /// kept at every append, not only when the store compacts.
+    #[tokio::test]
+    async fn an_id_sent_again_after_its_window_is_stored() {
+        let dir = temp_dir("dedup-window");
+        let mut options = EmbeddedOptions::new(&dir);
+        options.dedup_window_ms = 200;
+        let store = EmbeddedStore::open(options).unwrap();
+        source(&store, "web").await;
+        let first = store.append("web", vec![event("a")], vec![]).await.unwrap();
+        let again = store.append("web", vec![event("a")], vec![]).await.unwrap();
+        assert_eq!(
+            (first.stored, again.duplicates),
+            (1, 1),
+            "within the window"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let later = store.append("web", vec![event("a")], vec![]).await.unwrap();
+        assert_eq!((later.stored, later.duplicates), (1, 0), "past the window");
+        let twice = store.append("web", vec![event("a")], vec![]).await.unwrap();
+        assert_eq!(twice.duplicates, 1, "and remembered again");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
