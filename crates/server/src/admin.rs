@@ -5,7 +5,7 @@
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -106,6 +106,19 @@ pub async fn dead_letters(
     Ok(Json(json!({ "data": data, "total": total })))
 }
 
+/// Refuses a selection given in the query string (`?id=1`): replay and
+/// discard read theirs from the body, and with no body they take every
+/// dead letter, so an ignored `?id=1` discarded them all.
+fn selection_not_in_query(query: Option<&str>) -> Result<(), ApiError> {
+    match query {
+        Some(q) if !q.is_empty() => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("unexpected query {q:?}: the selection goes in the JSON body ({{\"ids\": [1, 2]}}, or \"since_ms\"/\"until_ms\"); with no body, every dead letter is taken"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
@@ -131,9 +144,11 @@ pub async fn replay(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
+    RawQuery(query): RawQuery,
     body: Result<Option<JsonBody<ReplayRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    selection_not_in_query(query.as_deref())?;
     let sink = known_destination(&state, &destination).await?;
     let selection = body?.map(|JsonBody(b)| b.selection()).unwrap_or_default();
     let replayed = state
@@ -151,9 +166,11 @@ pub async fn discard(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
+    RawQuery(query): RawQuery,
     body: Result<Option<JsonBody<ReplayRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    selection_not_in_query(query.as_deref())?;
     if state.engine.sink(&destination).await.is_none()
         && !state
             .store
@@ -304,9 +321,11 @@ pub async fn replay_source(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
+    RawQuery(query): RawQuery,
     body: Result<Option<JsonBody<ReplayRequest>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    selection_not_in_query(query.as_deref())?;
     let runner = runner_for(&state, &slug)?.clone();
     let ids = body?.and_then(|JsonBody(b)| b.ids);
     let replayed = state

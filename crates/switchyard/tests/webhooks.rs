@@ -254,6 +254,19 @@ async fn a_400_is_dead_lettered_not_retried_and_can_be_replayed() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(rx.received("hook").await.len(), 1, "a 400 is not retried");
 
+    // A selection in the query string (not where the API reads it) is
+    // refused, instead of taking every dead letter.
+    for (method, path) in [
+        ("DELETE", "/api/v1/destinations/hook/deadletters?id=1"),
+        ("POST", "/api/v1/destinations/hook/deadletters/replay?id=1"),
+    ] {
+        let (status, answer) = sy.admin(method, path, None).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{method} {path}: {answer}"
+        );
+    }
     // Fix the receiver, replay: delivered.
     rx.control("hook", json!({"status": 200, "times": 0})).await;
     let (status, answer) = sy
