@@ -234,17 +234,26 @@ impl Sink {
         let targets = self.transport.fanout_targets();
         let mut jobs = Vec::new();
         for chunk in events.chunks(self.settings.batch_size.max(1)) {
+            // Unique across the destination's sources (a messageId is unique
+            // only within its source; slugs never hold a '.'), and the same
+            // on every retry and replay of the message.
+            let first = &chunk[0];
             let (body, webhook_id) = if self.settings.batch_size == 1 {
                 (
-                    chunk[0].json.clone(),
-                    format!("msg_{}", chunk[0].message_id),
+                    first.json.clone(),
+                    format!("msg_{}.{}", first.source, first.message_id),
                 )
             } else {
                 (
                     crate::webhooks::request_builder::batch_body(
                         chunk.iter().map(|e| e.json.as_slice()),
                     ),
-                    format!("batch_{}_{}", chunk[0].message_id, chunk.len()),
+                    format!(
+                        "batch_{}.{}_{}",
+                        first.source,
+                        first.message_id,
+                        chunk.len()
+                    ),
                 )
             };
             for target in &targets {

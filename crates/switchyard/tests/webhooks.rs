@@ -151,7 +151,7 @@ async fn standard_webhooks_signatures_with_rotation() {
         let got = rx.wait_delivered("hook", 1, 30).await;
         let r = &got[0];
         assert_eq!(r["standardSignatureValid"], true, "{r}");
-        assert_eq!(r["headers"]["webhook-id"], "msg_abc");
+        assert_eq!(r["headers"]["webhook-id"], "msg_web.abc");
         assert!(r["headers"]["x-signature"].is_null());
         assert_eq!(
             r["headers"]["webhook-signature"]
