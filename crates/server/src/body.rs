@@ -91,7 +91,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::new();
-            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            // Every member: RFC 1952 allows several in one body (and then
+            // nothing else, so trailing bytes are an error).
+            let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
             decoder.read_to_end(&mut out).map_err(|e| {
                 ApiError::bad_request("bad_gzip", format!("the body is not valid gzip: {e}"))
             })?;
@@ -126,7 +128,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
         if e.to_string().contains("recursion limit") {
             ApiError::bad_request(
                 "json_too_deep",
-                "the JSON body is nested more than 128 levels deep",
+                "the JSON body is nested 128 levels deep or more (at most 127)",
             )
         } else if bytes.iter().all(u8::is_ascii_whitespace) {
             ApiError::bad_request(

@@ -71,7 +71,7 @@ pub struct Limits {
     pub max_batch_bytes: usize,
     /// Most messages in one batch request (2,500).
     pub max_batch_events: usize,
-    /// Longest `messageId` accepted (100 characters).
+    /// Longest `messageId` accepted: 99 characters (the "under 100").
     pub max_message_id_chars: usize,
 }
 
@@ -81,7 +81,7 @@ impl Default for Limits {
             max_message_bytes: 32 * 1024,
             max_batch_bytes: 500 * 1024,
             max_batch_events: 2500,
-            max_message_id_chars: 100,
+            max_message_id_chars: 99,
         }
     }
 }
@@ -700,14 +700,14 @@ mod tests {
 
     #[test]
     fn message_id_limits() {
-        let long = "x".repeat(101);
+        let long = "x".repeat(100);
         let err = run(
             json!({"userId": "u", "messageId": long}),
             Some(MessageType::Identify),
         )
         .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("messageId"));
-        let ok = "x".repeat(100);
+        let ok = "x".repeat(99);
         assert!(run(
             json!({"userId": "u", "messageId": ok}),
             Some(MessageType::Identify)

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Deeper nesting is left to the tree path, which refuses past 128 levels.
+/// Deeper nesting is left to the tree path, which refuses 128 levels or more.
 const MAX_DEPTH: usize = 100;
 /// Objects with more keys are left to the tree path (the duplicate-key check
 /// here is quadratic).

@@ -168,6 +168,34 @@ async fn bad_input_gets_a_precise_answer_and_the_server_keeps_serving() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
+    // A body in two gzip members (RFC 1952 allows it) is read whole; bytes
+    // after the last member are an error, not ignored.
+    let mut two_members = gzip(br#"{"userId":"u","#);
+    two_members.extend(gzip(br#""event":"two members"}"#));
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            Some("wk_web"),
+            two_members,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let mut trailing = gzip(br#"{"userId":"u","event":"zipped"}"#);
+    trailing.extend_from_slice(b"garbage");
+    let (s, b) = sy
+        .post_with(
+            "/v1/track",
+            Some("wk_web"),
+            trailing,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_gzip")),
+        "{b}"
+    );
     let bomb = gzip(&vec![b' '; 50 * 1024 * 1024]);
     assert!(bomb.len() < 100 * 1024);
     let (s, b) = sy
