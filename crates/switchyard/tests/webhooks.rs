@@ -324,6 +324,42 @@ async fn classic_rule_one_url_down_delivers_once_without_retrying_the_other() {
     assert!(d["data"].as_array().unwrap().is_empty());
 }
 
+/// The first-success rule with one URL refusing (400) and one failing
+/// (500, then fine): the retry goes to the failing URL only, since a 4xx is
+/// not retried.
+#[tokio::test]
+async fn classic_rule_retries_only_the_urls_that_may_still_take_the_message() {
+    let rx = Receiver::start("s3cret");
+    rx.control("refuses", json!({"status": 400, "times": -1}))
+        .await;
+    rx.control("flaky", json!({"status": 500, "times": 2}))
+        .await;
+    let dest = format!(
+        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\", \"{}\"]\nshared_secret = \"s3cret\"\nretry_initial_ms = 100\n",
+        rx.url("refuses"),
+        rx.url("flaky")
+    );
+    let sy = Switchyard::start(&config_with(&dest));
+    let (status, _) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"E","messageId":"r1"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    rx.wait_delivered("flaky", 1, 30).await;
+    assert_eq!(
+        rx.received("refuses").await.len(),
+        1,
+        "a 4xx is not retried"
+    );
+    let (_, d) = sy
+        .admin("GET", "/api/v1/destinations/hook/deadletters", None)
+        .await;
+    assert!(d["data"].as_array().unwrap().is_empty(), "{d}");
+}
+
 #[tokio::test]
 async fn fanout_all_retries_the_down_url_on_its_own_then_dead_letters_it() {
     let rx = Receiver::start("s3cret");

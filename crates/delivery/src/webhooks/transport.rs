@@ -104,10 +104,16 @@ impl Transport for WebhooksTransport {
         let now = Instant::now();
         let mut go = Vec::new();
         let mut wait_until: Option<Instant> = None;
+        // The URLs a retry should try again: those paused now, and below
+        // those that answered with a retryable failure (not a 4xx).
+        let mut again = Vec::new();
         for url in live {
             match self.health.gate(&url, now) {
                 Gate::Go => go.push(url),
-                Gate::Wait(at) => wait_until = Some(wait_until.map_or(at, |w| w.min(at))),
+                Gate::Wait(at) => {
+                    wait_until = Some(wait_until.map_or(at, |w| w.min(at)));
+                    again.push(url);
+                }
             }
         }
         let timeout = Duration::from_millis(self.config.timeout_ms);
@@ -139,6 +145,7 @@ impl Transport for WebhooksTransport {
                     slow_down,
                 } => {
                     retry = true;
+                    again.push(url.clone());
                     if let Some(ra) = ra {
                         retry_after = Some(retry_after.map_or(*ra, |r: Duration| r.max(*ra)));
                     }
@@ -195,6 +202,14 @@ impl Transport for WebhooksTransport {
             job.last_status = status;
             job.last_error = error;
         }
+        // The first-success rule over several URLs: a retry goes to the
+        // URLs that may still take the message, not to one that refused it
+        // with a 4xx ("not retried"). A job names one URL at most, so this
+        // narrows it when one is left.
+        let narrowed = job.url.is_none() && self.config.urls.len() > 1 && again.len() == 1;
+        if narrowed {
+            job.url = again.pop();
+        }
         let resolution = if delivered {
             Resolution::Delivered
         } else if retry || wait_until.is_some() {
@@ -215,6 +230,10 @@ impl Transport for WebhooksTransport {
             }
             Resolution::Dead { excerpt }
         };
+        if narrowed && matches!(resolution, Resolution::Dead { .. }) {
+            // A dead letter replays to every URL, as the message first went.
+            job.url = None;
+        }
         JobResult {
             outcomes: vec![(job, resolution)],
             attempts,
