@@ -244,6 +244,19 @@ pub async fn single(
     let headers = &parts.headers;
     let result: Result<(), ApiError> = async {
         let bytes = read_body(headers, body, state.limits.max_batch_bytes).await?;
+        // A single call's body is its message: its limit is measured on the
+        // bytes as sent (decompressed), spaces and escapes included.
+        if bytes.len() > state.limits.max_message_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_large",
+                format!(
+                    "message is {} bytes as sent; the limit is {} bytes",
+                    bytes.len(),
+                    state.limits.max_message_bytes
+                ),
+            ));
+        }
         let received_at = chrono::Utc::now();
         let ctx = RequestContext::new(received_at, &state.limits);
         // The fast path reads the bytes directly; whatever it declines (every

@@ -120,6 +120,18 @@ async fn bad_input_gets_a_precise_answer_and_the_server_keeps_serving() {
         (413, Some("message_too_large")),
         "{b}"
     );
+    // Measured as sent: spaces and escapes count too.
+    let padded = format!(
+        r#"{{"userId":"u","event":"e","properties":{{"b":"{}"}}{}}}"#,
+        "x".repeat(30 * 1024),
+        " ".repeat(4 * 1024)
+    );
+    let (s, b) = sy.post("/v1/track", "wk_web", &padded).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("message_too_large")),
+        "{b}"
+    );
     let huge = "x".repeat(600 * 1024);
     let (s, b) = sy
         .post("/v1/batch", "wk_web", &json!({"batch": [{"type": "track", "userId": "u", "event": "e", "properties": {"b": huge}}]}).to_string())
