@@ -133,34 +133,40 @@ async fn standard_webhooks_signatures_with_rotation() {
     let rx_new = Receiver::start(secret);
     let rx_old = Receiver::start(old);
     let dests = format!(
-        "[[destinations]]\nname = \"new\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\"]\nshared_secret = \"{secret}\"\nprevious_shared_secret = \"{old}\"\nsignature = \"standard-webhooks\"\n\n\
-         [[destinations]]\nname = \"old\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\"]\nshared_secret = \"{secret}\"\nprevious_shared_secret = \"{old}\"\nsignature = \"standard-webhooks\"\n",
+        "[[sources]]\nslug = \"app\"\nkind = \"tracking\"\nwrite_key = \"wk_app\"\n\n\
+         [[destinations]]\nname = \"new\"\nkind = \"webhooks\"\nsources = [\"web\", \"app\"]\nurls = [\"{}\"]\nshared_secret = \"{secret}\"\nprevious_shared_secret = \"{old}\"\nsignature = \"standard-webhooks\"\n\n\
+         [[destinations]]\nname = \"old\"\nkind = \"webhooks\"\nsources = [\"web\", \"app\"]\nurls = [\"{}\"]\nshared_secret = \"{secret}\"\nprevious_shared_secret = \"{old}\"\nsignature = \"standard-webhooks\"\n",
         rx_new.url("hook"),
         rx_old.url("hook")
     );
     let sy = Switchyard::start(&config_with(&dests));
-    let (status, _) = sy
-        .post(
-            "/v1/identify",
-            "wk_web",
-            r#"{"userId":"u1","messageId":"abc"}"#,
-        )
-        .await;
-    assert_eq!(status, 200);
+    // Two sources, one messageId: two events, two webhook ids.
+    for key in ["wk_web", "wk_app"] {
+        let (status, _) = sy
+            .post("/v1/identify", key, r#"{"userId":"u1","messageId":"abc"}"#)
+            .await;
+        assert_eq!(status, 200);
+    }
     for rx in [&rx_new, &rx_old] {
-        let got = rx.wait_delivered("hook", 1, 30).await;
-        let r = &got[0];
-        assert_eq!(r["standardSignatureValid"], true, "{r}");
-        assert_eq!(r["headers"]["webhook-id"], "msg_web.abc");
-        assert!(r["headers"]["x-signature"].is_null());
-        assert_eq!(
-            r["headers"]["webhook-signature"]
-                .as_str()
-                .unwrap()
-                .split(' ')
-                .count(),
-            2
-        );
+        let got = rx.wait_delivered("hook", 2, 30).await;
+        let mut ids: Vec<&str> = got
+            .iter()
+            .map(|r| r["headers"]["webhook-id"].as_str().unwrap_or_default())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["msg_app.abc", "msg_web.abc"]);
+        for r in &got {
+            assert_eq!(r["standardSignatureValid"], true, "{r}");
+            assert!(r["headers"]["x-signature"].is_null());
+            assert_eq!(
+                r["headers"]["webhook-signature"]
+                    .as_str()
+                    .unwrap()
+                    .split(' ')
+                    .count(),
+                2
+            );
+        }
     }
 }
 
