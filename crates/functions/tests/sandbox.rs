@@ -636,6 +636,16 @@ async fn warm_runtimes_are_reused_and_replaced_on_new_versions() {
     pool.shutdown();
 }
 
+/// Writes an HTTP/1.1 answer with a JSON body, closing the connection.
+fn answer_json(stream: &mut std::net::TcpStream, status: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+}
+
 /// A one-shot HTTP server on loopback answering `body`.
 fn local_server(body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -645,8 +655,7 @@ fn local_server(body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
         let mut buf = vec![0u8; 65536];
         let n = s.read(&mut buf).unwrap();
         let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let resp = format!("HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        s.write_all(resp.as_bytes()).unwrap();
+        answer_json(&mut s, "201 Created", body);
         req
     });
     (port, handle)
@@ -742,9 +751,7 @@ fn rendezvous_server(n: usize) -> (u16, std::thread::JoinHandle<usize>) {
         let met = waiting.len();
         if met == n {
             for (mut s, path) in waiting {
-                let body = format!(r#"{{"path":"{path}"}}"#);
-                let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                s.write_all(resp.as_bytes()).unwrap();
+                answer_json(&mut s, "200 OK", &format!(r#"{{"path":"{path}"}}"#));
             }
         }
         met
