@@ -1226,6 +1226,10 @@
   protoMethod(String.prototype, 'localeCompare', function (other, locales, options) { return new Collator(locales, options).compare(String(this), other); });
 
   // ---------------------------------------------------------------- console
+  // An error's stack without the runtime's own frames (an error class's
+  // constructor, fetch): they say nothing about the function.
+  const functionFrames = (err) =>
+    String(err.stack || '').split('\n').filter((l) => !l.includes('switchyard-prelude.js')).join('\n');
   // Values as Node's util.inspect prints them (what console.log shows in
   // Segment's logs): `{ a: 1, b: 'x' }`, `[ 1, 2 ]`, `Map(1) { 'k' => 1 }`,
   // nesting past two levels as `[Object]`, long ones over several lines.
@@ -1257,7 +1261,7 @@
     if (v instanceof RegExp) return String(v);
     if (v instanceof Error) {
       const head = (v.name || 'Error') + ': ' + v.message;
-      const frames = String(v.stack || '').split('\n').filter((l) => l.trim() && !l.includes('switchyard-prelude.js'));
+      const frames = functionFrames(v).split('\n').filter((l) => l.trim());
       return depth > 0 ? '[' + head + ']' : [head, ...frames].join('\n');
     }
     if (v instanceof Promise) return 'Promise { <pending> }';
@@ -1548,9 +1552,7 @@
     if (!(err instanceof Error)) {
       return { name: 'Error', message: show(err), line: null, stack: '' };
     }
-    // The runtime's own frames (an error class's constructor, fetch) say
-    // nothing about the function.
-    const stack = String(err.stack || '').split('\n').filter((l) => !l.includes('switchyard-prelude.js')).join('\n');
+    const stack = functionFrames(err);
     let line = null;
     const re = new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + ':(\\d+)');
     const m = re.exec(stack);

@@ -291,16 +291,20 @@ async fn a_400_is_dead_lettered_not_retried_and_can_be_replayed() {
     assert!(d["data"].as_array().unwrap().is_empty());
 }
 
+/// A webhooks destination `hook` of the `web` source with two URLs, and
+/// `extra` TOML lines.
+fn two_url_hook(first: &str, second: &str, extra: &str) -> String {
+    format!(
+        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{first}\", \"{second}\"]\nshared_secret = \"s3cret\"\n{extra}"
+    )
+}
+
 #[tokio::test]
 async fn classic_rule_one_url_down_delivers_once_without_retrying_the_other() {
     let rx = Receiver::start("s3cret");
     rx.control("down", json!({"status": 503, "times": -1}))
         .await;
-    let dest = format!(
-        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\", \"{}\"]\nshared_secret = \"s3cret\"\nretry_initial_ms = 100\n",
-        rx.url("down"),
-        rx.url("up")
-    );
+    let dest = two_url_hook(&rx.url("down"), &rx.url("up"), "retry_initial_ms = 100\n");
     let sy = Switchyard::start(&config_with(&dest));
     for i in 0..3 {
         let (status, _) = sy
@@ -340,10 +344,10 @@ async fn classic_rule_retries_only_the_urls_that_may_still_take_the_message() {
         .await;
     rx.control("flaky", json!({"status": 500, "times": 2}))
         .await;
-    let dest = format!(
-        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\", \"{}\"]\nshared_secret = \"s3cret\"\nretry_initial_ms = 100\n",
-        rx.url("refuses"),
-        rx.url("flaky")
+    let dest = two_url_hook(
+        &rx.url("refuses"),
+        &rx.url("flaky"),
+        "retry_initial_ms = 100\n",
     );
     let sy = Switchyard::start(&config_with(&dest));
     let (status, _) = sy
@@ -371,10 +375,10 @@ async fn fanout_all_retries_the_down_url_on_its_own_then_dead_letters_it() {
     let rx = Receiver::start("s3cret");
     rx.control("down", json!({"status": 503, "times": -1}))
         .await;
-    let dest = format!(
-        "[[destinations]]\nname = \"hook\"\nkind = \"webhooks\"\nsources = [\"web\"]\nurls = [\"{}\", \"{}\"]\nshared_secret = \"s3cret\"\nfanout = \"all\"\nretry_initial_ms = 100\nmax_retry_age = \"2s\"\n",
-        rx.url("down"),
-        rx.url("up")
+    let dest = two_url_hook(
+        &rx.url("down"),
+        &rx.url("up"),
+        "fanout = \"all\"\nretry_initial_ms = 100\nmax_retry_age = \"2s\"\n",
     );
     let sy = Switchyard::start(&config_with(&dest));
     let (status, _) = sy
