@@ -68,6 +68,18 @@ pub async fn attempts(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     known_destination(&state, &destination).await?;
+    if let Some(outcome) = &paging.outcome {
+        if !store::ATTEMPT_OUTCOMES.contains(&outcome.as_str()) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown outcome {outcome:?}: expected one of {}",
+                    store::ATTEMPT_OUTCOMES.join(", ")
+                ),
+            )
+            .with_field(Some("outcome".into())));
+        }
+    }
     let items = state
         .store
         .attempts(&destination, paging.limit(), paging.outcome.clone())

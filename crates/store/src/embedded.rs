@@ -286,6 +286,14 @@ CREATE TABLE IF NOT EXISTS meta(
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- A dead letter's id is what replay and discard name, so it is never given
+-- again: SQLite would reuse the highest id once its row is gone. The highest id
+-- ever removed is kept here, and inserts take the next one after it.
+CREATE TRIGGER IF NOT EXISTS dead_letters_removed AFTER DELETE ON dead_letters
+BEGIN
+    INSERT INTO meta(key, value) VALUES('dead_letters_high', OLD.id)
+    ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), OLD.id);
+END;
 "#;
 
 fn open_connection(path: &Path, fsync: bool) -> Result<Connection> {
@@ -1304,8 +1312,11 @@ impl Store for EmbeddedStore {
             }
             for d in &commit.dead_letters {
                 conn.prepare_cached(
-                    "INSERT INTO dead_letters(destination, url, message_ids, body, webhook_id, attempts, first_ms, failed_ms, last_status, last_error, response_excerpt)
-                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO dead_letters(id, destination, url, message_ids, body, webhook_id, attempts, first_ms, failed_ms, last_status, last_error, response_excerpt)
+                     VALUES(1 + MAX(
+                         COALESCE((SELECT MAX(id) FROM dead_letters), 0),
+                         COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'dead_letters_high'), 0)
+                     ), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?
                 .execute(params![
                     d.destination,
@@ -3354,6 +3365,59 @@ mod tests {
         let due = store.due_retries("hook", 20, 10).await.unwrap();
         assert_eq!(due[0].message_ids, ["a"]);
         assert_eq!(store.backlog("hook").await.unwrap(), 0);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_id_is_never_given_twice() {
+        let dir = temp_dir("dead-ids");
+        let dead_letter = |n: &str| DeadLetter {
+            id: 0,
+            destination: "hook".into(),
+            url: None,
+            message_ids: vec![n.into()],
+            body: b"{}".to_vec(),
+            webhook_id: format!("msg_{n}"),
+            attempts: 3,
+            first_attempt_ms: 10,
+            failed_ms: 20,
+            last_status: Some(400),
+            last_error: "HTTP 400".into(),
+            response_excerpt: String::new(),
+        };
+        let bury = |n: &'static str| DeliveryCommit {
+            destination: "hook".into(),
+            dead_letters: vec![dead_letter(n)],
+            ..Default::default()
+        };
+        let ids = |letters: Vec<DeadLetter>| letters.iter().map(|d| d.id).collect::<Vec<_>>();
+        {
+            let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+            store.commit_delivery(bury("a")).await.unwrap();
+            store.commit_delivery(bury("b")).await.unwrap();
+            assert_eq!(ids(store.dead_letters("hook", 10).await.unwrap()), [1, 2]);
+            // The newest goes: its id would be the next one SQLite hands out.
+            let newest = Selection {
+                ids: Some(vec![2]),
+                ..Default::default()
+            };
+            assert_eq!(store.discard_dead_letters("hook", newest).await.unwrap(), 1);
+            store.commit_delivery(bury("c")).await.unwrap();
+            assert_eq!(ids(store.dead_letters("hook", 10).await.unwrap()), [1, 3]);
+            assert_eq!(
+                store
+                    .replay_dead_letters("hook", Selection::default())
+                    .await
+                    .unwrap(),
+                2
+            );
+            store.close().await;
+        }
+        // Emptied, and reopened: the ids still go on from the highest given.
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        store.commit_delivery(bury("d")).await.unwrap();
+        assert_eq!(ids(store.dead_letters("hook", 10).await.unwrap()), [4]);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -143,9 +143,23 @@ pub struct Attempt {
     pub status: Option<u16>,
     pub latency_ms: u64,
     pub error: Option<String>,
-    /// `delivered`, `retry`, `dead_letter`, `gone`.
+    /// One of [`ATTEMPT_OUTCOMES`].
     pub outcome: String,
 }
+
+/// Every outcome an [`Attempt`] can record: webhooks give the first four,
+/// destination functions `delivered`, `partial`, `retry`, `dead_letter`,
+/// `unsupported` and `dropped`.
+pub const ATTEMPT_OUTCOMES: &[&str] = &[
+    "delivered",
+    "retry",
+    "rejected",
+    "gone",
+    "partial",
+    "dead_letter",
+    "unsupported",
+    "dropped",
+];
 
 /// Everything one delivery round changed, written in one transaction so a
 /// crash never leaves the cursor ahead of what was resolved.

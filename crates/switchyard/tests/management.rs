@@ -545,6 +545,18 @@ async fn the_cli_lists_and_replays_dead_letters() {
         )
         .await;
     assert_eq!((s, rejected["data"].as_array().unwrap().len()), (200, 3));
+    let (s, unknown) = sy
+        .admin(
+            "GET",
+            "/api/v1/destinations/hook/attempts?outcome=rejectd",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &unknown["error"]["code"], &unknown["error"]["field"]),
+        (400, &json!("invalid_query"), &json!("outcome")),
+        "a misspelt outcome is not an empty list: {unknown}"
+    );
     let first = v["data"][0]["id"].as_i64().unwrap().to_string();
     let (code, out) = cli(
         &sy,

@@ -57,6 +57,21 @@ fn default_concurrency() -> usize {
     64
 }
 
+/// Headers a destination's `headers` cannot set: the connection's framing
+/// (a wrong `Content-Length` or `Host` breaks the request) and the signatures,
+/// which a receiver would otherwise get twice. `Content-Type` and `User-Agent`
+/// may be replaced.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
 /// A Webhooks destination, as written in `switchyard.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +179,13 @@ impl WebhooksConfig {
         for (k, v) in &self.headers {
             reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("destination {name:?}: invalid header name {k:?}"))?;
+            if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "destination {name:?}: header {k:?} is set by switchyard and cannot be given in `headers` \
+                     (reserved: {})",
+                    RESERVED_HEADERS.join(", ")
+                ));
+            }
             reqwest::header::HeaderValue::from_str(v)
                 .map_err(|_| format!("destination {name:?}: invalid value for header {k:?}"))?;
         }
@@ -192,5 +214,29 @@ impl WebhooksConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_may_replace_the_content_type_but_not_framing_or_signatures() {
+        let with_header = |k: &str| {
+            let mut config = WebhooksConfig::new("hook", &["web"], &["http://127.0.0.1:9/"]);
+            config.headers.insert(k.into(), "x".into());
+            config.validate()
+        };
+        assert_eq!(with_header("X-Env"), Ok(()));
+        assert_eq!(with_header("Content-Type"), Ok(()));
+        assert_eq!(with_header("User-Agent"), Ok(()));
+        for reserved in ["Host", "content-length", "X-Signature", "Webhook-Signature"] {
+            let err = with_header(reserved).unwrap_err();
+            assert!(
+                err.contains(&format!("header {reserved:?} is set by switchyard")),
+                "{err}"
+            );
+        }
     }
 }
