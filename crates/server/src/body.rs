@@ -115,28 +115,39 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 /// Parses a JSON body, with distinct messages for bad UTF-8, bad syntax and
 /// excessive nesting.
 pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(ApiError::bad_request(
-            "invalid_utf8",
-            format!(
-                "the body is not valid UTF-8 (first bad byte at offset {})",
-                e.valid_up_to()
-            ),
-        ));
-    }
-    serde_json::from_slice(bytes).map_err(|e| {
-        if e.to_string().contains("recursion limit") {
-            ApiError::bad_request(
-                "json_too_deep",
-                "the JSON body is nested 128 levels deep or more (at most 127)",
-            )
-        } else if bytes.iter().all(u8::is_ascii_whitespace) {
-            ApiError::bad_request(
-                "malformed_json",
-                "the body is empty; expected a JSON object",
-            )
-        } else {
-            ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "invalid_utf8",
+                format!(
+                    "the body is not valid UTF-8 (first bad byte at offset {})",
+                    e.valid_up_to()
+                ),
+            ))
         }
-    })
+    };
+    serde_json::from_str(text)
+        .or_else(|e| {
+            // Lone surrogates are valid JSON that serde_json refuses; only a body
+            // that failed pays for the look.
+            spec::replace_lone_surrogates(text)
+                .and_then(|repaired| serde_json::from_str(&repaired).ok())
+                .ok_or(e)
+        })
+        .map_err(|e| {
+            if e.to_string().contains("recursion limit") {
+                ApiError::bad_request(
+                    "json_too_deep",
+                    "the JSON body is nested 128 levels deep or more (at most 127)",
+                )
+            } else if bytes.iter().all(u8::is_ascii_whitespace) {
+                ApiError::bad_request(
+                    "malformed_json",
+                    "the body is empty; expected a JSON object",
+                )
+            } else {
+                ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+            }
+        })
 }

@@ -191,18 +191,103 @@ fn optional_time(field: &str, v: Field<'_>) -> Result<Option<DateTime<Utc>>, Spe
 }
 
 fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, SpecError> {
-    DateTime::parse_from_rfc3339(s)
+    parse_iso8601(s).ok_or_else(|| {
+        SpecError::invalid(
+            Some(field.to_string()),
+            format!("`{field}` is not a valid ISO 8601 date: {s:?}"),
+        )
+    })
+}
+
+/// Reads the ISO 8601 forms clients send: RFC 3339, and also an offset
+/// without a colon (`+0000`), no seconds (`T10:00Z`), a space for `T`, lower
+/// case `t`/`z`, no offset at all (read as UTC), or a bare date (midnight
+/// UTC), as analytics.js's own date parser does. Years outside 0000–9999
+/// are refused: they cannot be written back in the same form.
+pub fn parse_iso8601(s: &str) -> Option<DateTime<Utc>> {
+    let in_range = |t: DateTime<Utc>| {
+        (0..=9999)
+            .contains(&chrono::Datelike::year(&t))
+            .then_some(t)
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return in_range(t.with_timezone(&Utc));
+    }
+    let mut text = s.trim().to_ascii_uppercase();
+    if text.len() > 10 && text.as_bytes()[10] == b' ' {
+        text.replace_range(10..11, "T");
+    }
+    if let Some(naive) = text.strip_suffix('Z') {
+        return ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+            .iter()
+            .find_map(|f| chrono::NaiveDateTime::parse_from_str(naive, f).ok())
+            .and_then(|n| in_range(n.and_utc()));
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z"]
+        .iter()
+        .find_map(|f| DateTime::parse_from_str(&text, f).ok())
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| {
-            // Some SDKs send a date with no offset; read it as UTC.
-            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|n| n.and_utc())
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+                .iter()
+                .find_map(|f| chrono::NaiveDateTime::parse_from_str(&text, f).ok())
+                .map(|n| n.and_utc())
         })
-        .map_err(|_| {
-            SpecError::invalid(
-                Some(field.to_string()),
-                format!("`{field}` is not a valid ISO 8601 date: {s:?}"),
-            )
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|n| n.and_utc())
         })
+        .and_then(in_range)
+}
+
+/// Replaces each lone UTF-16 surrogate escape (`\ud83d` not followed by its
+/// low half, or a low half alone) with `\ufffd`, as Go's and JavaScript's
+/// JSON decoders do; `serde_json` refuses such text. An emoji cut in half by
+/// `slice` is enough to produce one, and refusing it would cost a whole
+/// batch. `None` when there is none to replace.
+pub fn replace_lone_surrogates(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let unit = |at: usize| {
+        let hex = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let escape_at = |at: usize| bytes.get(at) == Some(&b'\\') && bytes.get(at + 1) == Some(&b'u');
+    let (mut repaired, mut copied, mut at) = (String::new(), 0, 0);
+    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'\\') {
+        let escape = at + offset;
+        at = escape + 2; // past `\x`, so an escaped backslash is skipped whole
+        if bytes.get(escape + 1) != Some(&b'u') {
+            continue;
+        }
+        let Some(first) = unit(escape + 2) else {
+            continue;
+        };
+        at = escape + 6;
+        let lone = match first {
+            0xD800..=0xDBFF => {
+                let paired =
+                    escape_at(at) && unit(at + 2).is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
+                if paired {
+                    at += 6;
+                }
+                !paired
+            }
+            0xDC00..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            repaired.push_str(&text[copied..escape]);
+            repaired.push_str("\\ufffd");
+            copied = at;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    repaired.push_str(&text[copied..]);
+    Some(repaired)
 }
 
 /// One top-level field of a message, as validation sees it.
@@ -227,6 +312,8 @@ trait Fields {
     /// Sets a string field, in place when it exists, last otherwise. Keys
     /// are the Spec's own names, so a new one costs no allocation.
     fn set_str(&mut self, key: &'static str, value: &str);
+    /// Sets an integer field, as `set_str` does a string.
+    fn set_int(&mut self, key: &'static str, value: i64);
     /// Removes a field, keeping the order of the others.
     fn remove(&mut self, key: &str);
     /// Merges `defaults` under the object `key` (keys already there win).
@@ -253,6 +340,10 @@ impl Fields for Map<String, Value> {
         self.insert(key.to_string(), Value::String(value.to_string()));
     }
 
+    fn set_int(&mut self, key: &'static str, value: i64) {
+        self.insert(key.to_string(), Value::Number(value.into()));
+    }
+
     fn remove(&mut self, key: &str) {
         self.shift_remove(key);
     }
@@ -275,17 +366,51 @@ impl Fields for Map<String, Value> {
     }
 }
 
-/// An identifier field: Segment accepts strings and numbers.
-fn identifier(obj: &impl Fields, field: &str) -> Result<Option<String>, SpecError> {
+/// An identifier field: Segment accepts strings and numbers. A number is
+/// written back as the string JavaScript's `String(n)` gives (`77.0` → `"77"`):
+/// the Spec types identifiers as strings, the SDKs that check send them so,
+/// and a user deletion then finds the user by the id every destination saw.
+fn identifier(obj: &mut impl Fields, field: &'static str) -> Result<Option<String>, SpecError> {
     match obj.field(field) {
         Field::Absent | Field::Null => Ok(None),
         Field::Str(s) if s.is_empty() => Ok(None),
         Field::Str(s) => Ok(Some(s.into_owned())),
-        Field::Number(n) => Ok(Some(n)),
+        Field::Number(n) => {
+            let text = js_number_text(&n);
+            obj.set_str(field, &text);
+            Ok(Some(text))
+        }
         _ => Err(SpecError::invalid(
             Some(field.to_string()),
             format!("`{field}` must be a string or a number"),
         )),
+    }
+}
+
+/// `String(n)` in JavaScript, for a number as `serde_json` displays it.
+fn js_number_text(n: &str) -> String {
+    if n.bytes()
+        .enumerate()
+        .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+    {
+        return n.to_string();
+    }
+    let Ok(f) = n.parse::<f64>() else {
+        return n.to_string();
+    };
+    if f == 0.0 {
+        "0".to_string()
+    } else if f.abs() >= 1e21 || f.abs() < 1e-6 {
+        // Rust writes `1e21` and `1e-7`; JavaScript `1e+21` and `1e-7`.
+        let text = format!("{f:e}");
+        match text.split_once('e') {
+            Some((mantissa, exp)) if !exp.starts_with('-') => format!("{mantissa}e+{exp}"),
+            _ => text,
+        }
+    } else {
+        // Shortest round-trip digits, never an exponent: what JavaScript
+        // prints between 1e-6 and 1e21.
+        f.to_string()
     }
 }
 
@@ -327,6 +452,9 @@ fn canonicalize_numbers(v: &mut Value, depth: usize) {
         _ => {}
     }
 }
+
+/// The `version` normalization gives a message that carries none.
+pub const SPEC_VERSION: i64 = 1;
 
 /// Upper bound of the bytes normalization adds to a message (`messageId`,
 /// `receivedAt`, `timestamp`, `originalTimestamp`, `sentAt`, `type`).
@@ -505,7 +633,14 @@ fn fill(
         own => optional_time("sentAt", own)?,
     };
     let timestamp = match (original, sent_at) {
-        (Some(orig), Some(sent)) => ctx.received_at - (sent - orig),
+        // A correction that leaves years 0000–9999 (a client clock off by
+        // millennia) would not be a date anyone can read: the client's
+        // `timestamp` is kept instead.
+        (Some(orig), Some(sent)) => ctx
+            .received_at
+            .checked_sub_signed(sent - orig)
+            .filter(|t| (0..=9999).contains(&chrono::Datelike::year(t)))
+            .unwrap_or(orig),
         (Some(orig), None) => orig,
         (None, _) => ctx.received_at,
     };
@@ -523,6 +658,11 @@ fn fill(
         obj.set_str("timestamp", &format_time(timestamp));
     }
     obj.set_str("receivedAt", &ctx.received_at_text);
+    // The Spec's `version`: the Tracking API version that received the
+    // message, as in every example of Segment's Webhooks destination.
+    if !obj.contains("version") {
+        obj.set_int("version", SPEC_VERSION);
+    }
 
     Ok((kind, message_id, user_id))
 }
@@ -578,6 +718,7 @@ pub fn delete_notice(user_id: &str, message_id: &str, at: DateTime<Utc>) -> Mess
         "userId": user_id,
         "messageId": message_id,
         "timestamp": format_time(at),
+        "version": SPEC_VERSION,
     });
     Message {
         kind: MessageType::Delete,
@@ -797,6 +938,108 @@ mod tests {
             s.contains(r#""properties":{"a":1,"b":39.95,"c":[2]}"#),
             "{s}"
         );
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let cases = [
+            // An emoji cut in half, at the end and inside a string.
+            (r#"{"a":"Great \ud83d"}"#, Some(r#"{"a":"Great \ufffd"}"#)),
+            (r#"["\uD83Dx","\ude00"]"#, Some(r#"["\ufffdx","\ufffd"]"#)),
+            // Two high halves in a row: each is alone.
+            (r#""\ud83d\ud83d""#, Some(r#""\ufffd\ufffd""#)),
+            // A whole pair, other escapes and an escaped backslash before `u`.
+            (r#""\ud83d\ude00 \u00e9 \n""#, None),
+            (r#""\\ud83d""#, None),
+            ("no escapes at all", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(replace_lone_surrogates(text).as_deref(), want, "{text}");
+        }
+        let fixed = replace_lone_surrogates(r#"{"a":"Great \ud83d"}"#).unwrap();
+        let v: Value = serde_json::from_str(&fixed).unwrap();
+        assert_eq!(v["a"], "Great \u{fffd}");
+    }
+
+    #[test]
+    fn iso_8601_dates_in_the_forms_clients_send() {
+        for (text, want) in [
+            ("2024-01-01T10:00:00.123Z", Some("2024-01-01T10:00:00.123Z")),
+            ("2024-01-01T10:00:00+0200", Some("2024-01-01T08:00:00.000Z")),
+            (
+                "2024-01-01T10:00:00.5-05:30",
+                Some("2024-01-01T15:30:00.500Z"),
+            ),
+            ("2024-01-01T10:00Z", Some("2024-01-01T10:00:00.000Z")),
+            ("2024-01-01T10:00+01:00", Some("2024-01-01T09:00:00.000Z")),
+            ("2024-01-01 10:00:00", Some("2024-01-01T10:00:00.000Z")),
+            ("2024-01-01t10:00:00z", Some("2024-01-01T10:00:00.000Z")),
+            ("2024-01-01T10:00:00", Some("2024-01-01T10:00:00.000Z")),
+            ("2024-01-01", Some("2024-01-01T00:00:00.000Z")),
+            ("2024-13-01", None),
+            ("yesterday", None),
+            ("1700000000", None),
+        ] {
+            assert_eq!(
+                parse_iso8601(text).map(format_time).as_deref(),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_identifiers_are_written_as_javascript_strings() {
+        let v = run(
+            json!({"userId": 77.0, "anonymousId": 1.5, "groupId": 12, "event": "e"}),
+            Some(MessageType::Track),
+        )
+        .unwrap();
+        assert_eq!(
+            (&v["userId"], &v["anonymousId"]),
+            (&json!("77"), &json!("1.5"))
+        );
+        // Only the identifiers: a number elsewhere stays a number.
+        assert_eq!(v["groupId"], 12);
+        let v = run(
+            json!({"userId": 5, "groupId": 1e21}),
+            Some(MessageType::Group),
+        )
+        .unwrap();
+        assert_eq!(
+            (&v["userId"], &v["groupId"]),
+            (&json!("5"), &json!("1e+21"))
+        );
+        for (n, text) in [
+            ("-3", "-3"),
+            ("0.000001", "0.000001"),
+            ("1e-7", "1e-7"),
+            ("123.456", "123.456"),
+        ] {
+            assert_eq!(js_number_text(n), text);
+        }
+    }
+
+    #[test]
+    fn a_correction_out_of_the_calendar_keeps_the_clients_timestamp() {
+        let v = run(
+            json!({"userId": "u", "timestamp": "9999-01-01T00:00:00Z", "sentAt": "0001-01-01T00:00:00Z"}),
+            Some(MessageType::Identify),
+        )
+        .unwrap();
+        assert_eq!(v["timestamp"], "9999-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_spec_version_is_set_unless_the_message_has_one() {
+        let v = run(json!({"userId": "u"}), Some(MessageType::Identify)).unwrap();
+        assert_eq!(v["version"], 1);
+        let v = run(
+            json!({"userId": "u", "version": 2}),
+            Some(MessageType::Identify),
+        )
+        .unwrap();
+        assert_eq!(v["version"], 2);
     }
 
     #[test]

@@ -474,6 +474,24 @@ impl<'a> RawMessage<'a> {
     }
 }
 
+impl RawMessage<'_> {
+    /// Points `key` at a value just written to `values`: in place when the
+    /// key exists, last otherwise.
+    fn put_entry(&mut self, key: &'static str, canonical: Range<usize>) {
+        match self.entries.iter_mut().find(|e| e.key == key) {
+            Some(entry) => {
+                entry.sent = None;
+                entry.canonical = canonical;
+            }
+            None => self.entries.push(Entry {
+                key: Cow::Borrowed(key),
+                sent: None,
+                canonical,
+            }),
+        }
+    }
+}
+
 impl Fields for RawMessage<'_> {
     fn field(&self, key: &str) -> Field<'_> {
         let Some(entry) = self.entry(key) else {
@@ -519,17 +537,14 @@ impl Fields for RawMessage<'_> {
             let _ = serde_json::to_writer(&mut self.values, value);
         }
         let canonical = start..self.values.len();
-        match self.entries.iter_mut().find(|e| e.key == key) {
-            Some(entry) => {
-                entry.sent = None;
-                entry.canonical = canonical;
-            }
-            None => self.entries.push(Entry {
-                key: Cow::Borrowed(key),
-                sent: None,
-                canonical,
-            }),
-        }
+        self.put_entry(key, canonical);
+    }
+
+    fn set_int(&mut self, key: &'static str, value: i64) {
+        let start = self.values.len();
+        self.values.extend_from_slice(value.to_string().as_bytes());
+        let canonical = start..self.values.len();
+        self.put_entry(key, canonical);
     }
 
     fn remove(&mut self, key: &str) {

@@ -325,6 +325,38 @@ async fn a_batch_keeps_its_good_items_and_reports_the_bad_ones() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
+
+    // An emoji cut in half is a lone surrogate: valid JSON that costs neither
+    // its batch nor its own message, which keeps U+FFFD in its place.
+    let (s, b) = sy
+        .post(
+            "/v1/batch",
+            "wk_web",
+            r#"{"batch": [{"type": "track", "userId": 77.0, "event": "Great \ud83d", "messageId": "cut"},
+                          {"type": "track", "userId": "u", "event": "clean", "messageId": "clean",
+                           "timestamp": "2024-01-01T10:00+0100"}]}"#,
+        )
+        .await;
+    assert_eq!((s, &b["rejected"]), (200, &Value::Null), "{b}");
+    let (_, recent) = sy
+        .admin("GET", "/api/v1/sources/web/events?limit=100", None)
+        .await;
+    let stored = |id: &str| {
+        recent["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["messageId"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not stored: {recent}"))
+    };
+    assert_eq!(stored("cut")["event"], "Great \u{fffd}");
+    assert_eq!(stored("cut")["userId"], "77", "identifiers are strings");
+    assert_eq!(
+        stored("clean")["originalTimestamp"],
+        "2024-01-01T09:00:00.000Z"
+    );
+    assert_eq!(stored("clean")["version"], 1);
 }
 
 #[tokio::test]
