@@ -383,7 +383,29 @@ pub async fn create_source(
         return create_function_source(&state, req).await;
     }
     let key = req.write_key.unwrap_or_else(|| generate_credential("wk_"));
+    if key.is_empty() {
+        return Err(
+            ApiError::bad_request("invalid_write_key", "`write_key` must not be empty")
+                .with_field(Some("write_key".into())),
+        );
+    }
     let digest = state.keyring.hash(&key);
+    // A write key names the source its events go to: a second source with
+    // the same key would silently take the first one's events.
+    if let Some(owner) = existing
+        .iter()
+        .find(|s| s.write_key_hash.as_deref() == Some(digest.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "this write key already belongs to source {:?}; each source needs its own",
+                owner.slug
+            ),
+        )
+        .with_field(Some("write_key".into())));
+    }
     let record = state
         .store
         .put_source(store::SourceRecord {
@@ -468,22 +490,92 @@ async fn create_function_source(
     ))
 }
 
+/// The body of `POST /api/v1/sources/{slug}/rotate`, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// Tracking sources: the new write key (generated when absent).
+    write_key: Option<String>,
+    /// Function sources: the new token (generated when absent).
+    token: Option<String>,
+    /// Only say whether the given credential differs from the current one
+    /// (`apply` plans with it); nothing changes.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 /// `POST /api/v1/sources/{slug}/rotate`: a new write key (tracking) or token
-/// (function source); the old one stops working at once.
+/// (function source), given or generated; the old one stops working at once.
 pub async fn rotate_source(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
+    body: Result<Option<JsonBody<Rotation>>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
+    let rotation = body?.map(|JsonBody(r)| r).unwrap_or_default();
     let sources = state.store.sources().await.map_err(unavailable)?;
     let source = sources
-        .into_iter()
+        .iter()
         .find(|s| s.slug == slug)
+        .cloned()
         .ok_or_else(|| ApiError::not_found(format!("unknown source {slug:?}")))?;
     let function = source.kind == "function";
-    let secret = generate_credential(if function { "tok_" } else { "wk_" });
+    let (given, field, wrong) = if function {
+        (rotation.token, "token", rotation.write_key.is_some())
+    } else {
+        (rotation.write_key, "write_key", rotation.token.is_some())
+    };
+    if wrong {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "source {slug:?} is a {} source: its credential is `{field}`",
+                source.kind
+            ),
+        ));
+    }
+    if given.as_deref() == Some("") {
+        return Err(
+            ApiError::bad_request("invalid_body", format!("`{field}` must not be empty"))
+                .with_field(Some(field.into())),
+        );
+    }
+    if rotation.dry_run && given.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("`dry_run` compares a given `{field}`: name one"),
+        ));
+    }
+    let secret = given
+        .clone()
+        .unwrap_or_else(|| generate_credential(if function { "tok_" } else { "wk_" }));
     let digest = state.keyring.hash(&secret);
+    let current = if function {
+        &source.token_hash
+    } else {
+        &source.write_key_hash
+    };
+    let changed = current.as_deref() != Some(digest.as_str());
+    if rotation.dry_run {
+        return Ok(Json(json!({"slug": slug, "changed": changed})));
+    }
+    if !function {
+        if let Some(owner) = sources
+            .iter()
+            .find(|s| s.slug != slug && s.write_key_hash.as_deref() == Some(digest.as_str()))
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "this write key already belongs to source {:?}; each source needs its own",
+                    owner.slug
+                ),
+            )
+            .with_field(Some("write_key".into())));
+        }
+    }
     state
         .store
         .put_source(store::SourceRecord {
@@ -493,17 +585,20 @@ pub async fn rotate_source(
         })
         .await
         .map_err(unavailable)?;
+    // A credential the caller gave is not shown back.
+    let shown = if given.is_some() {
+        Value::String("********".into())
+    } else {
+        Value::String(secret)
+    };
     if function {
         state.set_function_token_hash(&slug, &digest);
-        Ok(Json(
-            json!({"slug": slug, "token": secret, "note": "shown once"}),
-        ))
     } else {
         state.set_write_key_hash(&slug, &digest);
-        Ok(Json(
-            json!({"slug": slug, "write_key": secret, "note": "shown once"}),
-        ))
     }
+    Ok(Json(
+        json!({"slug": slug, field: shown, "changed": changed, "note": "shown once"}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,6 +42,12 @@ enum Step {
         slug: String,
         body: Value,
     },
+    /// The file declares a write key or token the source does not have.
+    SetCredential {
+        slug: String,
+        field: &'static str,
+        value: String,
+    },
     CreateDestination {
         name: String,
         body: Value,
@@ -102,6 +108,9 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     for s in &config.sources {
         if existing_sources.contains(&s.slug) {
             if let Some(step) = source_change(&client, s).await? {
+                steps.push(step);
+            }
+            if let Some(step) = credential_change(&client, s).await? {
                 steps.push(step);
             }
             continue;
@@ -168,30 +177,55 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
         });
     }
 
-    println!("plan for {} ({}):", remote.server, args.config.display());
-    if steps.is_empty() {
-        println!("  no changes");
-    }
-    for name in &kept {
-        println!("  = keep destination {name} (not in the file; --keep-unlisted)");
-    }
-    for step in &steps {
-        match step {
-            Step::CreateFunction { name, .. } => println!("  + create function {name} (deployed)"),
-            Step::ChangeFunction { name, .. } => {
-                println!("  ~ change function {name} (a new version, deployed where it runs)")
-            }
-            Step::CreateSource { slug, .. } => println!("  + create source {slug}"),
-            Step::ChangeSource { slug, .. } => println!("  ~ change source {slug}"),
-            Step::CreateDestination { name, .. } => println!("  + create destination {name}"),
-            Step::ChangeDestination { name, .. } => println!("  ~ change destination {name}"),
-            Step::RemoveDestination { name, origin } if origin == "api" => println!(
-                "  - remove destination {name} (created through the API; --keep-unlisted keeps it)"
-            ),
-            Step::RemoveDestination { name, .. } => println!("  - remove destination {name}"),
+    let plan: Vec<(&str, &str, &str, String)> = kept
+        .iter()
+        .map(|name| {
+            (
+                "keep",
+                "destination",
+                name.as_str(),
+                "not in the file; --keep-unlisted".to_string(),
+            )
+        })
+        .chain(steps.iter().map(Step::describe))
+        .collect();
+    // With --json, one document after the work: the plan, whether it was
+    // applied, and the credentials generated for new sources (shown once).
+    let mut report = json!({
+        "server": remote.server,
+        "config": args.config.display().to_string(),
+        "dry_run": args.dry_run,
+        "steps": plan
+            .iter()
+            .map(|(action, kind, name, note)| json!({"action": action, "kind": kind, "name": name, "note": note}))
+            .collect::<Vec<_>>(),
+        "applied": false,
+        "credentials": {},
+    });
+    if !remote.json {
+        println!("plan for {} ({}):", remote.server, args.config.display());
+        if steps.is_empty() {
+            println!("  no changes");
+        }
+        for (action, kind, name, note) in &plan {
+            let sign = match *action {
+                "create" => "+",
+                "remove" => "-",
+                "keep" => "=",
+                _ => "~",
+            };
+            let note = if note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({note})")
+            };
+            println!("  {sign} {action} {kind} {name}{note}");
         }
     }
     if args.dry_run || steps.is_empty() {
+        if remote.json {
+            println!("{report}");
+        }
         return Ok(());
     }
     for step in steps {
@@ -223,10 +257,12 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                     ("write key", "write_key")
                 };
                 if body.get(field).is_none() {
-                    println!(
-                        "  source {slug}: {credential} {} (shown once)",
-                        v[field].as_str().unwrap_or("")
-                    );
+                    let shown = v[field].as_str().unwrap_or("");
+                    if remote.json {
+                        report["credentials"][&slug] = json!({ field: shown });
+                    } else {
+                        println!("  source {slug}: {credential} {shown} (shown once)");
+                    }
                 }
             }
             Step::ChangeSource { slug, body } => {
@@ -238,6 +274,16 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                     )
                     .await
                     .with_context(|| format!("change source {slug:?}"))?;
+            }
+            Step::SetCredential { slug, field, value } => {
+                client
+                    .send(
+                        Method::POST,
+                        &format!("/api/v1/sources/{slug}/rotate"),
+                        Some(json!({ field: value })),
+                    )
+                    .await
+                    .with_context(|| format!("set the {field} of source {slug:?}"))?;
             }
             Step::CreateDestination { name, body } => {
                 client
@@ -267,8 +313,45 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("applied");
+    if remote.json {
+        report["applied"] = Value::Bool(true);
+        println!("{report}");
+    } else {
+        println!("applied");
+    }
     Ok(())
+}
+
+impl Step {
+    /// (action, kind, name, note) as the plan shows it.
+    fn describe(&self) -> (&'static str, &'static str, &str, String) {
+        match self {
+            Step::CreateFunction { name, .. } => ("create", "function", name, "deployed".into()),
+            Step::ChangeFunction { name, .. } => (
+                "change",
+                "function",
+                name,
+                "a new version, deployed where it runs".into(),
+            ),
+            Step::CreateSource { slug, .. } => ("create", "source", slug, String::new()),
+            Step::ChangeSource { slug, .. } => ("change", "source", slug, String::new()),
+            Step::SetCredential { slug, field, .. } => (
+                "change",
+                "source",
+                slug,
+                format!("its {} from the file", field.replace('_', " ")),
+            ),
+            Step::CreateDestination { name, .. } => ("create", "destination", name, String::new()),
+            Step::ChangeDestination { name, .. } => ("change", "destination", name, String::new()),
+            Step::RemoveDestination { name, origin } if origin == "api" => (
+                "remove",
+                "destination",
+                name,
+                "created through the API; --keep-unlisted keeps it".into(),
+            ),
+            Step::RemoveDestination { name, .. } => ("remove", "destination", name, String::new()),
+        }
+    }
 }
 
 /// What a declared function needs: created, a new version deployed (its code,
@@ -378,11 +461,47 @@ async fn source_change(
     }))
 }
 
+/// A write key (tracking source) or token (function source) the file
+/// declares and the server's source does not have, as a start would set it.
+/// The server compares it with the stored digest (`rotate` with `dry_run`).
+async fn credential_change(
+    client: &Client,
+    s: &crate::config::SourceConfig,
+) -> anyhow::Result<Option<Step>> {
+    let (field, declared) = if s.kind == "function" {
+        ("token", &s.token)
+    } else {
+        ("write_key", &s.write_key)
+    };
+    let Some(value) = declared else {
+        return Ok(None);
+    };
+    let answer = client
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/sources/{}/rotate", s.slug),
+            Some(json!({ field: value, "dry_run": true })),
+        )
+        .await
+        .map_err(|e| {
+            if e.to_string().contains("read-only") {
+                anyhow::anyhow!(NEEDS_FULL_TOKEN)
+            } else {
+                e.context(format!("compare the {field} of source {:?}", s.slug))
+            }
+        })?;
+    Ok((answer["changed"] == true).then(|| Step::SetCredential {
+        slug: s.slug.clone(),
+        field,
+        value: value.clone(),
+    }))
+}
+
 /// A digest the server showed; it shows none to a read-only token.
 fn shown_digest(digest: &Value) -> anyhow::Result<&str> {
-    digest.as_str().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the server shows no configuration digests to this token: apply needs an admin token or a full API token, not a read-only one"
-        )
-    })
+    digest
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!(NEEDS_FULL_TOKEN))
 }
+
+const NEEDS_FULL_TOKEN: &str = "the server shows no configuration digests to this token: apply needs an admin token or a full API token, not a read-only one";

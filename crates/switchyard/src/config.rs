@@ -192,6 +192,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         let mut slugs = std::collections::HashSet::new();
+        let mut write_keys = std::collections::HashMap::new();
         for s in &self.sources {
             if s.slug.is_empty()
                 || !s
@@ -206,6 +207,19 @@ impl Config {
             }
             if !slugs.insert(s.slug.as_str()) {
                 bail!("source {:?} is declared twice", s.slug);
+            }
+            if let Some(key) = &s.write_key {
+                if key.is_empty() {
+                    bail!("source {:?}: `write_key` must not be empty", s.slug);
+                }
+                // A write key names the source its events go to: two sources
+                // with one key would take each other's events.
+                if let Some(other) = write_keys.insert(key.as_str(), s.slug.as_str()) {
+                    bail!(
+                        "sources {other:?} and {:?} have the same `write_key`: each source needs its own",
+                        s.slug
+                    );
+                }
             }
             match s.kind.as_str() {
                 "tracking" => {}

@@ -195,6 +195,27 @@ async fn apply_sources(
             capture: None,
         });
     }
+    // A key the file gives may not be another source's (one made through the
+    // API): its events would silently change source.
+    for s in &wanted {
+        let Some(key) = &s.write_key else { continue };
+        let digest = keyring.hash(key);
+        if let Some(other) = existing
+            .values()
+            .find(|o| o.slug != s.slug && o.write_key_hash.as_deref() == Some(digest.as_str()))
+        {
+            if !wanted
+                .iter()
+                .any(|w| w.slug == other.slug && w.write_key.is_some())
+            {
+                anyhow::bail!(
+                    "source {:?}: its `write_key` is already the write key of source {:?}; each source needs its own",
+                    s.slug,
+                    other.slug
+                );
+            }
+        }
+    }
     let now = chrono::Utc::now().timestamp_millis();
     for s in &wanted {
         let previous = existing.get(&s.slug);

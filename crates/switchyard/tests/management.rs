@@ -899,6 +899,75 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
     assert_eq!(code, 0);
     assert!(plan.contains("no changes"), "idempotent: {plan}");
 
+    // A write key changed in the file is set, as a start would set it, and
+    // the plan says so; --json gives the plan as one JSON document.
+    std::fs::write(&file, next.replace("wk_new", "wk_newer")).unwrap();
+    let (code, plan) = apply(&["--dry-run", "--json"]);
+    assert_eq!(code, 0, "{plan}");
+    let plan: Value = serde_json::from_str(&plan).unwrap_or_else(|e| panic!("{e}: {plan}"));
+    assert_eq!(
+        plan["steps"],
+        json!([{"action": "change", "kind": "source", "name": "newsrc", "note": "its write key from the file"}]),
+        "{plan}"
+    );
+    let (code, out) = apply(&["--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["applied"],
+        true
+    );
+    let track = |key: &'static str| sy.post("/v1/track", key, r#"{"userId":"u","event":"E"}"#);
+    assert_eq!(
+        (track("wk_newer").await.0, track("wk_new").await.0),
+        (200, 401)
+    );
+    let (code, plan) = apply(&["--dry-run"]);
+    assert!(code == 0 && plan.contains("no changes"), "{plan}");
+    // A key another source has is refused: in the file, by the API, and
+    // when the file gives a source the key of one made through the API.
+    std::fs::write(&file, next.replace("wk_new", "wk_web")).unwrap();
+    let (code, out) = apply(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("have the same `write_key`"), "{out}");
+    let (s, _) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "apisrc", "write_key": "wk_api"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    std::fs::write(&file, next.replace("wk_new", "wk_api")).unwrap();
+    let (code, out) = apply(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("already belongs to source \"apisrc\""),
+        "{out}"
+    );
+    let (s, body) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "intruder", "write_key": "wk_web"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &body["error"]["field"]),
+        (409, &json!("write_key")),
+        "{body}"
+    );
+    let (s, _) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "blank", "write_key": ""})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    std::fs::write(&file, &next).unwrap();
+    let (code, out) = apply(&[]);
+    assert_eq!(code, 0, "{out}");
+
     // Dropping a destination from the file removes it.
     std::fs::write(
         &file,
