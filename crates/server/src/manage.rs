@@ -168,6 +168,7 @@ pub async fn list_destinations(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
+    let full = may_change(&state, &headers);
     let mut data = Vec::new();
     for name in state.engine.names().await {
         let Some(sink) = state.engine.sink(&name).await else {
@@ -182,7 +183,7 @@ pub async fn list_destinations(
             "backlog": state.store.backlog(&name).await.map_err(unavailable)?,
             "retries": state.store.retry_count(&name).await.map_err(unavailable)?,
             "disabled_urls": state.store.disabled_urls(&name).await.map_err(unavailable)?
-                .into_iter().map(|(url, reason)| json!({"url": url, "reason": reason})).collect::<Vec<_>>(),
+                .into_iter().map(|(url, reason)| json!({"url": if full { url } else { url_password_masked(&url) }, "reason": reason})).collect::<Vec<_>>(),
         }));
     }
     Ok(Json(json!({ "data": data })))
@@ -729,19 +730,104 @@ pub fn binding_digest(binding: &delivery::catalog::SourceBinding) -> String {
     }))
 }
 
-/// Masks secrets in a stored destination configuration.
-fn masked(mut config: Value) -> Value {
-    for key in ["shared_secret", "previous_shared_secret"] {
+/// What a secret is shown as. Sent back in a change, it means "unchanged".
+const MASK: &str = "********";
+
+/// The secrets of a destination configuration: signing secrets, and every
+/// function setting (encrypted ones cannot be told apart here).
+const SECRET_KEYS: [&str; 2] = ["shared_secret", "previous_shared_secret"];
+
+/// Masks secrets in a stored destination configuration. A read-only token
+/// also gets header values and URL passwords masked: receivers' API keys
+/// live there, and such a token is for looking, not for copying them.
+fn masked(mut config: Value, read_only: bool) -> Value {
+    for key in SECRET_KEYS {
         if config.get(key).is_some_and(|v| !v.is_null()) {
-            config[key] = Value::String("********".into());
+            config[key] = Value::String(MASK.into());
         }
     }
     if let Some(settings) = config.get_mut("settings").and_then(Value::as_object_mut) {
         for v in settings.values_mut() {
-            *v = Value::String("********".into());
+            *v = Value::String(MASK.into());
+        }
+    }
+    if read_only {
+        if let Some(headers) = config.get_mut("headers").and_then(Value::as_object_mut) {
+            for v in headers.values_mut() {
+                *v = Value::String(MASK.into());
+            }
+        }
+        if let Some(urls) = config.get_mut("urls").and_then(Value::as_array_mut) {
+            for url in urls.iter_mut() {
+                if let Some(u) = url.as_str() {
+                    *url = Value::String(url_password_masked(u));
+                }
+            }
         }
     }
     config
+}
+
+/// `https://user:secret@host/x` → `https://user:********@host/x`.
+pub fn url_password_masked(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:{MASK}{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+fn mask_without_value(field: String) -> ApiError {
+    ApiError::bad_request(
+        "invalid_body",
+        format!("`{field}` is the mask {MASK:?}, and there is no stored value to keep: give the value itself"),
+    )
+    .with_field(Some(field))
+}
+
+/// Puts the stored secret back wherever a change sends the mask: a client
+/// that reads a configuration, edits one field and writes it back must not
+/// set its secrets to `********`. A mask with nothing stored behind it is
+/// refused.
+fn unmasked(mut body: Value, stored: Option<&Value>) -> Result<Value, ApiError> {
+    let is_mask = |v: Option<&Value>| v.and_then(Value::as_str) == Some(MASK);
+    let missing = mask_without_value;
+    for key in SECRET_KEYS {
+        if is_mask(body.get(key)) {
+            match stored.and_then(|s| s.get(key)).filter(|v| !v.is_null()) {
+                Some(v) => body[key] = v.clone(),
+                None => return Err(missing(key.to_string())),
+            }
+        }
+    }
+    if let Some(settings) = body.get_mut("settings").and_then(Value::as_object_mut) {
+        for (name, v) in settings.iter_mut() {
+            if is_mask(Some(v)) {
+                match stored
+                    .and_then(|s| s.get("settings"))
+                    .and_then(|s| s.get(name))
+                {
+                    Some(old) => *v = old.clone(),
+                    None => return Err(missing(format!("settings.{name}"))),
+                }
+            }
+        }
+    }
+    Ok(body)
 }
 
 async fn stored_destination(
@@ -770,13 +856,14 @@ pub async fn get_destination(
     let (config, origin) = stored_destination(&state, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown destination {name:?}")))?;
-    let digest = may_change(&state, &headers).then(|| config_digest(&config));
+    let full = may_change(&state, &headers);
+    let digest = full.then(|| config_digest(&config));
     Ok(Json(json!({
         "name": name,
         "origin": origin,
         "running": state.engine.sink(&name).await.is_some(),
         "digest": digest,
-        "config": masked(config),
+        "config": masked(config, !full),
     })))
 }
 
@@ -849,7 +936,7 @@ async fn apply_destination(
         .put_destination(name, &sealed(state, &body), "api")
         .await
         .map_err(unavailable)?;
-    Ok(json!({"name": name, "origin": "api", "running": true, "config": masked(body)}))
+    Ok(json!({"name": name, "origin": "api", "running": true, "config": masked(body, false)}))
 }
 
 /// The configuration as stored: secrets encrypted with the master key.
@@ -886,6 +973,7 @@ pub async fn create_destination(
             format!("destination {name:?} exists"),
         ));
     }
+    let body = unmasked(body, None)?;
     let out = apply_destination(&state, &name, body, false).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
@@ -900,9 +988,10 @@ pub async fn put_destination(
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let JsonBody(body) = body?;
-    if stored_destination(&state, &name).await?.is_none() {
+    let Some((stored, _)) = stored_destination(&state, &name).await? else {
         return Err(ApiError::not_found(format!("unknown destination {name:?}")));
-    }
+    };
+    let body = unmasked(body, Some(&stored))?;
     Ok(Json(apply_destination(&state, &name, body, true).await?))
 }
 
@@ -1146,9 +1235,39 @@ pub async fn update_source(
             "only function sources have settings to change; a tracking source's key is changed with /rotate",
         ));
     };
+    // Settings are merged into the current ones, as PATCH does: a key given
+    // `null` is removed, the mask keeps the stored value.
+    let settings = match update.settings {
+        None => current.settings.clone(),
+        Some(Value::Object(changes)) => {
+            let mut merged = current.settings.as_object().cloned().unwrap_or_default();
+            for (name, value) in changes {
+                match value {
+                    Value::Null => {
+                        merged.shift_remove(&name);
+                    }
+                    Value::String(s) if s == MASK => {
+                        if !merged.contains_key(&name) {
+                            return Err(mask_without_value(format!("settings.{name}")));
+                        }
+                    }
+                    value => {
+                        merged.insert(name, value);
+                    }
+                }
+            }
+            Value::Object(merged)
+        }
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("invalid_body", "`settings` must be an object")
+                    .with_field(Some("settings".into())),
+            )
+        }
+    };
     let binding = delivery::catalog::SourceBinding {
         function: update.function.unwrap_or_else(|| current.code.name.clone()),
-        settings: update.settings.unwrap_or_else(|| current.settings.clone()),
+        settings,
         respond: Some(update.respond.unwrap_or_else(|| {
             if current.respond_inline {
                 "function"

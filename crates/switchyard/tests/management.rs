@@ -794,18 +794,53 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
         .await;
     assert_eq!(s, 409);
 
-    // Change the URL: new events go to the new one.
+    // Change the URL of the configuration as read back: its masked secret
+    // means "unchanged", so events are still signed with the real one.
+    let (_, read) = sy.admin("GET", "/api/v1/destinations/api-hook", None).await;
+    let mut changed = read["config"].clone();
+    assert_eq!(changed["shared_secret"], "********", "{read}");
+    changed["urls"] = json!([rx.url("api2").replace("://", "://hook:pa55@")]);
+    changed["headers"] = json!({"Authorization": "Bearer crm-key"});
     let (s, b) = sy
-        .admin(
-            "PUT",
-            "/api/v1/destinations/api-hook",
-            Some(json!({"sources": ["web"], "urls": [rx.url("api2")], "shared_secret": "s3cret"})),
-        )
+        .admin("PUT", "/api/v1/destinations/api-hook", Some(changed))
         .await;
     assert_eq!(s, 200, "{b}");
     send(&sy, "a2").await;
     let got = rx.wait_delivered("api2", 1, 30).await;
     assert_eq!(body(&got[0])["messageId"], "a2");
+    assert_eq!(got[0]["segmentSignatureValid"], true, "{:?}", got[0]);
+    // A mask with no stored secret behind it is refused, not stored.
+    let (s, b) = sy
+        .admin(
+            "POST",
+            "/api/v1/destinations",
+            Some(json!({"name": "masked", "urls": ["http://a"], "shared_secret": "********"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["field"]),
+        (400, &json!("shared_secret")),
+        "{b}"
+    );
+    // Header values and URL passwords are the admin's to read, not a viewer's.
+    let viewer = format!("Bearer {}", read_only_token(&sy).await);
+    let (_, seen) = call(&sy, "get", "/api/v1/destinations/api-hook", Some(&viewer)).await;
+    assert_eq!(
+        seen["config"]["headers"]["Authorization"], "********",
+        "{seen}"
+    );
+    assert!(
+        seen["config"]["urls"][0]
+            .as_str()
+            .unwrap()
+            .contains("://hook:********@"),
+        "{seen}"
+    );
+    let (_, seen) = sy.admin("GET", "/api/v1/destinations/api-hook", None).await;
+    assert_eq!(
+        seen["config"]["headers"]["Authorization"], "Bearer crm-key",
+        "{seen}"
+    );
 
     // It survives a restart.
     sy.restart();
@@ -1128,6 +1163,32 @@ async fn a_function_source_is_read_and_changed() {
     assert_eq!(s, 200, "{b}");
     let (_, src) = sy.admin("GET", "/api/v1/sources/stigg", None).await;
     assert_eq!(src["function"]["capture"], "window");
+    // Settings are merged as PATCH merges: the mask keeps a stored value,
+    // null removes one, and an unknown masked setting is refused.
+    let digest = |src: &Value| src["function"]["digest"].clone();
+    let before = digest(&src);
+    let (s, b) = sy
+        .admin(
+            "PATCH",
+            "/api/v1/sources/stigg",
+            Some(json!({"settings": {"prefix": "********"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["field"]),
+        (400, &json!("settings.prefix")),
+        "{b}"
+    );
+    let (s, b) = sy
+        .admin(
+            "PATCH",
+            "/api/v1/sources/stigg",
+            Some(json!({"settings": {}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, src) = sy.admin("GET", "/api/v1/sources/stigg", None).await;
+    assert_eq!(digest(&src), before, "an empty change keeps every setting");
     let (s, _) = sy
         .admin(
             "PATCH",
