@@ -2,10 +2,10 @@
 //! the admin token: rejected batch items, delivery attempts, dead letters
 //! and their replay, disabled URLs.
 
-use crate::body::JsonBody;
+use crate::body::{JsonBody, QueryParams};
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -49,7 +49,7 @@ pub async fn rejections(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(source): Path<String>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let items = state
@@ -64,7 +64,7 @@ pub async fn attempts(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     known_destination(&state, &destination).await?;
@@ -92,7 +92,7 @@ pub async fn dead_letters(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     known_destination(&state, &destination).await?;
@@ -275,9 +275,10 @@ pub async fn function_logs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    crate::manage::find_source(&state, &slug).await?;
     let items = state
         .store
         .function_logs(&slug, paging.limit())
@@ -316,7 +317,7 @@ pub async fn source_dead_letters(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let items = state
@@ -361,7 +362,7 @@ pub async fn objects(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    Query(q): Query<ObjectQuery>,
+    QueryParams(q): QueryParams<ObjectQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let items = state
@@ -476,7 +477,7 @@ pub async fn destination_logs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(destination): Path<String>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     known_destination(&state, &destination).await?;

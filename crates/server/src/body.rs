@@ -43,7 +43,52 @@ impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for JsonBody<T>
 fn refused_json(rejection: JsonRejection) -> ApiError {
     match cause::<BodyTimeout>(&rejection) {
         Some(timeout) => body_timeout(timeout),
-        None => ApiError::bad_request("invalid_body", rejection.body_text()),
+        None => {
+            let text = rejection.body_text();
+            let field = named_field(&text);
+            ApiError::bad_request("invalid_body", text).with_field(field)
+        }
+    }
+}
+
+/// The field serde names in "unknown field `x`", "missing field `x`" or
+/// "…: x: invalid type…" (axum puts the path of the failing field first).
+fn named_field(message: &str) -> Option<String> {
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(start) = message.find(marker).map(|i| i + marker.len()) {
+            return message[start..].split('`').next().map(str::to_string);
+        }
+    }
+    // "Failed to deserialize …: <path>: <what is wrong>"
+    let path = message.split(": ").nth(1)?;
+    (!path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)))
+        .then(|| path.to_string())
+}
+
+/// Query parameters of the management API, refused in the one error shape
+/// (`400 invalid_query` naming the parameter) instead of axum's plain text.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let field = named_field(&text);
+                let message = text.replace("Failed to deserialize query string: ", "");
+                Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("bad query string: {message}"),
+                )
+                .with_field(field))
+            }
+        }
     }
 }
 
@@ -150,4 +195,22 @@ pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
                 ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_field;
+
+    #[test]
+    fn the_field_is_read_from_serde_messages() {
+        for (message, field) in [
+            ("Failed to deserialize the JSON body into the target type: unknown field `bogus`, expected one of `a`, `b` at line 1 column 9", Some("bogus")),
+            ("Failed to deserialize the JSON body into the target type: missing field `name` at line 1 column 2", Some("name")),
+            ("Failed to deserialize the JSON body into the target type: name: invalid type: integer `5`, expected a string at line 1 column 10", Some("name")),
+            ("Failed to deserialize query string: limit: invalid digit found in string", Some("limit")),
+            ("Failed to deserialize the JSON body into the target type: invalid type: map, expected a string at line 1 column 1", None),
+        ] {
+            assert_eq!(named_field(message).as_deref(), field, "{message}");
+        }
+    }
 }

@@ -263,6 +263,20 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
         .unwrap_or_default()
 }
 
+async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> error::ApiError {
+    error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; the OpenAPI document at /api/v1/openapi.json lists each route's methods",
+            uri.path()
+        ),
+    )
+}
+
 async fn not_found(uri: axum::http::Uri) -> error::ApiError {
     error::ApiError::not_found(format!("no route for {}", uri.path()))
 }
@@ -412,6 +426,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(finish::run_to_end))
         .merge(tracking_api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Bodies are capped by the handlers themselves, with JSON errors.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

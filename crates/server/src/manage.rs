@@ -14,12 +14,29 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use store::secrets::generate_credential;
 
+/// The token of `Authorization: Bearer <token>` (the scheme in any case,
+/// as RFC 7235 has it).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.to_str().ok())?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Ends a live stream at its next event once the request's token is
+/// revoked: a revocation takes effect on the streams already open too.
+fn while_token_valid<S>(
+    state: Arc<AppState>,
+    headers: &HeaderMap,
+    events: S,
+) -> impl futures_util::Stream<Item = S::Item>
+where
+    S: futures_util::Stream,
+{
+    use futures_util::StreamExt;
+    let token = bearer(headers).unwrap_or_default().to_string();
+    events.take_while(move |_| std::future::ready(state.token_access(&token).is_some()))
 }
 
 /// Any valid management token (read-only included).
@@ -66,7 +83,10 @@ fn unavailable(e: store::StoreError) -> ApiError {
 }
 
 /// The stored record of source `slug`, or a 404.
-async fn find_source(state: &AppState, slug: &str) -> Result<store::SourceRecord, ApiError> {
+pub(crate) async fn find_source(
+    state: &AppState,
+    slug: &str,
+) -> Result<store::SourceRecord, ApiError> {
     state
         .store
         .sources()
@@ -124,9 +144,12 @@ pub async fn create_token(
 pub async fn revoke_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::not_found(format!("no token {id:?}: token ids are numbers (GET /api/v1/tokens lists them)"))
+    })?;
     let tokens = state.store.tokens().await.map_err(unavailable)?;
     let Some(token) = tokens.into_iter().find(|t| t.id == id) else {
         return Err(ApiError::not_found(format!("no token {id}")));
@@ -613,7 +636,7 @@ pub async fn recent_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+    crate::body::QueryParams(q): crate::body::QueryParams<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let events = state
@@ -690,7 +713,7 @@ pub async fn stream_events(
             }
         },
     );
-    Ok(Sse::new(events)
+    Ok(Sse::new(while_token_valid(state, &headers, events))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -1041,14 +1064,14 @@ pub async fn delete_source(
 
 /// Function logs as Server-Sent Events: the newest lines first seen, then
 /// each new line as it is written (checked twice a second).
-async fn stream_logs(state: Arc<AppState>, owner: String) -> Response {
+async fn stream_logs(state: Arc<AppState>, headers: &HeaderMap, owner: String) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream;
     let stopping = state.stopping.subscribe();
     let seen: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
     let lines = stream::unfold(
         (
-            state,
+            state.clone(),
             owner,
             seen,
             std::collections::VecDeque::<Value>::new(),
@@ -1084,7 +1107,7 @@ async fn stream_logs(state: Arc<AppState>, owner: String) -> Response {
             }
         },
     );
-    Sse::new(lines)
+    Sse::new(while_token_valid(state, headers, lines))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -1097,7 +1120,7 @@ pub async fn stream_source_logs(
 ) -> Result<Response, ApiError> {
     require_token(&state, &headers)?;
     find_source(&state, &slug).await?;
-    Ok(stream_logs(state, slug).await)
+    Ok(stream_logs(state, &headers, slug).await)
 }
 
 /// `GET /api/v1/destinations/{name}/logs/stream`: a destination function's logs, live.
@@ -1110,7 +1133,7 @@ pub async fn stream_destination_logs(
     if state.engine.sink(&name).await.is_none() {
         return Err(ApiError::not_found(format!("unknown destination {name:?}")));
     }
-    Ok(stream_logs(state, format!("destination:{name}")).await)
+    Ok(stream_logs(state, &headers, format!("destination:{name}")).await)
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -1348,3 +1348,59 @@ settings = {{ url = "{}", secret = "fw" }}
     assert_eq!(code, 0, "{plan}");
     assert!(plan.contains("no changes"), "idempotent: {plan}");
 }
+
+#[tokio::test]
+async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    for (method, path, body, status, code, field) in [
+        ("get", "/api/v1/destinations/hook/attempts?limit=-1", "{}", 400, "invalid_query", Some("limit")),
+        ("get", "/api/v1/destinations/hook/attempts?cursor=abc", "{}", 400, "invalid_query", Some("cursor")),
+        ("get", "/api/v1/sources/web/events?limit=x", "{}", 400, "invalid_query", Some("limit")),
+        ("delete", "/api/v1/tokens/abc", "{}", 404, "not_found", None),
+        ("patch", "/api/v1/destinations/hook", "{}", 405, "method_not_allowed", None),
+        ("post", "/api/v1/tokens", r#"{"name": "t", "bogus": 1}"#, 400, "invalid_body", Some("bogus")),
+        ("post", "/api/v1/tokens", r#"{"name": 5}"#, 400, "invalid_body", Some("name")),
+        ("get", "/api/v1/sources/no-such-source/logs", "{}", 404, "not_found", None),
+    ] {
+        let (s, b) = call_with(&sy, method, path, Some(&admin), body).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str(), b["error"]["field"].as_str()),
+            (status, Some(code), field),
+            "{method} {path}: {b}"
+        );
+    }
+    // The scheme is read in any case.
+    let (s, _) = call(&sy, "get", "/api/v1/sources", Some(&format!("bearer {ADMIN_TOKEN}"))).await;
+    assert_eq!(s, 200);
+
+    let (_, made) = sy
+        .admin("POST", "/api/v1/tokens", Some(json!({"name": "watcher"})))
+        .await;
+    let token = made["token"].as_str().unwrap().to_string();
+    let mut stream = http_client()
+        .get(format!("{}/api/v1/sources/web/events/stream", sy.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let (s, _) = sy
+        .admin("DELETE", &format!("/api/v1/tokens/{}", made["id"]), None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = sy
+        .post("/v1/track", "wk_web", r#"{"userId":"u","event":"After revocation"}"#)
+        .await;
+    assert_eq!(s, 200);
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends: {seen}");
+    assert!(!seen.contains("After revocation"), "{seen}");
+}
