@@ -104,7 +104,10 @@ pub(crate) fn instant_to_ms(at: Instant, now: Instant, now_ms: i64) -> i64 {
 }
 
 /// The resolution of a failed attempt that may be retried: scheduled within
-/// the policy's maximum age, dead-lettered beyond it.
+/// the policy's maximum age, dead-lettered beyond it. A retry that would
+/// fall past the maximum age is brought forward to it, so the last try is
+/// made at the end of the window (a long backoff or an open circuit breaker
+/// never gives up before `max_retry_age` has passed).
 pub(crate) fn retry_or_give_up(
     policy: &RetryPolicy,
     job: &mut Job,
@@ -125,7 +128,8 @@ pub(crate) fn retry_or_give_up(
         next_ms = next_ms.min(w);
     }
     let deadline = job.first_attempt_ms + policy.max_age.as_millis() as i64;
-    if next_ms > deadline {
+    next_ms = next_ms.min(deadline);
+    if at_ms >= deadline {
         let age = Duration::from_millis((at_ms - job.first_attempt_ms).max(0) as u64);
         job.last_error = format!(
             "gave up after {} attempts over {}s (max_retry_age {}s): {}",
@@ -540,5 +544,68 @@ impl Sink {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(first_attempt_ms: i64, attempts: u32) -> Job {
+        Job {
+            retry_id: 1,
+            url: None,
+            message_ids: vec!["m".into()],
+            body: b"{}".to_vec(),
+            webhook_id: "msg_m".into(),
+            attempts,
+            first_attempt_ms,
+            received_ms: None,
+            first_seq: 0,
+            last_status: Some(500),
+            last_error: "HTTP 500".into(),
+        }
+    }
+
+    #[test]
+    fn the_last_retry_is_made_at_the_end_of_the_window_not_given_up_before() {
+        let policy = RetryPolicy {
+            initial: Duration::from_secs(16),
+            max_delay: Duration::from_secs(600),
+            max_age: Duration::from_secs(60),
+        };
+        // 30 s in, a backoff of at least 16 s: it would have given up at once.
+        let at = 30_000;
+        let r = retry_or_give_up(&policy, &mut job(0, 3), at, None, None, true, String::new());
+        let Resolution::Schedule { next_ms } = r else {
+            panic!("{r:?}")
+        };
+        assert!(next_ms > at && next_ms <= 60_000, "{next_ms}");
+        // A circuit breaker that stays open past the window: the same.
+        let r = retry_or_give_up(
+            &policy,
+            &mut job(0, 1),
+            at,
+            None,
+            Some(90_000),
+            false,
+            String::new(),
+        );
+        assert_eq!(r, Resolution::Schedule { next_ms: 60_000 });
+        // At the end of the window it is dead-lettered, with its last error.
+        let mut late = job(0, 6);
+        let r = retry_or_give_up(&policy, &mut late, 60_000, None, None, true, "oops".into());
+        assert_eq!(
+            r,
+            Resolution::Dead {
+                excerpt: "oops".into()
+            }
+        );
+        assert!(
+            late.last_error
+                .starts_with("gave up after 6 attempts over 60s"),
+            "{}",
+            late.last_error
+        );
     }
 }
