@@ -328,6 +328,7 @@ impl EmbeddedStore {
         let writer_conn = open_connection(&path, options.fsync)?;
         writer_conn.execute_batch(SCHEMA)?;
         add_segment_columns(&writer_conn)?;
+        add_version_settings_column(&writer_conn)?;
         // Checkpoints copy the WAL into the database file: done on the
         // writer's thread, they stalled every commit behind them (a quarter
         // of the writer's time under load). A background thread does them.
@@ -739,6 +740,20 @@ fn add_segment_columns(conn: &Connection) -> Result<()> {
              ALTER TABLE events ADD COLUMN off INTEGER;
              ALTER TABLE events ADD COLUMN len INTEGER;",
         )?;
+    }
+    Ok(())
+}
+
+/// Gives each function version its own declarations (a store made when they
+/// were kept per function reads NULL there and falls back to the function's).
+fn add_version_settings_column(conn: &Connection) -> Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('function_versions') WHERE name = 'settings'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE function_versions ADD COLUMN settings TEXT;")?;
     }
     Ok(())
 }
@@ -1398,14 +1413,19 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn dead_letters(&self, destination: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
         let destination = destination.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, destination, url, message_ids, body, webhook_id, attempts, first_ms, failed_ms, last_status, last_error, response_excerpt
-                 FROM dead_letters WHERE destination = ?1 ORDER BY id LIMIT ?2",
+                 FROM dead_letters WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![destination, limit as i64], |r| {
+            let rows = stmt.query_map(params![destination, after.unwrap_or(0), limit as i64], |r| {
                 Ok(DeadLetter {
                     id: r.get(0)?,
                     destination: r.get(1)?,
@@ -1998,25 +2018,40 @@ impl Store for EmbeddedStore {
         );
         self.write(move |conn| {
             let now = now_ms();
+            // The function's own declarations are the deployed version's: a
+            // version saved but not deployed must not change what runs (nor
+            // what a restart loads). Until a first deploy they follow the latest.
             conn.execute(
                 "INSERT INTO functions(name, kind, settings, deployed_version, updated_ms) VALUES(?1, ?2, ?3, 0, ?4)
-                 ON CONFLICT(name) DO UPDATE SET settings = excluded.settings, updated_ms = excluded.updated_ms",
+                 ON CONFLICT(name) DO UPDATE SET
+                   settings = CASE WHEN deployed_version = 0 THEN excluded.settings ELSE settings END,
+                   updated_ms = excluded.updated_ms",
                 params![name, kind, settings, now],
             )?;
-            let latest: Option<(u32, String)> = conn
+            let latest: Option<(u32, String, Option<String>)> = conn
                 .query_row(
-                    "SELECT version, code FROM function_versions WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                    "SELECT version, code, settings FROM function_versions WHERE name = ?1 ORDER BY version DESC LIMIT 1",
                     [&name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
             match latest {
-                Some((v, existing)) if existing == code => Ok(v),
+                Some((v, existing, declared))
+                    if existing == code && declared.as_deref().is_none_or(|d| d == settings) =>
+                {
+                    if declared.is_none() {
+                        conn.execute(
+                            "UPDATE function_versions SET settings = ?3 WHERE name = ?1 AND version = ?2",
+                            params![name, v, settings],
+                        )?;
+                    }
+                    Ok(v)
+                }
                 other => {
-                    let v = other.map_or(1, |(v, _)| v + 1);
+                    let v = other.map_or(1, |(v, _, _)| v + 1);
                     conn.execute(
-                        "INSERT INTO function_versions(name, version, code, created_ms) VALUES(?1, ?2, ?3, ?4)",
-                        params![name, v, code, now],
+                        "INSERT INTO function_versions(name, version, code, created_ms, settings) VALUES(?1, ?2, ?3, ?4, ?5)",
+                        params![name, v, code, now, settings],
                     )?;
                     Ok(v)
                 }
@@ -2047,11 +2082,11 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn function_code(
+    async fn function_version(
         &self,
         name: &str,
         version: Option<u32>,
-    ) -> Result<Option<(u32, String)>> {
+    ) -> Result<Option<FunctionVersion>> {
         let name = name.to_string();
         self.read(move |conn| {
             let version = match version {
@@ -2067,35 +2102,55 @@ impl Store for EmbeddedStore {
             let Some(version) = version else {
                 return Ok(None);
             };
-            Ok(conn
+            let row: Option<(u32, String, Option<String>, Option<String>)> = conn
                 .query_row(
-                    "SELECT version, code FROM function_versions WHERE name = ?1 AND version = ?2",
+                    "SELECT v.version, v.code, v.settings, f.settings FROM function_versions v
+                     LEFT JOIN functions f ON f.name = v.name WHERE v.name = ?1 AND v.version = ?2",
                     params![name, version],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
-                .optional()?)
+                .optional()?;
+            Ok(row.map(|(version, code, own, function)| FunctionVersion {
+                version,
+                code,
+                settings: own
+                    .or(function)
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .unwrap_or(serde_json::Value::Null),
+            }))
         })
         .await
+    }
+
+    async fn function_code(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<(u32, String)>> {
+        Ok(self
+            .function_version(name, version)
+            .await?
+            .map(|v| (v.version, v.code)))
     }
 
     async fn deploy_function(&self, name: &str, version: u32) -> Result<bool> {
         let name = name.to_string();
         self.write(move |conn| {
-            let exists: bool = conn
+            let declared: Option<Option<String>> = conn
                 .query_row(
-                    "SELECT 1 FROM function_versions WHERE name = ?1 AND version = ?2",
+                    "SELECT settings FROM function_versions WHERE name = ?1 AND version = ?2",
                     params![name, version],
-                    |_| Ok(true),
+                    |r| r.get(0),
                 )
-                .optional()?
-                .unwrap_or(false);
-            if exists {
-                conn.execute(
-                    "UPDATE functions SET deployed_version = ?2, updated_ms = ?3 WHERE name = ?1",
-                    params![name, version, now_ms()],
-                )?;
-            }
-            Ok(exists)
+                .optional()?;
+            let Some(declared) = declared else {
+                return Ok(false);
+            };
+            conn.execute(
+                "UPDATE functions SET deployed_version = ?2, settings = COALESCE(?4, settings), updated_ms = ?3 WHERE name = ?1",
+                params![name, version, now_ms(), declared],
+            )?;
+            Ok(true)
         })
         .await
     }
@@ -3396,7 +3451,7 @@ mod tests {
             let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
             store.commit_delivery(bury("a")).await.unwrap();
             store.commit_delivery(bury("b")).await.unwrap();
-            assert_eq!(ids(store.dead_letters("hook", 10).await.unwrap()), [1, 2]);
+            assert_eq!(ids(store.dead_letters("hook", None, 10).await.unwrap()), [1, 2]);
             // The newest goes: its id would be the next one SQLite hands out.
             let newest = Selection {
                 ids: Some(vec![2]),
@@ -3404,7 +3459,9 @@ mod tests {
             };
             assert_eq!(store.discard_dead_letters("hook", newest).await.unwrap(), 1);
             store.commit_delivery(bury("c")).await.unwrap();
-            assert_eq!(ids(store.dead_letters("hook", 10).await.unwrap()), [1, 3]);
+            assert_eq!(ids(store.dead_letters("hook", None, 10).await.unwrap()), [1, 3]);
+            // Paged by the last id seen.
+            assert_eq!(ids(store.dead_letters("hook", Some(1), 10).await.unwrap()), [3]);
             assert_eq!(
                 store
                     .replay_dead_letters("hook", Selection::default())
@@ -3417,7 +3474,46 @@ mod tests {
         // Emptied, and reopened: the ids still go on from the highest given.
         let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
         store.commit_delivery(bury("d")).await.unwrap();
-        assert_eq!(ids(store.dead_letters("hook", 10).await.unwrap()), [4]);
+        assert_eq!(ids(store.dead_letters("hook", None, 10).await.unwrap()), [4]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_saved_version_does_not_change_the_deployed_versions_declarations() {
+        let dir = temp_dir("function-versions");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        let v1 = r#"{"settings":[{"name":"apiKey"}]}"#;
+        let v2 = r#"{"settings":[{"name":"apiKey"},{"name":"region","required":true}]}"#;
+        assert_eq!(
+            store.save_function("f", "source", "one", v1).await.unwrap(),
+            1
+        );
+        assert!(store.deploy_function("f", 1).await.unwrap());
+        assert_eq!(
+            store.save_function("f", "source", "two", v2).await.unwrap(),
+            2
+        );
+        let deployed = store.function_version("f", None).await.unwrap().unwrap();
+        assert_eq!((deployed.version, deployed.code.as_str()), (1, "one"));
+        assert_eq!(deployed.settings["settings"].as_array().unwrap().len(), 1);
+        let record = &store.functions().await.unwrap()[0];
+        assert_eq!(record.settings["settings"].as_array().unwrap().len(), 1);
+        let latest = store.function_version("f", Some(2)).await.unwrap().unwrap();
+        assert_eq!(latest.settings["settings"].as_array().unwrap().len(), 2);
+        // The same code with other declarations is a version of its own.
+        assert_eq!(
+            store.save_function("f", "source", "two", v1).await.unwrap(),
+            3
+        );
+        assert_eq!(
+            store.save_function("f", "source", "two", v1).await.unwrap(),
+            3
+        );
+        assert!(store.deploy_function("f", 2).await.unwrap());
+        let record = &store.functions().await.unwrap()[0];
+        assert_eq!(record.deployed_version, 2);
+        assert_eq!(record.settings["settings"].as_array().unwrap().len(), 2);
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

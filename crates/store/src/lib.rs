@@ -253,12 +253,22 @@ pub struct FunctionRecord {
     pub name: String,
     /// `source` or `destination`.
     pub kind: String,
-    /// The declared settings, as JSON.
+    /// The declared settings (and limits) of the deployed version, or of the
+    /// latest one while none is deployed, as JSON.
     pub settings: serde_json::Value,
     pub latest_version: u32,
     /// The version that runs; 0 when never deployed.
     pub deployed_version: u32,
     pub updated_ms: i64,
+}
+
+/// One saved version of a function.
+#[derive(Debug, Clone)]
+pub struct FunctionVersion {
+    pub version: u32,
+    pub code: String,
+    /// The declared settings and limits this version was saved with.
+    pub settings: serde_json::Value,
 }
 
 /// What a compaction removed.
@@ -334,7 +344,15 @@ pub trait Store: Send + Sync + 'static {
     /// Number of retries waiting for a destination.
     async fn retry_count(&self, destination: &str) -> Result<u64>;
 
-    async fn dead_letters(&self, destination: &str, limit: usize) -> Result<Vec<DeadLetter>>;
+    /// A destination's dead letters, oldest first: at most `limit`, with ids
+    /// greater than `after` (ids are never given twice, so paging by the
+    /// last id seen misses none and repeats none).
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>>;
 
     /// How many dead letters a destination has.
     async fn dead_letter_count(&self, destination: &str) -> Result<u64>;
@@ -468,8 +486,10 @@ pub trait Store: Send + Sync + 'static {
     /// Returns whether it existed.
     async fn delete_destination(&self, name: &str) -> Result<bool>;
 
-    /// Saves code as the function's next version (creating the function);
-    /// returns the version. Saving the same code as the latest is a no-op.
+    /// Saves code and its declarations (`settings`) as the function's next
+    /// version (creating the function); returns the version. Saving the same
+    /// code and declarations as the latest is a no-op. The declarations belong
+    /// to the version: saving never changes what the deployed version runs with.
     async fn save_function(
         &self,
         name: &str,
@@ -478,6 +498,12 @@ pub trait Store: Send + Sync + 'static {
         settings: &str,
     ) -> Result<u32>;
     async fn functions(&self) -> Result<Vec<FunctionRecord>>;
+    /// A version's code and declarations (`None`: the deployed one).
+    async fn function_version(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<FunctionVersion>>;
     /// A version's code (`None`: the deployed one).
     async fn function_code(
         &self,
