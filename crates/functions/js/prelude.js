@@ -1581,22 +1581,24 @@
       (err) => { emitted = null; return JSON.stringify({ ok: false, error: describe(err, file), messages: [], objects: [] }); }
     );
   }
+  // The body comes from the host when first read, at its own size: a
+  // request near the 2 MB limit fits the default memory cap.
   function sourceRequest(raw) {
-    const bytes = b64Decode(raw.body, false);
-    let text;
+    let bytes, text;
+    const body = () => (bytes === undefined ? (bytes = host.requestBytes()) : bytes);
     const headers = new Headers(raw.headers);
     const url = new URL(raw.url);
     return {
       method: raw.method,
       url,
       headers,
-      text() { if (text === undefined) text = utf8Decode(bytes); return text; },
+      text() { if (text === undefined) text = host.requestText(); return text; },
       json() { return JSON.parse(this.text()); },
-      arrayBuffer() { return bytes.slice().buffer; },
-      buffer() { return Buffer.from(bytes); },
+      arrayBuffer() { return body().slice().buffer; },
+      buffer() { return Buffer.from(body()); },
     };
   }
-  // Runs a source function. `rawJson`: {method, url, headers, body (base64)}.
+  // Runs a source function. `rawJson`: {method, url, headers}; the body is the host's.
   define('__invokeSource', (rawJson, settingsJson, file) => {
     emitted = { messages: [], objects: [] };
     fetchesInFlight.clear();
@@ -1644,22 +1646,35 @@
     try {
       const event = JSON.parse(eventJson);
       const settings = JSON.parse(settingsJson);
-      const batch = Array.isArray(event);
-      const name = batch ? 'onBatch' : HANDLERS[event.type];
-      const handler = name && G[name];
+      let batch = Array.isArray(event);
+      let name = batch ? 'onBatch' : HANDLERS[event.type];
+      let handler = name && G[name];
+      // A function that handles only batches gets a single event as a batch
+      // of one, rather than losing it as unsupported.
+      if (typeof handler !== 'function' && !batch && typeof G.onBatch === 'function') {
+        batch = true;
+        name = 'onBatch';
+        handler = G.onBatch;
+      }
       if (typeof handler !== 'function') {
         emitted = null;
         return Promise.resolve(JSON.stringify({ ok: false, unsupported: true, error: { name: 'EventNotSupported', message: (name || event.type) + ' is not supported by this function', line: null, stack: '' } }));
       }
-      return settle(handler(event, settings), file, (result) => {
+      const input = batch && !Array.isArray(event) ? [event] : event;
+      return settle(handler(input, settings), file, (result) => {
         let out;
         try { out = result === undefined ? null : JSON.parse(JSON.stringify(result)); } catch (_) { out = null; }
-        return { result: out };
+        return { result: out, batch };
       });
     } catch (err) {
       emitted = null;
       return Promise.resolve(JSON.stringify({ ok: false, error: describe(err, file), messages: [], objects: [] }));
     }
   });
-  define('__handlers', () => JSON.stringify(Object.values(HANDLERS).concat(['onBatch']).filter((h) => typeof G[h] === 'function')));
+  define('__handlers', () => {
+    const found = Object.values(HANDLERS).concat(['onBatch', 'onRequest']).filter((h) => typeof G[h] === 'function');
+    const exp = G.module && G.module.exports;
+    if ((exp && typeof exp.processEvents === 'function') || (G.exports && typeof G.exports.processEvents === 'function')) found.push('processEvents');
+    return JSON.stringify(found);
+  });
 })(globalThis.__host);

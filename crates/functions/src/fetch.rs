@@ -156,6 +156,11 @@ pub enum FetchMode {
     Mock(Arc<Vec<MockResponse>>),
 }
 
+/// How long a kept-alive connection may idle before it is not reused: below
+/// the keep-alive timeouts of common servers (Node's is 5 s), so a request
+/// is not sent on a connection its server is closing at that moment.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Performs fetches for one worker thread. Fetches run concurrently: an
 /// invocation starts them ([`Fetcher::start`]) and, whenever its JavaScript
 /// has nothing left to run, waits for the first to finish
@@ -164,7 +169,11 @@ pub enum FetchMode {
 pub struct Fetcher {
     mode: FetchMode,
     client: Option<reqwest::Client>,
-    /// A current-thread runtime, driven only while an invocation waits.
+    /// A runtime with one thread of its own. Its connections are driven even
+    /// while no invocation runs: a kept-alive connection its server closed
+    /// leaves the pool then. (Driven only while an invocation waited, a
+    /// closed connection stayed pooled, and the next request was sent on it
+    /// and failed: "connection closed before message completed".)
     runtime: Option<tokio::runtime::Runtime>,
     in_flight: RefCell<JoinSet<(u64, String)>>,
     /// Answers known at once (mocks, refused requests), in start order.
@@ -248,9 +257,12 @@ impl Fetcher {
                         }
                     }))
                     .user_agent(concat!("switchyard-functions/", env!("CARGO_PKG_VERSION")))
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .build()
                     .map_err(|e| format!("cannot build the fetch client: {e}"))?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("function-fetch")
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start the fetch runtime: {e}"))?;

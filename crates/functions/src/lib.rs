@@ -208,6 +208,9 @@ pub struct SourceOutcome {
 pub struct DestinationOutcome {
     /// The handler's return value.
     pub result: Option<Value>,
+    /// `onBatch` ran (for an array, or for one event of a type the function
+    /// has no handler of its own for): `result` holds per-event statuses.
+    pub batch: bool,
     pub logs: Vec<LogLine>,
     pub requests: Vec<RecordedRequest>,
     pub error: Option<FunctionError>,
@@ -313,6 +316,7 @@ fn destination_outcome(raw: RawOutcome) -> DestinationOutcome {
         Err(e) => out.error = Some(e),
         Ok(v) if v.get("ok") == Some(&Value::Bool(true)) => {
             out.result = v.get("result").cloned().filter(|r| !r.is_null());
+            out.batch = v.get("batch") == Some(&Value::Bool(true));
         }
         Ok(v) => {
             let unsupported = v.get("unsupported") == Some(&Value::Bool(true));
@@ -329,10 +333,11 @@ fn run_in(
     sandbox: &mut sandbox::Sandbox,
     entry: Entry,
     payload: &str,
+    body: Vec<u8>,
     settings: &str,
     limits: &Limits,
 ) -> RawOutcome {
-    let inv = sandbox.invoke(entry.global(), payload, settings, limits.timeout);
+    let inv = sandbox.invoke(entry.global(), payload, body, settings, limits.timeout);
     RawOutcome {
         output: inv.output,
         logs: inv.logs,
@@ -346,6 +351,7 @@ fn run_once(
     code: &FunctionCode,
     entry: Entry,
     payload: &str,
+    body: Vec<u8>,
     settings: &str,
     limits: &Limits,
     mode: FetchMode,
@@ -361,7 +367,7 @@ fn run_once(
         }
     };
     match sandbox::Sandbox::new(code, limits, fetcher) {
-        Ok(mut sb) => run_in(&mut sb, entry, payload, settings, limits),
+        Ok(mut sb) => run_in(&mut sb, entry, payload, body, settings, limits),
         Err(e) => RawOutcome {
             output: Err(e),
             logs: vec![],
@@ -378,11 +384,12 @@ pub fn run_source_once(
     limits: &Limits,
     mode: FetchMode,
 ) -> SourceOutcome {
-    let payload = serde_json::to_string(request).unwrap_or_default();
+    let (payload, body) = source_payload(request);
     source_outcome(run_once(
         code,
         Entry::Source,
         &payload,
+        body,
         &settings.to_string(),
         limits,
         mode,
@@ -401,6 +408,7 @@ pub fn run_destination_once(
         code,
         Entry::Destination,
         &event.to_string(),
+        Vec::new(),
         &settings.to_string(),
         limits,
         mode,
@@ -417,10 +425,23 @@ pub fn inspect(code: &FunctionCode, limits: &Limits) -> Result<Vec<String>, Func
     Ok(sb.handlers())
 }
 
+/// A source request as the invocation gets it: its method, URL and headers
+/// as JSON, and its body apart (read from the host only when the function
+/// reads it).
+fn source_payload(request: &RawRequest) -> (String, Vec<u8>) {
+    let head = serde_json::json!({
+        "method": request.method,
+        "url": request.url,
+        "headers": request.headers,
+    });
+    (head.to_string(), request.body.clone())
+}
+
 struct Task {
     code: Arc<FunctionCode>,
     entry: Entry,
     payload: String,
+    body: Vec<u8>,
     settings: String,
     limits: Limits,
     reply: oneshot::Sender<RawOutcome>,
@@ -484,7 +505,14 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, policy: Arc<FetchPolicy>) {
         let Some(sb) = warm.get_mut(&key) else {
             continue;
         };
-        let outcome = run_in(sb, task.entry, &task.payload, &task.settings, &task.limits);
+        let outcome = run_in(
+            sb,
+            task.entry,
+            &task.payload,
+            task.body,
+            &task.settings,
+            &task.limits,
+        );
         if sb.poisoned {
             // Never reuse a runtime after a kill: drop it now.
             warm.remove(&key);
@@ -521,6 +549,7 @@ impl Pool {
         code: Arc<FunctionCode>,
         entry: Entry,
         payload: String,
+        body: Vec<u8>,
         settings: String,
         limits: Limits,
     ) -> RawOutcome {
@@ -535,6 +564,7 @@ impl Pool {
                     code,
                     entry,
                     payload,
+                    body,
                     settings,
                     limits,
                     reply,
@@ -567,10 +597,17 @@ impl Pool {
         settings: &Value,
         limits: Limits,
     ) -> SourceOutcome {
-        let payload = serde_json::to_string(request).unwrap_or_default();
+        let (payload, body) = source_payload(request);
         source_outcome(
-            self.run(code, Entry::Source, payload, settings.to_string(), limits)
-                .await,
+            self.run(
+                code,
+                Entry::Source,
+                payload,
+                body,
+                settings.to_string(),
+                limits,
+            )
+            .await,
         )
     }
 
@@ -587,6 +624,7 @@ impl Pool {
                 code,
                 Entry::Destination,
                 event,
+                Vec::new(),
                 settings.to_string(),
                 limits,
             )
@@ -611,9 +649,26 @@ impl Pool {
 /// `{"body": …, "headers": {…}, "url": "…"}` or with `"queryParameters": {…}`.
 /// A string body is taken as the raw text; anything else is sent as JSON.
 pub fn fixture_request(payload: &Value) -> Result<RawRequest, String> {
-    let obj = payload.as_object().ok_or(
-        "the payload must be an object with `body`, `headers` and `url` or `queryParameters`",
-    )?;
+    const SHAPE: &str = "the payload is a request: {\"body\": … (the request body: an object or a string), \"headers\": {…}, \"url\": \"…\" or \"queryParameters\": {…}, \"method\": \"POST\"}";
+    let obj = payload.as_object().ok_or(SHAPE)?;
+    // A payload that is the body itself (`{"user": "u1"}`) would run on an
+    // empty body without a word: refuse it, naming the shape.
+    let unknown: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !["body", "headers", "url", "queryParameters", "method"].contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{SHAPE}; unknown field{} {} (put the request body under `body`)",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown
+                .iter()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let body = match obj.get("body") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.as_bytes().to_vec(),
@@ -681,4 +736,25 @@ pub fn fixture_request(payload: &Value) -> Result<RawRequest, String> {
         headers,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_that_is_not_a_request_fixture_is_refused_naming_the_shape() {
+        let err = fixture_request(&serde_json::json!({"user": "u1"})).unwrap_err();
+        assert!(err.contains("\"body\""), "{err}");
+        assert!(err.contains("unknown field \"user\""), "{err}");
+        let ok =
+            fixture_request(&serde_json::json!({"body": {"user": "u1"}, "headers": {"x-a": "1"}}))
+                .unwrap();
+        assert_eq!(ok.body, br#"{"user":"u1"}"#);
+        // A request without a body (a GET with its query) is a request still.
+        let get =
+            fixture_request(&serde_json::json!({"method": "GET", "queryParameters": {"a": "1"}}))
+                .unwrap();
+        assert!(get.body.is_empty() && get.url.ends_with("?a=1"));
+    }
 }

@@ -50,6 +50,11 @@ struct HostState {
     fetcher: Rc<Fetcher>,
     /// The runtime's memory cap: native results (`zlib`) are held to it too.
     memory_bytes: usize,
+    /// The raw body of the request a source function runs on. Kept here,
+    /// not in the invocation's JSON: a 2 MB body decoded in JavaScript (base64,
+    /// byte by byte) took over 64 MB; here it becomes a string or bytes only
+    /// when the function reads it, at its own size.
+    body: RefCell<Vec<u8>>,
 }
 
 impl HostState {
@@ -154,7 +159,7 @@ fn throw(ctx: &Ctx<'_>, message: String) -> rquickjs::Error {
     }
 }
 
-fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
+fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<()> {
     let host = Object::new(ctx.clone())?;
     let s = state.clone();
     host.set(
@@ -189,6 +194,23 @@ fn install_host(ctx: &Ctx<'_>, state: &Rc<HostState>) -> rquickjs::Result<()> {
                     body,
                 };
                 s.fetcher.start(request, budget, &mut recorded) as f64
+            },
+        )?,
+    )?;
+    let s = state.clone();
+    host.set(
+        "requestText",
+        Function::new(ctx.clone(), move || {
+            String::from_utf8_lossy(&s.body.borrow()).into_owned()
+        })?,
+    )?;
+    let s = state.clone();
+    host.set(
+        "requestBytes",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>| -> rquickjs::Result<rquickjs::TypedArray<'js, u8>> {
+                rquickjs::TypedArray::<u8>::new_copy(ctx, s.body.borrow().as_slice())
             },
         )?,
     )?;
@@ -408,6 +430,7 @@ impl Sandbox {
             recorded: RefCell::new(Vec::new()),
             fetcher,
             memory_bytes: limits.memory_bytes,
+            body: RefCell::new(Vec::new()),
         });
         {
             let s = state.clone();
@@ -479,6 +502,7 @@ impl Sandbox {
         &mut self,
         entry: &str,
         payload: &str,
+        body: Vec<u8>,
         settings: &str,
         timeout: Duration,
     ) -> Invocation {
@@ -487,6 +511,7 @@ impl Sandbox {
         state.deadline.set(Instant::now() + timeout);
         state.interrupted.set(false);
         state.logs.borrow_mut().clear();
+        *state.body.borrow_mut() = body;
         state.recorded.borrow_mut().clear();
         let file = self.file_name.clone();
         let output = self.ctx.with(|ctx| -> Result<serde_json::Value, FunctionError> {
@@ -587,6 +612,7 @@ impl Sandbox {
             }
         });
         state.fetcher.cancel_all();
+        state.body.take();
         if let Err(e) = &output {
             if matches!(
                 e.kind,

@@ -826,8 +826,19 @@ async function onBatch(events) { return events.map(() => ({ status: 200 })); }
         Some("k")
     );
     assert_eq!(out.logs[0].message, "sent 202");
+    // A type without a handler of its own goes to onBatch, as a batch of one.
     let out = run_destination_once(
         &c,
+        &json!({"type": "identify", "userId": "u"}),
+        &json!({}),
+        &Limits::default(),
+        mock(),
+    );
+    assert!(out.error.is_none() && out.batch, "{out:?}");
+    assert_eq!(out.result, Some(json!([{"status": 200}])));
+    let track_only = code("async function onTrack(event) {}");
+    let out = run_destination_once(
+        &track_only,
         &json!({"type": "identify", "userId": "u"}),
         &json!({}),
         &Limits::default(),
@@ -846,4 +857,117 @@ async function onBatch(events) { return events.map(() => ({ status: 200 })); }
         inspect(&c, &Limits::default()).unwrap(),
         ["onTrack", "onBatch"]
     );
+}
+
+/// A keep-alive HTTP server on loopback that closes a connection idle for
+/// `idle` (as Node's does after 5 s); returns its port and the number of
+/// connections it accepted.
+fn keep_alive_server(idle: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(idle)).unwrap();
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return, // idle too long (or gone): closed
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_does_not_reuse_a_connection_its_server_closed_while_idle() {
+    let (port, accepted) = keep_alive_server(Duration::from_millis(700));
+    let pool = Pool::new(
+        1,
+        FetchPolicy {
+            allow: vec!["127.0.0.1".into()],
+            deny: vec![],
+        },
+    );
+    let f = Arc::new(FunctionCode::new(
+        "getter",
+        "getter.js",
+        "async function onTrack(event, settings) { const r = await fetch(settings.url); if (await r.text() !== 'ok') throw new Error('bad answer'); }",
+    ));
+    let settings = json!({"url": format!("http://127.0.0.1:{port}/x")});
+    let event = json!({"type": "track", "event": "E", "userId": "u"}).to_string();
+    for round in 0..3 {
+        if round > 0 {
+            // Longer than the server keeps an idle connection.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let out = pool
+            .run_destination(f.clone(), event.clone(), &settings, Limits::default())
+            .await;
+        assert!(out.error.is_none(), "round {round}: {:?}", out.error);
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "a new connection after each idle close"
+    );
+    // Within the server's idle time, the connection is reused.
+    let out = pool
+        .run_destination(f.clone(), event.clone(), &settings, Limits::default())
+        .await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    pool.shutdown();
+}
+
+#[test]
+fn a_body_at_the_2_mb_limit_fits_the_default_memory_cap() {
+    // JSON of many small objects, as webhook exports send.
+    let mut json_body = String::from("{\"items\":[");
+    let mut i = 0;
+    while json_body.len() < 2 * 1024 * 1024 - 64 {
+        json_body.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"item {i}\",\"ok\":true}},"
+        ));
+        i += 1;
+    }
+    json_body.pop();
+    json_body.push_str("]}");
+    assert!(json_body.len() <= 2 * 1024 * 1024);
+    let parsed = run(
+        "async function onRequest(request) { const b = request.json(); Segment.track({ userId: 'u', event: 'Got', properties: { n: b.items.length } }); }",
+        &json_body,
+    );
+    assert!(parsed.error.is_none(), "{:?}", parsed.error);
+    assert_eq!(parsed.messages[0]["properties"]["n"], i);
+
+    let text_body = "x".repeat(2 * 1024 * 1024);
+    for src in [
+        "async function onRequest(request) { Segment.track({ userId: 'u', event: 'Got' }); }",
+        "async function onRequest(request) { Segment.track({ userId: 'u', event: 'Got', properties: { n: request.text().length } }); }",
+        "async function onRequest(request) { Segment.track({ userId: 'u', event: 'Got', properties: { n: request.arrayBuffer().byteLength } }); }",
+    ] {
+        let out = run(src, &text_body);
+        assert!(out.error.is_none(), "{src}: {:?}", out.error);
+    }
+    let legacy = run(
+        "exports.processEvents = async (event) => ({ events: [{ type: 'track', userId: 'u', event: 'Got', properties: { n: event.payload.body.items.length } }] })",
+        &json_body,
+    );
+    assert!(legacy.error.is_none(), "{:?}", legacy.error);
 }
