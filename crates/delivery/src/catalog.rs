@@ -124,35 +124,112 @@ pub struct LoadedFunction {
     pub version: u32,
     pub spec: FunctionSpec,
     pub limits: Limits,
-    /// The handlers it defines (`onTrack`, `onBatch`, …).
+    /// The handlers it defines (`onTrack`, `onBatch`, `onRequest`, …).
     pub handlers: Vec<String>,
+}
+
+/// Source handlers, one of which a source function must define.
+pub const SOURCE_HANDLERS: [&str; 2] = ["onRequest", "processEvents"];
+/// Destination handlers, at least one of which a destination function must define.
+pub const DESTINATION_HANDLERS: [&str; 8] = [
+    "onTrack",
+    "onIdentify",
+    "onPage",
+    "onScreen",
+    "onGroup",
+    "onAlias",
+    "onDelete",
+    "onBatch",
+];
+
+/// Refuses code that defines no handler its kind runs: deployed, it would
+/// fail (or skip) every request or event it is given.
+pub fn check_handlers(kind: &str, handlers: &[String]) -> Result<(), String> {
+    let (expected, text): (&[&str], &str) = match kind {
+        "source" => (
+            &SOURCE_HANDLERS,
+            "a source function must define onRequest(request, settings) or exports.processEvents",
+        ),
+        _ => (
+            &DESTINATION_HANDLERS,
+            "a destination function must define at least one of onTrack, onIdentify, onPage, onScreen, onGroup, onAlias, onDelete or onBatch (event, settings)",
+        ),
+    };
+    if handlers.iter().any(|h| expected.contains(&h.as_str())) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text}; this code defines {}",
+            if handlers.is_empty() {
+                "no handler".to_string()
+            } else {
+                handlers.join(", ")
+            }
+        ))
+    }
+}
+
+impl LoadedFunction {
+    /// Loads `text` with its declarations and checks that it defines a
+    /// handler of its kind. Also used for a deploy's candidate, before
+    /// anything is stored.
+    pub fn check(
+        name: &str,
+        kind: &str,
+        version: u32,
+        text: &str,
+        spec: FunctionSpec,
+    ) -> Result<LoadedFunction, String> {
+        let limits = spec.limits();
+        let code = FunctionCode::new(name, &format!("{name}.js"), text);
+        let handlers = functions::inspect(&code, &limits)
+            .map_err(|e| format!("function {name:?} does not load: {e}"))?;
+        check_handlers(kind, &handlers).map_err(|e| format!("function {name:?}: {e}"))?;
+        Ok(LoadedFunction {
+            code: Arc::new(code),
+            kind: kind.to_string(),
+            version,
+            spec,
+            limits,
+            handlers,
+        })
+    }
 }
 
 /// Loads the deployed version of function `name`.
 pub async fn load(store: &dyn Store, name: &str) -> Result<LoadedFunction, String> {
+    load_version(store, name, None).await
+}
+
+/// Loads a version of function `name` (`None`: the deployed one) with the
+/// declarations it was saved with.
+pub async fn load_version(
+    store: &dyn Store,
+    name: &str,
+    version: Option<u32>,
+) -> Result<LoadedFunction, String> {
     let records = store.functions().await.map_err(|e| e.to_string())?;
     let record = records
         .into_iter()
         .find(|f| f.name == name)
         .ok_or_else(|| format!("unknown function {name:?}"))?;
-    let (version, text) = store
-        .function_code(name, None)
+    let stored = store
+        .function_version(name, version)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("function {name:?} has no deployed version"))?;
-    let spec: FunctionSpec = serde_json::from_value(record.settings).unwrap_or_default();
-    let limits = spec.limits();
-    let code = FunctionCode::new(name, &format!("{name}.js"), &text);
-    let handlers = functions::inspect(&code, &limits)
-        .map_err(|e| format!("function {name:?} does not load: {e}"))?;
-    Ok(LoadedFunction {
-        code: Arc::new(code),
-        kind: record.kind,
-        version,
-        spec,
-        limits,
-        handlers,
+        .ok_or_else(|| match version {
+            None => format!("function {name:?} has no deployed version"),
+            Some(v) => format!("function {name:?} has no version {v}"),
+        })?;
+    let spec: FunctionSpec = serde_json::from_value(stored.settings).unwrap_or_default();
+    let kind = record.kind;
+    // Blocking work (QuickJS loads the code): off the async threads.
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        LoadedFunction::check(&name, &kind, stored.version, &stored.code, spec)
     })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// A function source's settings as stored: `{"function", "settings", "respond"}`.
@@ -176,6 +253,12 @@ pub async fn source_function(
     slug: &str,
     binding: &SourceBinding,
 ) -> Result<SourceFunction, String> {
+    check_binding(slug, binding)?;
+    let f = load(store, &binding.function).await?;
+    source_function_with(&f, slug, binding)
+}
+
+fn check_binding(slug: &str, binding: &SourceBinding) -> Result<(), String> {
     if !matches!(
         binding.respond.as_deref(),
         None | Some("ack") | Some("function")
@@ -192,7 +275,17 @@ pub async fn source_function(
             "source {slug:?}: `capture` must be \"always\" or \"window\""
         ));
     }
-    let f = load(store, &binding.function).await?;
+    Ok(())
+}
+
+/// Puts together a function source running `f` (loaded already: the
+/// deployed version, or a deploy's candidate).
+pub fn source_function_with(
+    f: &LoadedFunction,
+    slug: &str,
+    binding: &SourceBinding,
+) -> Result<SourceFunction, String> {
+    check_binding(slug, binding)?;
     if f.kind != "source" {
         return Err(format!(
             "function {:?} is a {} function, not a source function",
@@ -210,12 +303,33 @@ pub async fn source_function(
     Ok(SourceFunction {
         slug: slug.to_string(),
         secrets: f.spec.secrets(&settings),
-        code: f.code,
+        code: f.code.clone(),
         settings,
         limits: f.limits,
         respond_inline: binding.respond.as_deref() == Some("function"),
         capture_always: binding.capture.as_deref() != Some("window"),
+        unavailable: None,
     })
+}
+
+/// A source whose function cannot run (it does not load, or the source's
+/// settings do not fit it): it keeps its requests, which wait, and shows
+/// `reason`, until a deploy or a settings change lets it run.
+pub fn unavailable_source(slug: &str, binding: &SourceBinding, reason: String) -> SourceFunction {
+    SourceFunction {
+        slug: slug.to_string(),
+        code: Arc::new(FunctionCode::new(
+            &binding.function,
+            &format!("{}.js", binding.function),
+            "",
+        )),
+        settings: binding.settings.clone(),
+        limits: Limits::default(),
+        respond_inline: binding.respond.as_deref() == Some("function"),
+        secrets: Vec::new(),
+        capture_always: binding.capture.as_deref() != Some("window"),
+        unavailable: Some(reason),
+    }
 }
 
 /// Puts together any destination.
@@ -224,11 +338,29 @@ pub async fn destination(
     pool: Option<&Arc<Pool>>,
     config: &DestinationConfig,
 ) -> Result<DestinationSpec, String> {
+    destination_with(store, pool, config, None).await
+}
+
+/// Puts together any destination; a function destination runs `candidate`
+/// when given (a deploy's), else its function's deployed version.
+pub async fn destination_with(
+    store: &Arc<dyn Store>,
+    pool: Option<&Arc<Pool>>,
+    config: &DestinationConfig,
+    candidate: Option<&LoadedFunction>,
+) -> Result<DestinationSpec, String> {
     match config {
         DestinationConfig::Webhooks(w) => DestinationSpec::webhooks(w.clone(), store.clone()).await,
         DestinationConfig::Function(d) => {
             d.validate()?;
-            let f = load(store.as_ref(), &d.function).await?;
+            let loaded;
+            let f = match candidate {
+                Some(f) => f,
+                None => {
+                    loaded = load(store.as_ref(), &d.function).await?;
+                    &loaded
+                }
+            };
             if f.kind != "destination" {
                 return Err(format!(
                     "destination {:?}: function {:?} is a {} function",
@@ -239,8 +371,8 @@ pub async fn destination(
             f.spec
                 .check_settings(&settings)
                 .map_err(|e| format!("destination {:?}: {e}", d.name))?;
-            let batched = d.batch_size > 1 && f.handlers.iter().any(|h| h == "onBatch");
-            if d.batch_size > 1 && !batched {
+            let has_on_batch = f.handlers.iter().any(|h| h == "onBatch");
+            if d.batch_size.is_some_and(|n| n > 1) && !has_on_batch {
                 tracing::warn!(destination = %d.name, "batch_size > 1 but the function has no onBatch: events are delivered one by one");
             }
             let pool = pool.ok_or("functions are not enabled on this server")?;
@@ -248,7 +380,7 @@ pub async fn destination(
                 settings: SinkSettings {
                     name: d.name.clone(),
                     sources: d.sources.clone(),
-                    batch_size: if batched { d.batch_size } else { 1 },
+                    batch_size: d.batch_size_for(has_on_batch),
                     batch_max_wait_ms: d.batch_max_wait_ms,
                     concurrency: d.concurrency,
                     enabled: d.enabled,
@@ -257,7 +389,7 @@ pub async fn destination(
                 transport: Arc::new(FunctionTransport {
                     name: d.name.clone(),
                     secrets: f.spec.secrets(&settings),
-                    code: f.code,
+                    code: f.code.clone(),
                     settings,
                     limits: f.limits,
                     pool: pool.clone(),

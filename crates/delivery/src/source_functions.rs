@@ -39,12 +39,23 @@ pub struct SourceFunction {
     pub secrets: Vec<String>,
     /// Keep every request in the catcher (`false`: only during a capture window).
     pub capture_always: bool,
+    /// Why the function cannot run (it does not load, or the source's
+    /// settings do not fit it): its requests wait, as when paused.
+    pub unavailable: Option<String>,
 }
 
 impl SourceFunction {
     /// Replaces every secret value in `text` with `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         redact(&self.secrets, text)
+    }
+
+    /// [`redact_requests`] with this source's secrets.
+    pub fn redact_requests(
+        &self,
+        requests: &[functions::RecordedRequest],
+    ) -> Vec<functions::RecordedRequest> {
+        redact_requests(&self.secrets, requests)
     }
 }
 
@@ -57,10 +68,32 @@ pub fn redact(secrets: &[String], text: &str) -> String {
     out
 }
 
+/// The requests a test run made, with every secret replaced by `[redacted]`
+/// (URL, header values and body): the usual place of a key is a header.
+pub fn redact_requests(
+    secrets: &[String],
+    requests: &[functions::RecordedRequest],
+) -> Vec<functions::RecordedRequest> {
+    requests
+        .iter()
+        .map(|r| functions::RecordedRequest {
+            method: r.method.clone(),
+            url: redact(secrets, &r.url),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), redact(secrets, v)))
+                .collect(),
+            body: redact(secrets, &r.body),
+        })
+        .collect()
+}
+
 /// Health of a source's function, as shown by the API and metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FunctionHealth {
-    /// `healthy`, `degraded` or `paused`.
+    /// `healthy`, `degraded`, `paused` (failed too often: resumed by the
+    /// API) or `failed` (cannot run: fixed by a deploy or a settings change).
     pub status: &'static str,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
@@ -76,6 +109,26 @@ pub struct SourceRunner {
     wake: Notify,
     /// Delay before the first retry of a failed run (default 1 s).
     pub retry_initial: Duration,
+}
+
+/// The store's meta key holding a source's pause (kept across restarts).
+fn pause_key(slug: &str) -> String {
+    format!("source_function_paused:{slug}")
+}
+
+/// The health of a source as it starts.
+fn initial_health(source: &SourceFunction) -> FunctionHealth {
+    match &source.unavailable {
+        Some(reason) => FunctionHealth {
+            status: "failed",
+            consecutive_failures: 0,
+            last_error: Some(reason.clone()),
+        },
+        None => FunctionHealth {
+            status: "healthy",
+            ..Default::default()
+        },
+    }
 }
 
 /// Exponential backoff between runs of one request: 1, 2, 4, 8 × `initial`.
@@ -131,15 +184,7 @@ impl SourceRunner {
     ) -> Arc<SourceRunner> {
         let health = sources
             .iter()
-            .map(|s| {
-                (
-                    s.slug.clone(),
-                    FunctionHealth {
-                        status: "healthy",
-                        ..Default::default()
-                    },
-                )
-            })
+            .map(|s| (s.slug.clone(), initial_health(s)))
             .collect();
         Arc::new(SourceRunner {
             store,
@@ -159,14 +204,70 @@ impl SourceRunner {
         self.sources.read().ok()?.get(slug).cloned()
     }
 
+    /// Pauses again the sources paused when the server stopped (a pause
+    /// lasts until resumed through the API, restarts included).
+    pub async fn restore_pauses(&self) {
+        let slugs: Vec<String> = self
+            .sources
+            .read()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        for slug in slugs {
+            let saved = match self.store.get_meta(&pause_key(&slug)).await {
+                Ok(Some(saved)) if !saved.is_empty() => saved,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(source = %slug, error = %e, "cannot read whether the source function was paused");
+                    continue;
+                }
+            };
+            let saved: Value = serde_json::from_str(&saved).unwrap_or_default();
+            let Ok(mut all) = self.health.lock() else {
+                return;
+            };
+            let h = all.entry(slug.clone()).or_default();
+            // A function that cannot run shows why; once it can, it runs.
+            if h.status == "failed" {
+                continue;
+            }
+            *h = FunctionHealth {
+                status: "paused",
+                consecutive_failures: saved["consecutive_failures"].as_u64().unwrap_or(0) as u32,
+                last_error: saved["last_error"].as_str().map(str::to_string),
+            };
+            tracing::warn!(source = %slug, "source function paused before the restart: its requests wait until it is resumed (POST /api/v1/sources/{slug}/function/resume)");
+        }
+    }
+
+    /// Writes (or clears) a source's pause in the store, in the background
+    /// for callers that cannot wait.
+    fn persist_pause_later(&self, slug: &str, health: Option<FunctionHealth>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let slug = slug.to_string();
+        runtime.spawn(async move { persist_pause(store.as_ref(), &slug, health.as_ref()).await });
+    }
+
     /// Adds or replaces a function source (a deploy or a new source): the
     /// next run of its requests uses it.
     pub fn upsert(&self, source: SourceFunction) {
+        let mut new_source = false;
         if let Ok(mut h) = self.health.lock() {
-            h.entry(source.slug.clone()).or_insert(FunctionHealth {
-                status: "healthy",
-                ..Default::default()
+            let entry = h.entry(source.slug.clone()).or_insert_with(|| {
+                new_source = true;
+                initial_health(&source)
             });
+            match &source.unavailable {
+                Some(_) => *entry = initial_health(&source),
+                None if entry.status == "failed" => *entry = initial_health(&source),
+                None => {}
+            }
+        }
+        if new_source {
+            // A source made again under a deleted one's slug starts afresh.
+            self.persist_pause_later(&source.slug, None);
         }
         if let Ok(mut all) = self.sources.write() {
             all.insert(source.slug.clone(), source);
@@ -179,6 +280,10 @@ impl SourceRunner {
         if let Ok(mut all) = self.sources.write() {
             all.remove(slug);
         }
+        if let Ok(mut h) = self.health.lock() {
+            h.remove(slug);
+        }
+        self.persist_pause_later(slug, None);
     }
 
     /// Sources running the function `name`.
@@ -207,14 +312,20 @@ impl SourceRunner {
         self.health.lock().ok()?.get(slug).cloned()
     }
 
-    /// Resumes a paused function (its pending requests run again).
+    /// Resumes a paused function (its pending requests run again). A
+    /// function that cannot run (`failed`) stays so: a deploy or a settings
+    /// change that lets it run resumes it.
     pub fn resume(&self, slug: &str) {
         if let Ok(mut h) = self.health.lock() {
             if let Some(entry) = h.get_mut(slug) {
+                if entry.status == "failed" {
+                    return;
+                }
                 entry.status = "healthy";
                 entry.consecutive_failures = 0;
             }
         }
+        self.persist_pause_later(slug, None);
         self.wake.notify_one();
     }
 
@@ -223,9 +334,10 @@ impl SourceRunner {
         self.wake.notify_one();
     }
 
-    fn record_result(&self, slug: &str, error: Option<&FunctionError>) {
+    /// Records a run's result; returns the health when it just turned paused.
+    fn record_result(&self, slug: &str, error: Option<&FunctionError>) -> Option<FunctionHealth> {
         let Ok(mut all) = self.health.lock() else {
-            return;
+            return None;
         };
         let h = all.entry(slug.to_string()).or_default();
         match error {
@@ -250,9 +362,13 @@ impl SourceRunner {
                 if h.status != before {
                     tracing::warn!(source = slug, status = h.status, failures = h.consecutive_failures,
                         error = %e, "source function health changed");
+                    if h.status == "paused" {
+                        return Some(h.clone());
+                    }
                 }
             }
         }
+        None
     }
 
     /// Runs the function on one stored request and records the result.
@@ -261,6 +377,13 @@ impl SourceRunner {
         let Some(source) = self.source(&record.source) else {
             return Err(format!("source {:?} has no function", record.source));
         };
+        if let Some(reason) = &source.unavailable {
+            // The request stays as it is (pending), for when it can run.
+            return Err(format!(
+                "source {:?}: its function cannot run: {reason}",
+                record.source
+            ));
+        }
         let request: RawRequest = serde_json::from_slice(&record.request)
             .map_err(|e| format!("stored request {} is unreadable: {e}", record.id))?;
         let started = std::time::Instant::now();
@@ -364,7 +487,9 @@ impl SourceRunner {
                 // request (a provider's test ping the function rejects) must
                 // not pause the source for every good request behind it.
                 if record.attempts == 0 {
-                    self.record_result(&source.slug, Some(&error));
+                    if let Some(paused) = self.record_result(&source.slug, Some(&error)) {
+                        persist_pause(self.store.as_ref(), &source.slug, Some(&paused)).await;
+                    }
                 }
             }
         }
@@ -393,7 +518,7 @@ impl SourceRunner {
                 health
                     .as_ref()
                     .and_then(|h| h.get(s))
-                    .is_none_or(|h| h.status != "paused")
+                    .is_none_or(|h| !matches!(h.status, "paused" | "failed"))
             })
             .collect()
     }
@@ -437,5 +562,42 @@ impl SourceRunner {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+/// Writes a source's pause (`None`: not paused) where a restart finds it.
+async fn persist_pause(store: &dyn Store, slug: &str, paused: Option<&FunctionHealth>) {
+    let value = paused
+        .map(|h| serde_json::to_string(h).unwrap_or_default())
+        .unwrap_or_default();
+    if let Err(e) = store.put_meta(&pause_key(slug), &value).await {
+        tracing::error!(source = %slug, error = %e, "cannot record the source function's pause: a restart would resume it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_requests_lose_their_secrets() {
+        let request = functions::RecordedRequest {
+            method: "POST".into(),
+            url: "https://api.example.com/v1?key=sk_live_123".into(),
+            headers: [(
+                "authorization".to_string(),
+                "Bearer sk_live_123".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            body: r#"{"token":"sk_live_123"}"#.into(),
+        };
+        let secrets = vec!["sk_live_123".to_string()];
+        let out = redact_requests(&secrets, &[request]);
+        let text = serde_json::to_string(&out).unwrap();
+        assert!(!text.contains("sk_live_123"), "{text}");
+        assert_eq!(out[0].headers["authorization"], "Bearer [redacted]");
+        assert_eq!(out[0].url, "https://api.example.com/v1?key=[redacted]");
+        assert_eq!(out[0].body, r#"{"token":"[redacted]"}"#);
     }
 }

@@ -467,7 +467,7 @@ pub async fn test_function(
         "events": outcome.messages,
         "objects": outcome.objects,
         "logs": logs,
-        "requests": outcome.requests,
+        "requests": source.redact_requests(&outcome.requests),
         "error": error.map(|e| json!({"name": e.name, "message": e.message, "line": e.line, "kind": e.kind})),
     })))
 }

@@ -70,10 +70,19 @@ async fn handle(
         .as_ref()
         .and_then(|r| {
             r.source(&slug)
-                .map(|s| (r.clone(), s.respond_inline, s.capture_always))
+                .map(|s| (r.clone(), s.respond_inline, s.capture_always, s.unavailable))
         })
         .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
-    let (runner, inline, capture_always) = runner;
+    let (runner, inline, capture_always, unavailable) = runner;
+    if let (true, Some(reason)) = (inline, &unavailable) {
+        // The sender waits for the function's own answer, which cannot come:
+        // not stored, so the sender's retry is the only copy.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_unavailable",
+            format!("source {slug:?}: its function cannot run ({reason}); send again later"),
+        ));
+    }
     let capture = capture_always || state.capturing(&slug);
     // The body exactly as received: no decompression, no re-encoding.
     let bytes = read_body(&HeaderMap::new(), body, state.max_function_body_bytes).await?;

@@ -9,7 +9,7 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use delivery::catalog::{FunctionSpec, SourceBinding};
+use delivery::catalog::{FunctionSpec, LoadedFunction, SourceBinding};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -43,14 +43,9 @@ async fn record(state: &AppState, name: &str) -> Result<Option<store::FunctionRe
         .find(|f| f.name == name))
 }
 
-/// Saves code as a new version after checking that it loads.
-async fn save(
-    state: &AppState,
-    name: &str,
-    kind: &str,
-    body: &FunctionBody,
-    previous: Option<FunctionSpec>,
-) -> Result<u32, ApiError> {
+/// The declarations a new version gets: the body's, over `previous` (the
+/// latest version's).
+fn candidate_spec(body: &FunctionBody, previous: Option<FunctionSpec>) -> FunctionSpec {
     let mut spec = previous.unwrap_or_default();
     if let Some(s) = &body.settings {
         spec.settings = s.clone();
@@ -61,30 +56,57 @@ async fn save(
     if body.memory_mb.is_some() {
         spec.memory_mb = body.memory_mb;
     }
-    let code = functions::FunctionCode::new(name, &format!("{name}.js"), &body.code);
-    let limits = spec.limits();
-    let checked = tokio::task::spawn_blocking(move || functions::inspect(&code, &limits))
+    spec
+}
+
+/// Checks that code loads and defines a handler of its kind (`invalid_code`).
+async fn check_code(
+    name: &str,
+    kind: &str,
+    text: &str,
+    spec: FunctionSpec,
+) -> Result<LoadedFunction, ApiError> {
+    let (name, kind, text) = (name.to_string(), kind.to_string(), text.to_string());
+    tokio::task::spawn_blocking(move || LoadedFunction::check(&name, &kind, 0, &text, spec))
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    if let Err(e) = checked {
-        return Err(
-            ApiError::bad_request("invalid_code", e.to_string()).with_field(Some("code".into()))
-        );
-    }
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(|e| ApiError::bad_request("invalid_code", e).with_field(Some("code".into())))
+}
+
+async fn save(
+    state: &AppState,
+    name: &str,
+    kind: &str,
+    text: &str,
+    spec: &FunctionSpec,
+) -> Result<u32, ApiError> {
     state
         .store
         .save_function(
             name,
             kind,
-            &body.code,
-            &serde_json::to_string(&spec).unwrap_or_default(),
+            text,
+            &serde_json::to_string(spec).unwrap_or_default(),
         )
         .await
         .map_err(unavailable)
 }
 
-/// Switches every source and destination running `name` to its deployed version.
-async fn roll_out(state: &AppState, name: &str) -> Result<Value, ApiError> {
+/// Everything that runs a function, put together again to run a new
+/// version: nothing is switched (or stored) until all of it is ready.
+struct RollOut {
+    sources: Vec<delivery::source_functions::SourceFunction>,
+    destinations: Vec<(String, delivery::DestinationSpec)>,
+}
+
+/// Puts together every source and destination running `name` with `f`; a
+/// source or destination that cannot run it refuses the deploy
+/// (`deploy_failed`), and what runs now keeps running.
+async fn plan_roll_out(
+    state: &AppState,
+    name: &str,
+    f: &LoadedFunction,
+) -> Result<RollOut, ApiError> {
     let mut sources = Vec::new();
     if let Some(runner) = &state.runner {
         for s in runner.sources_of_function(name) {
@@ -94,12 +116,10 @@ async fn roll_out(state: &AppState, name: &str) -> Result<Value, ApiError> {
                 respond: Some(if s.respond_inline { "function" } else { "ack" }.into()),
                 capture: Some(if s.capture_always { "always" } else { "window" }.into()),
             };
-            let rebuilt =
-                delivery::catalog::source_function(state.store.as_ref(), &s.slug, &binding)
-                    .await
-                    .map_err(|e| ApiError::bad_request("deploy_failed", e))?;
-            runner.upsert(rebuilt);
-            sources.push(s.slug);
+            sources.push(
+                delivery::catalog::source_function_with(f, &s.slug, &binding)
+                    .map_err(|e| ApiError::bad_request("deploy_failed", e))?,
+            );
         }
     }
     let mut destinations = Vec::new();
@@ -113,22 +133,69 @@ async fn roll_out(state: &AppState, name: &str) -> Result<Value, ApiError> {
         else {
             continue;
         };
-        if let delivery::DestinationConfig::Function(f) = &parsed {
-            if f.function == name {
+        if let delivery::DestinationConfig::Function(d) = &parsed {
+            if d.function == name {
                 let pool = state.runner.as_ref().map(|r| r.pool().clone());
-                let spec = delivery::catalog::destination(&state.store, pool.as_ref(), &parsed)
-                    .await
-                    .map_err(|e| ApiError::bad_request("deploy_failed", e))?;
-                state
-                    .engine
-                    .replace(spec)
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
-                destinations.push(dest);
+                let spec = delivery::catalog::destination_with(
+                    &state.store,
+                    pool.as_ref(),
+                    &parsed,
+                    Some(f),
+                )
+                .await
+                .map_err(|e| ApiError::bad_request("deploy_failed", e))?;
+                destinations.push((dest, spec));
             }
         }
     }
+    Ok(RollOut {
+        sources,
+        destinations,
+    })
+}
+
+/// Switches what [`plan_roll_out`] put together, once the deploy is stored.
+async fn switch(state: &AppState, plan: RollOut) -> Result<Value, ApiError> {
+    let mut sources = Vec::new();
+    if let Some(runner) = &state.runner {
+        for s in plan.sources {
+            sources.push(s.slug.clone());
+            runner.upsert(s);
+        }
+    }
+    let mut destinations = Vec::new();
+    for (name, spec) in plan.destinations {
+        state
+            .engine
+            .replace(spec)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", e))?;
+        destinations.push(name);
+    }
     Ok(json!({"sources": sources, "destinations": destinations}))
+}
+
+/// Deploys a stored version: checks that everything running the function
+/// can run it, then stores the deploy, then switches.
+async fn deploy_checked(
+    state: &AppState,
+    name: &str,
+    version: u32,
+    f: &LoadedFunction,
+) -> Result<Value, ApiError> {
+    let plan = plan_roll_out(state, name, f).await?;
+    if !state
+        .store
+        .deploy_function(name, version)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(
+            ApiError::not_found(format!("function {name:?} has no version {version}"))
+                .with_field(Some("version".into())),
+        );
+    }
+    switch(state, plan).await
 }
 
 pub async fn list(
@@ -171,13 +238,11 @@ pub async fn create(
             format!("function {name:?} exists; PUT /api/v1/functions/{name} saves a new version"),
         ));
     }
-    let version = save(&state, &name, &kind, &body, None).await?;
+    let spec = candidate_spec(&body, None);
+    let checked = check_code(&name, &kind, &body.code, spec.clone()).await?;
+    let version = save(&state, &name, &kind, &body.code, &spec).await?;
     if body.deploy {
-        state
-            .store
-            .deploy_function(&name, version)
-            .await
-            .map_err(unavailable)?;
+        deploy_checked(&state, &name, version, &checked).await?;
     }
     let f = record(&state, &name).await?;
     Ok((
@@ -204,18 +269,33 @@ pub async fn update(
                 .with_field(Some("kind".into())),
         );
     }
-    let previous: FunctionSpec =
-        serde_json::from_value(existing.settings.clone()).unwrap_or_default();
-    let version = save(&state, &name, &existing.kind, &body, Some(previous)).await?;
+    // Declarations not given carry over from the latest version.
+    let previous: FunctionSpec = state
+        .store
+        .function_version(&name, Some(existing.latest_version))
+        .await
+        .map_err(unavailable)?
+        .map(|v| v.settings)
+        .or(Some(existing.settings.clone()))
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default();
+    let spec = candidate_spec(&body, Some(previous));
+    let checked = check_code(&name, &existing.kind, &body.code, spec.clone()).await?;
     let mut rolled = Value::Null;
-    if body.deploy {
+    let version = if body.deploy {
+        // Refused before anything is saved: a deploy that fails changes nothing.
+        let plan = plan_roll_out(&state, &name, &checked).await?;
+        let version = save(&state, &name, &existing.kind, &body.code, &spec).await?;
         state
             .store
             .deploy_function(&name, version)
             .await
             .map_err(unavailable)?;
-        rolled = roll_out(&state, &name).await?;
-    }
+        rolled = switch(&state, plan).await?;
+        version
+    } else {
+        save(&state, &name, &existing.kind, &body.code, &spec).await?
+    };
     Ok(Json(
         json!({ "function": record(&state, &name).await?, "version": version, "deployed_to": rolled }),
     ))
@@ -278,18 +358,25 @@ pub async fn deploy(
     let version = body?
         .and_then(|JsonBody(b)| b.version)
         .unwrap_or(f.latest_version);
-    if !state
+    let Some(stored) = state
         .store
-        .deploy_function(&name, version)
+        .function_version(&name, Some(version))
         .await
         .map_err(unavailable)?
-    {
+    else {
         return Err(
             ApiError::not_found(format!("function {name:?} has no version {version}"))
                 .with_field(Some("version".into())),
         );
-    }
-    let rolled = roll_out(&state, &name).await?;
+    };
+    let spec: FunctionSpec = serde_json::from_value(stored.settings).unwrap_or_default();
+    let checked = check_code(&name, &f.kind, &stored.code, spec)
+        .await
+        .map_err(|e| match e.status {
+            StatusCode::BAD_REQUEST => ApiError::bad_request("deploy_failed", e.body.message),
+            _ => e,
+        })?;
+    let rolled = deploy_checked(&state, &name, version, &checked).await?;
     Ok(Json(
         json!({ "name": name, "deployed_version": version, "deployed_to": rolled }),
     ))
@@ -328,19 +415,25 @@ pub async fn test(
     let f = record(&state, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown function {name:?}")))?;
-    let spec: FunctionSpec = serde_json::from_value(f.settings.clone()).unwrap_or_default();
+    let version = body
+        .version
+        .or(Some(f.latest_version).filter(|_| f.deployed_version == 0));
+    let stored = state
+        .store
+        .function_version(&name, version)
+        .await
+        .map_err(unavailable)?;
+    // The declarations (limits, which settings are encrypted) of the version
+    // tested, or of the deployed one for unsaved code.
+    let spec: FunctionSpec = stored
+        .as_ref()
+        .map(|v| v.settings.clone())
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default();
     let text = match body.code {
         Some(c) => c,
-        None => state
-            .store
-            .function_code(
-                &name,
-                body.version
-                    .or(Some(f.latest_version).filter(|_| f.deployed_version == 0)),
-            )
-            .await
-            .map_err(unavailable)?
-            .map(|(_, c)| c)
+        None => stored
+            .map(|v| v.code)
             .ok_or_else(|| ApiError::not_found(format!("function {name:?}: no such version")))?,
     };
     let code = functions::FunctionCode::new(&name, &format!("{name}.js"), &text);
@@ -356,10 +449,22 @@ pub async fn test(
         functions::FetchMode::Mock(Arc::new(body.fetch_mock))
     };
     let spec_limits = state.limits;
+    // Encrypted settings never leave through an API: not in logs, errors,
+    // nor the requests the function made.
+    let secrets = spec.secrets(&settings);
+    let redact = |text: &str| delivery::source_functions::redact(&secrets, text);
     let error_json = |e: &Option<functions::FunctionError>| {
-        e.as_ref()
-            .map(|e| json!({"name": e.name, "message": e.message, "line": e.line, "kind": e.kind}))
+        e.as_ref().map(
+            |e| json!({"name": e.name, "message": redact(&e.message), "line": e.line, "kind": e.kind}),
+        )
     };
+    let logs_json = |logs: &[functions::LogLine]| {
+        logs.iter()
+            .map(|l| json!({"at_ms": l.at_ms, "level": l.level, "message": redact(&l.message)}))
+            .collect::<Vec<_>>()
+    };
+    let requests_json =
+        |r: &[functions::RecordedRequest]| delivery::source_functions::redact_requests(&secrets, r);
     match (f.kind.as_str(), body.payload, body.event) {
         ("source", Some(payload), None) => {
             let request = functions::fixture_request(&payload).map_err(|e| {
@@ -379,7 +484,7 @@ pub async fn test(
                 }
             }
             Ok(Json(
-                json!({"events": out.messages, "objects": out.objects, "logs": out.logs, "requests": out.requests, "error": error_json(&error)}),
+                json!({"events": out.messages, "objects": out.objects, "logs": logs_json(&out.logs), "requests": requests_json(&out.requests), "error": error_json(&error)}),
             ))
         }
         ("destination", None, Some(event)) => {
@@ -389,7 +494,7 @@ pub async fn test(
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
             Ok(Json(
-                json!({"result": out.result, "requests": out.requests, "logs": out.logs, "error": error_json(&out.error)}),
+                json!({"result": out.result, "requests": requests_json(&out.requests), "logs": logs_json(&out.logs), "error": error_json(&out.error)}),
             ))
         }
         ("source", _, _) => Err(ApiError::bad_request(

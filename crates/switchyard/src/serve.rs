@@ -306,14 +306,20 @@ async fn apply_file_functions(
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("function {:?}: cannot read {}", f.name, path.display()))?;
         let spec = f.spec();
-        let code = functions::FunctionCode::new(&f.name, &format!("{}.js", f.name), &text);
-        functions::inspect(&code, &spec.limits()).map_err(|e| {
-            anyhow!(
-                "function {:?} ({}) does not load: {e}",
+        // A file that does not load is not deployed: what ran before goes on
+        // running (a source with nothing to run waits, visibly), and the
+        // rest of the server starts.
+        if let Err(e) =
+            delivery::catalog::LoadedFunction::check(&f.name, &f.kind, 0, &text, spec.clone())
+        {
+            tracing::error!(function = %f.name, file = %path.display(), error = %e, "function not deployed: its file does not load");
+            eprintln!(
+                "switchyard: function {:?} ({}) not deployed: {e}",
                 f.name,
                 path.display()
-            )
-        })?;
+            );
+            continue;
+        }
         let version = store
             .save_function(&f.name, &f.kind, &text, &serde_json::to_string(&spec)?)
             .await?;
@@ -322,7 +328,10 @@ async fn apply_file_functions(
     Ok(())
 }
 
-/// Every function source in the store, put together.
+/// Every function source in the store, put together. A source whose
+/// function cannot run (it does not load, or the source's settings do not fit
+/// it) does not stop the start: it is marked failed with the reason, and its
+/// requests wait until a deploy or a settings change lets it run.
 async fn load_source_functions(
     store: &dyn Store,
     keyring: &Keyring,
@@ -332,18 +341,38 @@ async fn load_source_functions(
         let (true, Some(config)) = (s.kind == "function", s.config.as_deref()) else {
             continue;
         };
-        let mut stored: serde_json::Value = serde_json::from_str(config)
-            .with_context(|| format!("source {:?}: stored configuration is unreadable", s.slug))?;
-        keyring
-            .open_config(&mut stored)
-            .map_err(|e| anyhow!("source {:?}: {e}", s.slug))?;
-        let binding: delivery::catalog::SourceBinding = serde_json::from_value(stored)
-            .with_context(|| format!("source {:?}: stored configuration is unreadable", s.slug))?;
-        out.push(
-            delivery::catalog::source_function(store, &s.slug, &binding)
-                .await
-                .map_err(|e| anyhow!("source {:?}: {e}", s.slug))?,
-        );
+        let binding = serde_json::from_str::<serde_json::Value>(config)
+            .map_err(|e| format!("stored configuration is unreadable: {e}"))
+            .and_then(|mut stored| keyring.open_config(&mut stored).map(|_| stored))
+            .and_then(|stored| {
+                serde_json::from_value::<delivery::catalog::SourceBinding>(stored)
+                    .map_err(|e| format!("stored configuration is unreadable: {e}"))
+            });
+        let binding = match binding {
+            Ok(b) => b,
+            Err(e) => {
+                // Without its binding the source cannot even name its
+                // function; it still keeps (and takes) its requests.
+                tracing::error!(source = %s.slug, error = %e, "source function cannot start: its requests wait");
+                let unknown = delivery::catalog::SourceBinding {
+                    function: String::new(),
+                    settings: serde_json::Value::Null,
+                    respond: None,
+                    capture: None,
+                };
+                out.push(delivery::catalog::unavailable_source(&s.slug, &unknown, e));
+                continue;
+            }
+        };
+        match delivery::catalog::source_function(store, &s.slug, &binding).await {
+            Ok(f) => out.push(f),
+            Err(e) => {
+                tracing::error!(source = %s.slug, function = %binding.function, error = %e,
+                    "source function cannot start: its requests wait until a deploy or a settings change lets it run");
+                eprintln!("switchyard: source {:?} not started: {e}", s.slug);
+                out.push(delivery::catalog::unavailable_source(&s.slug, &binding, e));
+            }
+        }
     }
     Ok(out)
 }
@@ -402,11 +431,16 @@ async fn build_destinations(
         if let DestinationConfig::Webhooks(w) = d {
             reenable_changed_urls(store.as_ref(), w).await?;
         }
-        out.push(
-            delivery::catalog::destination(store, pool, d)
-                .await
-                .map_err(|e| anyhow!("destination {:?}: {e}", d.name()))?,
-        );
+        // One destination that cannot run does not stop the others: its
+        // cursor stays where it is, and a deploy that fixes its function
+        // starts it from there.
+        match delivery::catalog::destination(store, pool, d).await {
+            Ok(spec) => out.push(spec),
+            Err(e) => {
+                tracing::error!(destination = %d.name(), error = %e, "destination not started: its events wait behind its cursor");
+                eprintln!("switchyard: destination {:?} not started: {e}", d.name());
+            }
+        }
     }
     Ok(out)
 }
@@ -597,6 +631,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(1000),
         ),
     ));
+    if let Some(r) = &runner {
+        r.restore_pauses().await;
+    }
     let runner_task = runner
         .clone()
         .map(|r| tokio::spawn(r.run(workers_stop_rx.clone())));

@@ -8,9 +8,9 @@ use std::time::Duration;
 fn default_true() -> bool {
     true
 }
-fn default_batch_size() -> usize {
-    1
-}
+/// Events per `onBatch` call when `batch_size` is not given and the function
+/// defines `onBatch` (Segment's default).
+pub const DEFAULT_ONBATCH_SIZE: usize = 20;
 fn default_batch_wait_ms() -> u64 {
     10_000
 }
@@ -41,9 +41,11 @@ pub struct FunctionDestinationConfig {
     /// Values for the function's declared settings.
     #[serde(default)]
     pub settings: toml::Table,
-    /// Events per `onBatch` call when the function defines it (Segment: 20; up to 1,000).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    /// Events per `onBatch` call, up to 1,000. Not given: 20 when the function
+    /// defines `onBatch` (Segment's default), else 1 (each event to its
+    /// type's handler at once). See [`FunctionDestinationConfig::batch_size_for`].
+    #[serde(default)]
+    pub batch_size: Option<usize>,
     /// Longest wait for a batch to fill (Segment: 10 s).
     #[serde(default = "default_batch_wait_ms")]
     pub batch_max_wait_ms: u64,
@@ -80,9 +82,20 @@ impl FunctionDestinationConfig {
         }
     }
 
+    /// Events per delivery for a function that does (or does not) define
+    /// `onBatch`: batches go only to `onBatch`, so without it every event
+    /// goes alone to its type's handler.
+    pub fn batch_size_for(&self, has_on_batch: bool) -> usize {
+        match (has_on_batch, self.batch_size) {
+            (false, _) => 1,
+            (true, Some(n)) => n,
+            (true, None) => DEFAULT_ONBATCH_SIZE,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        if self.batch_size == 0 || self.batch_size > 1000 {
+        if self.batch_size.is_some_and(|n| n == 0 || n > 1000) {
             return Err(format!(
                 "destination {name:?}: `batch_size` must be between 1 and 1000"
             ));
@@ -97,5 +110,28 @@ impl FunctionDestinationConfig {
                 .map_err(|e| format!("destination {name:?}: filter: {e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> FunctionDestinationConfig {
+        toml::from_str(&format!("name = \"d\"\nfunction = \"f\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn onbatch_functions_get_segments_batches_unless_told_otherwise() {
+        let default = config("");
+        assert_eq!(default.batch_size_for(true), 20);
+        assert_eq!(default.batch_max_wait_ms, 10_000);
+        // Single-event handlers keep getting each event at once.
+        assert_eq!(default.batch_size_for(false), 1);
+        assert_eq!(config("batch_size = 1").batch_size_for(true), 1);
+        assert_eq!(config("batch_size = 50").batch_size_for(true), 50);
+        assert_eq!(config("batch_size = 50").batch_size_for(false), 1);
+        assert!(config("batch_size = 0").validate().is_err());
+        assert!(config("batch_size = 1001").validate().is_err());
     }
 }

@@ -50,7 +50,15 @@ impl FunctionTransport {
 
     /// Splits a batch by the per-event statuses `onBatch` returned.
     fn partial(&self, job: Job, statuses: &[Value], at_ms: i64) -> Vec<(Job, Resolution)> {
-        let events: Vec<Value> = serde_json::from_slice(&job.body).unwrap_or_default();
+        // A single event handed to `onBatch` (the function has no handler of
+        // its own for its type) comes back as a batch of one.
+        let single = job.body.first() != Some(&b'[');
+        let events: Vec<Value> = if single {
+            serde_json::from_slice(&job.body).map(|e| vec![e])
+        } else {
+            serde_json::from_slice(&job.body)
+        }
+        .unwrap_or_default();
         let mut delivered = (Vec::new(), Vec::new());
         let mut retry = (Vec::new(), Vec::new(), String::new());
         let mut dead = (Vec::new(), Vec::new(), String::new());
@@ -80,7 +88,11 @@ impl FunctionTransport {
             target.1.push(id.clone());
         }
         let sub = |events: Vec<Value>, ids: Vec<String>, error: String| Job {
-            body: serde_json::to_vec(&events).unwrap_or_default(),
+            body: match (single, events.as_slice()) {
+                (true, [event]) => serde_json::to_vec(event),
+                _ => serde_json::to_vec(&events),
+            }
+            .unwrap_or_default(),
             message_ids: ids,
             last_error: error,
             retry_id: 0,
@@ -174,34 +186,30 @@ impl Transport for FunctionTransport {
         job.attempts += 1;
         let at_ms = now_ms();
         let (outcomes, attempt) = match &outcome.error {
-            None => {
-                let batch = job.body.first() == Some(&b'[');
-                match (&outcome.result, batch) {
-                    (Some(Value::Array(statuses)), true)
-                        if statuses.iter().any(|s| s.get("status").is_some()) =>
-                    {
-                        let parts = self.partial(job.clone(), statuses, at_ms);
-                        let failed = parts
-                            .iter()
-                            .filter(|(_, r)| {
-                                !matches!(r, Resolution::Delivered | Resolution::Skipped { .. })
-                            })
-                            .count();
-                        let attempt = self.attempt(
-                            &job,
-                            if failed == 0 { "delivered" } else { "partial" },
-                            (failed > 0)
-                                .then(|| format!("{failed} of {} parts failed", parts.len())),
-                            latency,
-                        );
-                        (parts, attempt)
-                    }
-                    _ => {
-                        let attempt = self.attempt(&job, "delivered", None, latency);
-                        (vec![(job, Resolution::Delivered)], attempt)
-                    }
+            None => match (&outcome.result, outcome.batch) {
+                (Some(Value::Array(statuses)), true)
+                    if statuses.iter().any(|s| s.get("status").is_some()) =>
+                {
+                    let parts = self.partial(job.clone(), statuses, at_ms);
+                    let failed = parts
+                        .iter()
+                        .filter(|(_, r)| {
+                            !matches!(r, Resolution::Delivered | Resolution::Skipped { .. })
+                        })
+                        .count();
+                    let attempt = self.attempt(
+                        &job,
+                        if failed == 0 { "delivered" } else { "partial" },
+                        (failed > 0).then(|| format!("{failed} of {} parts failed", parts.len())),
+                        latency,
+                    );
+                    (parts, attempt)
                 }
-            }
+                _ => {
+                    let attempt = self.attempt(&job, "delivered", None, latency);
+                    (vec![(job, Resolution::Delivered)], attempt)
+                }
+            },
             Some(e) => {
                 let message = self.redact(&e.to_string());
                 job.last_error = if e.stack.is_empty() {

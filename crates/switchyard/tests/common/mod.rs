@@ -335,6 +335,9 @@ impl Switchyard {
     /// Starts again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill9();
+        // Connections kept alive to the process killed are dead: a new
+        // client does not try them first.
+        self.http = http_client();
         self.spawn();
     }
 
