@@ -22,11 +22,35 @@ pub struct Paging {
     limit: Option<usize>,
     /// Attempts: only this outcome (`delivered`, `retry`, `rejected`, `gone`, `dead_letter`, …).
     outcome: Option<String>,
+    /// Dead letters: only those with a greater id (the `next_after` of the
+    /// page before).
+    after: Option<i64>,
 }
 
 impl Paging {
+    /// 100 by default, at most 1000 (a larger one is read as 1000).
     fn limit(&self) -> usize {
-        self.limit.unwrap_or(100).clamp(1, 1000)
+        self.limit.unwrap_or(100).min(1000)
+    }
+
+    /// Refuses `limit=0` by name instead of answering an empty page, and
+    /// `after` where the list is not paged by id.
+    fn checked(self, paged_by_id: bool) -> Result<Self, ApiError> {
+        if self.after.is_some() && !paged_by_id {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`after` pages dead letters only; this list gives the newest `limit` (at most 1000)",
+            )
+            .with_field(Some("after".into())));
+        }
+        if self.limit == Some(0) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`limit` must be at least 1 (at most 1000)",
+            )
+            .with_field(Some("limit".into())));
+        }
+        Ok(self)
     }
 }
 
@@ -52,6 +76,7 @@ pub async fn rejections(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(false)?;
     let items = state
         .store
         .rejections(&source, paging.limit())
@@ -67,6 +92,7 @@ pub async fn attempts(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(false)?;
     known_destination(&state, &destination).await?;
     if let Some(outcome) = &paging.outcome {
         if !store::ATTEMPT_OUTCOMES.contains(&outcome.as_str()) {
@@ -95,12 +121,17 @@ pub async fn dead_letters(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(true)?;
     known_destination(&state, &destination).await?;
     let items = state
         .store
-        .dead_letters(&destination, paging.limit())
+        .dead_letters(&destination, paging.after, paging.limit())
         .await
         .map_err(store_error)?;
+    // A full page may have more behind it: the next one starts after its last id.
+    let next_after = (items.len() == paging.limit())
+        .then(|| items.last().map(|d| d.id))
+        .flatten();
     let data: Vec<Value> = items
         .into_iter()
         .map(|d| {
@@ -115,7 +146,9 @@ pub async fn dead_letters(
         .dead_letter_count(&destination)
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": data, "total": total })))
+    Ok(Json(
+        json!({ "data": data, "total": total, "next_after": next_after }),
+    ))
 }
 
 /// Refuses a selection given in the query string (`?id=1`): replay and
@@ -278,6 +311,7 @@ pub async fn function_logs(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(false)?;
     crate::manage::find_source(&state, &slug).await?;
     let items = state
         .store
@@ -320,6 +354,7 @@ pub async fn source_dead_letters(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(false)?;
     let items = state
         .store
         .raw_requests(&slug, "dead", paging.limit())
@@ -480,6 +515,7 @@ pub async fn destination_logs(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(false)?;
     known_destination(&state, &destination).await?;
     let items = state
         .store

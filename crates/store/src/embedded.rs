@@ -3451,7 +3451,10 @@ mod tests {
             let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
             store.commit_delivery(bury("a")).await.unwrap();
             store.commit_delivery(bury("b")).await.unwrap();
-            assert_eq!(ids(store.dead_letters("hook", None, 10).await.unwrap()), [1, 2]);
+            assert_eq!(
+                ids(store.dead_letters("hook", None, 10).await.unwrap()),
+                [1, 2]
+            );
             // The newest goes: its id would be the next one SQLite hands out.
             let newest = Selection {
                 ids: Some(vec![2]),
@@ -3459,9 +3462,15 @@ mod tests {
             };
             assert_eq!(store.discard_dead_letters("hook", newest).await.unwrap(), 1);
             store.commit_delivery(bury("c")).await.unwrap();
-            assert_eq!(ids(store.dead_letters("hook", None, 10).await.unwrap()), [1, 3]);
+            assert_eq!(
+                ids(store.dead_letters("hook", None, 10).await.unwrap()),
+                [1, 3]
+            );
             // Paged by the last id seen.
-            assert_eq!(ids(store.dead_letters("hook", Some(1), 10).await.unwrap()), [3]);
+            assert_eq!(
+                ids(store.dead_letters("hook", Some(1), 10).await.unwrap()),
+                [3]
+            );
             assert_eq!(
                 store
                     .replay_dead_letters("hook", Selection::default())
@@ -3474,7 +3483,10 @@ mod tests {
         // Emptied, and reopened: the ids still go on from the highest given.
         let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
         store.commit_delivery(bury("d")).await.unwrap();
-        assert_eq!(ids(store.dead_letters("hook", None, 10).await.unwrap()), [4]);
+        assert_eq!(
+            ids(store.dead_letters("hook", None, 10).await.unwrap()),
+            [4]
+        );
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -707,43 +707,50 @@ async fn follow_logs(client: &Client, args: &LogsArgs) -> anyhow::Result<()> {
 
 /// Replays every dead letter of a destination in chunks, with a progress bar
 /// (on a terminal) — thousands of dead letters do not make one long silent call.
+/// The ids are listed first: a dead letter that fails again during the run
+/// comes back with a new id, and is not replayed twice by one command.
 async fn replay_all(client: &Client, destination: &str, json_out: bool) -> anyhow::Result<()> {
     use reqwest::Method;
     const CHUNK: usize = 200;
-    let list = format!("/api/v1/destinations/{destination}/deadletters?limit={CHUNK}");
-    let first = client.send(Method::GET, &list, None).await?;
-    let total = first["total"].as_u64().unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(total);
+    let mut ids: Vec<i64> = Vec::new();
+    let mut after: Option<i64> = None;
+    loop {
+        let mut list = format!("/api/v1/destinations/{destination}/deadletters?limit=1000");
+        if let Some(a) = after {
+            list.push_str(&format!("&after={a}"));
+        }
+        let page = client.send(Method::GET, &list, None).await?;
+        ids.extend(
+            page["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["id"].as_i64()),
+        );
+        match page["next_after"].as_i64() {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} dead letters replayed ({eta} left)",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut page = first;
     let mut replayed = 0u64;
-    loop {
-        let ids: Vec<i64> = page["data"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|d| d["id"].as_i64()).collect())
-            .unwrap_or_default();
-        if ids.is_empty() {
-            break;
-        }
+    for chunk in ids.chunks(CHUNK) {
         let v = client
             .send(
                 Method::POST,
                 &format!("/api/v1/destinations/{destination}/deadletters/replay"),
-                Some(json!({ "ids": ids })),
+                Some(json!({ "ids": chunk })),
             )
             .await?;
         let n = v["replayed"].as_u64().unwrap_or(0);
         replayed += n;
-        bar.inc(n);
-        if n == 0 {
-            break;
-        }
-        page = client.send(Method::GET, &list, None).await?;
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     if json_out {

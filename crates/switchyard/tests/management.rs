@@ -1109,6 +1109,42 @@ async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(total, 450);
+    // Pages follow each other by id, with nothing missed or repeated.
+    let (_, first) = sy
+        .admin(
+            "GET",
+            "/api/v1/destinations/hook/deadletters?limit=400",
+            None,
+        )
+        .await;
+    let after = first["next_after"]
+        .as_i64()
+        .expect("a full page names the next");
+    let (_, rest) = sy
+        .admin(
+            "GET",
+            &format!("/api/v1/destinations/hook/deadletters?limit=400&after={after}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (rest["data"].as_array().unwrap().len(), &rest["next_after"]),
+        (50, &Value::Null)
+    );
+    assert!(rest["data"][0]["id"].as_i64().unwrap() > after);
+    // Replayed while the receiver still refuses them: each is replayed once
+    // by one command, although each comes straight back as a new dead letter.
+    let (code, out) = cli(&sy, &["deadletters", "replay", "--destination", "hook"]);
+    assert_eq!((code, out.trim()), (0, "replayed 450"));
+    for _ in 0..300 {
+        let (_, d) = sy
+            .admin("GET", "/api/v1/destinations/hook/deadletters?limit=1", None)
+            .await;
+        if d["total"] == 450 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     rx.control("hook", json!({"status": 200, "times": 0})).await;
     let (code, out) = cli(&sy, &["deadletters", "replay", "--destination", "hook"]);
     assert_eq!((code, out.trim()), (0, "replayed 450"));
@@ -1355,14 +1391,63 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
     let sy = Switchyard::start(&config(&rx));
     let admin = format!("Bearer {ADMIN_TOKEN}");
     for (method, path, body, status, code, field) in [
-        ("get", "/api/v1/destinations/hook/attempts?limit=-1", "{}", 400, "invalid_query", Some("limit")),
-        ("get", "/api/v1/destinations/hook/attempts?cursor=abc", "{}", 400, "invalid_query", Some("cursor")),
-        ("get", "/api/v1/sources/web/events?limit=x", "{}", 400, "invalid_query", Some("limit")),
+        (
+            "get",
+            "/api/v1/destinations/hook/attempts?limit=-1",
+            "{}",
+            400,
+            "invalid_query",
+            Some("limit"),
+        ),
+        (
+            "get",
+            "/api/v1/destinations/hook/attempts?cursor=abc",
+            "{}",
+            400,
+            "invalid_query",
+            Some("cursor"),
+        ),
+        (
+            "get",
+            "/api/v1/sources/web/events?limit=x",
+            "{}",
+            400,
+            "invalid_query",
+            Some("limit"),
+        ),
         ("delete", "/api/v1/tokens/abc", "{}", 404, "not_found", None),
-        ("patch", "/api/v1/destinations/hook", "{}", 405, "method_not_allowed", None),
-        ("post", "/api/v1/tokens", r#"{"name": "t", "bogus": 1}"#, 400, "invalid_body", Some("bogus")),
-        ("post", "/api/v1/tokens", r#"{"name": 5}"#, 400, "invalid_body", Some("name")),
-        ("get", "/api/v1/sources/no-such-source/logs", "{}", 404, "not_found", None),
+        (
+            "patch",
+            "/api/v1/destinations/hook",
+            "{}",
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "post",
+            "/api/v1/tokens",
+            r#"{"name": "t", "bogus": 1}"#,
+            400,
+            "invalid_body",
+            Some("bogus"),
+        ),
+        (
+            "post",
+            "/api/v1/tokens",
+            r#"{"name": 5}"#,
+            400,
+            "invalid_body",
+            Some("name"),
+        ),
+        (
+            "get",
+            "/api/v1/sources/no-such-source/logs",
+            "{}",
+            404,
+            "not_found",
+            None,
+        ),
     ] {
         let (s, b) = call_with(&sy, method, path, Some(&admin), body).await;
         assert_eq!(
@@ -1372,7 +1457,13 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
         );
     }
     // The scheme is read in any case.
-    let (s, _) = call(&sy, "get", "/api/v1/sources", Some(&format!("bearer {ADMIN_TOKEN}"))).await;
+    let (s, _) = call(
+        &sy,
+        "get",
+        "/api/v1/sources",
+        Some(&format!("bearer {ADMIN_TOKEN}")),
+    )
+    .await;
     assert_eq!(s, 200);
 
     let (_, made) = sy
@@ -1391,7 +1482,11 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
         .await;
     assert_eq!(s, 200);
     let (s, _) = sy
-        .post("/v1/track", "wk_web", r#"{"userId":"u","event":"After revocation"}"#)
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"After revocation"}"#,
+        )
         .await;
     assert_eq!(s, 200);
     let mut seen = String::new();
