@@ -61,8 +61,11 @@ fn named_field(message: &str) -> Option<String> {
     }
     // "Failed to deserialize …: <path>: <what is wrong>"
     let path = message.split(": ").nth(1)?;
-    (!path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)))
-        .then(|| path.to_string())
+    (!path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)))
+    .then(|| path.to_string())
 }
 
 /// Query parameters of the management API, refused in the one error shape
@@ -82,11 +85,10 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
                 let text = rejection.body_text();
                 let field = named_field(&text);
                 let message = text.replace("Failed to deserialize query string: ", "");
-                Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!("bad query string: {message}"),
+                Err(
+                    ApiError::bad_request("invalid_query", format!("bad query string: {message}"))
+                        .with_field(field),
                 )
-                .with_field(field))
             }
         }
     }

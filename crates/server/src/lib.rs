@@ -263,10 +263,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
         .unwrap_or_default()
 }
 
-async fn method_not_allowed(
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-) -> error::ApiError {
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> error::ApiError {
     error::ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -148,7 +148,9 @@ pub async fn revoke_token(
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let id: i64 = id.parse().map_err(|_| {
-        ApiError::not_found(format!("no token {id:?}: token ids are numbers (GET /api/v1/tokens lists them)"))
+        ApiError::not_found(format!(
+            "no token {id:?}: token ids are numbers (GET /api/v1/tokens lists them)"
+        ))
     })?;
     let tokens = state.store.tokens().await.map_err(unavailable)?;
     let Some(token) = tokens.into_iter().find(|t| t.id == id) else {
