@@ -1020,8 +1020,10 @@ pub async fn put_destination(
     Ok(Json(apply_destination(&state, &name, body, true).await?))
 }
 
-/// `DELETE /api/v1/destinations/{name}`: stops it and forgets its configuration
-/// (its attempts and dead letters stay readable).
+/// `DELETE /api/v1/destinations/{name}`: stops it and forgets it: its
+/// configuration, cursor, retries, dead letters, attempts and logs. A
+/// destination made again under the name starts afresh (to stop one for a
+/// while and keep its place, set `enabled = false`).
 pub async fn delete_destination(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -171,7 +171,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("post", "/api/v1/destinations", Auth::Api, "Create a destination (the fields of [[destinations]])"),
     ("get", "/api/v1/destinations/{name}", Auth::Api, "A destination's configuration (secrets masked) and digest"),
     ("put", "/api/v1/destinations/{name}", Auth::Api, "Replace a destination's configuration; the cursor is kept"),
-    ("delete", "/api/v1/destinations/{name}", Auth::Api, "Stop and remove a destination"),
+    ("delete", "/api/v1/destinations/{name}", Auth::Api, "Stop and remove a destination, with its cursor, retries, dead letters and attempts (disable it instead to keep its place)"),
     (
         "get",
         "/api/v1/sources",

@@ -1997,8 +1997,29 @@ impl Store for EmbeddedStore {
 
     async fn delete_destination(&self, name: &str) -> Result<bool> {
         let name = name.to_string();
-        self.write(move |conn| {
-            Ok(conn.execute("DELETE FROM destinations WHERE name = ?1", [name])? > 0)
+        self.heavy_write(move |conn| {
+            // Everything kept under the name goes with it: a destination made
+            // later with the same name starts afresh, at the head of the log,
+            // instead of inheriting a backlog and dead letters it never had.
+            let existed = conn.execute("DELETE FROM destinations WHERE name = ?1", [&name])? > 0;
+            let mut rows = 0;
+            for table in [
+                "cursors",
+                "retries",
+                "dead_letters",
+                "attempts",
+                "url_state",
+            ] {
+                rows += conn.execute(
+                    &format!("DELETE FROM {table} WHERE destination = ?1"),
+                    [&name],
+                )?;
+            }
+            conn.execute(
+                "DELETE FROM function_logs WHERE owner = ?1",
+                [format!("destination:{name}")],
+            )?;
+            Ok(existed || rows > 0)
         })
         .await
     }

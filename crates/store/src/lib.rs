@@ -484,6 +484,8 @@ pub trait Store: Send + Sync + 'static {
     async fn destinations(&self) -> Result<Vec<(String, String, String)>>;
     async fn put_destination(&self, name: &str, config: &str, origin: &str) -> Result<()>;
     /// Returns whether it existed.
+    /// Forgets a destination: its configuration, cursor, retries, dead
+    /// letters, attempts, URL states and logs. Whether it had any of them.
     async fn delete_destination(&self, name: &str) -> Result<bool>;
 
     /// Saves code and its declarations (`settings`) as the function's next

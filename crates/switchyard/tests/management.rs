@@ -867,6 +867,18 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
     let ids: std::collections::HashSet<String> =
         rx.received("api2").await.iter().map(message_id).collect();
     assert_eq!(ids, ["a2", "a3"].iter().map(|s| s.to_string()).collect());
+
+    // Made again under the same name, it starts afresh: at the head of the
+    // log (not with a4, sent while there was no such destination).
+    let (s, b) = sy
+        .admin("POST", "/api/v1/destinations", Some(json!({"name": "api-hook", "kind": "webhooks", "sources": ["web"], "urls": [rx.url("api3")], "shared_secret": "s3cret"})))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    send(&sy, "a5").await;
+    rx.wait_delivered("api3", 1, 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = rx.received("api3").await.iter().map(message_id).collect();
+    assert_eq!(ids, ["a5"]);
 }
 
 /// `switchyard apply --config FILE EXTRA…` against `sy`.
