@@ -71,8 +71,6 @@ pub struct AppState {
     /// nor counter registrations.
     write_key_cache: RwLock<WriteKeyCache>,
     admin_token_hash: RwLock<Option<String>>,
-    /// User deletion requests of this process (also kept in the store's meta).
-    pub deletions: std::sync::Mutex<Vec<serde_json::Value>>,
     /// Open capture windows: source slug → until (Unix ms).
     capture_windows: RwLock<HashMap<String, i64>>,
     /// API token digest → read-only?
@@ -110,7 +108,6 @@ impl AppState {
             function_tokens: RwLock::new(HashMap::new()),
             api_tokens: RwLock::new(HashMap::new()),
             capture_windows: RwLock::new(HashMap::new()),
-            deletions: std::sync::Mutex::new(Vec::new()),
             runner: None,
             max_function_body_bytes: 2 * 1024 * 1024,
             fetch_policy: ::functions::FetchPolicy::default(),

@@ -285,13 +285,11 @@ pub async fn create_deletion(
         "note": "delete notices are delivered like any event: see each destination's attempts for their message_id",
     });
     tracing::info!(deletion = %id, sources = sources.len(), "user deletion completed");
-    let _ = state
+    state
         .store
         .put_meta(&format!("deletion:{id}"), &record.to_string())
-        .await;
-    if let Ok(mut all) = state.deletions.lock() {
-        all.push(record.clone());
-    }
+        .await
+        .map_err(unavailable)?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
@@ -337,11 +335,16 @@ pub async fn list_deletions(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let all = state
-        .deletions
-        .lock()
-        .map(|d| d.clone())
-        .unwrap_or_default();
+    let mut all: Vec<Value> = state
+        .store
+        .metas_with_prefix("deletion:")
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter_map(|(_, record)| serde_json::from_str(&record).ok())
+        .collect();
+    // Oldest first, as they were made (ids are random).
+    all.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
     Ok(Json(json!({ "data": all })))
 }
 

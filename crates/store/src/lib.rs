@@ -398,6 +398,8 @@ pub trait Store: Send + Sync + 'static {
     /// Small named values (admin token hash, schema facts).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// Every value whose key starts with `prefix`, in key order.
+    async fn metas_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>>;
 
     /// Removes what has aged out: dedup entries older than the dedup window;
     /// events older than `retention_ms` that every destination in

@@ -383,7 +383,7 @@ async fn a_token_revoked_by_a_client_that_hangs_up_stops_working() {
 #[tokio::test]
 async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
     let rx = Receiver::start("s3cret");
-    let sy = Switchyard::start(&config(&rx));
+    let mut sy = Switchyard::start(&config(&rx));
     for (i, user) in ["u1", "u2", "u1"].iter().enumerate() {
         let (s, _) = sy
             .post(
@@ -478,6 +478,19 @@ async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
     };
     assert!(captures.is_empty(), "the capture mentioning u1 is gone");
     assert_eq!(count("SELECT COUNT(*) FROM raw_requests"), 0);
+
+    // The list of deletions is the store's: it outlives a restart.
+    drop(db);
+    sy.restart();
+    let (s, list) = sy.admin("GET", "/api/v1/deletions", None).await;
+    assert_eq!(s, 200, "{list}");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, [id]);
 }
 
 fn cli(sy: &Switchyard, args: &[&str]) -> (i32, String) {
