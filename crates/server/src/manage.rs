@@ -900,8 +900,9 @@ async fn apply_destination(
     state: &AppState,
     name: &str,
     mut body: Value,
-    replace: bool,
+    previous: Option<&Value>,
 ) -> Result<Value, ApiError> {
+    let replace = previous.is_some();
     let Some(obj) = body.as_object_mut() else {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -933,7 +934,19 @@ async fn apply_destination(
         .into_iter()
         .map(|s| s.slug)
         .collect();
-    if let Some(missing) = config.sources().iter().find(|s| !known.contains(s)) {
+    // A source deleted since the destination named it may stay named: its
+    // stored events are still to be delivered, and the destination must not
+    // have to drop them to change anything else.
+    let named_before = |s: &String| {
+        previous
+            .and_then(|p| p["sources"].as_array())
+            .is_some_and(|before| before.iter().any(|b| b.as_str() == Some(s.as_str())))
+    };
+    if let Some(missing) = config
+        .sources()
+        .iter()
+        .find(|s| !known.contains(s) && !named_before(s))
+    {
         return Err(
             ApiError::bad_request("unknown_source", format!("unknown source {missing:?}"))
                 .with_field(Some("sources".into())),
@@ -1002,7 +1015,7 @@ pub async fn create_destination(
         ));
     }
     let body = unmasked(body, None)?;
-    let out = apply_destination(&state, &name, body, false).await?;
+    let out = apply_destination(&state, &name, body, None).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -1020,7 +1033,9 @@ pub async fn put_destination(
         return Err(ApiError::not_found(format!("unknown destination {name:?}")));
     };
     let body = unmasked(body, Some(&stored))?;
-    Ok(Json(apply_destination(&state, &name, body, true).await?))
+    Ok(Json(
+        apply_destination(&state, &name, body, Some(&stored)).await?,
+    ))
 }
 
 /// `DELETE /api/v1/destinations/{name}`: stops it and forgets it: its

@@ -1524,3 +1524,52 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
     assert!(ended.is_ok(), "the stream ends: {seen}");
     assert!(!seen.contains("After revocation"), "{seen}");
 }
+
+#[tokio::test]
+async fn a_destination_keeps_a_deleted_source_and_delivers_its_stored_events() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, b) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "old", "write_key": "wk_old"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let destination = json!({"name": "d", "kind": "webhooks", "sources": ["old"], "urls": [rx.url("d")], "shared_secret": "s3cret", "enabled": false});
+    let (s, b) = sy
+        .admin("POST", "/api/v1/destinations", Some(destination.clone()))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    for i in 0..3 {
+        let (s, _) = sy
+            .post(
+                "/v1/track",
+                "wk_old",
+                &json!({"userId": "u", "event": "E", "messageId": format!("o{i}")}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (s, _) = sy.admin("DELETE", "/api/v1/sources/old", None).await;
+    assert_eq!(s, 200);
+    // Switched on again, still naming the deleted source: its events go out.
+    let mut enabled = destination;
+    enabled["enabled"] = json!(true);
+    let (s, b) = sy
+        .admin("PUT", "/api/v1/destinations/d", Some(enabled))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let got = rx.wait_delivered("d", 3, 30).await;
+    assert_eq!(got.len(), 3);
+    // A source it never named is still refused.
+    let (s, _) = sy
+        .admin(
+            "PUT",
+            "/api/v1/destinations/d",
+            Some(json!({"sources": ["old", "gone"], "urls": [rx.url("d")]})),
+        )
+        .await;
+    assert_eq!(s, 400);
+}
