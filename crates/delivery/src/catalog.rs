@@ -86,7 +86,30 @@ impl FunctionSpec {
         }
     }
 
-    /// Checks settings values (a JSON object) against the declarations.
+    /// Checks the declarations themselves: names given once, known types.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for decl in &self.settings {
+            if decl.name.trim().is_empty() {
+                return Err("a setting needs a `name`".into());
+            }
+            if !seen.insert(decl.name.as_str()) {
+                return Err(format!("setting {:?} is declared twice", decl.name));
+            }
+            // The type check of a value answers for an unknown type.
+            if let Err(e) = decl.check(&Value::Null) {
+                if e.contains("unknown type") {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks settings values (a JSON object) against the declarations: each
+    /// of the declared type, the required ones given. Values the function
+    /// does not declare are passed on (functions written for Segment read
+    /// settings they never declared), and named by [`Self::undeclared`].
     pub fn check_settings(&self, values: &Value) -> Result<(), String> {
         let empty = serde_json::Map::new();
         let values = match values {
@@ -106,6 +129,18 @@ impl FunctionSpec {
         Ok(())
     }
 
+    /// The names of given settings the function does not declare: a
+    /// misspelt one is logged, not passed over in silence.
+    pub fn undeclared<'v>(&self, values: &'v Value) -> Vec<&'v str> {
+        values
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter(|k| !self.settings.iter().any(|d| &d.name == *k))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The values of encrypted settings (to redact).
     pub fn secrets(&self, values: &Value) -> Vec<String> {
         self.settings
@@ -114,6 +149,23 @@ impl FunctionSpec {
             .filter_map(|d| values.get(&d.name))
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect()
+    }
+}
+
+/// Destination and function names are parts of URLs and of file names:
+/// letters, digits, `-`, `_` and `.`, as source slugs (plus the dot).
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {name:?} must be 1 to 100 letters, digits, '-', '_' or '.'"
+        ))
     }
 }
 
@@ -180,6 +232,9 @@ impl LoadedFunction {
         text: &str,
         spec: FunctionSpec,
     ) -> Result<LoadedFunction, String> {
+        check_name("function", name)?;
+        spec.validate()
+            .map_err(|e| format!("function {name:?}: {e}"))?;
         let limits = spec.limits();
         let code = FunctionCode::new(name, &format!("{name}.js"), text);
         let handlers = functions::inspect(&code, &limits)
@@ -295,6 +350,9 @@ pub fn source_function_with(
     f.spec
         .check_settings(&binding.settings)
         .map_err(|e| format!("source {slug:?}: {e}"))?;
+    for name in f.spec.undeclared(&binding.settings) {
+        tracing::warn!(source = %slug, setting = name, function = %binding.function, "setting not declared by the function (misspelt?)");
+    }
     let settings = if binding.settings.is_null() {
         Value::Object(Default::default())
     } else {
@@ -349,6 +407,7 @@ pub async fn destination_with(
     config: &DestinationConfig,
     candidate: Option<&LoadedFunction>,
 ) -> Result<DestinationSpec, String> {
+    check_name("destination", config.name())?;
     match config {
         DestinationConfig::Webhooks(w) => DestinationSpec::webhooks(w.clone(), store.clone()).await,
         DestinationConfig::Function(d) => {
@@ -371,6 +430,9 @@ pub async fn destination_with(
             f.spec
                 .check_settings(&settings)
                 .map_err(|e| format!("destination {:?}: {e}", d.name))?;
+            for name in f.spec.undeclared(&settings) {
+                tracing::warn!(destination = %d.name, setting = name, function = %d.function, "setting not declared by the function (misspelt?)");
+            }
             let has_on_batch = f.handlers.iter().any(|h| h == "onBatch");
             if d.batch_size.is_some_and(|n| n > 1) && !has_on_batch {
                 tracing::warn!(destination = %d.name, "batch_size > 1 but the function has no onBatch: events are delivered one by one");
@@ -398,6 +460,55 @@ pub async fn destination_with(
                     retry_unknown_errors: d.retry_unknown_errors,
                 }),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(settings: Value) -> FunctionSpec {
+        serde_json::from_value(json!({ "settings": settings })).unwrap()
+    }
+
+    #[test]
+    fn declarations_and_values_are_checked_by_name_and_type() {
+        let good = spec(
+            json!([{"name": "apiKey", "required": true, "encrypted": true}, {"name": "region"}]),
+        );
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(
+            good.check_settings(&json!({"apiKey": "k", "region": "eu"})),
+            Ok(())
+        );
+        // An undeclared one is passed on, and named (a misspelt name is logged).
+        let typo = json!({"apiKey": "k", "apikey": "typo"});
+        assert_eq!(good.check_settings(&typo), Ok(()));
+        assert_eq!(good.undeclared(&typo), ["apikey"]);
+        let err = good.check_settings(&json!({"region": "eu"})).unwrap_err();
+        assert!(err.contains("required setting \"apiKey\""), "{err}");
+        let err = good.check_settings(&json!({"apiKey": 5})).unwrap_err();
+        assert!(err.contains("must be a string"), "{err}");
+
+        let err = spec(json!([{"name": "a", "type": "strng"}]))
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("unknown type \"strng\""), "{err}");
+        let err = spec(json!([{"name": "a"}, {"name": "a", "type": "number"}]))
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn names_are_url_and_file_safe() {
+        for ok in ["hook", "warehouse-hook_2", "v1.2"] {
+            assert_eq!(check_name("destination", ok), Ok(()));
+        }
+        for bad in ["", "a/b c", "a b", "é", &"x".repeat(101)] {
+            assert!(check_name("destination", bad).is_err(), "{bad:?}");
         }
     }
 }
