@@ -95,14 +95,14 @@ pub enum DestinationsCommand {
 pub enum DeadLettersCommand {
     /// Dead letters of a destination (or of a function source with --source).
     List {
-        #[arg(long, required_unless_present = "source")]
+        #[arg(long, required_unless_present = "source", conflicts_with = "source")]
         destination: Option<String>,
         #[arg(long)]
         source: Option<String>,
     },
     /// Deliver dead letters again (all, or --id …).
     Replay {
-        #[arg(long, required_unless_present = "source")]
+        #[arg(long, required_unless_present = "source", conflicts_with = "source")]
         destination: Option<String>,
         #[arg(long)]
         source: Option<String>,
@@ -127,7 +127,11 @@ pub enum DeadLettersCommand {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Logs of a source function.
-    #[arg(long, required_unless_present = "destination")]
+    #[arg(
+        long,
+        required_unless_present = "destination",
+        conflicts_with = "destination"
+    )]
     pub source: Option<String>,
     /// Logs of a destination function.
     #[arg(long)]

@@ -366,6 +366,10 @@ async fn function_step(
     let code = std::fs::read_to_string(&path)
         .with_context(|| format!("function {:?}: cannot read {}", f.name, path.display()))?;
     let spec = f.spec();
+    // The plan is only worth showing for code that loads: checked here, so a
+    // dry run names the file as the start would.
+    delivery::catalog::LoadedFunction::check(&f.name, &f.kind, 0, &code, spec.clone())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let limits = spec.limits();
     // Limits are sent in full: a version saved over the API keeps the
     // previous version's value of any limit left out.

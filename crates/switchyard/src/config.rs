@@ -130,13 +130,20 @@ impl FunctionConfig {
 
 pub use delivery::DestinationConfig;
 
-/// Replaces `${NAME}` in every string with the environment variable's value.
+/// Replaces `${NAME}` in every string with the environment variable's value;
+/// `$${` is a literal `${`.
 fn expand_env(value: &mut toml::Value, path: &str) -> anyhow::Result<()> {
     match value {
         toml::Value::String(s) => {
             let mut out = String::new();
             let mut rest = s.as_str();
             while let Some(start) = rest.find("${") {
+                if rest[..start].ends_with('$') {
+                    out.push_str(&rest[..start - 1]);
+                    out.push_str("${");
+                    rest = &rest[start + 2..];
+                    continue;
+                }
                 out.push_str(&rest[..start]);
                 let after = &rest[start + 2..];
                 let end = after
@@ -385,6 +392,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("SWITCHYARD_UNSET_VAR_X"));
+        // `$${` is written as a literal `${`.
+        let c = Config::parse(
+            "[[sources]]\nslug = \"web\"\nwrite_key = \"a$${b}-${SWITCHYARD_TEST_SECRET}\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].write_key.as_deref(), Some("a${b}-from-env"));
     }
 
     #[test]

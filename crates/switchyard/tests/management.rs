@@ -1342,8 +1342,17 @@ settings = {{ url = "{}", secret = "fw" }}
             rx.url("fwd"),
             verify = fixture("verify.js"),
         );
-    std::fs::write(&file, &next).unwrap();
     let apply = |extra: &[&str]| apply_file(&sy, &file, extra);
+    // Code that does not load is named with its file, dry run or not.
+    std::fs::write(dir.0.join("forwarder.js"), "async function onTrack(e) {").unwrap();
+    std::fs::write(&file, &next).unwrap();
+    let (code, out) = apply(&["--dry-run"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("forwarder.js") && out.contains("SyntaxError"),
+        "{out}"
+    );
+    std::fs::copy(fixture("forwarder.js"), dir.0.join("forwarder.js")).unwrap();
     let (code, plan) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
     for step in [
