@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the official Segment SDKs used by the compatibility tests
 # (crates/switchyard/tests/sdk.rs), locally under tests/sdk/:
-#   .venv/          Python venv with segment-analytics-python (PyPI)
+#   .venv/          Python venv with segment-analytics-python and
+#                   openapi-spec-validator (PyPI)
 #   node_modules/   @segment/analytics-node and @segment/analytics-next
 #                   (analytics.js; npm, pinned by package-lock.json)
 # and Debian's Chromium (apt-get, as root) for the analytics.js browser test
@@ -11,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PY_SDK="segment-analytics-python==2.4.0"
+# Validates the OpenAPI document in crates/switchyard/tests/management.rs.
+PY_OPENAPI="openapi-spec-validator==0.9.0"
 
 # --- Python -----------------------------------------------------------------
 # A venv without pip (e.g. left by a failed attempt) is made again.
@@ -38,6 +41,9 @@ then
 fi
 .venv/bin/python -c "import segment.analytics" \
   || { echo "tests/sdk/install.sh: segment-analytics-python is not importable" >&2; exit 1; }
+if ! .venv/bin/python -c "import openapi_spec_validator" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input "$PY_OPENAPI"
+fi
 
 # --- Node.js ----------------------------------------------------------------
 if [ ! -f node_modules/@segment/analytics-node/package.json ] \
@@ -67,4 +73,4 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
-echo "tests/sdk/install.sh: SDKs ready ($PY_SDK, @segment/analytics-node@$(node -p "require('@segment/analytics-node/package.json').version"), @segment/analytics-next@$(node -p "require('@segment/analytics-next/package.json').version"), $(chromium --version 2>/dev/null | head -1))"
+echo "tests/sdk/install.sh: SDKs ready ($PY_SDK, $PY_OPENAPI, @segment/analytics-node@$(node -p "require('@segment/analytics-node/package.json').version"), @segment/analytics-next@$(node -p "require('@segment/analytics-next/package.json').version"), $(chromium --version 2>/dev/null | head -1))"

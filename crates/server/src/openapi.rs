@@ -81,6 +81,16 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         Auth::FunctionToken,
         "Webhook into a source function (token in the path)",
     ),
+    // Webhook senders use more than POST (a GET challenge, a PUT of a
+    // record): the function's door takes every method.
+    ("get", "/functions/{slug}", Auth::FunctionToken, "Same as POST"),
+    ("put", "/functions/{slug}", Auth::FunctionToken, "Same as POST"),
+    ("patch", "/functions/{slug}", Auth::FunctionToken, "Same as POST"),
+    ("delete", "/functions/{slug}", Auth::FunctionToken, "Same as POST"),
+    ("get", "/functions/{slug}/{token}", Auth::FunctionToken, "Same as POST"),
+    ("put", "/functions/{slug}/{token}", Auth::FunctionToken, "Same as POST"),
+    ("patch", "/functions/{slug}/{token}", Auth::FunctionToken, "Same as POST"),
+    ("delete", "/functions/{slug}/{token}", Auth::FunctionToken, "Same as POST"),
     ("get", "/healthz", Auth::None, "Liveness"),
     ("get", "/metrics", Auth::None, "Prometheus metrics"),
     ("get", "/api/v1/openapi.json", Auth::None, "This document"),
@@ -289,36 +299,219 @@ fn error_schema() -> Value {
     })
 }
 
+/// Query parameters of a route: (name, schema type, description).
+fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str, &'static str)> {
+    const LIMIT: (&str, &str, &str) = (
+        "limit",
+        "integer",
+        "At most this many (default 100, at most 1000; 0 is refused)",
+    );
+    if method != "get" {
+        return Vec::new();
+    }
+    match path.rsplit('/').next().unwrap_or_default() {
+        "attempts" => vec![LIMIT, ("outcome", "string", "Only this outcome: delivered, retry, rejected, gone, partial, dead_letter, unsupported, dropped")],
+        "deadletters" if path.starts_with("/api/v1/destinations/") => vec![
+            LIMIT,
+            ("after", "integer", "Only dead letters with a greater id: the `next_after` of the page before"),
+        ],
+        "deadletters" | "logs" | "rejections" | "events" => vec![LIMIT],
+        "objects" => vec![
+            ("collection", "string", "Only this collection"),
+            ("id", "string", "Only this object id"),
+            LIMIT,
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The JSON body a route takes: (schema, required).
+fn request_body(method: &str, path: &str) -> Option<(Value, bool)> {
+    let object = |properties: Value, required: &[&str]| {
+        let mut schema =
+            json!({"type": "object", "additionalProperties": false, "properties": properties});
+        // OpenAPI 3.0 wants a non-empty `required`, or none.
+        if !required.is_empty() {
+            schema["required"] = json!(required);
+        }
+        schema
+    };
+    let selection = || {
+        object(
+            json!({
+                "ids": {"type": "array", "items": {"type": "integer"}},
+                "since_ms": {"type": "integer", "description": "Failed at or after (Unix ms)"},
+                "until_ms": {"type": "integer", "description": "Failed before (Unix ms)"}
+            }),
+            &[],
+        )
+    };
+    let body = match (method, path) {
+        ("post", "/api/v1/tokens") => (
+            object(
+                json!({"name": {"type": "string"}, "read_only": {"type": "boolean"}}),
+                &["name"],
+            ),
+            true,
+        ),
+        ("post", "/api/v1/sources") => (
+            object(
+                json!({
+                    "slug": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                    "kind": {"type": "string", "enum": ["tracking", "function"]},
+                    "write_key": {"type": "string", "minLength": 1},
+                    "function": {"type": "string"},
+                    "settings": {"type": "object"},
+                    "respond": {"type": "string", "enum": ["ack", "function"]},
+                    "capture": {"type": "string", "enum": ["always", "window"]},
+                    "token": {"type": "string", "minLength": 1}
+                }),
+                &["slug"],
+            ),
+            true,
+        ),
+        ("patch", "/api/v1/sources/{slug}") => (
+            object(
+                json!({
+                    "function": {"type": "string"},
+                    "settings": {"type": "object", "description": "Merged into the current settings; null removes one, \"********\" keeps it"},
+                    "respond": {"type": "string", "enum": ["ack", "function"]},
+                    "capture": {"type": "string", "enum": ["always", "window"]}
+                }),
+                &[],
+            ),
+            true,
+        ),
+        ("post", "/api/v1/sources/{slug}/rotate") => (
+            object(
+                json!({
+                    "write_key": {"type": "string", "minLength": 1},
+                    "token": {"type": "string", "minLength": 1},
+                    "dry_run": {"type": "boolean"}
+                }),
+                &[],
+            ),
+            false,
+        ),
+        ("post", "/api/v1/deletions") => (
+            object(
+                json!({"userId": {"type": "string", "minLength": 1}}),
+                &["userId"],
+            ),
+            true,
+        ),
+        ("post", "/api/v1/destinations") | ("put", "/api/v1/destinations/{name}") => (
+            json!({"type": "object", "description": "A destination as in switchyard.toml's [[destinations]] (kind webhooks or function); \"********\" keeps a stored secret"}),
+            true,
+        ),
+        (_, p)
+            if p.ends_with("/deadletters/replay")
+                || (method == "delete" && p.ends_with("/deadletters")) =>
+        {
+            (selection(), false)
+        }
+        ("post", _) | ("put", _) | ("patch", _) if path.starts_with("/api/v1/") => {
+            (json!({"type": "object"}), false)
+        }
+        ("post", p) if p.starts_with("/v1/") => (
+            json!({"type": "object", "description": "A Segment Spec message; a batch is {\"batch\": [messages], \"context\"?, \"integrations\"?, \"sentAt\"?}. JSON, or text/plain holding JSON; gzip with Content-Encoding: gzip"}),
+            true,
+        ),
+        _ => return None,
+    };
+    Some(body)
+}
+
+/// The answers a route gives besides 200, by what it does.
+fn responses(method: &str, path: &str, auth: Auth) -> Value {
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let creates = method == "post"
+        && matches!(
+            path,
+            "/api/v1/tokens"
+                | "/api/v1/sources"
+                | "/api/v1/destinations"
+                | "/api/v1/deletions"
+                | "/api/v1/functions"
+        );
+    let mut out = Map::new();
+    let ok = json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}});
+    out.insert(if creates { "201" } else { "200" }.into(), ok);
+    if auth != Auth::None || path.starts_with("/v1/") {
+        out.insert(
+            "400".into(),
+            error("Invalid input: the error names the field"),
+        );
+    }
+    if auth != Auth::None {
+        out.insert("401".into(), error("Missing or wrong credentials"));
+    }
+    if auth == Auth::Api {
+        if method != "get" {
+            out.insert("403".into(), error("A read-only token may only GET"));
+        }
+        if path.contains('{') {
+            out.insert("404".into(), error("No such resource"));
+        }
+        if creates || path.ends_with("/rotate") || method == "put" {
+            out.insert(
+                "409".into(),
+                error("Conflicts with what exists (a name or write key already taken)"),
+            );
+        }
+    }
+    if matches!(auth, Auth::WriteKey | Auth::FunctionToken) {
+        out.insert("408".into(), error("The body stalled past client_timeout"));
+        out.insert("413".into(), error("Body or message over its limit"));
+        out.insert("503".into(), error("The store is unavailable: retry"));
+    }
+    if auth == Auth::WriteKey {
+        out.insert("415".into(), error("Content-Encoding other than gzip"));
+    }
+    Value::Object(out)
+}
+
 /// Builds the OpenAPI 3.0 document.
 pub fn build() -> Value {
     let mut paths = Map::new();
     for (method, path, auth, summary) in ROUTES {
-        let params: Vec<Value> = path
+        let mut params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        params.extend(query_parameters(method, path).into_iter().map(|(name, kind, description)| {
+            json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": kind}})
+        }));
         let security = match auth {
             Auth::None => json!([]),
             Auth::WriteKey => json!([{"writeKey": []}]),
             Auth::FunctionToken => json!([{"functionToken": []}, {"functionTokenQuery": []}]),
             Auth::Api => json!([{"apiToken": []}]),
         };
+        let description = match auth {
+            Auth::Api if *method == "get" => "Any management token, read-only ones included.",
+            Auth::Api => "The admin token or a full API token; a read-only token gets 403.",
+            _ => "",
+        };
         let mut op = json!({
             "summary": summary,
             "operationId": format!("{method}_{}", path.trim_matches('/').replace(['/', '{', '}', '.'], "_")),
             "security": security,
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "400": {"description": "Invalid input", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                "401": {"description": "Missing or wrong credentials", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            }
+            "responses": responses(method, path, *auth),
         });
+        if !description.is_empty() {
+            op["description"] = Value::String(description.into());
+        }
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }
-        if *method == "post" {
-            op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
+        if let Some((schema, required)) = request_body(method, path) {
+            op["requestBody"] =
+                json!({"required": required, "content": {"application/json": {"schema": schema}}});
+        }
+        if *auth == Auth::FunctionToken {
+            op["requestBody"] = json!({"required": false, "description": "Any body of any content type, up to 2 MB: the function reads it", "content": {"*/*": {"schema": {}}}});
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = op;
@@ -328,7 +521,7 @@ pub fn build() -> Value {
         "info": {
             "title": "switchyard",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Segment-compatible tracking API, source-function webhooks and the management API."
+            "description": "Segment-compatible tracking API, source-function webhooks and the management API. Errors are {\"error\": {\"code\", \"message\", \"field\"?}}."
         },
         "paths": paths,
         "components": {

@@ -242,6 +242,26 @@ async fn the_openapi_document_describes_every_route() {
             .sum::<usize>(),
         ROUTES.len()
     );
+    // And it is a valid OpenAPI 3.0 document, by an independent validator
+    // (openapi-spec-validator, installed by tests/sdk/install.sh).
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/.venv/bin/python");
+    let mut check = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (run tests/sdk/install.sh)", python.display()));
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenAPI document does not validate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Every non-management route answers (management ones: see the auth test).
     for (method, path, auth, _) in ROUTES {
         if *auth == Auth::Api {
