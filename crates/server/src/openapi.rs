@@ -435,8 +435,15 @@ fn responses(method: &str, path: &str, auth: Auth) -> Value {
                 | "/api/v1/functions"
         );
     let mut out = Map::new();
-    let ok = json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}});
+    let ok = if path == "/metrics" {
+        json!({"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}})
+    } else {
+        json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}})
+    };
     out.insert(if creates { "201" } else { "200" }.into(), ok);
+    if path == "/v1/projects/{write_key}/settings" {
+        out.insert("404".into(), error("No source has this write key"));
+    }
     if auth != Auth::None || path.starts_with("/v1/") {
         out.insert(
             "400".into(),
