@@ -688,7 +688,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let destinations = engine.names().await;
+                // Configured destinations that are not running (one whose
+                // function cannot start) keep their events too.
+                let mut destinations = engine.names().await;
+                match store.destinations().await {
+                    Ok(configured) => {
+                        destinations.extend(configured.into_iter().map(|(name, _, _)| name))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compaction skipped: cannot list destinations");
+                        continue;
+                    }
+                }
+                destinations.sort();
+                destinations.dedup();
                 match store
                     .compact(
                         chrono::Utc::now().timestamp_millis(),
