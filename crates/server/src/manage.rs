@@ -202,6 +202,7 @@ pub async fn list_destinations(
         let s = sink.settings();
         data.push(json!({
             "name": name,
+            "running": true,
             "sources": s.sources,
             "batch_size": s.batch_size,
             "enabled": s.enabled,
@@ -209,6 +210,23 @@ pub async fn list_destinations(
             "retries": state.store.retry_count(&name).await.map_err(unavailable)?,
             "disabled_urls": state.store.disabled_urls(&name).await.map_err(unavailable)?
                 .into_iter().map(|(url, reason)| json!({"url": if full { url } else { url_password_masked(&url) }, "reason": reason})).collect::<Vec<_>>(),
+        }));
+    }
+    // Configured but not running (its function could not start at the
+    // start): listed, so its waiting events are not out of sight.
+    let running = state.engine.names().await;
+    for (name, config, _) in state.store.destinations().await.map_err(unavailable)? {
+        if running.contains(&name) {
+            continue;
+        }
+        let config: Value = serde_json::from_str(&config).unwrap_or(Value::Null);
+        data.push(json!({
+            "name": name,
+            "running": false,
+            "sources": config["sources"],
+            "backlog": state.store.backlog(&name).await.map_err(unavailable)?,
+            "retries": state.store.retry_count(&name).await.map_err(unavailable)?,
+            "note": "not running: see the server log for why; its events wait behind its cursor",
         }));
     }
     Ok(Json(json!({ "data": data })))
