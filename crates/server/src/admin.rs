@@ -22,9 +22,20 @@ pub struct Paging {
     limit: Option<usize>,
     /// Attempts: only this outcome (`delivered`, `retry`, `rejected`, `gone`, `dead_letter`, …).
     outcome: Option<String>,
-    /// Dead letters: only those with a greater id (the `next_after` of the
-    /// page before).
+    /// Dead letters (oldest first): only those with a greater id, the
+    /// `next_after` of the page before.
     after: Option<i64>,
+    /// Attempts (newest first): only those with a smaller id, the
+    /// `next_before` of the page before.
+    before: Option<i64>,
+}
+
+/// How a list is paged: which cursor parameter it takes, if any.
+#[derive(Clone, Copy, PartialEq)]
+enum Cursor {
+    None,
+    After,
+    Before,
 }
 
 impl Paging {
@@ -33,15 +44,22 @@ impl Paging {
         self.limit.unwrap_or(100).min(1000)
     }
 
-    /// Refuses `limit=0` by name instead of answering an empty page, and
-    /// `after` where the list is not paged by id.
-    fn checked(self, paged_by_id: bool) -> Result<Self, ApiError> {
-        if self.after.is_some() && !paged_by_id {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "`after` pages dead letters only; this list gives the newest `limit` (at most 1000)",
-            )
-            .with_field(Some("after".into())));
+    /// Refuses `limit=0` by name instead of answering an empty page, and a
+    /// cursor parameter the list does not take.
+    fn checked(self, cursor: Cursor) -> Result<Self, ApiError> {
+        for (name, given, takes) in [
+            ("after", self.after.is_some(), Cursor::After),
+            ("before", self.before.is_some(), Cursor::Before),
+        ] {
+            if given && cursor != takes {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "`{name}` does not page this list: dead letters take `after`, attempts `before`; others give the newest `limit` (at most 1000)"
+                    ),
+                )
+                .with_field(Some(name.into())));
+            }
         }
         if self.limit == Some(0) {
             return Err(ApiError::bad_request(
@@ -76,7 +94,7 @@ pub async fn rejections(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(false)?;
+    let paging = paging.checked(Cursor::None)?;
     let items = state
         .store
         .rejections(&source, paging.limit())
@@ -92,7 +110,7 @@ pub async fn attempts(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(false)?;
+    let paging = paging.checked(Cursor::Before)?;
     known_destination(&state, &destination).await?;
     if let Some(outcome) = &paging.outcome {
         if !store::ATTEMPT_OUTCOMES.contains(&outcome.as_str()) {
@@ -108,10 +126,19 @@ pub async fn attempts(
     }
     let items = state
         .store
-        .attempts(&destination, paging.limit(), paging.outcome.clone())
+        .attempts(
+            &destination,
+            paging.before,
+            paging.limit(),
+            paging.outcome.clone(),
+        )
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": items })))
+    // A full page may have older ones behind it: the next page is before its last id.
+    let next_before = (items.len() == paging.limit())
+        .then(|| items.last().map(|a| a.id))
+        .flatten();
+    Ok(Json(json!({ "data": items, "next_before": next_before })))
 }
 
 pub async fn dead_letters(
@@ -121,7 +148,7 @@ pub async fn dead_letters(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(true)?;
+    let paging = paging.checked(Cursor::After)?;
     known_destination(&state, &destination).await?;
     let items = state
         .store
@@ -311,7 +338,7 @@ pub async fn function_logs(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(false)?;
+    let paging = paging.checked(Cursor::None)?;
     crate::manage::find_source(&state, &slug).await?;
     let items = state
         .store
@@ -354,7 +381,7 @@ pub async fn source_dead_letters(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(false)?;
+    let paging = paging.checked(Cursor::None)?;
     let items = state
         .store
         .raw_requests(&slug, "dead", paging.limit())
@@ -515,7 +542,7 @@ pub async fn destination_logs(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(false)?;
+    let paging = paging.checked(Cursor::None)?;
     known_destination(&state, &destination).await?;
     let items = state
         .store

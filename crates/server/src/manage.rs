@@ -334,7 +334,7 @@ pub async fn get_deletion(
         let name = &name;
         let attempts = state
             .store
-            .attempts(name, 1000, None)
+            .attempts(name, None, 1000, None)
             .await
             .map_err(unavailable)?;
         for n in record["notices"].as_array().cloned().unwrap_or_default() {

@@ -310,7 +310,11 @@ fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str
         return Vec::new();
     }
     match path.rsplit('/').next().unwrap_or_default() {
-        "attempts" => vec![LIMIT, ("outcome", "string", "Only this outcome: delivered, retry, rejected, gone, partial, dead_letter, unsupported, dropped")],
+        "attempts" => vec![
+            LIMIT,
+            ("outcome", "string", "Only this outcome: delivered, retry, rejected, gone, partial, dead_letter, unsupported, dropped"),
+            ("before", "integer", "Only attempts with a smaller id: the `next_before` of the page before"),
+        ],
         "deadletters" if path.starts_with("/api/v1/destinations/") => vec![
             LIMIT,
             ("after", "integer", "Only dead letters with a greater id: the `next_after` of the page before"),

@@ -1487,26 +1487,30 @@ impl Store for EmbeddedStore {
     async fn attempts(
         &self,
         destination: &str,
+        before: Option<i64>,
         limit: usize,
         outcome: Option<String>,
     ) -> Result<Vec<Attempt>> {
         let destination = destination.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT destination, url, message_id, events, at_ms, status, latency_ms, error, outcome
-                 FROM attempts WHERE destination = ?1 AND (?3 IS NULL OR outcome = ?3) ORDER BY id DESC LIMIT ?2",
+                "SELECT id, destination, url, message_id, events, at_ms, status, latency_ms, error, outcome
+                 FROM attempts WHERE destination = ?1 AND id < ?4 AND (?3 IS NULL OR outcome = ?3)
+                 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![destination, limit as i64, outcome], |r| {
+            let before = before.unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![destination, limit as i64, outcome, before], |r| {
                 Ok(Attempt {
-                    destination: r.get(0)?,
-                    url: r.get(1)?,
-                    message_id: r.get(2)?,
-                    events: r.get(3)?,
-                    at_ms: r.get(4)?,
-                    status: r.get(5)?,
-                    latency_ms: r.get::<_, i64>(6)? as u64,
-                    error: r.get(7)?,
-                    outcome: r.get(8)?,
+                    id: r.get(0)?,
+                    destination: r.get(1)?,
+                    url: r.get(2)?,
+                    message_id: r.get(3)?,
+                    events: r.get(4)?,
+                    at_ms: r.get(5)?,
+                    status: r.get(6)?,
+                    latency_ms: r.get::<_, i64>(7)? as u64,
+                    error: r.get(8)?,
+                    outcome: r.get(9)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -134,6 +134,9 @@ pub struct DeadLetter {
 /// One HTTP attempt (or a deliberate deferral) of one delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {
+    /// Its row's id, once stored (0 before): newest-first pages go on from
+    /// the smallest id seen.
+    pub id: i64,
     pub destination: String,
     pub url: String,
     /// The first message of the delivery.
@@ -365,9 +368,12 @@ pub trait Store: Send + Sync + 'static {
     async fn discard_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64>;
 
     /// Attempts, newest first, optionally only those with one outcome.
+    /// A destination's attempts, newest first: at most `limit`, with ids
+    /// below `before` when given, of one outcome when given.
     async fn attempts(
         &self,
         destination: &str,
+        before: Option<i64>,
         limit: usize,
         outcome: Option<String>,
     ) -> Result<Vec<Attempt>>;

@@ -1204,6 +1204,36 @@ async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
         })
         .await;
     assert_eq!(delivered(&got).len(), 450, "each once");
+
+    // Attempts are paged newest first, by id: every one once.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/destinations/hook/attempts?limit=1000".to_string();
+    loop {
+        let (s, page) = sy.admin("GET", &path, None).await;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_i64().unwrap()),
+        );
+        match page["next_before"].as_i64() {
+            Some(before) => {
+                path = format!("/api/v1/destinations/hook/attempts?limit=1000&before={before}")
+            }
+            None => break,
+        }
+    }
+    assert!(seen.len() >= 3 * 450, "{}", seen.len());
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, none twice"
+    );
+    let (s, b) = sy
+        .admin("GET", "/api/v1/destinations/hook/attempts?after=1", None)
+        .await;
+    assert_eq!((s, &b["error"]["field"]), (400, &json!("after")), "{b}");
 }
 
 #[tokio::test]

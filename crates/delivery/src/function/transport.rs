@@ -36,6 +36,7 @@ const PERMANENT: [&str; 3] = [
 impl FunctionTransport {
     fn attempt(&self, job: &Job, outcome: &str, error: Option<String>, latency_ms: u64) -> Attempt {
         Attempt {
+            id: 0,
             destination: self.name.clone(),
             url: format!("function:{}", self.code.name),
             message_id: job.message_ids.first().cloned().unwrap_or_default(),

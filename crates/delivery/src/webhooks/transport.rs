@@ -184,6 +184,7 @@ impl Transport for WebhooksTransport {
             metrics::histogram!("switchyard_delivery_attempt_seconds", "destination" => name.clone())
                 .record(s.latency.as_secs_f64());
             attempts.push(Attempt {
+                id: 0,
                 destination: name.clone(),
                 url: url.clone(),
                 message_id: job.message_ids.first().cloned().unwrap_or_default(),
