@@ -437,22 +437,7 @@ pub async fn create_source(
         );
     }
     let digest = state.keyring.hash(&key);
-    // A write key names the source its events go to: a second source with
-    // the same key would silently take the first one's events.
-    if let Some(owner) = existing
-        .iter()
-        .find(|s| s.write_key_hash.as_deref() == Some(digest.as_str()))
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "this write key already belongs to source {:?}; each source needs its own",
-                owner.slug
-            ),
-        )
-        .with_field(Some("write_key".into())));
-    }
+    write_key_is_free(&existing, &req.slug, &digest)?;
     let record = state
         .store
         .put_source(store::SourceRecord {
@@ -537,6 +522,31 @@ async fn create_function_source(
     ))
 }
 
+/// Refuses a write key (by its digest) that a source other than `slug`
+/// has: a write key names the source its events go to, and a second source
+/// with it would silently take the first one's events.
+fn write_key_is_free(
+    sources: &[store::SourceRecord],
+    slug: &str,
+    digest: &str,
+) -> Result<(), ApiError> {
+    match sources
+        .iter()
+        .find(|s| s.slug != slug && s.write_key_hash.as_deref() == Some(digest))
+    {
+        Some(owner) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "this write key already belongs to source {:?}; each source needs its own",
+                owner.slug
+            ),
+        )
+        .with_field(Some("write_key".into()))),
+        None => Ok(()),
+    }
+}
+
 /// The body of `POST /api/v1/sources/{slug}/rotate`, all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -608,20 +618,7 @@ pub async fn rotate_source(
         return Ok(Json(json!({"slug": slug, "changed": changed})));
     }
     if !function {
-        if let Some(owner) = sources
-            .iter()
-            .find(|s| s.slug != slug && s.write_key_hash.as_deref() == Some(digest.as_str()))
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!(
-                    "this write key already belongs to source {:?}; each source needs its own",
-                    owner.slug
-                ),
-            )
-            .with_field(Some("write_key".into())));
-        }
+        write_key_is_free(&sources, &slug, &digest)?;
     }
     state
         .store
