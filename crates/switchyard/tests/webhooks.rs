@@ -874,3 +874,54 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
     let unique: HashSet<&String> = delivered_ids.iter().collect();
     assert_eq!(unique.len(), delivered_ids.len(), "each event arrives once");
 }
+
+#[tokio::test]
+async fn an_open_breaker_at_the_end_of_the_window_still_gets_a_last_attempt() {
+    let rx = Receiver::start("s3cret");
+    rx.control("hook", json!({"status": 500, "times": -1}))
+        .await;
+    let sy = Switchyard::start(&config_with(&hook(
+        "hook",
+        &rx.url("hook"),
+        "max_retry_age = \"4s\"\n",
+    )));
+    let batch: Vec<Value> = (0..30)
+        .map(
+            |i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("b{i}")}),
+        )
+        .collect();
+    let (s, _) = sy
+        .post(
+            "/v1/batch",
+            "wk_web",
+            &json!({ "batch": batch }).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Enough failures to open the breaker (it stays open at least 5 s, past
+    // the 4 s window); then the receiver comes back.
+    rx.wait_until("hook", 30, |r| r.len() >= 20).await;
+    rx.control("hook", json!({"status": 200, "times": 0})).await;
+    let got = rx
+        .wait_until("hook", 30, |r| {
+            delivered(r)
+                .iter()
+                .map(message_id)
+                .collect::<HashSet<_>>()
+                .len()
+                == 30
+        })
+        .await;
+    assert_eq!(
+        delivered(&got)
+            .iter()
+            .map(message_id)
+            .collect::<HashSet<_>>()
+            .len(),
+        30
+    );
+    let (_, d) = sy
+        .admin("GET", "/api/v1/destinations/hook/deadletters", None)
+        .await;
+    assert_eq!(d["total"], 0, "{d}");
+}

@@ -107,13 +107,17 @@ impl Transport for WebhooksTransport {
         // The URLs a retry should try again: those paused now, and below
         // those that answered with a retryable failure (not a 4xx).
         let mut again = Vec::new();
+        // At the end of its retry window a delivery is tried whatever the
+        // breaker says: nothing is dead-lettered without a last real attempt
+        // (the receiver may be back while its breaker is still open).
+        let last_chance = now_ms() >= job.first_attempt_ms + self.policy.max_age.as_millis() as i64;
         for url in live {
             match self.health.gate(&url, now) {
-                Gate::Go => go.push(url),
-                Gate::Wait(at) => {
+                Gate::Wait(at) if !last_chance => {
                     wait_until = Some(wait_until.map_or(at, |w| w.min(at)));
                     again.push(url);
                 }
+                Gate::Go | Gate::Wait(_) => go.push(url),
             }
         }
         let timeout = Duration::from_millis(self.config.timeout_ms);
