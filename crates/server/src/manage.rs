@@ -870,6 +870,41 @@ fn unmasked(mut body: Value, stored: Option<&Value>) -> Result<Value, ApiError> 
             }
         }
     }
+    // Header values and URL passwords, as a read-only token is shown them.
+    if let Some(headers) = body.get_mut("headers").and_then(Value::as_object_mut) {
+        for (name, v) in headers.iter_mut() {
+            if is_mask(Some(v)) {
+                let kept = stored
+                    .and_then(|s| s.get("headers"))
+                    .and_then(Value::as_object)
+                    .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+                    .map(|(_, old)| old.clone());
+                match kept {
+                    Some(old) => *v = old,
+                    None => return Err(missing(format!("headers.{name}"))),
+                }
+            }
+        }
+    }
+    if let Some(urls) = body.get_mut("urls").and_then(Value::as_array_mut) {
+        for url in urls.iter_mut() {
+            let Some(text) = url.as_str().filter(|u| u.contains(&format!(":{MASK}@"))) else {
+                continue;
+            };
+            let kept = stored
+                .and_then(|s| s.get("urls"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .find(|old| url_password_masked(old) == text)
+                .map(str::to_string);
+            match kept {
+                Some(old) => *url = Value::String(old),
+                None => return Err(missing("urls".into())),
+            }
+        }
+    }
     Ok(body)
 }
 

@@ -869,10 +869,40 @@ async fn destinations_are_created_changed_and_removed_at_run_time() {
             .contains("://hook:********@"),
         "{seen}"
     );
+    // What the viewer saw, written back by an admin, keeps them too.
+    let (s, b) = sy
+        .admin(
+            "PUT",
+            "/api/v1/destinations/api-hook",
+            Some(seen["config"].clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
     let (_, seen) = sy.admin("GET", "/api/v1/destinations/api-hook", None).await;
     assert_eq!(
         seen["config"]["headers"]["Authorization"], "Bearer crm-key",
         "{seen}"
+    );
+    assert!(
+        seen["config"]["urls"][0]
+            .as_str()
+            .unwrap()
+            .contains("://hook:pa55@"),
+        "{seen}"
+    );
+    let (s, b) = sy
+        .admin(
+            "POST",
+            "/api/v1/destinations",
+            Some(
+                json!({"name": "masked2", "urls": ["http://a"], "headers": {"X-Key": "********"}}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["field"]),
+        (400, &json!("headers.X-Key")),
+        "{b}"
     );
 
     // It survives a restart.
