@@ -206,6 +206,13 @@ fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, SpecError> {
 /// are refused: they cannot be written back in the same form.
 pub fn parse_iso8601(s: &str) -> Option<DateTime<Utc>> {
     let in_range = |t: DateTime<Utc>| {
+        // A leap second (`…:60`) is read as the last instant of the second
+        // before it: written back as `:60`, JavaScript's Date could not read it.
+        let t = if chrono::Timelike::nanosecond(&t) >= 1_000_000_000 {
+            chrono::Timelike::with_nanosecond(&t, 999_999_999).unwrap_or(t)
+        } else {
+            t
+        };
         (0..=9999)
             .contains(&chrono::Datelike::year(&t))
             .then_some(t)
@@ -388,6 +395,9 @@ fn identifier(obj: &mut impl Fields, field: &'static str) -> Result<Option<Strin
 }
 
 /// `String(n)` in JavaScript, for a number as `serde_json` displays it.
+/// Integers `serde_json` holds exactly are kept digit for digit; others
+/// follow ECMAScript's Number::toString: the shortest digits that read back
+/// as the same double, written out in full from 1e-6 up to 1e21.
 fn js_number_text(n: &str) -> String {
     if n.bytes()
         .enumerate()
@@ -398,19 +408,44 @@ fn js_number_text(n: &str) -> String {
     let Ok(f) = n.parse::<f64>() else {
         return n.to_string();
     };
-    if f == 0.0 {
-        "0".to_string()
-    } else if f.abs() >= 1e21 || f.abs() < 1e-6 {
-        // Rust writes `1e21` and `1e-7`; JavaScript `1e+21` and `1e-7`.
-        let text = format!("{f:e}");
-        match text.split_once('e') {
-            Some((mantissa, exp)) if !exp.starts_with('-') => format!("{mantissa}e+{exp}"),
-            _ => text,
-        }
+    if f == 0.0 || !f.is_finite() {
+        return if f == 0.0 { "0".into() } else { n.to_string() };
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "1.2345e20".
+    let scientific = format!("{:e}", f.abs());
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return n.to_string();
+    };
+    let Ok(exponent) = exponent.parse::<i32>() else {
+        return n.to_string();
+    };
+    let digits = mantissa.replace('.', "");
+    let k = digits.len() as i32;
+    // The decimal point goes after `point` digits.
+    let point = exponent + 1;
+    let body = if k <= point && point <= 21 {
+        format!("{digits}{}", "0".repeat((point - k) as usize))
+    } else if 0 < point && point <= 21 {
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
+    } else if -6 < point && point <= 0 {
+        format!("0.{}{digits}", "0".repeat((-point) as usize))
     } else {
-        // Shortest round-trip digits, never an exponent: what JavaScript
-        // prints between 1e-6 and 1e21.
-        f.to_string()
+        let sign = if exponent >= 0 { '+' } else { '-' };
+        let mantissa = if k == 1 {
+            digits.clone()
+        } else {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        };
+        format!("{mantissa}e{sign}{}", exponent.abs())
+    };
+    if f < 0.0 {
+        format!("-{body}")
+    } else {
+        body
     }
 }
 
@@ -976,6 +1011,7 @@ mod tests {
             ("2024-01-01t10:00:00z", Some("2024-01-01T10:00:00.000Z")),
             ("2024-01-01T10:00:00", Some("2024-01-01T10:00:00.000Z")),
             ("2024-01-01", Some("2024-01-01T00:00:00.000Z")),
+            ("2016-12-31T23:59:60Z", Some("2016-12-31T23:59:59.999Z")),
             ("2024-13-01", None),
             ("yesterday", None),
             ("1700000000", None),
@@ -1015,6 +1051,11 @@ mod tests {
             ("0.000001", "0.000001"),
             ("1e-7", "1e-7"),
             ("123.456", "123.456"),
+            ("-0.5", "-0.5"),
+            ("1.2345678901234568e20", "123456789012345680000"),
+            ("1e21", "1e+21"),
+            ("1.5e-7", "1.5e-7"),
+            ("18446744073709551615", "18446744073709551615"),
         ] {
             assert_eq!(js_number_text(n), text);
         }
