@@ -177,6 +177,10 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
         });
     }
 
+    // Functions first (sources and destinations run them), then the write
+    // keys and tokens the file gives (a new source may take a key another one
+    // gives up), then sources, then destinations; the file's order otherwise.
+    steps.sort_by_key(Step::phase);
     let plan: Vec<(&str, &str, &str, String)> = kept
         .iter()
         .map(|name| {
@@ -227,6 +231,39 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             println!("{report}");
         }
         return Ok(());
+    }
+    // Two sources that trade keys would each find its new key still taken:
+    // every key about to be set is first replaced by a throwaway one.
+    let new_keys = steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                Step::SetCredential {
+                    field: "write_key",
+                    ..
+                }
+            )
+        })
+        .count();
+    if new_keys > 1 {
+        for step in &steps {
+            if let Step::SetCredential {
+                slug,
+                field: "write_key",
+                ..
+            } = step
+            {
+                client
+                    .send(
+                        Method::POST,
+                        &format!("/api/v1/sources/{slug}/rotate"),
+                        None,
+                    )
+                    .await
+                    .with_context(|| format!("free the write key of source {slug:?}"))?;
+            }
+        }
     }
     for step in steps {
         match step {
@@ -323,6 +360,18 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
 }
 
 impl Step {
+    /// The order steps are applied in (see where they are sorted).
+    fn phase(&self) -> u8 {
+        match self {
+            Step::CreateFunction { .. } | Step::ChangeFunction { .. } => 0,
+            Step::SetCredential { .. } => 1,
+            Step::CreateSource { .. } | Step::ChangeSource { .. } => 2,
+            Step::CreateDestination { .. }
+            | Step::ChangeDestination { .. }
+            | Step::RemoveDestination { .. } => 3,
+        }
+    }
+
     /// (action, kind, name, note) as the plan shows it.
     fn describe(&self) -> (&'static str, &'static str, &str, String) {
         match self {

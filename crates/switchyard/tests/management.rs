@@ -1077,6 +1077,28 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
     std::fs::write(&file, &next).unwrap();
     let (code, out) = apply(&[]);
     assert_eq!(code, 0, "{out}");
+    // Two sources trade keys, as a start with the file would make them.
+    let swapped = next
+        .replace("\"wk_web\"", "\"wk_swap\"")
+        .replace("\"wk_new\"", "\"wk_web\"")
+        .replace("\"wk_swap\"", "\"wk_new\"");
+    std::fs::write(&file, &swapped).unwrap();
+    let (code, out) = apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.matches("its write key from the file").count(),
+        2,
+        "{out}"
+    );
+    let (_, by_web_key) = sy.admin("GET", "/api/v1/sources/newsrc", None).await;
+    assert_eq!(by_web_key["slug"], "newsrc");
+    assert_eq!(
+        (track("wk_web").await.0, track("wk_new").await.0),
+        (200, 200)
+    );
+    std::fs::write(&file, &next).unwrap();
+    let (code, out) = apply(&[]);
+    assert_eq!(code, 0, "{out}");
 
     // Dropping a destination from the file removes it.
     std::fs::write(
