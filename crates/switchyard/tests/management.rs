@@ -1090,11 +1090,18 @@ async fn apply_reconciles_a_running_server_to_a_file_idempotently() {
         2,
         "{out}"
     );
-    let (_, by_web_key) = sy.admin("GET", "/api/v1/sources/newsrc", None).await;
-    assert_eq!(by_web_key["slug"], "newsrc");
-    assert_eq!(
-        (track("wk_web").await.0, track("wk_new").await.0),
-        (200, 200)
+    let (s, _) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u","event":"E","messageId":"swap-1"}"#,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, events) = sy.admin("GET", "/api/v1/sources/newsrc/events", None).await;
+    assert!(
+        events.to_string().contains("swap-1"),
+        "wk_web names newsrc now: {events}"
     );
     std::fs::write(&file, &next).unwrap();
     let (code, out) = apply(&[]);
