@@ -203,12 +203,21 @@ pub struct ReplayRequest {
 }
 
 impl ReplayRequest {
-    fn selection(self) -> store::Selection {
-        store::Selection {
+    /// The selection: ids, or a time range, or neither (all); ids with a
+    /// range would select only the ids inside it, which is never what is meant.
+    fn selection(self) -> Result<store::Selection, ApiError> {
+        if self.ids.is_some() && (self.since_ms.is_some() || self.until_ms.is_some()) {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "give `ids`, or a time range (`since_ms`, `until_ms`), not both",
+            )
+            .with_field(Some("ids".into())));
+        }
+        Ok(store::Selection {
             ids: self.ids,
             since_ms: self.since_ms,
             until_ms: self.until_ms,
-        }
+        })
     }
 }
 
@@ -222,7 +231,10 @@ pub async fn replay(
     require_admin(&state, &headers)?;
     selection_not_in_query(query.as_deref())?;
     let sink = known_destination(&state, &destination).await?;
-    let selection = body?.map(|JsonBody(b)| b.selection()).unwrap_or_default();
+    let selection = body?
+        .map(|JsonBody(b)| b.selection())
+        .transpose()?
+        .unwrap_or_default();
     let replayed = state
         .store
         .replay_dead_letters(&destination, selection)
@@ -256,7 +268,10 @@ pub async fn discard(
             "unknown destination {destination:?}"
         )));
     }
-    let selection = body?.map(|JsonBody(b)| b.selection()).unwrap_or_default();
+    let selection = body?
+        .map(|JsonBody(b)| b.selection())
+        .transpose()?
+        .unwrap_or_default();
     let discarded = state
         .store
         .discard_dead_letters(&destination, selection)

@@ -126,6 +126,14 @@ impl AppState {
         self.forget_verified_write_keys();
     }
 
+    /// Whether a source is still served (it has a write key or a token).
+    pub fn serves_source(&self, slug: &str) -> bool {
+        let named = |map: &RwLock<HashMap<String, String>>| {
+            map.read().is_ok_and(|m| m.values().any(|s| s == slug))
+        };
+        named(&self.write_keys) || named(&self.function_tokens)
+    }
+
     /// Forgets every credential of a source.
     pub fn forget_source(&self, slug: &str) {
         if let Ok(mut keys) = self.write_keys.write() {

@@ -659,6 +659,13 @@ pub async fn recent_events(
     crate::body::QueryParams(q): crate::body::QueryParams<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
+    if q.limit == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be at least 1 (at most 1000)",
+        )
+        .with_field(Some("limit".into())));
+    }
     let events = state
         .store
         .recent_events(&slug, q.limit.unwrap_or(50).clamp(1, 1000))
@@ -689,34 +696,38 @@ pub async fn stream_events(
     find_source(&state, &slug).await?;
     let rx = state.store.subscribe();
     let cursor = *rx.borrow();
-    let store = state.store.clone();
+    let app = state.clone();
     let sources = vec![slug];
     let events = stream::unfold(
         (
-            store,
+            app,
             rx,
             cursor,
             std::collections::VecDeque::<Value>::new(),
             (sources, state.stopping.subscribe()),
         ),
-        |(store, mut rx, mut cursor, mut pending, (sources, mut stopping))| async move {
+        |(app, mut rx, mut cursor, mut pending, (sources, mut stopping))| async move {
+            let store = app.store.clone();
             loop {
                 // Live streams end when the server stops, so that a connected
-                // `tail` never holds up a graceful shutdown.
-                if *stopping.borrow() {
+                // `tail` never holds up a graceful shutdown, and when their
+                // source is deleted, so that it does not wait forever.
+                if *stopping.borrow() || !app.serves_source(&sources[0]) {
                     return None;
                 }
                 if let Some(next) = pending.pop_front() {
                     let event = Event::default().data(next.to_string());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (store, rx, cursor, pending, (sources, stopping)),
+                        (app, rx, cursor, pending, (sources, stopping)),
                     ));
                 }
                 if *rx.borrow_and_update() <= cursor {
                     tokio::select! {
                         changed = rx.changed() => if changed.is_err() { return None },
                         _ = stopping.changed() => return None,
+                        // To see a deletion of the source while all is quiet.
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
                     }
                 }
                 match store.read_events(&sources, cursor, 100_000, 500).await {
@@ -1051,7 +1062,7 @@ pub async fn create_destination(
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_body", "`name` is required")
+            ApiError::bad_request("invalid_body", "`name` is required, as a non-empty string")
                 .with_field(Some("name".into()))
         })?
         .to_string();

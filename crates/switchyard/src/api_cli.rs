@@ -671,7 +671,11 @@ async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    // A live stream only ends from the server's side.
+    Err(ApiFailure(format!(
+        "the server ended the stream of {slug:?} (it is stopping, the token was revoked or the source deleted)"
+    ))
+    .into())
 }
 
 /// Prints function logs, then new lines as they come (polling once a second).

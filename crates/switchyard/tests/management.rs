@@ -1591,6 +1591,22 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
             "not_found",
             None,
         ),
+        (
+            "get",
+            "/api/v1/sources/web/events?limit=0",
+            "{}",
+            400,
+            "invalid_query",
+            Some("limit"),
+        ),
+        (
+            "post",
+            "/api/v1/destinations/hook/deadletters/replay",
+            r#"{"ids": [1], "since_ms": 0}"#,
+            400,
+            "invalid_body",
+            Some("ids"),
+        ),
     ] {
         let (s, b) = call_with(&sy, method, path, Some(&admin), body).await;
         assert_eq!(
@@ -1641,6 +1657,25 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
     .await;
     assert!(ended.is_ok(), "the stream ends: {seen}");
     assert!(!seen.contains("After revocation"), "{seen}");
+
+    // A stream of a source that is deleted ends too, even with nothing sent.
+    let (s, _) = sy
+        .admin("POST", "/api/v1/sources", Some(json!({"slug": "brief"})))
+        .await;
+    assert_eq!(s, 201);
+    let mut stream = http_client()
+        .get(format!("{}/api/v1/sources/brief/events/stream", sy.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (s, _) = sy.admin("DELETE", "/api/v1/sources/brief", None).await;
+    assert_eq!(s, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a deleted source ends");
 }
 
 #[tokio::test]
