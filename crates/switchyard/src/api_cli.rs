@@ -93,12 +93,19 @@ pub enum DestinationsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
-    /// Dead letters of a destination (or of a function source with --source).
+    /// Dead letters of a destination, oldest first (or of a function source with --source).
     List {
         #[arg(long, required_unless_present = "source", conflicts_with = "source")]
         destination: Option<String>,
         #[arg(long)]
         source: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(short = 'n', long, default_value_t = 100)]
+        limit: usize,
+        /// Only those with a greater id (destinations; the next page starts
+        /// after the last id shown).
+        #[arg(long, conflicts_with = "source")]
+        after: Option<i64>,
     },
     /// Deliver dead letters again (all, or --id …).
     Replay {
@@ -517,22 +524,37 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         Call::DeadLetters(DeadLettersCommand::List {
             destination,
             source,
+            limit,
+            after,
         }) => match (destination, source) {
-            (Some(d), _) => (
-                client
-                    .send(
-                        Method::GET,
-                        &format!("/api/v1/destinations/{d}/deadletters"),
-                        None,
-                    )
-                    .await?,
-                &["id", "message_ids", "attempts", "last_status", "last_error"],
-            ),
+            (Some(d), _) => {
+                let mut path = format!("/api/v1/destinations/{d}/deadletters?limit={limit}");
+                if let Some(a) = after {
+                    path.push_str(&format!("&after={a}"));
+                }
+                let v = client.send(Method::GET, &path, None).await?;
+                if !remote.json {
+                    table(
+                        &v["data"],
+                        &["id", "message_ids", "attempts", "last_status", "last_error"],
+                    );
+                    let shown = v["data"].as_array().map_or(0, Vec::len);
+                    match v["next_after"].as_i64() {
+                        Some(next) => println!(
+                            "{shown} shown of {} in all; next: --after {next}",
+                            cell(&v["total"])
+                        ),
+                        None => println!("{shown} shown of {} in all", cell(&v["total"])),
+                    }
+                    return Ok(());
+                }
+                (v, &[])
+            }
             (None, Some(s)) => (
                 client
                     .send(
                         Method::GET,
-                        &format!("/api/v1/sources/{s}/deadletters"),
+                        &format!("/api/v1/sources/{s}/deadletters?limit={limit}"),
                         None,
                     )
                     .await?,

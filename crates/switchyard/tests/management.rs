@@ -555,7 +555,7 @@ async fn the_cli_lists_and_replays_dead_letters() {
     for _ in 0..100 {
         let (code, out) = cli(&sy, &["deadletters", "list", "--destination", "hook"]);
         assert_eq!(code, 0, "{out}");
-        if out.lines().count() == 4 {
+        if out.contains("3 shown of 3 in all") {
             listed = out;
             break;
         }
@@ -563,6 +563,30 @@ async fn the_cli_lists_and_replays_dead_letters() {
     }
     assert!(listed.starts_with("ID"), "{listed}");
     assert!(listed.contains("HTTP 400"), "{listed}");
+    // A page, and where the next one starts.
+    let (code, page) = cli(
+        &sy,
+        &["deadletters", "list", "--destination", "hook", "-n", "2"],
+    );
+    assert_eq!(code, 0, "{page}");
+    let next = page
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("2 shown of 3 in all; next: --after "))
+        .unwrap_or_else(|| panic!("{page}"))
+        .to_string();
+    let (code, rest) = cli(
+        &sy,
+        &[
+            "deadletters",
+            "list",
+            "--destination",
+            "hook",
+            "--after",
+            &next,
+        ],
+    );
+    assert!(code == 0 && rest.contains("1 shown of 3 in all"), "{rest}");
     let (code, out) = cli(
         &sy,
         &["deadletters", "list", "--destination", "hook", "--json"],
