@@ -465,7 +465,7 @@ pub struct TestRequest {
     capture_id: Option<i64>,
     /// A payload in the functions-library fixture shape: {body, headers, url | queryParameters}.
     payload: Option<Value>,
-    /// Settings to use instead of the source's.
+    /// Settings merged over the source's (`null` removes one, the mask keeps it).
     settings: Option<Value>,
 }
 
@@ -508,7 +508,12 @@ pub async fn test_function(
         }
         None => (*source.code).clone(),
     };
-    let settings = req.settings.unwrap_or_else(|| source.settings.clone());
+    // Given settings are merged over the source's own, as a PATCH would
+    // merge them: a test can change one, or keep a secret by its mask.
+    let settings = match req.settings {
+        Some(changes) => crate::manage::merged_settings(&source.settings, changes)?,
+        None => source.settings.clone(),
+    };
     let limits = source.limits;
     let spec_limits = *runner.spec_limits();
     let outcome = tokio::task::spawn_blocking(move || {

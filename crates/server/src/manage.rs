@@ -845,6 +845,34 @@ pub fn url_password_masked(url: &str) -> String {
     }
 }
 
+/// `changes` merged into a source's `current` settings, as PATCH merges: a
+/// setting given `null` is removed, one given the mask keeps its stored value.
+pub(crate) fn merged_settings(current: &Value, changes: Value) -> Result<Value, ApiError> {
+    let Value::Object(changes) = changes else {
+        return Err(
+            ApiError::bad_request("invalid_body", "`settings` must be an object")
+                .with_field(Some("settings".into())),
+        );
+    };
+    let mut merged = current.as_object().cloned().unwrap_or_default();
+    for (name, value) in changes {
+        match value {
+            Value::Null => {
+                merged.shift_remove(&name);
+            }
+            Value::String(s) if s == MASK => {
+                if !merged.contains_key(&name) {
+                    return Err(mask_without_value(format!("settings.{name}")));
+                }
+            }
+            value => {
+                merged.insert(name, value);
+            }
+        }
+    }
+    Ok(Value::Object(merged))
+}
+
 fn mask_without_value(field: String) -> ApiError {
     ApiError::bad_request(
         "invalid_body",
@@ -1341,35 +1369,9 @@ pub async fn update_source(
             "only function sources have settings to change; a tracking source's key is changed with /rotate",
         ));
     };
-    // Settings are merged into the current ones, as PATCH does: a key given
-    // `null` is removed, the mask keeps the stored value.
     let settings = match update.settings {
         None => current.settings.clone(),
-        Some(Value::Object(changes)) => {
-            let mut merged = current.settings.as_object().cloned().unwrap_or_default();
-            for (name, value) in changes {
-                match value {
-                    Value::Null => {
-                        merged.shift_remove(&name);
-                    }
-                    Value::String(s) if s == MASK => {
-                        if !merged.contains_key(&name) {
-                            return Err(mask_without_value(format!("settings.{name}")));
-                        }
-                    }
-                    value => {
-                        merged.insert(name, value);
-                    }
-                }
-            }
-            Value::Object(merged)
-        }
-        Some(_) => {
-            return Err(
-                ApiError::bad_request("invalid_body", "`settings` must be an object")
-                    .with_field(Some("settings".into())),
-            )
-        }
+        Some(changes) => merged_settings(&current.settings, changes)?,
     };
     let binding = delivery::catalog::SourceBinding {
         function: update.function.unwrap_or_else(|| current.code.name.clone()),

@@ -384,6 +384,20 @@ async function onRequest(request, settings) {
         out["requests"][0]["headers"]["authorization"],
         "Bearer [redacted]"
     );
+    // Settings given to a test are merged over the source's, and the mask
+    // (what the API shows) stands for the stored value, not for itself.
+    let (s, out) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources/billing/test",
+            Some(json!({"payload": {"body": {"id": "c1"}}, "settings": {"apiKey": "********"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(
+        out["requests"][0]["headers"]["authorization"], "Bearer [redacted]",
+        "the stored key was used, and redacted: {out}"
+    );
 
     let (s, out) = sy
         .admin(
