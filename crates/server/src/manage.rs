@@ -258,17 +258,57 @@ pub async fn create_deletion(
         );
     }
     let id = format!("del_{}", uuid_like());
-    let now = chrono::Utc::now();
     let sources = state
         .store
         .sources_of_user(&user_id)
         .await
         .map_err(unavailable)?;
+    // Recorded before any work, with the sources to notify: a deletion cut
+    // short by a crash is finished at the next start (`resume_deletions`).
+    let record = json!({
+        "id": id,
+        "userId": user_id,
+        "created_at": spec::format_time(chrono::Utc::now()),
+        "status": "running",
+        "affected_sources": sources,
+        "note": "delete notices are delivered like any event: see each destination's attempts for their message_id",
+    });
+    save_deletion(&state, &record).await?;
+    let record = carry_out_deletion(&state, record).await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn save_deletion(state: &AppState, record: &Value) -> Result<(), ApiError> {
+    let id = record["id"].as_str().unwrap_or_default();
+    state
+        .store
+        .put_meta(&format!("deletion:{id}"), &record.to_string())
+        .await
+        .map_err(unavailable)
+}
+
+/// Sends the delete notices of a recorded deletion through the log and
+/// purges the user's data, then records it completed. Running it again is
+/// harmless: a notice has the same `messageId` each time (deduplicated),
+/// and a purge finds only what is left.
+async fn carry_out_deletion(state: &AppState, mut record: Value) -> Result<Value, ApiError> {
+    let id = record["id"].as_str().unwrap_or_default().to_string();
+    let user_id = record["userId"].as_str().unwrap_or_default().to_string();
+    let at = record["created_at"]
+        .as_str()
+        .and_then(spec::parse_iso8601)
+        .unwrap_or_else(chrono::Utc::now);
+    let sources: Vec<String> = record["affected_sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
     let mut notices = Vec::new();
     for source in &sources {
         let message_id = format!("{id}_{source}");
-        let notice = spec::delete_notice(&user_id, &message_id, now);
-        state
+        let notice = spec::delete_notice(&user_id, &message_id, at);
+        let appended = state
             .store
             .append(
                 source,
@@ -279,9 +319,13 @@ pub async fn create_deletion(
                 }],
                 vec![],
             )
-            .await
-            .map_err(unavailable)?;
-        notices.push(json!({"source": source, "message_id": message_id}));
+            .await;
+        match appended {
+            Ok(_) => notices.push(json!({"source": source, "message_id": message_id})),
+            // A source deleted since has no destinations left to tell.
+            Err(store::StoreError::UnknownSource(_)) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
     }
     let keep = notices
         .iter()
@@ -292,23 +336,36 @@ pub async fn create_deletion(
         .purge_user(&user_id, keep)
         .await
         .map_err(unavailable)?;
-    let record = json!({
-        "id": id,
-        "userId": user_id,
-        "created_at": spec::format_time(now),
-        "status": "completed",
-        "affected_sources": sources,
-        "notices": notices,
-        "purged": purged,
-        "note": "delete notices are delivered like any event: see each destination's attempts for their message_id",
-    });
+    record["status"] = json!("completed");
+    record["notices"] = json!(notices);
+    record["purged"] = json!(purged);
+    save_deletion(state, &record).await?;
     tracing::info!(deletion = %id, sources = sources.len(), "user deletion completed");
-    state
-        .store
-        .put_meta(&format!("deletion:{id}"), &record.to_string())
-        .await
-        .map_err(unavailable)?;
-    Ok((StatusCode::CREATED, Json(record)))
+    Ok(record)
+}
+
+/// Finishes the user deletions a crash cut short (recorded `running`).
+pub async fn resume_deletions(state: &AppState) {
+    let records = match state.store.metas_with_prefix("deletion:").await {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read user deletions to resume");
+            return;
+        }
+    };
+    for (_, text) in records {
+        let Ok(record) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if record["status"] != "running" {
+            continue;
+        }
+        let id = record["id"].clone();
+        tracing::warn!(deletion = %id, "a user deletion was cut short: finishing it");
+        if let Err(e) = carry_out_deletion(state, record).await {
+            tracing::error!(deletion = %id, error = %e.body.message, "cannot finish a user deletion; it is tried again at the next start");
+        }
+    }
 }
 
 fn uuid_like() -> String {

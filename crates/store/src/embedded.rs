@@ -836,6 +836,16 @@ fn record_body(
 ) -> Result<Option<Vec<u8>>> {
     match reader.body(seq, location) {
         Ok(body) => Ok(Some(body)),
+        Err(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<segments::ErasedRecord>()) =>
+        {
+            tracing::debug!(
+                seq,
+                "store: an event's record was erased by a user deletion; it is skipped"
+            );
+            Ok(None)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             tracing::error!(seq, error = %e, "store: an event's record is damaged; it is skipped");
             Ok(None)

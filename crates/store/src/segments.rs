@@ -714,8 +714,9 @@ impl<'a> SegmentReader<'a> {
     }
 
     /// The body of the event `seq` at `loc`. An error of kind
-    /// `InvalidData` means the record is not there (corrupt, erased, or of
-    /// another event); any other is the file's.
+    /// `InvalidData` means the record is not there (corrupt, erased — then
+    /// its inner error is [`ErasedRecord`] — or of another event); any other
+    /// is the file's.
     pub(crate) fn body(&mut self, seq: u64, loc: Location) -> io::Result<Vec<u8>> {
         let dir = self.dir;
         let (file, ahead) = match self.files.entry(loc.segment) {
@@ -743,6 +744,7 @@ impl<'a> SegmentReader<'a> {
                 bytes.drain(..p.body.start);
                 Ok(bytes)
             }
+            Some(p) if p.erased => Err(io::Error::new(io::ErrorKind::InvalidData, ErasedRecord)),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -754,6 +756,20 @@ impl<'a> SegmentReader<'a> {
         }
     }
 }
+
+/// A record erased by a user deletion: gone on purpose, not damaged. Its
+/// index row may outlive it when the deletion was cut short; a later
+/// deletion of the same user removes the row.
+#[derive(Debug)]
+pub(crate) struct ErasedRecord;
+
+impl std::fmt::Display for ErasedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the record was erased by a user deletion")
+    }
+}
+
+impl std::error::Error for ErasedRecord {}
 
 #[cfg(test)]
 mod tests {

@@ -663,6 +663,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state.set_api_token(&token.hash, Some(token.read_only));
     }
     state.set_admin_token_hash(Some(admin_hash));
+    server::manage::resume_deletions(&state).await;
 
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

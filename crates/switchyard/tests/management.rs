@@ -499,6 +499,47 @@ async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
     assert!(captures.is_empty(), "the capture mentioning u1 is gone");
     assert_eq!(count("SELECT COUNT(*) FROM raw_requests"), 0);
 
+    // A deletion cut short by a crash (recorded `running`, nothing done yet)
+    // is finished at the next start: notices sent, data purged.
+    let (s, _) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId":"u3","event":"E","messageId":"u3-1"}"#,
+        )
+        .await;
+    assert_eq!(s, 200);
+    rx.wait_until("hook", 30, |r| r.iter().any(|x| body(x)["userId"] == "u3"))
+        .await;
+    sy.kill9();
+    db.execute(
+        "INSERT INTO meta(key, value) VALUES('deletion:del_cut', ?1)",
+        [
+            json!({"id": "del_cut", "userId": "u3", "created_at": "2026-01-01T00:00:00.000Z",
+                "status": "running", "affected_sources": ["web"]})
+            .to_string(),
+        ],
+    )
+    .unwrap();
+    sy.restart();
+    let (s, finished) = sy.admin("GET", "/api/v1/deletions/del_cut", None).await;
+    assert_eq!(
+        (s, &finished["status"]),
+        (200, &json!("completed")),
+        "{finished}"
+    );
+    assert_eq!(finished["purged"]["events"], 1, "{finished}");
+    rx.wait_until("hook", 30, |r| {
+        r.iter()
+            .any(|x| body(x)["type"] == "delete" && body(x)["userId"] == "u3")
+    })
+    .await;
+    assert_eq!(
+        count("SELECT COUNT(*) FROM events WHERE user_id = 'u3'"),
+        1,
+        "only the notice"
+    );
+
     // The list of deletions is the store's: it outlives a restart.
     drop(db);
     sy.restart();
@@ -510,7 +551,7 @@ async fn deleting_a_user_notifies_destinations_and_purges_their_data() {
         .iter()
         .filter_map(|d| d["id"].as_str())
         .collect();
-    assert_eq!(ids, [id]);
+    assert_eq!(ids, ["del_cut", id], "oldest first");
 }
 
 fn cli(sy: &Switchyard, args: &[&str]) -> (i32, String) {
