@@ -296,6 +296,37 @@ BEGIN
 END;
 "#;
 
+/// The layout of the data directory this build writes. Raised when a newer
+/// layout would mislead an older build (format 2: per-version function
+/// declarations, persisted pauses, dead-letter ids never reused); a build
+/// refuses a directory of a newer format instead of half-reading it.
+const STORE_FORMAT: i64 = 2;
+
+fn check_format(conn: &Connection) -> Result<()> {
+    let has_meta: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(());
+    }
+    let found: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'store_format'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match found.and_then(|f| f.parse::<i64>().ok()) {
+        Some(found) if found > STORE_FORMAT => Err(StoreError::NewerFormat {
+            found,
+            known: STORE_FORMAT,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn open_connection(path: &Path, fsync: bool) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -326,9 +357,15 @@ impl EmbeddedStore {
         })?;
         let path = options.data_dir.join("switchyard.db");
         let writer_conn = open_connection(&path, options.fsync)?;
+        check_format(&writer_conn)?;
         writer_conn.execute_batch(SCHEMA)?;
         add_segment_columns(&writer_conn)?;
         add_version_settings_column(&writer_conn)?;
+        writer_conn.execute(
+            "INSERT INTO meta(key, value) VALUES('store_format', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [STORE_FORMAT.to_string()],
+        )?;
         // Checkpoints copy the WAL into the database file: done on the
         // writer's thread, they stalled every commit behind them (a quarter
         // of the writer's time under load). A background thread does them.
@@ -3575,6 +3612,33 @@ mod tests {
         assert_eq!(record.deployed_version, 2);
         assert_eq!(record.settings["settings"].as_array().unwrap().len(), 2);
         store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_of_a_newer_format_is_refused_not_half_read() {
+        let dir = temp_dir("format");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        store.close().await;
+        db(&dir)
+            .execute(
+                "UPDATE meta SET value = '99' WHERE key = 'store_format'",
+                [],
+            )
+            .unwrap();
+        let err = EmbeddedStore::open(EmbeddedOptions::new(&dir))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                StoreError::NewerFormat {
+                    found: 99,
+                    known: STORE_FORMAT
+                }
+            ),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -36,6 +36,9 @@ pub enum StoreError {
     Closed,
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The data directory was written by a newer switchyard.
+    #[error("the data directory has store format {found}; this switchyard knows formats up to {known}: run the newer switchyard (or restore a backup made for this one)")]
+    NewerFormat { found: i64, known: i64 },
     /// Reading or writing an event segment file (the message names it).
     #[error("event segment: {0}")]
     Segment(#[from] std::io::Error),
