@@ -2083,6 +2083,11 @@ impl Store for EmbeddedStore {
                 "DELETE FROM function_logs WHERE owner = ?1",
                 [format!("destination:{name}")],
             )?;
+            // What the start remembers of its URLs (to re-enable changed ones).
+            conn.execute(
+                "DELETE FROM meta WHERE key = ?1",
+                [format!("destination_urls:{name}")],
+            )?;
             Ok(existed || rows > 0)
         })
         .await
