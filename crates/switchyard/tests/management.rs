@@ -1253,19 +1253,7 @@ async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
     rx.control("hook", json!({"status": 400, "times": -1}))
         .await;
     let sy = Switchyard::start(&config(&rx));
-    let batch: Vec<Value> = (0..450)
-        .map(
-            |i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("m{i}")}),
-        )
-        .collect();
-    let (s, _) = sy
-        .post(
-            "/v1/batch",
-            "wk_web",
-            &json!({ "batch": batch }).to_string(),
-        )
-        .await;
-    assert_eq!(s, 200);
+    sy.send_tracks(450, "m").await;
     let mut total = 0;
     for _ in 0..300 {
         let (_, d) = sy

@@ -595,19 +595,7 @@ async fn sigterm_with_a_backlog_stops_promptly_and_the_backlog_resumes() {
         &rx.url("hook"),
         "concurrency = 1",
     )));
-    let batch: Vec<Value> = (0..300)
-        .map(
-            |i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("b{i}")}),
-        )
-        .collect();
-    let (s, _) = sy
-        .post(
-            "/v1/batch",
-            "wk_web",
-            &json!({ "batch": batch }).to_string(),
-        )
-        .await;
-    assert_eq!(s, 200);
+    sy.send_tracks(300, "b").await;
     rx.wait_until("hook", 30, |r| !r.is_empty()).await;
     // The whole backlog would take 90 s: SIGTERM must not wait for it.
     assert!(
@@ -885,19 +873,7 @@ async fn an_open_breaker_at_the_end_of_the_window_still_gets_a_last_attempt() {
         &rx.url("hook"),
         "max_retry_age = \"4s\"\n",
     )));
-    let batch: Vec<Value> = (0..30)
-        .map(
-            |i| json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("b{i}")}),
-        )
-        .collect();
-    let (s, _) = sy
-        .post(
-            "/v1/batch",
-            "wk_web",
-            &json!({ "batch": batch }).to_string(),
-        )
-        .await;
-    assert_eq!(s, 200);
+    sy.send_tracks(30, "b").await;
     // Enough failures to open the breaker (it stays open at least 5 s, past
     // the 4 s window); then the receiver comes back.
     rx.wait_until("hook", 30, |r| r.len() >= 20).await;

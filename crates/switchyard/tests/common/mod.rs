@@ -341,6 +341,24 @@ impl Switchyard {
         self.spawn();
     }
 
+    /// Sends `count` track events of source `web` in one `/v1/batch`, with
+    /// messageIds `{prefix}0`, `{prefix}1`, …; asserts the 200.
+    pub async fn send_tracks(&self, count: usize, prefix: &str) {
+        let batch: Vec<Value> = (0..count)
+            .map(|i| {
+                serde_json::json!({"type": "track", "userId": "u", "event": "E", "messageId": format!("{prefix}{i}")})
+            })
+            .collect();
+        let (s, b) = self
+            .post(
+                "/v1/batch",
+                "wk_web",
+                &serde_json::json!({ "batch": batch }).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
     /// POSTs `body` with HTTP Basic auth `write_key:`; returns status and JSON.
     pub async fn post(&self, path: &str, write_key: &str, body: &str) -> (u16, Value) {
         self.post_with(path, Some(write_key), body.as_bytes().to_vec(), &[])
