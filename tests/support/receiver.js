@@ -113,7 +113,10 @@ server.listen(0, '127.0.0.1', () => {
   });
 });
 process.on('SIGTERM', () => process.exit(0));
-// The test harness holds our stdin: when it goes away, so do we.
-process.stdin.on('end', () => process.exit(0));
-process.stdin.on('error', () => process.exit(0));
-process.stdin.resume();
+// The test harness holds our stdin (and says so): when it goes away, so do
+// we. Run by hand (`node receiver.js &`), stdin is left alone.
+if (process.env.RECEIVER_EXIT_WITH_STDIN === '1') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}

@@ -28,13 +28,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// An optional body: none at all (no `Content-Type`) is `None`.
+/// An optional body: an empty one (whatever its `Content-Type`) is `None`.
+/// Any other is read as JSON whatever its `Content-Type` says: `curl -d`
+/// sends form-encoded, and a selection ignored for it would replay or
+/// discard every dead letter instead of the few it names.
 impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
-        match <Json<T> as OptionalFromRequest<S>>::from_request(request, state).await {
-            Ok(value) => Ok(value.map(|Json(value)| JsonBody(value))),
+        let bytes = match Bytes::from_request(request, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) => {
+                return Err(match cause::<BodyTimeout>(&rejection) {
+                    Some(timeout) => body_timeout(timeout),
+                    None => ApiError::bad_request("invalid_body", rejection.body_text()),
+                })
+            }
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(value)) => Ok(Some(JsonBody(value))),
             Err(rejection) => Err(refused_json(rejection)),
         }
     }

@@ -162,6 +162,23 @@ fn raise_open_files_limit() -> libc::rlim_t {
     limit.rlim_cur
 }
 
+/// Refuses to start with another master key than the data directory was
+/// made with: its write keys, tokens and secrets would all stop working,
+/// with no word why. The first start records a digest of the key.
+async fn check_master_key(store: &dyn Store, keyring: &Keyring) -> anyhow::Result<()> {
+    const KEY: &str = "master_key_check";
+    let digest = keyring.hash("switchyard master key check");
+    match store.get_meta(KEY).await? {
+        Some(stored) if stored != digest => anyhow::bail!(
+            "this data directory was made with another master key: its write keys, tokens and \
+             secrets need that one. Start with the same --master-key (or SWITCHYARD_MASTER_KEY), \
+             or put its master.key back in the data directory"
+        ),
+        Some(_) => Ok(()),
+        None => Ok(store.put_meta(KEY, &digest).await?),
+    }
+}
+
 /// Credential digests to serve: (slug, digest).
 struct Credentials {
     write_keys: Vec<(String, String)>,
@@ -585,7 +602,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // SAFETY: mi_collect only returns the calling thread's free memory.
     unsafe { libmimalloc_sys::mi_collect(true) };
     let store: Arc<dyn Store> = Arc::new(embedded);
+    let key_file = data_dir.join("master.key");
+    let had_key_file = key_file.exists();
     let keyring = Keyring::load(&data_dir, args.master_key.as_deref()).map_err(|e| anyhow!(e))?;
+    if let Err(e) = check_master_key(store.as_ref(), &keyring).await {
+        // A key file this start just made for the wrong key goes again.
+        if !had_key_file && args.master_key.is_none() {
+            let _ = std::fs::remove_file(&key_file);
+        }
+        return Err(e);
+    }
 
     let config_dir = config_path
         .as_ref()

@@ -1668,6 +1668,29 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
             "{method} {path}: {b}"
         );
     }
+    // An optional body may be empty whatever its Content-Type, and one sent
+    // as a form (curl -d) is still read as the JSON it is, not ignored.
+    let raw = |path: &str, content_type: &str, body: &'static str| {
+        http_client()
+            .post(format!("{}{path}", sy.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let resp = raw("/api/v1/sources/stigg/rotate", "application/json", "")
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = raw(
+        "/api/v1/destinations/hook/deadletters/replay",
+        "application/x-www-form-urlencoded",
+        r#"{"ids": [999999]}"#,
+    )
+    .await
+    .unwrap();
+    let answer: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(answer["replayed"], 0, "only the id named: {answer}");
     // The scheme is read in any case.
     let (s, _) = call(
         &sy,

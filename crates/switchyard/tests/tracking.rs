@@ -946,3 +946,66 @@ async fn clients_past_the_soft_open_files_limit_are_served() {
     );
     drop(open);
 }
+
+/// `switchyard serve` in `dir` with `SWITCHYARD_MASTER_KEY` set to `key` (or
+/// unset): the child once it listens, or what it printed when it exited.
+fn serve_with_master_key(
+    dir: &std::path::Path,
+    key: Option<&str>,
+) -> Result<std::process::Child, String> {
+    use std::io::{BufRead, Read};
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("SWITCHYARD_CONFIG")
+        .env_remove("SWITCHYARD_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(key) = key {
+        command.env("SWITCHYARD_MASTER_KEY", key);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let _ = child.wait();
+            return Err(err);
+        }
+        if line.contains("listening on") {
+            return Ok(child);
+        }
+    }
+}
+
+#[test]
+fn a_start_with_another_master_key_is_refused_and_changes_nothing() {
+    let dir = TempDir::new("masterkey");
+    let key = "ab".repeat(32);
+    let stop = |mut child: std::process::Child| {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+    };
+    stop(serve_with_master_key(&dir.0, Some(&key)).expect("first start"));
+    // Without the key: refused, saying why, and no key file is left behind
+    // to lock the directory to a key nobody chose.
+    let err = serve_with_master_key(&dir.0, None).err().expect("refused");
+    assert!(err.contains("another master key"), "{err}");
+    assert!(!dir.0.join("switchyard-data/master.key").exists());
+    let err = serve_with_master_key(&dir.0, Some(&"cd".repeat(32)))
+        .err()
+        .expect("refused");
+    assert!(err.contains("another master key"), "{err}");
+    stop(serve_with_master_key(&dir.0, Some(&key)).expect("the right key starts"));
+}

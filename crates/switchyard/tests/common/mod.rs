@@ -106,6 +106,7 @@ impl Receiver {
         let mut cmd = Command::new("node");
         cmd.arg(repo_root().join("tests/support/receiver.js"))
             .env("RECEIVER_SECRET", secret)
+            .env("RECEIVER_EXIT_WITH_STDIN", "1")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::piped())
             .stderr(Stdio::inherit());
