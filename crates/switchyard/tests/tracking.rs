@@ -948,7 +948,9 @@ async fn clients_past_the_soft_open_files_limit_are_served() {
 }
 
 /// `switchyard serve` in `dir` with `SWITCHYARD_MASTER_KEY` set to `key` (or
-/// unset): the child once it listens, or what it printed when it exited.
+/// unset): the child once it listens (the caller stops and waits for it), or
+/// what it printed when it exited.
+#[allow(clippy::zombie_processes)]
 fn serve_with_master_key(
     dir: &std::path::Path,
     key: Option<&str>,
@@ -1000,12 +1002,10 @@ fn a_start_with_another_master_key_is_refused_and_changes_nothing() {
     stop(serve_with_master_key(&dir.0, Some(&key)).expect("first start"));
     // Without the key: refused, saying why, and no key file is left behind
     // to lock the directory to a key nobody chose.
-    let err = serve_with_master_key(&dir.0, None).err().expect("refused");
+    let err = serve_with_master_key(&dir.0, None).expect_err("refused");
     assert!(err.contains("another master key"), "{err}");
     assert!(!dir.0.join("switchyard-data/master.key").exists());
-    let err = serve_with_master_key(&dir.0, Some(&"cd".repeat(32)))
-        .err()
-        .expect("refused");
+    let err = serve_with_master_key(&dir.0, Some(&"cd".repeat(32))).expect_err("refused");
     assert!(err.contains("another master key"), "{err}");
     stop(serve_with_master_key(&dir.0, Some(&key)).expect("the right key starts"));
 }
