@@ -697,8 +697,13 @@ pub async fn rotate_source(
     } else {
         state.set_write_key_hash(&slug, &digest);
     }
+    let note = if given.is_some() {
+        "set to the value given"
+    } else {
+        "shown once; only its digest is stored"
+    };
     Ok(Json(
-        json!({"slug": slug, field: shown, "changed": changed, "note": "shown once"}),
+        json!({"slug": slug, field: shown, "changed": changed, "note": note}),
     ))
 }
 
