@@ -395,9 +395,8 @@ fn identifier(obj: &mut impl Fields, field: &'static str) -> Result<Option<Strin
 }
 
 /// `String(n)` in JavaScript, for a number as `serde_json` displays it.
-/// Integers `serde_json` holds exactly are kept digit for digit; others
-/// follow ECMAScript's Number::toString: the shortest digits that read back
-/// as the same double, written out in full from 1e-6 up to 1e21.
+/// Integers `serde_json` holds exactly are kept digit for digit; others are
+/// written as [`js_f64_text`] writes them.
 fn js_number_text(n: &str) -> String {
     if n.bytes()
         .enumerate()
@@ -405,20 +404,25 @@ fn js_number_text(n: &str) -> String {
     {
         return n.to_string();
     }
-    let Ok(f) = n.parse::<f64>() else {
-        return n.to_string();
-    };
+    match n.parse::<f64>() {
+        Ok(f) if f.is_finite() => js_f64_text(f),
+        _ => n.to_string(),
+    }
+}
+
+/// A double as ECMAScript's Number::toString (and so `JSON.stringify`)
+/// writes it: the shortest digits that read back as the same double, in full
+/// from 1e-6 up to 1e21, with an exponent (`1e+21`, `1.5e-7`) outside.
+/// Receivers that check a signature over `JSON.stringify(body)` need the
+/// very same text.
+pub(crate) fn js_f64_text(f: f64) -> String {
     if f == 0.0 || !f.is_finite() {
-        return if f == 0.0 { "0".into() } else { n.to_string() };
+        return "0".into();
     }
     // Rust's `{:e}` gives the shortest round-trip digits: "1.2345e20".
     let scientific = format!("{:e}", f.abs());
-    let Some((mantissa, exponent)) = scientific.split_once('e') else {
-        return n.to_string();
-    };
-    let Ok(exponent) = exponent.parse::<i32>() else {
-        return n.to_string();
-    };
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
     let digits = mantissa.replace('.', "");
     let k = digits.len() as i32;
     // The decimal point goes after `point` digits.
@@ -447,6 +451,30 @@ fn js_number_text(n: &str) -> String {
     } else {
         body
     }
+}
+
+/// Compact JSON with doubles written as JavaScript writes them.
+struct JsNumbers;
+
+impl serde_json::ser::Formatter for JsNumbers {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        writer.write_all(js_f64_text(value).as_bytes())
+    }
+}
+
+/// A message's JSON as it is stored and sent: compact, numbers as
+/// `JSON.stringify` writes them.
+fn to_js_json(value: &Value) -> serde_json::Result<Vec<u8>> {
+    use serde::Serialize;
+    let mut out = Vec::with_capacity(256);
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, JsNumbers,
+    ))?;
+    Ok(out)
 }
 
 fn require_object(obj: &impl Fields, field: &str) -> Result<(), SpecError> {
@@ -712,7 +740,7 @@ fn finish(
 ) -> Result<Message, SpecError> {
     let mut value = Value::Object(obj);
     canonicalize_numbers(&mut value, 0);
-    let json = serde_json::to_vec(&value)
+    let json = to_js_json(&value)
         .map_err(|e| SpecError::invalid(None, format!("message cannot be serialized: {e}")))?;
     message(json, kind, message_id, user_id, ctx)
 }
@@ -972,6 +1000,41 @@ mod tests {
         assert!(
             s.contains(r#""properties":{"a":1,"b":39.95,"c":[2]}"#),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn every_double_is_written_as_json_stringify_writes_it() {
+        // What Node 20 prints for JSON.stringify of each, by both paths.
+        let text = r#"{"userId":"u","event":"e","messageId":"m1","properties":{"big":123456789012345680000,"huge":1e21,"tiny":1.5e-7,"small":0.000001,"neg0":-0.0,"exp":2.5E+3,"long":0.1234567890123456789}}"#;
+        let want = r#""properties":{"big":123456789012345680000,"huge":1e+21,"tiny":1.5e-7,"small":0.000001,"neg0":0,"exp":2500,"long":0.12345678901234568}"#;
+        let limits = Limits::default();
+        let ctx = RequestContext::new(at("2024-01-01T00:00:10Z"), &limits);
+        let tree = normalize(
+            serde_json::from_str(text).unwrap(),
+            Some(MessageType::Track),
+            &ctx,
+        )
+        .unwrap();
+        let tree = String::from_utf8(tree.json).unwrap();
+        assert!(tree.contains(want), "{tree}");
+        // The fast path writes what the tree path writes, or leaves the
+        // message to it; without the 21-digit integer it takes it.
+        if let Some(fast) = normalize_fast(text, Some(MessageType::Track), &ctx) {
+            assert_eq!(String::from_utf8(fast.json).unwrap(), tree);
+        }
+        let text = text.replace("\"big\":123456789012345680000,", "");
+        let tree = normalize(
+            serde_json::from_str(&text).unwrap(),
+            Some(MessageType::Track),
+            &ctx,
+        )
+        .unwrap();
+        let fast =
+            normalize_fast(&text, Some(MessageType::Track), &ctx).expect("the fast path takes it");
+        assert_eq!(
+            String::from_utf8(fast.json).unwrap(),
+            String::from_utf8(tree.json).unwrap()
         );
     }
 

@@ -380,15 +380,14 @@ fn float_is_canonical(token: &str) -> bool {
 }
 
 /// What the tree path writes for a number it read as a float: integral
-/// values within 2^53 as integers (as `JSON.stringify` does), others as
-/// serde_json writes an `f64`. Parsed by serde_json itself, so rounding is
-/// the same.
+/// values within 2^53 as integers, others as `JSON.stringify` writes a
+/// double. Parsed by serde_json itself, so rounding is the same.
 fn canonical_float(token: &str) -> Option<String> {
     let value: f64 = serde_json::from_str(token).ok()?;
     if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 {
         Some((value as i64).to_string())
     } else {
-        serde_json::to_string(&value).ok()
+        Some(crate::js_f64_text(value))
     }
 }
 
