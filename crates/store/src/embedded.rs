@@ -148,6 +148,14 @@ CREATE TABLE IF NOT EXISTS sources(
     created_ms INTEGER NOT NULL,
     config TEXT
 );
+-- Sources deleted while events of theirs may still wait in the log: their
+-- ids stay known (to destinations that still name them) and are never given
+-- to another source.
+CREATE TABLE IF NOT EXISTS retired_sources(
+    id INTEGER PRIMARY KEY,
+    slug TEXT NOT NULL,
+    deleted_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS functions(
     name TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -415,6 +423,19 @@ impl EmbeddedStore {
             for row in rows {
                 let (slug, id) = row?;
                 ids.insert(slug, id);
+            }
+            // A deleted source's events still reach the destinations that
+            // name it, across restarts too, unless its slug was taken again.
+            let mut stmt =
+                writer_conn.prepare("SELECT slug, id FROM retired_sources ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut retired: HashMap<String, i64> = HashMap::new();
+            for row in rows {
+                let (slug, id) = row?;
+                retired.insert(slug, id);
+            }
+            for (slug, id) in retired {
+                ids.entry(slug).or_insert(id);
             }
         }
         let recent_ids = Arc::new(Mutex::new(load_recent_ids(&writer_conn, &options)?));
@@ -1630,8 +1651,13 @@ impl Store for EmbeddedStore {
     async fn put_source(&self, source: SourceRecord) -> Result<SourceRecord> {
         let ids = self.source_ids.clone();
         self.write(move |conn| {
+            // A new source's id is past every id ever given, deleted ones
+            // included: events of a deleted source must never pass for
+            // another's.
             conn.execute(
-                "INSERT INTO sources(slug, kind, write_key_hash, token_hash, created_ms, config) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO sources(id, slug, kind, write_key_hash, token_hash, created_ms, config)
+                 VALUES(1 + MAX(COALESCE((SELECT MAX(id) FROM sources), 0), COALESCE((SELECT MAX(id) FROM retired_sources), 0)),
+                        ?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(slug) DO UPDATE SET kind = excluded.kind,
                    write_key_hash = COALESCE(excluded.write_key_hash, sources.write_key_hash),
                    token_hash = COALESCE(excluded.token_hash, sources.token_hash),
@@ -1666,8 +1692,14 @@ impl Store for EmbeddedStore {
     async fn delete_source(&self, slug: &str) -> Result<bool> {
         let slug = slug.to_string();
         self.heavy_write(move |conn| {
-            // The id stays known to this process so that queued events can
-            // still be read; a new source of the same slug gets a new id.
+            // The id stays known (retired) so that queued events can still be
+            // read, now and after a restart; a new source of the same slug
+            // gets a new id.
+            conn.execute(
+                "INSERT OR IGNORE INTO retired_sources(id, slug, deleted_ms)
+                 SELECT id, slug, ?2 FROM sources WHERE slug = ?1",
+                params![slug, now_ms()],
+            )?;
             Ok(conn.execute("DELETE FROM sources WHERE slug = ?1", [slug])? > 0)
         })
         .await

@@ -1757,7 +1757,7 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
 #[tokio::test]
 async fn a_destination_keeps_a_deleted_source_and_delivers_its_stored_events() {
     let rx = Receiver::start("s3cret");
-    let sy = Switchyard::start(&config(&rx));
+    let mut sy = Switchyard::start(&config(&rx));
     let (s, b) = sy
         .admin(
             "POST",
@@ -1783,6 +1783,16 @@ async fn a_destination_keeps_a_deleted_source_and_delivers_its_stored_events() {
     }
     let (s, _) = sy.admin("DELETE", "/api/v1/sources/old", None).await;
     assert_eq!(s, 200);
+    // A source made next gets an id of its own: none of the deleted one's
+    // events pass for its.
+    let (s, _) = sy
+        .admin("POST", "/api/v1/sources", Some(json!({"slug": "newer"})))
+        .await;
+    assert_eq!(s, 201);
+    let (_, events) = sy.admin("GET", "/api/v1/sources/newer/events", None).await;
+    assert_eq!(events["data"], json!([]), "{events}");
+    // And the deleted source's events outlive a restart.
+    sy.restart();
     // Switched on again, still naming the deleted source: its events go out.
     let mut enabled = destination;
     enabled["enabled"] = json!(true);
