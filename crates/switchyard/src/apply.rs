@@ -181,17 +181,17 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     // keys and tokens the file gives (a new source may take a key another one
     // gives up), then sources, then destinations; the file's order otherwise.
     steps.sort_by_key(Step::phase);
-    let plan: Vec<(&str, &str, &str, String)> = kept
+    let plan: Vec<(&str, &str, &str, String)> = steps
         .iter()
-        .map(|name| {
+        .map(Step::describe)
+        .chain(kept.iter().map(|name| {
             (
                 "keep",
                 "destination",
                 name.as_str(),
                 "not in the file; --keep-unlisted".to_string(),
             )
-        })
-        .chain(steps.iter().map(Step::describe))
+        }))
         .collect();
     // With --json, one document after the work: the plan, whether it was
     // applied, and the credentials generated for new sources (shown once).
