@@ -194,9 +194,10 @@ pub async fn list_destinations(
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
     let full = may_change(&state, &headers);
+    let running = state.engine.names().await;
     let mut data = Vec::new();
-    for name in state.engine.names().await {
-        let Some(sink) = state.engine.sink(&name).await else {
+    for name in &running {
+        let Some(sink) = state.engine.sink(name).await else {
             continue;
         };
         let s = sink.settings();
@@ -206,15 +207,14 @@ pub async fn list_destinations(
             "sources": s.sources,
             "batch_size": s.batch_size,
             "enabled": s.enabled,
-            "backlog": state.store.backlog(&name).await.map_err(unavailable)?,
-            "retries": state.store.retry_count(&name).await.map_err(unavailable)?,
-            "disabled_urls": state.store.disabled_urls(&name).await.map_err(unavailable)?
+            "backlog": state.store.backlog(name).await.map_err(unavailable)?,
+            "retries": state.store.retry_count(name).await.map_err(unavailable)?,
+            "disabled_urls": state.store.disabled_urls(name).await.map_err(unavailable)?
                 .into_iter().map(|(url, reason)| json!({"url": if full { url } else { url_password_masked(&url) }, "reason": reason})).collect::<Vec<_>>(),
         }));
     }
     // Configured but not running (its function could not start at the
     // start): listed, so its waiting events are not out of sight.
-    let running = state.engine.names().await;
     for (name, config, _) in state.store.destinations().await.map_err(unavailable)? {
         if running.contains(&name) {
             continue;
@@ -769,7 +769,6 @@ pub async fn stream_events(
             (sources, state.stopping.subscribe()),
         ),
         |(app, mut rx, mut cursor, mut pending, (sources, mut stopping))| async move {
-            let store = app.store.clone();
             loop {
                 // Live streams end when the server stops, so that a connected
                 // `tail` never holds up a graceful shutdown, and when their
@@ -792,7 +791,7 @@ pub async fn stream_events(
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
                     }
                 }
-                match store.read_events(&sources, cursor, 100_000, 500).await {
+                match app.store.read_events(&sources, cursor, 100_000, 500).await {
                     Ok((events, upto)) => {
                         cursor = upto;
                         pending.extend(
@@ -910,29 +909,39 @@ pub fn url_password_masked(url: &str) -> String {
 /// `changes` merged into a source's `current` settings, as PATCH merges: a
 /// setting given `null` is removed, one given the mask keeps its stored value.
 pub(crate) fn merged_settings(current: &Value, changes: Value) -> Result<Value, ApiError> {
-    let Value::Object(changes) = changes else {
+    let Value::Object(mut changes) = changes else {
         return Err(
             ApiError::bad_request("invalid_body", "`settings` must be an object")
                 .with_field(Some("settings".into())),
         );
     };
+    masked_settings_kept(&mut changes, Some(current))?;
     let mut merged = current.as_object().cloned().unwrap_or_default();
     for (name, value) in changes {
-        match value {
-            Value::Null => {
-                merged.shift_remove(&name);
-            }
-            Value::String(s) if s == MASK => {
-                if !merged.contains_key(&name) {
-                    return Err(mask_without_value(format!("settings.{name}")));
-                }
-            }
-            value => {
-                merged.insert(name, value);
-            }
+        if value.is_null() {
+            merged.shift_remove(&name);
+        } else {
+            merged.insert(name, value);
         }
     }
     Ok(Value::Object(merged))
+}
+
+/// Puts the `stored` value back for each setting given as the mask; a mask
+/// with no stored value behind it is refused.
+fn masked_settings_kept(
+    settings: &mut serde_json::Map<String, Value>,
+    stored: Option<&Value>,
+) -> Result<(), ApiError> {
+    for (name, v) in settings.iter_mut() {
+        if v.as_str() == Some(MASK) {
+            match stored.and_then(|s| s.get(name)) {
+                Some(old) => *v = old.clone(),
+                None => return Err(mask_without_value(format!("settings.{name}"))),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn mask_without_value(field: String) -> ApiError {
@@ -959,17 +968,7 @@ fn unmasked(mut body: Value, stored: Option<&Value>) -> Result<Value, ApiError> 
         }
     }
     if let Some(settings) = body.get_mut("settings").and_then(Value::as_object_mut) {
-        for (name, v) in settings.iter_mut() {
-            if is_mask(Some(v)) {
-                match stored
-                    .and_then(|s| s.get("settings"))
-                    .and_then(|s| s.get(name))
-                {
-                    Some(old) => *v = old.clone(),
-                    None => return Err(missing(format!("settings.{name}"))),
-                }
-            }
-        }
+        masked_settings_kept(settings, stored.and_then(|s| s.get("settings")))?;
     }
     // Header values and URL passwords, as a read-only token is shown them.
     if let Some(headers) = body.get_mut("headers").and_then(Value::as_object_mut) {

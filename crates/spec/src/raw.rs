@@ -540,8 +540,10 @@ impl Fields for RawMessage<'_> {
     }
 
     fn set_int(&mut self, key: &'static str, value: i64) {
+        use std::io::Write;
         let start = self.values.len();
-        self.values.extend_from_slice(value.to_string().as_bytes());
+        // Written in place: every message takes this path (`version`).
+        let _ = write!(self.values, "{value}");
         let canonical = start..self.values.len();
         self.put_entry(key, canonical);
     }
