@@ -107,6 +107,10 @@ pub struct EmbeddedStore {
     path: PathBuf,
     head_tx: Arc<watch::Sender<u64>>,
     source_ids: Arc<RwLock<HashMap<String, i64>>>,
+    /// Every id a deleted source of each slug had: the events they stored
+    /// still reach the destinations naming the slug, also once a new source
+    /// has taken it (its events keep their own id).
+    retired_ids: Arc<RwLock<HashMap<String, Vec<i64>>>>,
     segments_dir: PathBuf,
     /// The thread inserting waiting index rows (see [`spawn_indexer`]).
     indexer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -417,6 +421,7 @@ impl EmbeddedStore {
         let head = repair_index(&writer_conn, head, recovered)?;
         let segments = Arc::new(Mutex::new(segments));
         let mut ids = HashMap::new();
+        let mut retired_ids: HashMap<String, Vec<i64>> = HashMap::new();
         {
             let mut stmt = writer_conn.prepare("SELECT slug, id FROM sources")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -429,13 +434,14 @@ impl EmbeddedStore {
             let mut stmt =
                 writer_conn.prepare("SELECT slug, id FROM retired_sources ORDER BY id")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            let mut retired: HashMap<String, i64> = HashMap::new();
             for row in rows {
                 let (slug, id) = row?;
-                retired.insert(slug, id);
+                retired_ids.entry(slug).or_insert_with(Vec::new).push(id);
             }
-            for (slug, id) in retired {
-                ids.entry(slug).or_insert(id);
+            for (slug, retired) in &retired_ids {
+                if let Some(newest) = retired.last() {
+                    ids.entry(slug.clone()).or_insert(*newest);
+                }
             }
         }
         let recent_ids = Arc::new(Mutex::new(load_recent_ids(&writer_conn, &options)?));
@@ -483,6 +489,7 @@ impl EmbeddedStore {
             path,
             head_tx,
             source_ids: Arc::new(RwLock::new(ids)),
+            retired_ids: Arc::new(RwLock::new(retired_ids)),
             segments_dir,
             log,
             indexer: Mutex::new(Some(indexer)),
@@ -1170,11 +1177,14 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, u64)> {
         let wanted: HashMap<i64, String> = {
-            let ids = self.source_ids.read().map_err(|_| StoreError::Closed)?;
-            sources
-                .iter()
-                .filter_map(|s| ids.get(s).map(|id| (*id, s.clone())))
-                .collect()
+            let mut wanted = self.source_ids_of(sources)?;
+            let retired = self.retired_ids.read().map_err(|_| StoreError::Closed)?;
+            for slug in sources {
+                for id in retired.get(slug).into_iter().flatten() {
+                    wanted.insert(*id, slug.clone());
+                }
+            }
+            wanted
         };
         let head = *self.head_tx.borrow();
         let dir = self.segments_dir.clone();
@@ -1691,16 +1701,30 @@ impl Store for EmbeddedStore {
 
     async fn delete_source(&self, slug: &str) -> Result<bool> {
         let slug = slug.to_string();
+        let retired_ids = self.retired_ids.clone();
         self.heavy_write(move |conn| {
             // The id stays known (retired) so that queued events can still be
             // read, now and after a restart; a new source of the same slug
             // gets a new id.
+            let id: Option<i64> = conn
+                .query_row("SELECT id FROM sources WHERE slug = ?1", [&slug], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
             conn.execute(
-                "INSERT OR IGNORE INTO retired_sources(id, slug, deleted_ms)
-                 SELECT id, slug, ?2 FROM sources WHERE slug = ?1",
-                params![slug, now_ms()],
+                "INSERT OR IGNORE INTO retired_sources(id, slug, deleted_ms) VALUES(?1, ?2, ?3)",
+                params![id, slug, now_ms()],
             )?;
-            Ok(conn.execute("DELETE FROM sources WHERE slug = ?1", [slug])? > 0)
+            conn.execute("DELETE FROM sources WHERE id = ?1", [id])?;
+            let mut retired = retired_ids.write().map_err(|_| StoreError::Closed)?;
+            let ids = retired.entry(slug).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+            Ok(true)
         })
         .await
     }
@@ -2623,6 +2647,39 @@ mod tests {
 
         let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
         assert_eq!(*store.subscribe().borrow(), expected as u64);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A slug deleted and taken again: the destinations naming it read the
+    /// deleted source's events and the new one's, before and after a
+    /// reopen, while the new source's own lists show only its events.
+    #[tokio::test]
+    async fn a_slug_taken_again_keeps_the_deleted_sources_events_for_delivery() {
+        let dir = temp_dir("slug-again");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        store
+            .append("web", vec![event("old-1"), event("old-2")], vec![])
+            .await
+            .unwrap();
+        assert!(store.delete_source("web").await.unwrap());
+        assert!(!store.delete_source("web").await.unwrap(), "gone already");
+        source(&store, "web").await;
+        store
+            .append("web", vec![event("new-1")], vec![])
+            .await
+            .unwrap();
+        let both = vec!["old-1", "old-2", "new-1"];
+        assert_eq!(stored_ids(&store, "web").await, both);
+        let recent = store.recent_events("web", 10).await.unwrap();
+        assert_eq!(recent.len(), 1, "the new source's own events only");
+        store.close().await;
+
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        assert_eq!(stored_ids(&store, "web").await, both);
+        let recent = store.recent_events("web", 10).await.unwrap();
+        assert_eq!(recent.len(), 1, "the new source's own events only");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

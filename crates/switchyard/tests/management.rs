@@ -1791,6 +1791,26 @@ async fn a_destination_keeps_a_deleted_source_and_delivers_its_stored_events() {
     assert_eq!(s, 201);
     let (_, events) = sy.admin("GET", "/api/v1/sources/newer/events", None).await;
     assert_eq!(events["data"], json!([]), "{events}");
+    // Its slug taken again: the destination naming it gets the deleted
+    // source's events and the new one's; the new source shows only its own.
+    let (s, _) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "old", "write_key": "wk_old_again"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = sy
+        .post(
+            "/v1/track",
+            "wk_old_again",
+            &json!({"userId": "u", "event": "E", "messageId": "again"}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, events) = sy.admin("GET", "/api/v1/sources/old/events", None).await;
+    assert_eq!(events["data"].as_array().map(Vec::len), Some(1), "{events}");
     // And the deleted source's events outlive a restart.
     sy.restart();
     // Switched on again, still naming the deleted source: its events go out.
@@ -1800,8 +1820,8 @@ async fn a_destination_keeps_a_deleted_source_and_delivers_its_stored_events() {
         .admin("PUT", "/api/v1/destinations/d", Some(enabled))
         .await;
     assert_eq!(s, 200, "{b}");
-    let got = rx.wait_delivered("d", 3, 30).await;
-    assert_eq!(got.len(), 3);
+    let got = rx.wait_delivered("d", 4, 30).await;
+    assert_eq!(got.len(), 4);
     // A source it never named is still refused.
     let (s, _) = sy
         .admin(
