@@ -104,11 +104,14 @@ pub enum SourcesCommand {
         #[arg(long, value_parser = ["always", "window"])]
         capture: Option<String>,
     },
-    /// Open a function source's capture window: a source with `--capture
-    /// window` keeps the requests it receives until the window closes.
+    /// Open a function source's capture window (for `--capture window` sources).
+    ///
+    /// A source with `--capture window` keeps the requests it receives until
+    /// the window closes; one with `always` keeps them anyway. A window
+    /// cannot be closed early.
     CaptureWindow {
         slug: String,
-        /// How long the window stays open.
+        /// How long the window stays open, in minutes (1 to 60).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         minutes: u64,
     },

@@ -15,7 +15,8 @@ pub struct ApplyArgs {
     /// The configuration file to apply.
     #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "switchyard.toml")]
     pub config: PathBuf,
-    /// Print the plan and change nothing.
+    /// Print the plan and change nothing. Exits 1 when a step would be
+    /// refused: a write key another source of the server has.
     #[arg(long)]
     pub dry_run: bool,
     /// Keep the destinations the file does not declare. By default `apply`
@@ -629,11 +630,13 @@ impl Blocked {
 }
 
 /// The write keys the plan sets (for new sources and for existing ones) that
-/// a source on the server already has and keeps: the file cannot name those
-/// sources (it would hold the key twice, which loading it refuses), and the
-/// server never shows a key, so each is asked whether it has it (`rotate`
-/// with `dry_run`, which changes nothing). A source the plan gives a key of
-/// the file gives up its own before any source takes one, so it keeps none.
+/// a source on the server already has and keeps through the apply: one the
+/// file does not name, or names without a key. Loading the file refuses a
+/// key it gives twice, but only the server knows the others, and it never
+/// shows a key: each of its tracking sources is asked whether it has it
+/// (`rotate` with `dry_run`, which changes nothing). A source the plan gives
+/// a key of the file gives up its own before any source takes one, so it
+/// keeps none and is not asked.
 async fn taken_write_keys(
     client: &Client,
     sources: &Value,
