@@ -542,15 +542,23 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             (v, &[])
         }
         Call::UpdateFunction(name, body) => {
-            let v = client
-                .send(
-                    Method::PUT,
-                    &format!("/api/v1/functions/{name}"),
-                    Some(body),
-                )
-                .await?;
+            let path = format!("/api/v1/functions/{name}");
+            // The server saves no new version of code and declarations equal
+            // to the latest's, and answers with that version: only the
+            // latest before tells whether anything was saved. A failure here
+            // is left to the PUT to report.
+            let before = match remote.json {
+                true => None,
+                false => client
+                    .send_optional(Method::GET, &path)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|f| f["function"]["latest_version"].as_u64()),
+            };
+            let v = client.send(Method::PUT, &path, Some(body)).await?;
             if !remote.json {
-                println!("{}", function_saved(&v));
+                println!("{}", function_saved(&v, before));
                 return Ok(());
             }
             (v, &[])
@@ -850,13 +858,21 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
 }
 
 /// One line on a version saved with `PUT /api/v1/functions/{name}`: its
-/// number, and where it runs now or which version still runs.
-fn function_saved(v: &Value) -> String {
+/// number (or that the file was the latest version already, when `before`,
+/// the latest version before, says so), and where it runs now or which
+/// version still runs.
+fn function_saved(v: &Value, before: Option<u64>) -> String {
     let f = &v["function"];
     let name = cell(&f["name"]);
-    let version = cell(&v["version"]);
+    let saved = match (v["version"].as_u64(), before) {
+        (Some(version), Some(before)) if version <= before => {
+            format!("the file is version {version} already, nothing saved")
+        }
+        _ => format!("version {} saved", cell(&v["version"])),
+    };
     let deployed = f["deployed_version"].as_u64().unwrap_or(0);
-    if deployed > 0 && f["deployed_version"] == v["version"] {
+    // `deployed_to` is there only when this call deployed.
+    let state = if v["deployed_to"].is_object() {
         let names = |kind: &str| -> Vec<String> {
             v["deployed_to"][kind]
                 .as_array()
@@ -871,21 +887,21 @@ fn function_saved(v: &Value) -> String {
         if !destinations.is_empty() {
             runs.push(format!("destination(s) {}", destinations.join(", ")));
         }
-        let runs = if runs.is_empty() {
-            "nothing runs it yet".to_string()
+        if runs.is_empty() {
+            "deployed, nothing runs it yet".to_string()
         } else {
-            format!("running on {}", runs.join(" and "))
-        };
-        format!("function {name}: version {version} saved and deployed, {runs}")
+            format!("deployed, running on {}", runs.join(" and "))
+        }
+    } else if deployed > 0 && f["deployed_version"] == v["version"] {
+        "it is the version deployed".to_string()
     } else if deployed > 0 {
         format!(
-            "function {name}: version {version} saved, not deployed: version {deployed} still runs (`switchyard functions deploy {name}`)"
+            "not deployed: version {deployed} still runs (`switchyard functions deploy {name}`)"
         )
     } else {
-        format!(
-            "function {name}: version {version} saved, not deployed (`switchyard functions deploy {name}`)"
-        )
-    }
+        format!("not deployed (`switchyard functions deploy {name}`)")
+    };
+    format!("function {name}: {saved}; {state}")
 }
 
 /// Prints each event of a source as it is stored (one JSON line per event).

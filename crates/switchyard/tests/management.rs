@@ -2006,7 +2006,7 @@ async fn functions_create_and_update_print_a_summary_or_the_json() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         out.trim(),
-        "function stigg: version 2 saved, not deployed: version 1 still runs (`switchyard functions deploy stigg`)"
+        "function stigg: version 2 saved; not deployed: version 1 still runs (`switchyard functions deploy stigg`)"
     );
     let (code, out) = cli(
         &sy,
@@ -2015,7 +2015,23 @@ async fn functions_create_and_update_print_a_summary_or_the_json() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         out.trim(),
-        "function stigg: version 3 saved and deployed, running on source(s) stigg"
+        "function stigg: version 3 saved; deployed, running on source(s) stigg"
+    );
+    // The same file again is no new version, and the line says so.
+    let (code, out) = cli(&sy, &["functions", "update", "stigg", "--file", &stigg]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: the file is version 3 already, nothing saved; it is the version deployed"
+    );
+    let (code, out) = cli(
+        &sy,
+        &["functions", "update", "stigg", "--file", &stigg, "--deploy"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: the file is version 3 already, nothing saved; deployed, running on source(s) stigg"
     );
     let (code, out) = cli(
         &sy,
@@ -2024,7 +2040,7 @@ async fn functions_create_and_update_print_a_summary_or_the_json() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         out.trim(),
-        "function relay: version 2 saved and deployed, nothing runs it yet"
+        "function relay: version 2 saved; deployed, nothing runs it yet"
     );
     // --json: the API's answer, as it was.
     let (code, out) = cli(
