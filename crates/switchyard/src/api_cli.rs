@@ -427,6 +427,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     body["capture"] = json!(c);
                 }
             }
+            let windowed = body["capture"] == "window";
             let v = client
                 .send(Method::POST, "/api/v1/sources", Some(body))
                 .await?;
@@ -439,6 +440,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                             client.base.trim_end_matches('/'),
                             cell(&v["slug"])
                         );
+                        if windowed {
+                            println!(
+                                "it keeps requests only while a capture window is open: \
+                                 `switchyard sources capture-window {}`",
+                                cell(&v["slug"])
+                            );
+                        }
                     }
                     None => println!(
                         "source {}: write key {} (shown once)",

@@ -2110,6 +2110,12 @@ async fn sources_create_and_update_set_the_webhook_catcher() {
         ],
     );
     assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "only while a capture window is open: `switchyard sources capture-window hooks`"
+        ),
+        "{out}"
+    );
     let url = out
         .lines()
         .find_map(|l| l.strip_prefix("webhook URL: "))
