@@ -4,22 +4,58 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+/// Where the running server is and how to authenticate: global options, so
+/// that they go before the subcommand or after it. `serve`, `bench`,
+/// `completions` and `functions test` refuse them (see `main.rs`): none of
+/// them calls a running server, and `serve` sets its own admin token with
+/// `--admin-token`.
 #[derive(Debug, Args)]
-pub struct Remote {
-    /// The server's base URL.
+pub struct Connection {
+    /// The base URL of the running server to call.
     #[arg(
         long,
         env = "SWITCHYARD_SERVER",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        help_heading = "Connection"
     )]
     pub server: String,
-    /// An API token (the admin token, or one made with `POST /api/v1/tokens`).
-    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
+    /// The API token to call it with: its admin token, or one made with
+    /// `POST /api/v1/tokens`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Connection"
+    )]
     pub token: Option<String>,
-    /// Print the API's JSON instead of a table.
+}
+
+/// How a command that calls a running server prints its answer.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Print the API's JSON instead of a table or a summary.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// A running server to call, and how to print its answers.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub server: String,
+    pub token: Option<String>,
+    pub json: bool,
+}
+
+impl Remote {
+    pub fn new(connection: &Connection, output: Output) -> Remote {
+        Remote {
+            server: connection.server.clone(),
+            token: connection.token.clone(),
+            json: output.json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +74,46 @@ pub enum SourcesCommand {
         /// `ack` (default) or `function` (the function answers the sender).
         #[arg(long)]
         respond: Option<String>,
+        /// The webhook catcher, which keeps raw requests for `sources captures`
+        /// and `sources test`: `always` (the default: the 10 most recent) or
+        /// `window` (only while a window is open: `sources capture-window`).
+        #[arg(long, value_parser = ["always", "window"], requires = "function")]
+        capture: Option<String>,
+    },
+    /// Change a function source: its function, settings, `respond` or `capture`.
+    #[command(group(
+        clap::ArgGroup::new("change")
+            .args(["function", "settings", "respond", "capture"])
+            .required(true)
+            .multiple(true)
+    ))]
+    Update {
+        slug: String,
+        /// Run this function instead.
+        #[arg(long)]
+        function: Option<String>,
+        /// Settings to change, as a JSON object merged into the current ones
+        /// (`null` removes one).
+        #[arg(long)]
+        settings: Option<String>,
+        /// `ack` or `function` (the function answers the sender).
+        #[arg(long)]
+        respond: Option<String>,
+        /// `always`: capture every request (the 10 most recent are kept);
+        /// `window`: only while a window is open (`sources capture-window`).
+        #[arg(long, value_parser = ["always", "window"])]
+        capture: Option<String>,
+    },
+    /// Open a function source's capture window (for `--capture window` sources).
+    ///
+    /// A source with `--capture window` keeps the requests it receives until
+    /// the window closes; one with `always` keeps them anyway. A window
+    /// cannot be closed early.
+    CaptureWindow {
+        slug: String,
+        /// How long the window stays open, in minutes (1 to 60).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        minutes: u64,
     },
     /// Run a source's function on a captured (or given) request, without side effects.
     Test {
@@ -155,6 +231,10 @@ pub enum Call {
     DeleteUser(String),
     Tail(String),
     FollowLogs(LogsArgs),
+    /// `POST /api/v1/functions` with this body.
+    CreateFunction(Value),
+    /// `PUT /api/v1/functions/{name}` with this body.
+    UpdateFunction(String, Value),
     /// (method, path, body, the columns of `data` to print as a table;
     /// none: the JSON as it came)
     Raw(
@@ -214,7 +294,8 @@ impl Client {
         }
     }
 
-    async fn exchange(
+    /// Sends a request and gives the answer whatever its status.
+    pub async fn exchange(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -240,7 +321,8 @@ impl Client {
     }
 }
 
-fn failure(status: reqwest::StatusCode, answer: &Value) -> anyhow::Error {
+/// The [`ApiFailure`] of a non-2xx answer, with the server's message.
+pub fn failure(status: reqwest::StatusCode, answer: &Value) -> anyhow::Error {
     let message = answer["error"]["message"]
         .as_str()
         .unwrap_or("request failed");
@@ -328,6 +410,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             function,
             settings,
             respond,
+            capture,
         }) => {
             let mut body = json!({ "slug": slug });
             if let Some(f) = function {
@@ -340,7 +423,11 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 if let Some(r) = respond {
                     body["respond"] = json!(r);
                 }
+                if let Some(c) = capture {
+                    body["capture"] = json!(c);
+                }
             }
+            let windowed = body["capture"] == "window";
             let v = client
                 .send(Method::POST, "/api/v1/sources", Some(body))
                 .await?;
@@ -353,6 +440,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                             client.base.trim_end_matches('/'),
                             cell(&v["slug"])
                         );
+                        if windowed {
+                            println!(
+                                "it keeps requests only while a capture window is open: \
+                                 `switchyard sources capture-window {}`",
+                                cell(&v["slug"])
+                            );
+                        }
                     }
                     None => println!(
                         "source {}: write key {} (shown once)",
@@ -360,6 +454,119 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                         cell(&v["write_key"])
                     ),
                 }
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Sources(SourcesCommand::Update {
+            slug,
+            function,
+            settings,
+            respond,
+            capture,
+        }) => {
+            let mut body = json!({});
+            if let Some(f) = function {
+                body["function"] = json!(f);
+            }
+            if let Some(s) = settings {
+                body["settings"] =
+                    serde_json::from_str(&s).context("--settings must be a JSON object")?;
+            }
+            if let Some(r) = respond {
+                body["respond"] = json!(r);
+            }
+            if let Some(c) = capture {
+                body["capture"] = json!(c);
+            }
+            let v = client
+                .send(
+                    Method::PATCH,
+                    &format!("/api/v1/sources/{slug}"),
+                    Some(body),
+                )
+                .await?;
+            if !remote.json {
+                println!(
+                    "source {} changed: function {}, respond {}, capture {}",
+                    cell(&v["slug"]),
+                    cell(&v["function"]),
+                    cell(&v["respond"]),
+                    cell(&v["capture"])
+                );
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Sources(SourcesCommand::CaptureWindow { slug, minutes }) => {
+            let v = client
+                .send(
+                    Method::POST,
+                    &format!("/api/v1/sources/{slug}/capture"),
+                    Some(json!({ "minutes": minutes })),
+                )
+                .await?;
+            if !remote.json {
+                let until = v["capturing_until_ms"]
+                    .as_i64()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map_or_else(
+                        || cell(&v["capturing_until_ms"]),
+                        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    );
+                println!("source {slug}: capture window open until {until}");
+                if v["mode"] == "always" {
+                    // The window is harmless then, but the user probably
+                    // expected it to matter.
+                    println!(
+                        "(its capture is `always`: it keeps requests with or without a window; \
+                         `sources update {slug} --capture window` keeps them only in windows)"
+                    );
+                }
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::CreateFunction(body) => {
+            let v = client
+                .send(Method::POST, "/api/v1/functions", Some(body))
+                .await?;
+            if !remote.json {
+                let f = &v["function"];
+                let name = cell(&f["name"]);
+                let deployed = f["deployed_version"].as_u64().unwrap_or(0);
+                let state = if deployed > 0 && f["deployed_version"] == v["version"] {
+                    "deployed".to_string()
+                } else {
+                    format!("not deployed (`switchyard functions deploy {name}`)")
+                };
+                println!(
+                    "function {name} created: a {} function, version {}, {state}",
+                    cell(&f["kind"]),
+                    cell(&v["version"])
+                );
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::UpdateFunction(name, body) => {
+            let path = format!("/api/v1/functions/{name}");
+            // The server saves no new version of code and declarations equal
+            // to the latest's, and answers with that version: only the
+            // latest before tells whether anything was saved. A failure here
+            // is left to the PUT to report.
+            let before = match remote.json {
+                true => None,
+                false => client
+                    .send_optional(Method::GET, &path)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|f| f["function"]["latest_version"].as_u64()),
+            };
+            let v = client.send(Method::PUT, &path, Some(body)).await?;
+            if !remote.json {
+                println!("{}", function_saved(&v, before));
                 return Ok(());
             }
             (v, &[])
@@ -656,6 +863,53 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         table(&value["data"], columns);
     }
     Ok(())
+}
+
+/// One line on a version saved with `PUT /api/v1/functions/{name}`: its
+/// number (or that the file was the latest version already, when `before`,
+/// the latest version before, says so), and where it runs now or which
+/// version still runs.
+fn function_saved(v: &Value, before: Option<u64>) -> String {
+    let f = &v["function"];
+    let name = cell(&f["name"]);
+    let saved = match (v["version"].as_u64(), before) {
+        (Some(version), Some(before)) if version <= before => {
+            format!("the file is version {version} already, nothing saved")
+        }
+        _ => format!("version {} saved", cell(&v["version"])),
+    };
+    let deployed = f["deployed_version"].as_u64().unwrap_or(0);
+    // `deployed_to` is there only when this call deployed.
+    let state = if v["deployed_to"].is_object() {
+        let names = |kind: &str| -> Vec<String> {
+            v["deployed_to"][kind]
+                .as_array()
+                .map(|a| a.iter().map(cell).collect())
+                .unwrap_or_default()
+        };
+        let (sources, destinations) = (names("sources"), names("destinations"));
+        let mut runs = Vec::new();
+        if !sources.is_empty() {
+            runs.push(format!("source(s) {}", sources.join(", ")));
+        }
+        if !destinations.is_empty() {
+            runs.push(format!("destination(s) {}", destinations.join(", ")));
+        }
+        if runs.is_empty() {
+            "deployed, nothing runs it yet".to_string()
+        } else {
+            format!("deployed, running on {}", runs.join(" and "))
+        }
+    } else if deployed > 0 && f["deployed_version"] == v["version"] {
+        "it is the version deployed".to_string()
+    } else if deployed > 0 {
+        format!(
+            "not deployed: version {deployed} still runs (`switchyard functions deploy {name}`)"
+        )
+    } else {
+        format!("not deployed (`switchyard functions deploy {name}`)")
+    };
+    format!("function {name}: {saved}; {state}")
 }
 
 /// Prints each event of a source as it is stored (one JSON line per event).

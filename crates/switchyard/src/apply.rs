@@ -15,7 +15,8 @@ pub struct ApplyArgs {
     /// The configuration file to apply.
     #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "switchyard.toml")]
     pub config: PathBuf,
-    /// Print the plan and change nothing.
+    /// Print the plan and change nothing. Exits 1 when a step would be
+    /// refused: a write key another source of the server has.
     #[arg(long)]
     pub dry_run: bool,
     /// Keep the destinations the file does not declare. By default `apply`
@@ -181,9 +182,17 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     // keys and tokens the file gives (a new source may take a key another one
     // gives up), then sources, then destinations; the file's order otherwise.
     steps.sort_by_key(Step::phase);
+    let blocked = taken_write_keys(&client, &sources, &steps).await?;
     let plan: Vec<(&str, &str, &str, String)> = steps
         .iter()
-        .map(Step::describe)
+        .map(|step| {
+            let (action, kind, name, note) = step.describe();
+            match blocked.iter().find(|b| b.step_is(step)) {
+                Some(b) if note.is_empty() => (action, kind, name, b.note()),
+                Some(b) => (action, kind, name, format!("{note}; {}", b.note())),
+                None => (action, kind, name, note),
+            }
+        })
         .chain(kept.iter().map(|name| {
             (
                 "keep",
@@ -226,11 +235,14 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             println!("  {sign} {action} {kind} {name}{note}");
         }
     }
-    if args.dry_run || steps.is_empty() {
+    if args.dry_run || steps.is_empty() || !blocked.is_empty() {
         if remote.json {
             println!("{report}");
         }
-        return Ok(());
+        return match blocked.first() {
+            None => Ok(()),
+            Some(b) => Err(b.error(blocked.len())),
+        };
     }
     // Two sources that trade keys would each find its new key still taken:
     // every key about to be set is first replaced by a throwaway one.
@@ -548,6 +560,162 @@ async fn credential_change(
         field,
         value: value.clone(),
     }))
+}
+
+/// A write key the plan sets that the apply could not set: the server
+/// refuses a key another source has (`409`), and would refuse it only once
+/// the steps before it were applied.
+enum Blocked {
+    /// `owner`, which keeps its key through the apply, has it.
+    Taken { slug: String, owner: String },
+    /// Whether another source has it could not be asked: the token is
+    /// read-only, and so may not compare write keys.
+    Unknown { slug: String },
+}
+
+impl Blocked {
+    fn slug(&self) -> &str {
+        match self {
+            Blocked::Taken { slug, .. } | Blocked::Unknown { slug } => slug,
+        }
+    }
+
+    /// Whether `step` is the one that sets the key.
+    fn step_is(&self, step: &Step) -> bool {
+        match step {
+            Step::CreateSource { slug, body } => {
+                slug == self.slug() && body.get("write_key").is_some()
+            }
+            Step::SetCredential {
+                slug,
+                field: "write_key",
+                ..
+            } => slug == self.slug(),
+            _ => false,
+        }
+    }
+
+    /// What the plan shows on the step.
+    fn note(&self) -> String {
+        match self {
+            Blocked::Taken { owner, .. } => {
+                format!("its write key already belongs to source {owner:?}")
+            }
+            Blocked::Unknown { .. } => {
+                "whether another source has its write key is unknown to a read-only token".into()
+            }
+        }
+    }
+
+    /// The error that ends the command, after the plan; `count` is how many
+    /// steps are blocked.
+    fn error(&self, count: usize) -> anyhow::Error {
+        let more = match count {
+            1 => String::new(),
+            n => format!(" (and {} more: see the plan)", n - 1),
+        };
+        match self {
+            Blocked::Taken { slug, owner } => crate::api_cli::ApiFailure(format!(
+                "the write key the file gives source {slug:?} already belongs to source {owner:?}, \
+                 which keeps it: each source needs its own{more}; nothing was changed"
+            ))
+            .into(),
+            Blocked::Unknown { slug } => anyhow::anyhow!(
+                "cannot tell whether another source already has the write key the file gives \
+                 source {slug:?}{more}: the server compares write keys only for an admin token \
+                 or a full API token, not a read-only one; nothing was changed"
+            ),
+        }
+    }
+}
+
+/// The write keys the plan sets (for new sources and for existing ones) that
+/// a source on the server already has and keeps through the apply: one the
+/// file does not name, or names without a key. Loading the file refuses a
+/// key it gives twice, but only the server knows the others, and it never
+/// shows a key: each of its tracking sources is asked whether it has it
+/// (`rotate` with `dry_run`, which changes nothing). A source the plan gives
+/// a key of the file gives up its own before any source takes one, so it
+/// keeps none and is not asked.
+async fn taken_write_keys(
+    client: &Client,
+    sources: &Value,
+    steps: &[Step],
+) -> anyhow::Result<Vec<Blocked>> {
+    let wanted: Vec<(&str, &str)> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::CreateSource { slug, body } => body
+                .get("write_key")
+                .and_then(Value::as_str)
+                .map(|key| (slug.as_str(), key)),
+            Step::SetCredential {
+                slug,
+                field: "write_key",
+                value,
+            } => Some((slug.as_str(), value.as_str())),
+            _ => None,
+        })
+        .collect();
+    let rekeyed: Vec<&str> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::SetCredential {
+                slug,
+                field: "write_key",
+                ..
+            } => Some(slug.as_str()),
+            _ => None,
+        })
+        .collect();
+    let keepers: Vec<&str> = sources["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["kind"] == "tracking")
+                .filter_map(|s| s["slug"].as_str())
+                .filter(|slug| !rekeyed.contains(slug))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut blocked = Vec::new();
+    for (slug, key) in wanted {
+        for owner in keepers.iter().filter(|o| **o != slug) {
+            let (status, answer) = client
+                .exchange(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/sources/{owner}/rotate"),
+                    Some(json!({ "write_key": key, "dry_run": true })),
+                )
+                .await
+                .with_context(|| format!("compare the write key of source {slug:?}"))?;
+            match status {
+                s if s.is_success() => {
+                    if answer["changed"] == false {
+                        blocked.push(Blocked::Taken {
+                            slug: slug.to_string(),
+                            owner: owner.to_string(),
+                        });
+                        break;
+                    }
+                }
+                reqwest::StatusCode::FORBIDDEN if answer["error"]["code"] == "read_only_token" => {
+                    blocked.push(Blocked::Unknown {
+                        slug: slug.to_string(),
+                    });
+                    break;
+                }
+                // Deleted since it was listed: it has no key any more.
+                reqwest::StatusCode::NOT_FOUND => {}
+                s => {
+                    return Err(crate::api_cli::failure(s, &answer).context(format!(
+                        "compare the write key of source {slug:?} with source {owner:?}'s"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(blocked)
 }
 
 /// A digest the server showed; it shows none to a read-only token.

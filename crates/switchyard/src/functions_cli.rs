@@ -18,9 +18,12 @@ pub enum FunctionsCommand {
     /// (destination), offline: nothing is stored or delivered.
     Test(TestArgs),
     /// Create a function on a running server from a file.
+    ///
+    /// Prints its version and whether it is deployed; --json prints the
+    /// API's answer.
     Create {
         #[command(flatten)]
-        remote: crate::api_cli::Remote,
+        output: crate::api_cli::Output,
         name: String,
         /// `source` or `destination`.
         #[arg(long)]
@@ -34,20 +37,24 @@ pub enum FunctionsCommand {
         #[arg(long)]
         deploy: bool,
     },
-    /// Save a file as a function's next version.
+    /// Save a file as a function's next version on a running server.
+    ///
+    /// Prints the version and where it runs now; --json prints the API's
+    /// answer.
     Update {
         #[command(flatten)]
-        remote: crate::api_cli::Remote,
+        output: crate::api_cli::Output,
         name: String,
         #[arg(long)]
         file: PathBuf,
+        /// Deploy it at once, wherever the function runs.
         #[arg(long)]
         deploy: bool,
     },
     /// Deploy a function's latest (or given) version.
     Deploy {
         #[command(flatten)]
-        remote: crate::api_cli::Remote,
+        output: crate::api_cli::Output,
         name: String,
         #[arg(long)]
         version: Option<u32>,
@@ -55,12 +62,12 @@ pub enum FunctionsCommand {
     /// List the functions of a running server.
     List {
         #[command(flatten)]
-        remote: crate::api_cli::Remote,
+        output: crate::api_cli::Output,
     },
     /// Logs of a deployed function, from a running server.
     Logs {
         #[command(flatten)]
-        remote: crate::api_cli::Remote,
+        output: crate::api_cli::Output,
         #[command(flatten)]
         args: crate::api_cli::LogsArgs,
         /// Keep printing new lines as they come.

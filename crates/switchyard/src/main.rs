@@ -8,6 +8,7 @@ mod functions_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use functions_cli::FunctionsCommand as F;
 
 /// mimalloc instead of glibc malloc: the ingest path allocates per message on
 /// the HTTP threads and frees on the store writer, and glibc's arena locks and
@@ -22,6 +23,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Self-hosted event router: Segment-compatible tracking API, durable log, signed and retried webhooks"
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: api_cli::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,52 +33,53 @@ struct Cli {
 enum Command {
     /// Run the server (tracking API, delivery workers, metrics).
     Serve(serve::ServeArgs),
-    /// Work with functions (offline test runs).
+    /// Functions: test one offline, or create, update, deploy, list them and
+    /// read their logs on a running server.
     Functions(functions_cli::FunctionsArgs),
     /// Sources of a running server.
     Sources {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         #[command(subcommand)]
         command: api_cli::SourcesCommand,
     },
     /// Destinations of a running server.
     Destinations {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         #[command(subcommand)]
         command: api_cli::DestinationsCommand,
     },
     /// Dead letters: list and replay.
     Deadletters {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         #[command(subcommand)]
         command: api_cli::DeadLettersCommand,
     },
     /// Function logs of a source or destination.
     Logs {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         #[command(flatten)]
         args: api_cli::LogsArgs,
     },
     /// Print a source's events live, one JSON line each.
     Tail {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         source: String,
     },
     /// Delete a user: notify destinations, purge stored data.
     DeleteUser {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         user_id: String,
     },
     /// Reconcile a running server to a configuration file (prints the plan first).
     Apply {
         #[command(flatten)]
-        remote: api_cli::Remote,
+        output: api_cli::Output,
         #[command(flatten)]
         args: apply::ApplyArgs,
     },
@@ -85,8 +89,91 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The commands that call no running server, by their path of subcommands.
+/// The global `--server` and `--token` are kept out of their help and
+/// refused on their command line: `serve --token` especially reads as the
+/// server's own token, which is `--admin-token`.
+const OFFLINE: &[&[&str]] = &[
+    &["serve"],
+    &["bench"],
+    &["completions"],
+    &["functions", "test"],
+];
+
+/// The command line parser: [`Cli`], where each command of [`OFFLINE`] has
+/// hidden `--server` and `--token` of its own. A subcommand with an argument
+/// of a global's id does not get the global, so it stays out of its help;
+/// the value still reaches the top level, where [`connection_misplaced`]
+/// finds it.
+fn cli_command() -> clap::Command {
+    fn hide_connection(cmd: clap::Command, path: &[&str]) -> clap::Command {
+        match path {
+            [] => cmd.args(["server", "token"].map(|id| {
+                clap::Arg::new(id)
+                    .long(id)
+                    .hide(true)
+                    .action(clap::ArgAction::Set)
+            })),
+            [first, rest @ ..] => cmd.mut_subcommand(*first, |sc| hide_connection(sc, rest)),
+        }
+    }
+    use clap::CommandFactory;
+    OFFLINE
+        .iter()
+        .fold(Cli::command(), |cmd, path| hide_connection(cmd, path))
+}
+
+/// An explanation when `--server` or `--token` was given on the command line
+/// to a command that calls no server (their environment variables are
+/// ignored there: they are usually set for the whole shell).
+fn connection_misplaced(matches: &clap::ArgMatches, command: &Command) -> Option<String> {
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(clap::parser::ValueSource::CommandLine)
+        )
+    };
+    let name = match command {
+        Command::Serve(_) => "serve",
+        Command::Bench(_) => "bench",
+        Command::Completions { .. } => "completions",
+        Command::Functions(functions_cli::FunctionsArgs {
+            command: functions_cli::FunctionsCommand::Test(_),
+        }) => "functions test",
+        _ => return None,
+    };
+    if given("token") {
+        return Some(match command {
+            Command::Serve(_) => "`--token` is for the commands that call a running server; \
+                                  `serve` sets its admin token with `--admin-token` (or SWITCHYARD_ADMIN_TOKEN)"
+                .to_string(),
+            _ => format!("`switchyard {name}` calls no running server: `--token` is for the commands that do"),
+        });
+    }
+    if given("server") {
+        return Some(match command {
+            Command::Serve(_) => "`--server` names a running server to call; \
+                                  `serve` listens where `--listen` says (or SWITCHYARD_LISTEN)"
+                .to_string(),
+            _ => format!("`switchyard {name}` calls no running server: `--server` is for the commands that do"),
+        });
+    }
+    None
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut command = cli_command();
+    let matches = command.get_matches_mut();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut command).exit(),
+    };
+    if let Some(message) = connection_misplaced(&matches, &cli.command) {
+        command
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
+    let connection = cli.connection;
     // The CLI's output is often piped (`| head`): a reader that goes away
     // ends it quietly, as it does other Unix tools, instead of a panic on
     // the next `println!`. Not by restoring SIGPIPE's default action: the
@@ -108,18 +195,17 @@ fn main() -> std::process::ExitCode {
         }));
     }
     if let Command::Completions { shell } = cli.command {
-        use clap::CommandFactory;
         clap_complete::generate(
             shell,
-            &mut Cli::command(),
+            &mut cli_command(),
             "switchyard",
             &mut std::io::stdout(),
         );
         return std::process::ExitCode::SUCCESS;
     }
+    let remote = |output| api_cli::Remote::new(&connection, output);
     if let Command::Functions(functions_cli::FunctionsArgs { command }) = cli.command {
-        use functions_cli::FunctionsCommand as F;
-        let (remote, call) = match command {
+        let (output, call) = match command {
             F::Test(args) => {
                 return match functions_cli::run(functions_cli::FunctionsArgs {
                     command: F::Test(args),
@@ -132,19 +218,19 @@ fn main() -> std::process::ExitCode {
                 };
             }
             F::Logs {
-                remote,
+                output,
                 args,
                 follow,
             } => (
-                remote,
+                output,
                 if follow {
                     api_cli::Call::FollowLogs(args)
                 } else {
                     api_cli::Call::Logs(args)
                 },
             ),
-            F::List { remote } => (
-                remote,
+            F::List { output } => (
+                output,
                 api_cli::Call::Raw(
                     reqwest::Method::GET,
                     "/api/v1/functions".into(),
@@ -153,11 +239,11 @@ fn main() -> std::process::ExitCode {
                 ),
             ),
             F::Deploy {
-                remote,
+                output,
                 name,
                 version,
             } => (
-                remote,
+                output,
                 api_cli::Call::Raw(
                     reqwest::Method::POST,
                     format!("/api/v1/functions/{name}/deploy"),
@@ -166,7 +252,7 @@ fn main() -> std::process::ExitCode {
                 ),
             ),
             F::Create {
-                remote,
+                output,
                 name,
                 kind,
                 file,
@@ -197,18 +283,10 @@ fn main() -> std::process::ExitCode {
                         }
                     }
                 }
-                (
-                    remote,
-                    api_cli::Call::Raw(
-                        reqwest::Method::POST,
-                        "/api/v1/functions".into(),
-                        Some(body),
-                        &[],
-                    ),
-                )
+                (output, api_cli::Call::CreateFunction(body))
             }
             F::Update {
-                remote,
+                output,
                 name,
                 file,
                 deploy,
@@ -221,12 +299,10 @@ fn main() -> std::process::ExitCode {
                     }
                 };
                 (
-                    remote,
-                    api_cli::Call::Raw(
-                        reqwest::Method::PUT,
-                        format!("/api/v1/functions/{name}"),
-                        Some(serde_json::json!({"code": code, "deploy": deploy})),
-                        &[],
+                    output,
+                    api_cli::Call::UpdateFunction(
+                        name,
+                        serde_json::json!({"code": code, "deploy": deploy}),
                     ),
                 )
             }
@@ -235,7 +311,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => match rt.block_on(api_cli::run(remote, call)) {
+            Ok(rt) => match rt.block_on(api_cli::run(remote(output), call)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");
@@ -264,22 +340,24 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Functions(_) | Command::Completions { .. } => Ok(()),
-            Command::Apply { remote, args } => apply::run(remote, args).await,
-            Command::Sources { remote, command } => {
-                api_cli::run(remote, api_cli::Call::Sources(command)).await
+            Command::Apply { output, args } => apply::run(remote(output), args).await,
+            Command::Sources { output, command } => {
+                api_cli::run(remote(output), api_cli::Call::Sources(command)).await
             }
-            Command::Destinations { remote, command } => {
-                api_cli::run(remote, api_cli::Call::Destinations(command)).await
+            Command::Destinations { output, command } => {
+                api_cli::run(remote(output), api_cli::Call::Destinations(command)).await
             }
-            Command::Deadletters { remote, command } => {
-                api_cli::run(remote, api_cli::Call::DeadLetters(command)).await
+            Command::Deadletters { output, command } => {
+                api_cli::run(remote(output), api_cli::Call::DeadLetters(command)).await
             }
-            Command::Logs { remote, args } => api_cli::run(remote, api_cli::Call::Logs(args)).await,
-            Command::Tail { remote, source } => {
-                api_cli::run(remote, api_cli::Call::Tail(source)).await
+            Command::Logs { output, args } => {
+                api_cli::run(remote(output), api_cli::Call::Logs(args)).await
             }
-            Command::DeleteUser { remote, user_id } => {
-                api_cli::run(remote, api_cli::Call::DeleteUser(user_id)).await
+            Command::Tail { output, source } => {
+                api_cli::run(remote(output), api_cli::Call::Tail(source)).await
+            }
+            Command::DeleteUser { output, user_id } => {
+                api_cli::run(remote(output), api_cli::Call::DeleteUser(user_id)).await
             }
         }
     });

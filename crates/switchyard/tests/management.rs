@@ -1832,3 +1832,511 @@ async fn a_destination_keeps_a_deleted_source_and_delivers_its_stored_events() {
         .await;
     assert_eq!(s, 400);
 }
+
+/// The CLI with no `SWITCHYARD_SERVER` or `SWITCHYARD_TOKEN` in its
+/// environment, unless `env` sets them: exit code and stdout + stderr.
+fn cli_env(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env_remove("SWITCHYARD_SERVER")
+        .env_remove("SWITCHYARD_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `--server` and `--token` are global: they go before the subcommand or
+/// after it, and still come from the environment when not given. The
+/// commands that call no server keep them out of their help and refuse
+/// them: `serve --token` would read as the server's own token, which is
+/// `--admin-token`.
+#[tokio::test]
+async fn the_connection_options_go_before_or_after_the_subcommand() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let base = sy.base.as_str();
+    for args in [
+        vec!["--server", base, "--token", ADMIN_TOKEN, "sources", "list"],
+        vec!["sources", "list", "--server", base, "--token", ADMIN_TOKEN],
+        vec!["--token", ADMIN_TOKEN, "sources", "--server", base, "list"],
+        vec![
+            "--server",
+            base,
+            "--token",
+            ADMIN_TOKEN,
+            "functions",
+            "list",
+        ],
+        vec![
+            "--server",
+            base,
+            "destinations",
+            "list",
+            "--token",
+            ADMIN_TOKEN,
+        ],
+    ] {
+        let (code, out) = cli_env(&[], &args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(
+            out.contains("stigg") || out.contains("hook"),
+            "{args:?}: {out}"
+        );
+    }
+    // The environment, and a flag before the subcommand over it.
+    let (code, out) = cli_env(
+        &[
+            ("SWITCHYARD_SERVER", base),
+            ("SWITCHYARD_TOKEN", ADMIN_TOKEN),
+        ],
+        &["sources", "list"],
+    );
+    assert!(code == 0 && out.contains("web"), "{out}");
+    let (code, out) = cli_env(
+        &[
+            ("SWITCHYARD_SERVER", "http://127.0.0.1:9"),
+            ("SWITCHYARD_TOKEN", "wrong"),
+        ],
+        &["--server", base, "--token", ADMIN_TOKEN, "sources", "list"],
+    );
+    assert!(code == 0 && out.contains("web"), "{out}");
+    let (code, out) = cli_env(&[("SWITCHYARD_SERVER", base)], &["sources", "list"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--token or SWITCHYARD_TOKEN"), "{out}");
+
+    // Help: the top level and every command that calls a server show them.
+    for args in [
+        vec!["--help"],
+        vec!["sources", "list", "--help"],
+        vec!["sources", "create", "--help"],
+        vec!["functions", "create", "--help"],
+        vec!["destinations", "create", "--help"],
+        vec!["deadletters", "replay", "--help"],
+        vec!["logs", "--help"],
+        vec!["tail", "--help"],
+        vec!["delete-user", "--help"],
+        vec!["apply", "--help"],
+    ] {
+        let (code, out) = cli_env(&[], &args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(
+            out.contains("--server <SERVER>") && out.contains("--token <TOKEN>"),
+            "{args:?}: {out}"
+        );
+    }
+    for args in [
+        vec!["serve", "--help"],
+        vec!["bench", "--help"],
+        vec!["completions", "--help"],
+        vec!["functions", "test", "--help"],
+    ] {
+        let (code, out) = cli_env(&[], &args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(
+            !out.contains("--server") && !out.contains("--token"),
+            "{args:?}: {out}"
+        );
+    }
+    let (_, serve_help) = cli_env(&[], &["serve", "--help"]);
+    assert!(serve_help.contains("--admin-token"), "{serve_help}");
+    // Refused where nothing calls a server, before or after the subcommand;
+    // their environment variables are not (a shell may set them for all).
+    for args in [vec!["serve", "--token", "t"], vec!["--token", "t", "serve"]] {
+        let (code, out) = cli_env(&[], &args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(out.contains("--admin-token"), "{args:?}: {out}");
+    }
+    let (code, out) = cli_env(&[], &["--server", base, "serve"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--listen"), "{out}");
+    let stigg = fixture("stigg.js");
+    let (code, out) = cli_env(
+        &[],
+        &[
+            "functions",
+            "test",
+            &stigg,
+            "--payload",
+            &stigg,
+            "--server",
+            base,
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("calls no running server"), "{out}");
+    let (code, out) = cli_env(
+        &[("SWITCHYARD_SERVER", base), ("SWITCHYARD_TOKEN", "t")],
+        &["completions", "bash"],
+    );
+    assert!(code == 0 && out.contains("switchyard"), "{out}");
+}
+
+/// `functions create` and `functions update` say what they did in a line, as
+/// the other commands do; `--json` gives the API's answer.
+#[tokio::test]
+async fn functions_create_and_update_print_a_summary_or_the_json() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let stigg = fixture("stigg.js");
+    let v2 = fixture("stigg_v2.js");
+    let (code, out) = cli(
+        &sy,
+        &[
+            "functions",
+            "create",
+            "relay",
+            "--kind",
+            "source",
+            "--file",
+            &stigg,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function relay created: a source function, version 1, not deployed (`switchyard functions deploy relay`)"
+    );
+    let (code, out) = cli(
+        &sy,
+        &[
+            "functions",
+            "create",
+            "relay2",
+            "--kind",
+            "source",
+            "--file",
+            &stigg,
+            "--deploy",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function relay2 created: a source function, version 1, deployed"
+    );
+    let (code, out) = cli(&sy, &["functions", "update", "stigg", "--file", &v2]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: version 2 saved; not deployed: version 1 still runs (`switchyard functions deploy stigg`)"
+    );
+    let (code, out) = cli(
+        &sy,
+        &["functions", "update", "stigg", "--file", &stigg, "--deploy"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: version 3 saved; deployed, running on source(s) stigg"
+    );
+    // The same file again is no new version, and the line says so.
+    let (code, out) = cli(&sy, &["functions", "update", "stigg", "--file", &stigg]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: the file is version 3 already, nothing saved; it is the version deployed"
+    );
+    let (code, out) = cli(
+        &sy,
+        &["functions", "update", "stigg", "--file", &stigg, "--deploy"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: the file is version 3 already, nothing saved; deployed, running on source(s) stigg"
+    );
+    let (code, out) = cli(
+        &sy,
+        &["functions", "update", "relay", "--file", &v2, "--deploy"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function relay: version 2 saved; deployed, nothing runs it yet"
+    );
+    // --json: the API's answer, as it was.
+    let (code, out) = cli(
+        &sy,
+        &[
+            "functions",
+            "update",
+            "stigg",
+            "--file",
+            &v2,
+            "--deploy",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(answer["version"], 4, "{answer}");
+    assert_eq!(answer["function"]["deployed_version"], 4, "{answer}");
+    assert_eq!(
+        answer["deployed_to"]["sources"],
+        json!(["stigg"]),
+        "{answer}"
+    );
+    let (code, out) = cli(
+        &sy,
+        &[
+            "functions",
+            "create",
+            "relay3",
+            "--kind",
+            "source",
+            "--file",
+            &stigg,
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (&answer["version"], &answer["function"]["name"]),
+        (&json!(1), &json!("relay3"))
+    );
+    // A refusal is still the server's message, exit code 1.
+    let (code, out) = cli(&sy, &["functions", "update", "nope", "--file", &stigg]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown function"), "{out}");
+}
+
+/// The webhook catcher from the CLI: `sources create --capture window` makes
+/// a source that keeps requests only while a window is open, `sources
+/// capture-window` opens one, and `sources update --capture` switches
+/// between that and always capturing.
+#[tokio::test]
+async fn sources_create_and_update_set_the_webhook_catcher() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "create",
+            "hooks",
+            "--function",
+            "stigg",
+            "--capture",
+            "window",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "only while a capture window is open: `switchyard sources capture-window hooks`"
+        ),
+        "{out}"
+    );
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook URL: "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_string();
+    let mode = || async {
+        let (s, src) = sy.admin("GET", "/api/v1/sources/hooks", None).await;
+        assert_eq!(s, 200, "{src}");
+        src["function"]["capture"].clone()
+    };
+    assert_eq!(mode().await, "window");
+    let send = || async {
+        let resp = http_client()
+            .post(&url)
+            .body(r#"{"type":"a.b","customer":{"id":"c"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    };
+    let captured = || {
+        let (code, out) = cli(&sy, &["sources", "captures", "hooks", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["data"].as_array().map_or(0, Vec::len)
+    };
+    send().await;
+    assert_eq!(captured(), 0, "no window open");
+    let (code, out) = cli(
+        &sy,
+        &["sources", "capture-window", "hooks", "--minutes", "1"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("source hooks: capture window open until "),
+        "{out}"
+    );
+    send().await;
+    assert_eq!(captured(), 1, "the window is open");
+
+    let (code, out) = cli(&sy, &["sources", "update", "hooks", "--capture", "always"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "source hooks changed: function stigg, respond ack, capture always"
+    );
+    assert_eq!(mode().await, "always");
+    let (code, out) = cli(&sy, &["sources", "update", "hooks", "--capture", "window"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(mode().await, "window");
+
+    // Usage errors, before any call: a tracking source has no catcher, a
+    // mode must be one of the two, and an update must change something.
+    for args in [
+        vec!["sources", "create", "plain", "--capture", "window"],
+        vec![
+            "sources",
+            "create",
+            "odd",
+            "--function",
+            "stigg",
+            "--capture",
+            "sometimes",
+        ],
+        vec!["sources", "update", "hooks"],
+        vec!["sources", "capture-window", "hooks", "--minutes", "0"],
+    ] {
+        let (code, out) = cli(&sy, &args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+    }
+    for slug in ["plain", "odd"] {
+        let (s, _) = sy
+            .admin("GET", &format!("/api/v1/sources/{slug}"), None)
+            .await;
+        assert_eq!(s, 404, "{slug} was not created");
+    }
+    // The server's refusals: a tracking source has no function to change.
+    let (code, out) = cli(&sy, &["sources", "update", "web", "--capture", "always"]);
+    assert_eq!(code, 1, "{out}");
+}
+
+/// `apply --dry-run` finds a write key the file gives that a source on the
+/// server already has and keeps, as the apply itself would find it (a 409),
+/// but before anything is changed; with a read-only token, which may not
+/// compare keys, it says it cannot tell.
+#[tokio::test]
+async fn apply_plans_find_write_keys_other_sources_have() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, b) = sy
+        .admin(
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"slug": "apisrc", "write_key": "wk_api"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let dir = TempDir::new("apply-keys");
+    let file = dir.0.join("next.toml");
+    // A new function comes first in the plan: a plan that stopped only at
+    // the source would have created it.
+    let with = |key: &str| {
+        config(&rx)
+            + &format!(
+                "\n[[functions]]\nname = \"relay\"\nkind = \"source\"\nfile = \"{}\"\n\n[[sources]]\nslug = \"newsrc\"\nkind = \"tracking\"\nwrite_key = \"{key}\"\n",
+                fixture("stigg.js")
+            )
+    };
+    std::fs::write(&file, with("wk_api")).unwrap();
+    for extra in [vec!["--dry-run"], vec![]] {
+        let (code, out) = apply_file(&sy, &file, &extra);
+        assert_eq!(code, 1, "{extra:?}: {out}");
+        assert!(
+            out.contains(
+                "+ create source newsrc (its write key already belongs to source \"apisrc\")"
+            ),
+            "{extra:?}: {out}"
+        );
+        assert!(out.contains("nothing was changed"), "{out}");
+        assert!(!out.contains("applied"), "{out}");
+    }
+    let (code, out) = apply_file(&sy, &file, &["--dry-run", "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let plan: Value = serde_json::from_str(out.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let source_step = plan["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == "newsrc"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert_eq!(
+        source_step["note"],
+        "its write key already belongs to source \"apisrc\""
+    );
+    assert_eq!(plan["applied"], false);
+    for path in ["/api/v1/sources/newsrc", "/api/v1/functions/relay"] {
+        let (s, _) = sy.admin("GET", path, None).await;
+        assert_eq!(s, 404, "{path}: nothing was changed");
+    }
+    // A source of the file that declares no key keeps the one it has.
+    std::fs::write(
+        &file,
+        with("wk_web").replace(
+            "write_key = \"wk_web\"\n\n[[sources]]\nslug = \"stigg\"",
+            "\n[[sources]]\nslug = \"stigg\"",
+        ),
+    )
+    .unwrap();
+    let (code, out) = apply_file(&sy, &file, &["--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("already belongs to source \"web\""), "{out}");
+
+    // A free key plans and applies; then an existing source given a taken
+    // key is found too.
+    std::fs::write(&file, with("wk_new")).unwrap();
+    let (code, out) = apply_file(&sy, &file, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("+ create source newsrc\n"), "{out}");
+    let (code, out) = apply_file(&sy, &file, &[]);
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(&file, with("wk_api")).unwrap();
+    let (code, out) = apply_file(&sy, &file, &["--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "~ change source newsrc (its write key from the file; its write key already belongs to source \"apisrc\")"
+        ),
+        "{out}"
+    );
+    // A key a source of the file gives up is free: two sources may trade.
+    let swapped = with("wk_new")
+        .replace("\"wk_web\"", "\"wk_swap\"")
+        .replace("\"wk_new\"", "\"wk_web\"")
+        .replace("\"wk_swap\"", "\"wk_new\"");
+    std::fs::write(&file, &swapped).unwrap();
+    let (code, out) = apply_file(&sy, &file, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.matches("its write key from the file").count(),
+        2,
+        "{out}"
+    );
+
+    // A read-only token may not compare write keys: no claim of success.
+    let viewer = read_only_token(&sy).await;
+    std::fs::write(
+        &file,
+        "[[sources]]\nslug = \"viewed\"\nkind = \"tracking\"\nwrite_key = \"wk_viewed\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (code, out) = cli_as(
+        &sy,
+        &viewer,
+        &["apply", "--dry-run", "--keep-unlisted", "--config", path],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("+ create source viewed ("), "{out}");
+    assert!(out.contains("cannot tell whether another source"), "{out}");
+    assert!(out.contains("not a read-only one"), "{out}");
+    let (code, out) = apply_file(&sy, &file, &["--dry-run", "--keep-unlisted"]);
+    assert_eq!(code, 0, "an admin token can tell: {out}");
+}
