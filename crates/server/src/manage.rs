@@ -475,6 +475,34 @@ pub async fn create_source(
         )
         .with_field(Some("slug".into())));
     }
+    // A field of the other kind would be ignored: the caller meant
+    // something this source will not do.
+    let tracking = req.kind == "tracking";
+    let foreign = if tracking {
+        [
+            ("function", req.function.is_some()),
+            ("settings", !req.settings.is_null()),
+            ("respond", req.respond.is_some()),
+            ("capture", req.capture.is_some()),
+            ("token", req.token.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, given)| *given)
+    } else {
+        Some(("write_key", req.write_key.is_some())).filter(|(_, given)| *given)
+    };
+    if let Some((field, _)) = foreign {
+        let (other, this) = if tracking {
+            ("function", "tracking")
+        } else {
+            ("tracking", "function")
+        };
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("`{field}` is for {other} sources; this is a {this} source (`kind`)"),
+        )
+        .with_field(Some(field.into())));
+    }
     let existing = state.store.sources().await.map_err(unavailable)?;
     if existing.iter().any(|s| s.slug == req.slug) {
         return Err(ApiError::new(
