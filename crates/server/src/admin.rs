@@ -35,8 +35,9 @@ pub struct Paging {
     /// Newest-first lists: only rows with a smaller id (an event's log
     /// position), the `next_before` of the page before.
     before: Option<i64>,
+    /// Set by [`Paging::checked`], like the two below.
     #[serde(skip)]
-    default_limit: usize,
+    default_limit: Option<usize>,
     #[serde(skip)]
     after_id: Option<i64>,
     #[serde(skip)]
@@ -95,7 +96,7 @@ const PAGING_HELP: &str = "dead letters and objects (oldest first) take `after`,
 impl Paging {
     /// The list's default when not given, at most 1000 (a larger one is read as 1000).
     pub(crate) fn limit(&self) -> usize {
-        self.limit.unwrap_or(self.default_limit).min(1000)
+        self.limit.or(self.default_limit).unwrap_or(100).min(1000)
     }
 
     /// Refuses `limit=0` by name instead of answering an empty page, a
@@ -151,7 +152,7 @@ impl Paging {
                 Cursor::Before => {}
             }
         }
-        self.default_limit = list.default_limit;
+        self.default_limit = Some(list.default_limit);
         Ok(self)
     }
 
