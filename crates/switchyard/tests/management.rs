@@ -1635,6 +1635,58 @@ async fn every_list_pages_with_a_cursor_while_rows_arrive() {
     }
 }
 
+/// The live log stream follows the lines by id: equal lines written in one
+/// millisecond are each sent, once.
+#[tokio::test]
+async fn the_log_stream_sends_each_of_equal_lines() {
+    let sy = &Switchyard::start(&paging_config());
+    let mut resp = http_client()
+        .get(format!("{}/api/v1/sources/pager/logs/stream", sy.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    hook(sy, "pager", json!({"lines": 5, "same": true, "tag": "x"})).await;
+    let mut seen = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.matches("same x").count() >= 5 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("five lines on the stream: {seen}"));
+    // Another line, to learn that none of the five came twice meanwhile.
+    hook(sy, "pager", json!({"lines": 1, "tag": "end"})).await;
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("line end 0") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("the last line on the stream: {seen}"));
+    let ids: Vec<i64> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| {
+            serde_json::from_str::<Value>(d.trim()).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seen.matches("same x").count(), 5, "{seen}");
+    assert_eq!(ids.len(), 6, "{seen}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
 #[tokio::test]
 async fn a_connected_tail_does_not_hold_up_a_graceful_shutdown() {
     let rx = Receiver::start("s3cret");
