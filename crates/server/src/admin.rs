@@ -16,60 +16,171 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     crate::manage::require_token(state, headers)
 }
 
+/// The query of every paged list: `limit`, the list's cursor and its
+/// filters. [`Paging::checked`] refuses what the list does not take.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Paging {
     limit: Option<usize>,
     /// Attempts: only this outcome (`delivered`, `retry`, `rejected`, `gone`, `dead_letter`, …).
     outcome: Option<String>,
-    /// Dead letters (oldest first): only those with a greater id, the
-    /// `next_after` of the page before.
-    after: Option<i64>,
-    /// Attempts (newest first): only those with a smaller id, the
-    /// `next_before` of the page before.
+    /// Objects: only this collection.
+    collection: Option<String>,
+    /// Objects: only this object id.
+    id: Option<String>,
+    /// Oldest-first lists: only rows after this one, the `next_after` of
+    /// the page before. A dead letter id, or an object's key as
+    /// [`object_cursor`] writes it; read by [`Paging::checked`].
+    after: Option<String>,
+    /// Newest-first lists: only rows with a smaller id (an event's log
+    /// position), the `next_before` of the page before.
     before: Option<i64>,
+    /// Set by [`Paging::checked`], like the two below.
+    #[serde(skip)]
+    default_limit: Option<usize>,
+    #[serde(skip)]
+    after_id: Option<i64>,
+    #[serde(skip)]
+    after_key: Option<(String, String)>,
 }
 
-/// How a list is paged: which cursor parameter it takes, if any.
+/// How a list is paged: which cursor parameter it takes.
 #[derive(Clone, Copy, PartialEq)]
-enum Cursor {
-    None,
+pub(crate) enum Cursor {
+    /// Oldest first, by id: `after` / `next_after` (dead letters).
     After,
+    /// Oldest first, by a key of strings: `after` / `next_after`, opaque
+    /// (objects, by collection and id).
+    AfterKey,
+    /// Newest first, by id: `before` / `next_before` (the others).
     Before,
 }
 
+/// A list's paging: its cursor, the filters it takes besides `limit`, and
+/// its page size when `limit` is not given.
+#[derive(Clone, Copy)]
+pub(crate) struct List {
+    cursor: Cursor,
+    filters: &'static [&'static str],
+    default_limit: usize,
+}
+
+impl List {
+    const fn new(cursor: Cursor) -> Self {
+        List {
+            cursor,
+            filters: &[],
+            default_limit: 100,
+        }
+    }
+}
+
+pub(crate) const ATTEMPTS: List = List {
+    filters: &["outcome"],
+    ..List::new(Cursor::Before)
+};
+pub(crate) const DEAD_LETTERS: List = List::new(Cursor::After);
+pub(crate) const NEWEST_FIRST: List = List::new(Cursor::Before);
+/// The debugger backlog keeps its smaller default page.
+pub(crate) const EVENTS: List = List {
+    default_limit: 50,
+    ..List::new(Cursor::Before)
+};
+pub(crate) const OBJECTS: List = List {
+    filters: &["collection", "id"],
+    ..List::new(Cursor::AfterKey)
+};
+
+const PAGING_HELP: &str = "dead letters and objects (oldest first) take `after`, the other lists (newest first) `before`: the `next_after` or `next_before` of the page before";
+
 impl Paging {
-    /// 100 by default, at most 1000 (a larger one is read as 1000).
-    fn limit(&self) -> usize {
-        self.limit.unwrap_or(100).min(1000)
+    /// The list's default when not given, at most 1000 (a larger one is read as 1000).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.or(self.default_limit).unwrap_or(100).min(1000)
     }
 
-    /// Refuses `limit=0` by name instead of answering an empty page, and a
-    /// cursor parameter the list does not take.
-    fn checked(self, cursor: Cursor) -> Result<Self, ApiError> {
+    /// Refuses `limit=0` by name instead of answering an empty page, a
+    /// cursor or filter the list does not take, and an `after` that is not
+    /// one of the list's cursors.
+    pub(crate) fn checked(mut self, list: List) -> Result<Self, ApiError> {
+        let invalid = |name: &str, message: String| {
+            ApiError::bad_request("invalid_query", message).with_field(Some(name.into()))
+        };
+        let takes_after = matches!(list.cursor, Cursor::After | Cursor::AfterKey);
         for (name, given, takes) in [
-            ("after", self.after.is_some(), Cursor::After),
-            ("before", self.before.is_some(), Cursor::Before),
+            ("after", self.after.is_some(), takes_after),
+            (
+                "before",
+                self.before.is_some(),
+                list.cursor == Cursor::Before,
+            ),
         ] {
-            if given && cursor != takes {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!(
-                        "`{name}` does not page this list: dead letters take `after`, attempts `before`; others give the newest `limit` (at most 1000)"
-                    ),
-                )
-                .with_field(Some(name.into())));
+            if given && !takes {
+                return Err(invalid(
+                    name,
+                    format!("`{name}` does not page this list: {PAGING_HELP}"),
+                ));
+            }
+        }
+        for (name, given) in [
+            ("outcome", self.outcome.is_some()),
+            ("collection", self.collection.is_some()),
+            ("id", self.id.is_some()),
+        ] {
+            if given && !list.filters.contains(&name) {
+                return Err(invalid(name, format!("`{name}` does not filter this list")));
             }
         }
         if self.limit == Some(0) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "`limit` must be at least 1 (at most 1000)",
-            )
-            .with_field(Some("limit".into())));
+            return Err(invalid(
+                "limit",
+                "`limit` must be at least 1 (at most 1000)".into(),
+            ));
         }
+        if let Some(after) = &self.after {
+            let not_a_cursor = || {
+                invalid(
+                    "after",
+                    format!("`after` is not a cursor of this list: {PAGING_HELP}"),
+                )
+            };
+            match list.cursor {
+                Cursor::After => self.after_id = Some(after.parse().map_err(|_| not_a_cursor())?),
+                Cursor::AfterKey => {
+                    self.after_key = Some(read_object_cursor(after).ok_or_else(not_a_cursor)?)
+                }
+                Cursor::Before => {}
+            }
+        }
+        self.default_limit = Some(list.default_limit);
         Ok(self)
     }
+
+    /// `next_before` of a page whose last row has `last`: a full page may
+    /// have older rows behind it, a short one is the last.
+    pub(crate) fn next_before(&self, len: usize, last: Option<i64>) -> Option<i64> {
+        (len == self.limit()).then_some(last).flatten()
+    }
+
+    pub(crate) fn before(&self) -> Option<i64> {
+        self.before
+    }
+}
+
+/// An object's key as an `after` cursor: URL-safe base64 of the JSON array
+/// `[collection, id]`, which any two strings make and no separator can
+/// confuse.
+fn object_cursor(collection: &str, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([collection, id]).to_string())
+}
+
+fn read_object_cursor(cursor: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn store_error(e: store::StoreError) -> ApiError {
@@ -94,13 +205,14 @@ pub async fn rejections(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(Cursor::None)?;
+    let paging = paging.checked(NEWEST_FIRST)?;
     let items = state
         .store
-        .rejections(&source, paging.limit())
+        .rejections(&source, paging.before, paging.limit())
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": items })))
+    let next_before = paging.next_before(items.len(), items.last().map(|r| r.id));
+    Ok(Json(json!({ "data": items, "next_before": next_before })))
 }
 
 pub async fn attempts(
@@ -110,7 +222,7 @@ pub async fn attempts(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(Cursor::Before)?;
+    let paging = paging.checked(ATTEMPTS)?;
     known_destination(&state, &destination).await?;
     if let Some(outcome) = &paging.outcome {
         if !store::ATTEMPT_OUTCOMES.contains(&outcome.as_str()) {
@@ -134,10 +246,7 @@ pub async fn attempts(
         )
         .await
         .map_err(store_error)?;
-    // A full page may have older ones behind it: the next page is before its last id.
-    let next_before = (items.len() == paging.limit())
-        .then(|| items.last().map(|a| a.id))
-        .flatten();
+    let next_before = paging.next_before(items.len(), items.last().map(|a| a.id));
     Ok(Json(json!({ "data": items, "next_before": next_before })))
 }
 
@@ -148,11 +257,11 @@ pub async fn dead_letters(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(Cursor::After)?;
+    let paging = paging.checked(DEAD_LETTERS)?;
     known_destination(&state, &destination).await?;
     let items = state
         .store
-        .dead_letters(&destination, paging.after, paging.limit())
+        .dead_letters(&destination, paging.after_id, paging.limit())
         .await
         .map_err(store_error)?;
     // A full page may have more behind it: the next one starts after its last id.
@@ -353,14 +462,15 @@ pub async fn function_logs(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(Cursor::None)?;
+    let paging = paging.checked(NEWEST_FIRST)?;
     crate::manage::find_source(&state, &slug).await?;
     let items = state
         .store
-        .function_logs(&slug, paging.limit())
+        .function_logs(&slug, paging.before, paging.limit())
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": items })))
+    let next_before = paging.next_before(items.len(), items.last().map(|l| l.id));
+    Ok(Json(json!({ "data": items, "next_before": next_before })))
 }
 
 pub async fn function_health(
@@ -396,15 +506,17 @@ pub async fn source_dead_letters(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(Cursor::None)?;
+    let paging = paging.checked(NEWEST_FIRST)?;
     let items = state
         .store
-        .raw_requests(&slug, "dead", paging.limit())
+        .raw_requests(&slug, "dead", paging.before, paging.limit())
         .await
         .map_err(store_error)?;
-    Ok(Json(
-        json!({ "data": items.iter().map(raw_to_json).collect::<Vec<_>>() }),
-    ))
+    let next_before = paging.next_before(items.len(), items.last().map(|r| r.id));
+    Ok(Json(json!({
+        "data": items.iter().map(raw_to_json).collect::<Vec<_>>(),
+        "next_before": next_before,
+    })))
 }
 
 pub async fn replay_source(
@@ -427,32 +539,30 @@ pub async fn replay_source(
     Ok(Json(json!({ "replayed": replayed })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectQuery {
-    collection: Option<String>,
-    id: Option<String>,
-    limit: Option<usize>,
-}
-
 pub async fn objects(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    QueryParams(q): QueryParams<ObjectQuery>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    let paging = paging.checked(OBJECTS)?;
     let items = state
         .store
         .objects(
             &slug,
-            q.collection,
-            q.id,
-            q.limit.unwrap_or(100).clamp(1, 1000),
+            paging.collection.clone(),
+            paging.id.clone(),
+            paging.after_key.clone(),
+            paging.limit(),
         )
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": items })))
+    // A full page may have more behind it: the next one starts after its last key.
+    let next_after = (items.len() == paging.limit())
+        .then(|| items.last().map(|o| object_cursor(&o.collection, &o.id)))
+        .flatten();
+    Ok(Json(json!({ "data": items, "next_after": next_after })))
 }
 
 /// A test run without side effects: nothing is stored or delivered.
@@ -562,12 +672,17 @@ pub async fn destination_logs(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let paging = paging.checked(Cursor::None)?;
+    let paging = paging.checked(NEWEST_FIRST)?;
     known_destination(&state, &destination).await?;
     let items = state
         .store
-        .function_logs(&format!("destination:{destination}"), paging.limit())
+        .function_logs(
+            &format!("destination:{destination}"),
+            paging.before,
+            paging.limit(),
+        )
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "data": items })))
+    let next_before = paging.next_before(items.len(), items.last().map(|l| l.id));
+    Ok(Json(json!({ "data": items, "next_before": next_before })))
 }

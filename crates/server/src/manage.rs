@@ -735,30 +735,21 @@ pub async fn rotate_source(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    limit: Option<usize>,
-}
-
-/// `GET /api/v1/sources/{slug}/events`: the debugger backlog, newest first.
+/// `GET /api/v1/sources/{slug}/events`: the debugger backlog, newest first,
+/// paged by log position (`before` / `next_before`).
 pub async fn recent_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
-    crate::body::QueryParams(q): crate::body::QueryParams<EventsQuery>,
+    crate::body::QueryParams(paging): crate::body::QueryParams<crate::admin::Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    if q.limit == Some(0) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`limit` must be at least 1 (at most 1000)",
-        )
-        .with_field(Some("limit".into())));
-    }
+    let paging = paging.checked(crate::admin::EVENTS)?;
+    // A negative position is below every event: an empty page, not an error.
+    let before = paging.before().map(|b| u64::try_from(b).unwrap_or(0));
     let events = state
         .store
-        .recent_events(&slug, q.limit.unwrap_or(50).clamp(1, 1000))
+        .recent_events(&slug, before, paging.limit())
         .await
         .map_err(|e| match e {
             store::StoreError::UnknownSource(s) => {
@@ -770,7 +761,12 @@ pub async fn recent_events(
         .iter()
         .map(|e| serde_json::from_slice(&e.json).unwrap_or(Value::Null))
         .collect();
-    Ok(Json(json!({ "data": data })))
+    // Items are the events as stored, so the position is only in the cursor.
+    let next_before = paging.next_before(
+        events.len(),
+        events.last().and_then(|e| i64::try_from(e.seq).ok()),
+    );
+    Ok(Json(json!({ "data": data, "next_before": next_before })))
 }
 
 /// `GET /api/v1/sources/{slug}/events/stream`: the live debugger, as
@@ -1268,16 +1264,19 @@ async fn stream_logs(state: Arc<AppState>, headers: &HeaderMap, owner: String) -
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream;
     let stopping = state.stopping.subscribe();
-    let seen: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
+    // The newest line's id sent: ids are unique and grow, so two equal lines
+    // written in the same millisecond are both sent, and nothing is kept
+    // per line for as long as the stream stays open.
+    let sent: i64 = 0;
     let lines = stream::unfold(
         (
             state.clone(),
             owner,
-            seen,
+            sent,
             std::collections::VecDeque::<Value>::new(),
             stopping,
         ),
-        |(state, owner, mut seen, mut pending, mut stopping)| async move {
+        |(state, owner, mut sent, mut pending, mut stopping)| async move {
             loop {
                 if *stopping.borrow() {
                     return None;
@@ -1286,17 +1285,17 @@ async fn stream_logs(state: Arc<AppState>, headers: &HeaderMap, owner: String) -
                     let event = Event::default().data(next.to_string());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (state, owner, seen, pending, stopping),
+                        (state, owner, sent, pending, stopping),
                     ));
                 }
-                let Ok(mut lines) = state.store.function_logs(&owner, 500).await else {
+                let Ok(mut lines) = state.store.function_logs(&owner, None, 500).await else {
                     return None;
                 };
                 lines.reverse();
-                for l in lines {
-                    if seen.insert((l.at_ms, l.message.clone())) {
-                        pending.push_back(serde_json::to_value(&l).unwrap_or(Value::Null));
-                    }
+                let since = sent;
+                for l in lines.into_iter().filter(|l| l.id > since) {
+                    sent = l.id;
+                    pending.push_back(serde_json::to_value(&l).unwrap_or(Value::Null));
                 }
                 if pending.is_empty() {
                     tokio::select! {

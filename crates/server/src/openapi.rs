@@ -172,7 +172,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("get", "/api/v1/sources/{slug}", Auth::Api, "One source (credentials and settings masked)"),
     ("patch", "/api/v1/sources/{slug}", Auth::Api, "Change a function source's function, settings, respond or capture"),
     ("post", "/api/v1/sources/{slug}/rotate", Auth::Api, "Rotate a source's write key or function token; shown once"),
-    ("get", "/api/v1/sources/{slug}/events", Auth::Api, "Recent events of a source (the debugger backlog)"),
+    ("get", "/api/v1/sources/{slug}/events", Auth::Api, "Recent events of a source (the debugger backlog), newest first"),
     ("get", "/api/v1/sources/{slug}/capture", Auth::Api, "The webhook catcher's mode (always or window) and open window"),
     ("post", "/api/v1/sources/{slug}/capture", Auth::Api, "Open the capture window ({minutes?}, default 5)"),
     ("get", "/api/v1/sources/{slug}/logs/stream", Auth::Api, "A source function's logs, live, as Server-Sent Events"),
@@ -198,7 +198,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/sources/{slug}/rejections",
         Auth::Api,
-        "Batch items refused by validation",
+        "Batch items refused by validation, newest first",
     ),
     (
         "get",
@@ -210,7 +210,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/sources/{slug}/logs",
         Auth::Api,
-        "Source function logs",
+        "Source function logs, newest first",
     ),
     (
         "get",
@@ -228,7 +228,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/sources/{slug}/deadletters",
         Auth::Api,
-        "Raw requests whose function failed 5 times",
+        "Raw requests whose function failed 5 times, newest first",
     ),
     (
         "post",
@@ -240,7 +240,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/sources/{slug}/objects",
         Auth::Api,
-        "Objects set by the source function (?collection=&id=)",
+        "Objects set by the source function, by collection and id (?collection=&id=)",
     ),
     (
         "post",
@@ -258,14 +258,14 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/destinations/{name}/logs",
         Auth::Api,
-        "Destination function logs",
+        "Destination function logs, newest first",
     ),
     ("delete", "/api/v1/destinations/{name}/deadletters", Auth::Api, "Discard dead letters ({ids?, since_ms?, until_ms?}; none = all)"),
     (
         "get",
         "/api/v1/destinations/{name}/deadletters",
         Auth::Api,
-        "Deliveries given up on",
+        "Deliveries given up on, oldest first",
     ),
     (
         "post",
@@ -306,6 +306,11 @@ fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str
         "integer",
         "At most this many (default 100, at most 1000; 0 is refused)",
     );
+    const BEFORE: (&str, &str, &str) = (
+        "before",
+        "integer",
+        "Only older rows (a smaller id; for events, an earlier log position): the `next_before` of the page before",
+    );
     if method != "get" {
         return Vec::new();
     }
@@ -313,20 +318,87 @@ fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str
         "attempts" => vec![
             LIMIT,
             ("outcome", "string", "Only this outcome: delivered, retry, rejected, gone, partial, dead_letter, unsupported, dropped"),
-            ("before", "integer", "Only attempts with a smaller id: the `next_before` of the page before"),
+            BEFORE,
         ],
         "deadletters" if path.starts_with("/api/v1/destinations/") => vec![
             LIMIT,
             ("after", "integer", "Only dead letters with a greater id: the `next_after` of the page before"),
         ],
-        "deadletters" | "logs" | "rejections" | "events" => vec![LIMIT],
+        "events" => vec![
+            ("limit", "integer", "At most this many (default 50, at most 1000; 0 is refused)"),
+            BEFORE,
+        ],
+        "deadletters" | "logs" | "rejections" => vec![LIMIT, BEFORE],
         "objects" => vec![
             ("collection", "string", "Only this collection"),
             ("id", "string", "Only this object id"),
             LIMIT,
+            ("after", "string", "Only objects after this one in (collection, id) order: the `next_after` of the page before, as given (an opaque string)"),
         ],
         _ => Vec::new(),
     }
+}
+
+/// The answer of a paged list: its rows, each with the fields named in
+/// `keys`, and the cursor of the next page (`null` on the last).
+fn page_schema(method: &str, path: &str) -> Option<Value> {
+    if method != "get" {
+        return None;
+    }
+    let id = json!({"type": "integer", "description": "Unique and increasing: the cursor of newest-first pages"});
+    let (items, cursor) = match path.rsplit('/').next().unwrap_or_default() {
+        "attempts" => (
+            json!({"id": id, "at_ms": {"type": "integer"}, "outcome": {"type": "string"}}),
+            "next_before",
+        ),
+        "deadletters" if path.starts_with("/api/v1/destinations/") => (
+            json!({"id": {"type": "integer"}, "failed_ms": {"type": "integer"}, "message_ids": {"type": "array", "items": {"type": "string"}}}),
+            "next_after",
+        ),
+        "deadletters" => (
+            json!({"id": id, "received_ms": {"type": "integer"}, "last_error": {"type": "string"}}),
+            "next_before",
+        ),
+        "logs" => (
+            json!({"id": id, "at_ms": {"type": "integer"}, "level": {"type": "string"}, "message": {"type": "string"}}),
+            "next_before",
+        ),
+        "rejections" => (
+            json!({"id": id, "at_ms": {"type": "integer"}, "index": {"type": "integer"}, "reason": {"type": "string"}}),
+            "next_before",
+        ),
+        // The messages as stored; their log positions are only in the cursor.
+        "events" if path.starts_with("/api/v1/sources/") => (
+            json!({"messageId": {"type": "string"}, "type": {"type": "string"}}),
+            "next_before",
+        ),
+        "objects" => (
+            json!({"collection": {"type": "string"}, "id": {"type": "string"}, "properties": {"type": "object"}, "updated_ms": {"type": "integer"}}),
+            "next_after",
+        ),
+        _ => return None,
+    };
+    let cursor_schema = if cursor == "next_before" {
+        json!({"type": "integer", "nullable": true, "description": "After a full page: pass it as `before` for the next (older) page; null on a shorter page, the last"})
+    } else if path.ends_with("/objects") {
+        json!({"type": "string", "nullable": true, "description": "After a full page: pass it as `after` for the next page; null on a shorter page, the last"})
+    } else {
+        json!({"type": "integer", "nullable": true, "description": "After a full page: pass it as `after` for the next page; null on a shorter page, the last"})
+    };
+    let mut schema = json!({
+        "type": "object",
+        "required": ["data", cursor],
+        "properties": {
+            "data": {"type": "array", "items": {"type": "object", "properties": items}},
+            cursor: cursor_schema,
+        }
+    });
+    if cursor == "next_after" && !path.ends_with("/objects") {
+        schema["properties"]["total"] =
+            json!({"type": "integer", "description": "How many there are in all"});
+        schema["required"] = json!(["data", "total", cursor]);
+    }
+    Some(schema)
 }
 
 /// The JSON body a route takes: (schema, required).
@@ -442,7 +514,8 @@ fn responses(method: &str, path: &str, auth: Auth) -> Value {
     let ok = if path == "/metrics" {
         json!({"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}})
     } else {
-        json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}})
+        let schema = page_schema(method, path).unwrap_or_else(|| json!({"type": "object"}));
+        json!({"description": "OK", "content": {"application/json": {"schema": schema}}})
     };
     out.insert(if creates { "201" } else { "200" }.into(), ok);
     if path == "/v1/projects/{write_key}/settings" {

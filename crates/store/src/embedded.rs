@@ -306,6 +306,12 @@ BEGIN
     INSERT INTO meta(key, value) VALUES('dead_letters_high', OLD.id)
     ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), OLD.id);
 END;
+-- For the newest-first pages of a source's rejections and dead raw requests.
+-- Made at every open, like the rest: a directory of an older build gets them
+-- at its first open, and an older build that opens it again keeps them up
+-- to date without knowing of them, so they need no new store format.
+CREATE INDEX IF NOT EXISTS rejections_source ON rejections(source_id, id);
+CREATE INDEX IF NOT EXISTS raw_requests_source ON raw_requests(source_id, state, id);
 "#;
 
 /// The layout of the data directory this build writes. Raised when a newer
@@ -1257,40 +1263,56 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn recent_events(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>> {
+    async fn recent_events(
+        &self,
+        source: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
         let source_id = self.source_id(source)?;
         let slug = source.to_string();
         let dir = self.segments_dir.clone();
         let head = *self.head_tx.borrow();
         let pending = self.log.pending_index.clone();
+        let below = before.unwrap_or(u64::MAX);
         self.read(move |conn| {
             let mut reader = SegmentReader::new(&dir);
-            // Newest first: those still waiting for their rows, then the
-            // table's (see `read_events` for why the list is read first).
-            let waiting = pending
-                .lock()
-                .map_err(|_| StoreError::Closed)?
-                .range(0, head, |e| e.source_id == source_id);
-            let oldest_waiting = waiting.first().map_or(u64::MAX, |e| e.seq);
-            let mut out = Vec::new();
-            for entry in waiting.into_iter().rev() {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                out.extend(waiting_event(&mut reader, entry, slug.clone())?);
-            }
+            // Taken before the table is read (see `read_events`): an entry
+            // leaves the list only once its row is committed, so each event
+            // is in one or both.
+            let mut waiting = pending.lock().map_err(|_| StoreError::Closed)?.range(
+                0,
+                head.min(below.saturating_sub(1)),
+                |e| e.source_id == source_id,
+            );
+            // No LIMIT: rows are read until the page is full, so that a
+            // skipped damaged record does not make a short page, which a
+            // client would take for the last one.
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, message_id, received_ms, body, seg, off, len FROM events
-                 WHERE source_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                 WHERE source_id = ?1 AND seq < ?2 ORDER BY seq DESC",
             )?;
-            let wanted_rows = limit.saturating_sub(out.len()) as i64;
-            let mut rows = stmt.query(params![
-                source_id,
-                oldest_waiting.min(i64::MAX as u64) as i64,
-                wanted_rows
-            ])?;
-            while let Some(r) = rows.next()? {
+            let mut rows = stmt.query(params![source_id, below.min(i64::MAX as u64) as i64])?;
+            let mut out = Vec::new();
+            // Both newest first once `waiting` is read from its end: merged
+            // by position, an event in both (its row committed meanwhile)
+            // taken once.
+            while out.len() < limit {
+                let Some(r) = rows.next()? else {
+                    break;
+                };
                 let seq = r.get::<_, i64>(0)? as u64;
+                while out.len() < limit && waiting.last().is_some_and(|e| e.seq > seq) {
+                    if let Some(entry) = waiting.pop() {
+                        out.extend(waiting_event(&mut reader, entry, slug.clone())?);
+                    }
+                }
+                if out.len() >= limit {
+                    break;
+                }
+                if waiting.last().is_some_and(|e| e.seq == seq) {
+                    waiting.pop();
+                }
                 let Some(json) =
                     row_body(&mut reader, seq, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)?
                 else {
@@ -1303,6 +1325,12 @@ impl Store for EmbeddedStore {
                     received_ms: r.get(2)?,
                     json,
                 });
+            }
+            while out.len() < limit {
+                let Some(entry) = waiting.pop() else {
+                    break;
+                };
+                out.extend(waiting_event(&mut reader, entry, slug.clone())?);
             }
             Ok(out)
         })
@@ -1596,15 +1624,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn rejections(&self, source: &str, limit: usize) -> Result<Vec<StoredRejection>> {
+    async fn rejections(
+        &self,
+        source: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRejection>> {
         let source_id = self.source_id(source)?;
         let slug = source.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, at_ms, idx, field, reason, excerpt FROM rejections
-                 WHERE source_id = ?1 ORDER BY id DESC LIMIT ?2",
+                 WHERE source_id = ?1 AND id < ?3 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![source_id, limit as i64], |r| {
+            let before = before.unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![source_id, limit as i64, before], |r| {
                 Ok(StoredRejection {
                     id: r.get(0)?,
                     source: slug.clone(),
@@ -1990,15 +2024,17 @@ impl Store for EmbeddedStore {
         &self,
         source: &str,
         state: &str,
+        before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<RawRecord>> {
         let source_id = self.source_id(source)?;
         let (slug, state) = (source.to_string(), state.to_string());
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {RAW_COLUMNS} FROM raw_requests WHERE source_id = ?1 AND state = ?2 ORDER BY id DESC LIMIT ?3"
+                "SELECT {RAW_COLUMNS} FROM raw_requests WHERE source_id = ?1 AND state = ?2 AND id < ?4 ORDER BY id DESC LIMIT ?3"
             ))?;
-            let rows = stmt.query_map(params![source_id, state, limit as i64], |r| row_to_raw(&slug, r))?;
+            let before = before.unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![source_id, state, limit as i64, before], |r| row_to_raw(&slug, r))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -2044,14 +2080,28 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn function_logs(&self, owner: &str, limit: usize) -> Result<Vec<FunctionLog>> {
+    async fn function_logs(
+        &self,
+        owner: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredLog>> {
         let owner = owner.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT at_ms, level, message FROM function_logs WHERE owner = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT id, at_ms, level, message FROM function_logs
+                 WHERE owner = ?1 AND id < ?3 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![owner, limit as i64], |r| {
-                Ok(FunctionLog { at_ms: r.get(0)?, level: r.get(1)?, message: r.get(2)? })
+            let before = before.unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![owner, limit as i64, before], |r| {
+                Ok(StoredLog {
+                    id: r.get(0)?,
+                    log: FunctionLog {
+                        at_ms: r.get(1)?,
+                        level: r.get(2)?,
+                        message: r.get(3)?,
+                    },
+                })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -2069,16 +2119,27 @@ impl Store for EmbeddedStore {
         source: &str,
         collection: Option<String>,
         id: Option<String>,
+        after: Option<(String, String)>,
         limit: usize,
     ) -> Result<Vec<StoredObject>> {
         let source_id = self.source_id(source)?;
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            // Two statements, not `(?5 IS NULL OR …)`: with the cursor in an
+            // OR the primary key's range is not used, and each page would
+            // scan the source's objects from the first.
+            let (after_collection, after_id) = after.unzip();
+            let mut stmt = conn.prepare_cached(if after_collection.is_some() {
                 "SELECT collection, id, properties, updated_ms FROM objects
                  WHERE source_id = ?1 AND (?2 IS NULL OR collection = ?2) AND (?3 IS NULL OR id = ?3)
-                 ORDER BY collection, id LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![source_id, collection, id, limit as i64], |r| {
+                 AND (collection, id) > (?5, ?6)
+                 ORDER BY collection, id LIMIT ?4"
+            } else {
+                "SELECT collection, id, properties, updated_ms FROM objects
+                 WHERE source_id = ?1 AND (?2 IS NULL OR collection = ?2) AND (?3 IS NULL OR id = ?3)
+                 AND ?5 IS NULL AND ?6 IS NULL
+                 ORDER BY collection, id LIMIT ?4"
+            })?;
+            let rows = stmt.query_map(params![source_id, collection, id, limit as i64, after_collection, after_id], |r| {
                 let props: String = r.get(2)?;
                 Ok(StoredObject {
                     collection: r.get(0)?,
@@ -2784,7 +2845,7 @@ mod tests {
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!((seqs, scanned), (vec![4, 5], 5));
         assert_eq!(events[1].json, br#"{"messageId":"w4"}"#);
-        let recent = store.recent_events("web", 3).await.unwrap();
+        let recent = store.recent_events("web", None, 3).await.unwrap();
         let recent: Vec<&str> = recent.iter().map(|e| e.message_id.as_str()).collect();
         assert_eq!(recent, ["w11", "w10", "w9"]);
         let again = store
@@ -2807,7 +2868,7 @@ mod tests {
         }
         let all: Vec<String> = (0..16).map(|i| format!("w{i}")).collect();
         assert_eq!(stored_ids(&store, "web").await, all);
-        let recent = store.recent_events("web", 5).await.unwrap();
+        let recent = store.recent_events("web", None, 5).await.unwrap();
         let recent: Vec<&str> = recent.iter().map(|e| e.message_id.as_str()).collect();
         assert_eq!(recent, ["w15", "w14", "w13", "w12", "w11"]);
 
@@ -3256,7 +3317,7 @@ mod tests {
             assert!(!String::from_utf8_lossy(&bytes).contains("gone@example.com"));
         }
         assert_eq!(stored_ids(&store, "web").await, ["a", "b", "legacy"]);
-        let recent = store.recent_events("web", 10).await.unwrap();
+        let recent = store.recent_events("web", None, 10).await.unwrap();
         assert_eq!(recent[0].json, b"{}");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -3503,7 +3564,7 @@ mod tests {
             .await
             .unwrap();
         let objects = store
-            .objects("hook", Some("rooms".into()), None, 10)
+            .objects("hook", Some("rooms".into()), None, None, 10)
             .await
             .unwrap();
         assert_eq!(
@@ -3525,10 +3586,12 @@ mod tests {
             )
             .await
             .unwrap();
-        let dead = store.raw_requests("hook", "dead", 10).await.unwrap();
+        let dead = store.raw_requests("hook", "dead", None, 10).await.unwrap();
         assert_eq!((dead.len(), dead[0].last_error.as_str()), (1, "boom"));
         assert_eq!(
-            store.function_logs("hook", 10).await.unwrap()[0].message,
+            store.function_logs("hook", None, 10).await.unwrap()[0]
+                .log
+                .message,
             "boom"
         );
         assert_eq!(
@@ -3705,6 +3768,254 @@ mod tests {
         let record = &store.functions().await.unwrap()[0];
         assert_eq!(record.deployed_version, 2);
         assert_eq!(record.settings["settings"].as_array().unwrap().len(), 2);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Newest-first lists page by a unique key: rows of one millisecond (a
+    /// batch's rejections, a run's log lines) are each seen once while new
+    /// rows arrive between pages, and none of the new ones is mixed in.
+    #[tokio::test]
+    async fn newest_first_lists_page_by_a_unique_key_while_rows_arrive() {
+        let dir = temp_dir("paging");
+        let mut options = EmbeddedOptions::new(&dir);
+        // Events wait for their rows until `index_now`: pages merge both.
+        options.index_interval = std::time::Duration::from_secs(3600);
+        let store = EmbeddedStore::open(options).unwrap();
+        source(&store, "web").await;
+        let rejection = |n: usize| Rejection {
+            index: n,
+            field: None,
+            reason: format!("r{n}"),
+            excerpt: String::new(),
+        };
+        let log = |n: usize| FunctionLog {
+            at_ms: 5,
+            level: "info".into(),
+            message: format!("l{n}"),
+        };
+        let old: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+        for (i, id) in old.iter().enumerate() {
+            store.append("web", vec![event(id)], vec![]).await.unwrap();
+            if i == 14 {
+                store.index_now().await.unwrap();
+            }
+        }
+        store
+            .append("web", vec![], (0..23).map(rejection).collect())
+            .await
+            .unwrap();
+        store
+            .append_logs("destination:d", (0..23).map(log).collect())
+            .await
+            .unwrap();
+        let mut dead = Vec::new();
+        for i in 0..23 {
+            dead.push(
+                store
+                    .append_raw("web", format!("{i}").into_bytes(), "dead", false)
+                    .await
+                    .unwrap(),
+            );
+        }
+
+        let mut events = Vec::new();
+        let mut before = None;
+        for round in 0.. {
+            let page = store.recent_events("web", before, 7).await.unwrap();
+            let new = format!("new{round}");
+            store
+                .append("web", vec![event(&new)], vec![])
+                .await
+                .unwrap();
+            if round == 2 {
+                store.index_now().await.unwrap();
+            }
+            events.extend(page.iter().map(|e| e.message_id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 7 => before = Some(last.seq),
+                _ => break,
+            }
+        }
+        let expected: Vec<String> = old.iter().rev().cloned().collect();
+        assert_eq!(events, expected);
+
+        let mut rejections = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.rejections("web", before, 7).await.unwrap();
+            store
+                .append("web", vec![], vec![rejection(99)])
+                .await
+                .unwrap();
+            rejections.extend(page.iter().map(|r| r.rejection.reason.clone()));
+            match page.last() {
+                Some(last) if page.len() == 7 => before = Some(last.id),
+                _ => break,
+            }
+        }
+        let expected: Vec<String> = (0..23).rev().map(|n| format!("r{n}")).collect();
+        assert_eq!(rejections, expected);
+
+        let mut logs = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .function_logs("destination:d", before, 7)
+                .await
+                .unwrap();
+            store
+                .append_logs("destination:d", vec![log(99)])
+                .await
+                .unwrap();
+            logs.extend(page.iter().map(|l| l.log.message.clone()));
+            match page.last() {
+                Some(last) if page.len() == 7 => before = Some(last.id),
+                _ => break,
+            }
+        }
+        let expected: Vec<String> = (0..23).rev().map(|n| format!("l{n}")).collect();
+        assert_eq!(logs, expected);
+
+        let mut raw = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.raw_requests("web", "dead", before, 7).await.unwrap();
+            store
+                .append_raw("web", b"new".to_vec(), "dead", false)
+                .await
+                .unwrap();
+            raw.extend(page.iter().map(|r| r.id));
+            match page.last() {
+                Some(last) if page.len() == 7 => before = Some(last.id),
+                _ => break,
+            }
+        }
+        dead.reverse();
+        assert_eq!(raw, dead);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Objects page in key order: upserts keep an object where it is, and
+    /// new keys after the cursor are met once like the rest.
+    #[tokio::test]
+    async fn objects_page_by_key_while_they_change() {
+        let dir = temp_dir("objects-paging");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "hook").await;
+        let set = |keys: Vec<(String, String)>, n: i64| {
+            let store = &store;
+            async move {
+                let id = store
+                    .append_raw("hook", b"{}".to_vec(), "pending", false)
+                    .await
+                    .unwrap();
+                let objects = keys
+                    .into_iter()
+                    .map(|(c, i)| (c, i, serde_json::json!({ "n": n })))
+                    .collect();
+                store
+                    .complete_raw(id, "hook", vec![], objects, vec![])
+                    .await
+                    .unwrap();
+            }
+        };
+        let key = |c: &str, i: usize| (c.to_string(), format!("{i:02}"));
+        let old: Vec<(String, String)> = ["a", "b", "b/c"]
+            .iter()
+            .flat_map(|c| (0..8).map(move |i| key(c, i)))
+            .collect();
+        set(old.clone(), 0).await;
+        let mut seen = Vec::new();
+        let mut after = None;
+        for round in 0.. {
+            let page = store
+                .objects("hook", None, None, after.clone(), 5)
+                .await
+                .unwrap();
+            // Every old object changed, and a new one before the cursor
+            // (never met) and one at the end (met once).
+            set(old.clone(), round + 1).await;
+            set(vec![key("A", round as usize)], 0).await;
+            if round < 3 {
+                set(vec![key("z", round as usize)], 0).await;
+            }
+            seen.extend(page.iter().map(|o| (o.collection.clone(), o.id.clone())));
+            match page.last() {
+                Some(last) if page.len() == 5 => {
+                    after = Some((last.collection.clone(), last.id.clone()))
+                }
+                _ => break,
+            }
+        }
+        let mut expected = old.clone();
+        expected.extend((0..3).map(|i| key("z", i)));
+        assert_eq!(seen, expected);
+        // With a collection, pages stay in it.
+        let page = store
+            .objects("hook", Some("b".into()), None, Some(key("b", 5)), 10)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = page.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["06", "07"]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A directory written before the paging indexes gets them at its next
+    /// open, keeps its format and its rows.
+    #[tokio::test]
+    async fn a_directory_without_the_paging_indexes_gets_them_at_open() {
+        let dir = temp_dir("indexes");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        source(&store, "web").await;
+        let rejection = Rejection {
+            index: 0,
+            field: None,
+            reason: "r".into(),
+            excerpt: String::new(),
+        };
+        store.append("web", vec![], vec![rejection]).await.unwrap();
+        store.close().await;
+        drop(store);
+        let indexes = |dir: &Path| -> Vec<String> {
+            let conn = db(dir);
+            let mut stmt = conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'
+                     AND name IN ('rejections_source', 'raw_requests_source') ORDER BY name",
+                )
+                .unwrap();
+            let names = stmt
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .unwrap();
+            names
+        };
+        assert_eq!(indexes(&dir), ["raw_requests_source", "rejections_source"]);
+        db(&dir)
+            .execute_batch("DROP INDEX rejections_source; DROP INDEX raw_requests_source;")
+            .unwrap();
+        assert!(indexes(&dir).is_empty());
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
+        assert_eq!(indexes(&dir), ["raw_requests_source", "rejections_source"]);
+        assert_eq!(
+            store.get_meta("store_format").await.unwrap().as_deref(),
+            Some("2")
+        );
+        assert_eq!(store.rejections("web", None, 10).await.unwrap().len(), 1);
+        // The pages use them rather than a scan of the whole table.
+        let plan: String = db(&dir)
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM rejections
+                 WHERE source_id = 1 AND id < 5 ORDER BY id DESC LIMIT 3",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("rejections_source"), "{plan}");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -233,6 +233,16 @@ pub struct FunctionLog {
     pub message: String,
 }
 
+/// A stored line of a function's output, as listed by the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredLog {
+    /// Unique and increasing: newest-first pages go on from the smallest id
+    /// seen, which lines written in the same millisecond cannot share.
+    pub id: i64,
+    #[serde(flatten)]
+    pub log: FunctionLog,
+}
+
 /// An object upserted by a source function (`Segment.set`).
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredObject {
@@ -327,8 +337,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, u64)>;
 
-    /// The newest events of a source (the debugger backlog), newest first.
-    async fn recent_events(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>>;
+    /// The newest events of a source (the debugger backlog), newest first:
+    /// at most `limit`, with positions below `before` when given. Positions
+    /// are never given twice and grow with each append, so paging by the
+    /// last one seen misses none and repeats none while events arrive.
+    async fn recent_events(
+        &self,
+        source: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>>;
 
     /// A destination's cursor, `None` if it never ran.
     async fn cursor(&self, destination: &str) -> Result<Option<u64>>;
@@ -381,7 +399,14 @@ pub trait Store: Send + Sync + 'static {
         outcome: Option<String>,
     ) -> Result<Vec<Attempt>>;
 
-    async fn rejections(&self, source: &str, limit: usize) -> Result<Vec<StoredRejection>>;
+    /// A source's rejected batch items, newest first: at most `limit`, with
+    /// ids below `before` when given.
+    async fn rejections(
+        &self,
+        source: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRejection>>;
 
     /// URLs switched off for a destination: (url, reason).
     async fn disabled_urls(&self, destination: &str) -> Result<Vec<(String, String)>>;
@@ -466,9 +491,15 @@ pub trait Store: Send + Sync + 'static {
         logs: Vec<FunctionLog>,
     ) -> Result<()>;
 
-    /// Raw requests of a source in a state (`dead`, `pending`, …), newest first.
-    async fn raw_requests(&self, source: &str, state: &str, limit: usize)
-        -> Result<Vec<RawRecord>>;
+    /// Raw requests of a source in a state (`dead`, `pending`, …), newest
+    /// first: at most `limit`, with ids below `before` when given.
+    async fn raw_requests(
+        &self,
+        source: &str,
+        state: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>>;
 
     /// Dead raw requests back to pending, due now (all of the source's when `ids` is `None`).
     async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<u64>;
@@ -476,18 +507,28 @@ pub trait Store: Send + Sync + 'static {
     /// The source's captured requests, newest first.
     async fn captures(&self, source: &str) -> Result<Vec<RawRecord>>;
 
-    /// Function logs of an owner (a source slug, or `destination:<name>`), newest first.
-    async fn function_logs(&self, owner: &str, limit: usize) -> Result<Vec<FunctionLog>>;
+    /// Function logs of an owner (a source slug, or `destination:<name>`),
+    /// newest first: at most `limit`, with ids below `before` when given.
+    async fn function_logs(
+        &self,
+        owner: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredLog>>;
 
     /// Appends function logs for an owner (a destination function's runs).
     async fn append_logs(&self, owner: &str, logs: Vec<FunctionLog>) -> Result<()>;
 
-    /// Objects of a source, optionally of one collection and one id.
+    /// Objects of a source, optionally of one collection and one id, in
+    /// (collection, id) order: at most `limit`, after the (collection, id)
+    /// `after` when given. An upsert keeps an object's key, so paging by
+    /// the last key seen misses none and repeats none while objects change.
     async fn objects(
         &self,
         source: &str,
         collection: Option<String>,
         id: Option<String>,
+        after: Option<(String, String)>,
         limit: usize,
     ) -> Result<Vec<StoredObject>>;
 

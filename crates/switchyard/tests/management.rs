@@ -1348,6 +1348,345 @@ async fn the_cli_replays_hundreds_of_dead_letters_in_chunks() {
     assert_eq!((s, &b["error"]["field"]), (400, &json!("after")), "{b}");
 }
 
+fn paging_config() -> String {
+    format!(
+        r#"
+[[sources]]
+slug = "web"
+kind = "tracking"
+write_key = "wk_web"
+
+[[sources]]
+slug = "pager"
+kind = "function"
+function = "pager"
+token = "tok_pager"
+
+# Answered by the function, so a failed run is a dead letter at once.
+[[sources]]
+slug = "doomed"
+kind = "function"
+function = "pager"
+token = "tok_doomed"
+respond = "function"
+
+[[functions]]
+name = "pager"
+kind = "source"
+file = "{pager}"
+
+[[functions]]
+name = "echo"
+kind = "destination"
+file = "{echo}"
+
+[[destinations]]
+name = "echo"
+kind = "function"
+function = "echo"
+sources = ["web"]
+"#,
+        pager = fixture("pager.js"),
+        echo = fixture("echo.js"),
+    )
+}
+
+type Arrivals<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Every row of a paged list, page after page by the cursor each page
+/// names (`next_before` or `next_after`), with `between(round)` run after
+/// each page is read: rows arriving while a client pages.
+async fn page_through<'a>(
+    sy: &Switchyard,
+    path: &str,
+    limit: usize,
+    mut between: impl FnMut(usize) -> Arrivals<'a>,
+) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut cursor = String::new();
+    for round in 0usize.. {
+        assert!(round < 100, "{path}: the pages never end");
+        let url = format!("{path}?limit={limit}{cursor}");
+        let (s, page) = sy.admin("GET", &url, None).await;
+        assert_eq!(s, 200, "{url}: {page}");
+        let data = page["data"].as_array().unwrap();
+        rows.extend(data.iter().cloned());
+        between(round).await;
+        let next = [
+            ("before", &page["next_before"]),
+            ("after", &page["next_after"]),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_null());
+        let Some((name, value)) = next else {
+            assert!(data.len() < limit, "{url}: a full page names the next");
+            break;
+        };
+        assert_eq!(data.len(), limit, "{url}: only a full page names the next");
+        let value = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        cursor = format!("&{name}={value}");
+    }
+    rows
+}
+
+/// A newest-first list paged while rows arrive: each row of `before` (the
+/// whole list, read first) once, newest first, and nothing else but rows
+/// newer than all of them.
+fn assert_each_once_newest_first(what: &str, before: &[Value], paged: &[Value]) {
+    let ids = |rows: &[Value]| -> Vec<i64> {
+        rows.iter()
+            .map(|r| r["id"].as_i64().expect("an id"))
+            .collect()
+    };
+    let (before, paged) = (ids(before), ids(paged));
+    assert!(
+        paged.windows(2).all(|w| w[0] > w[1]),
+        "{what}: newest first, none twice: {paged:?}"
+    );
+    let newest = before.first().copied().unwrap_or(0);
+    for id in &before {
+        assert!(paged.contains(id), "{what}: {id} missed");
+    }
+    for id in &paged {
+        assert!(
+            before.contains(id) || *id > newest,
+            "{what}: {id} is neither listed before nor new"
+        );
+    }
+}
+
+/// Polls `path` (with `limit=1000`) until it lists at least `count` rows;
+/// returns them.
+async fn at_least(sy: &Switchyard, path: &str, count: usize) -> Vec<Value> {
+    for _ in 0..300 {
+        let (s, page) = sy.admin("GET", &format!("{path}?limit=1000"), None).await;
+        assert_eq!(s, 200, "{path}: {page}");
+        let rows = page["data"].as_array().cloned().unwrap_or_default();
+        if rows.len() >= count {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never listed {count} rows");
+}
+
+async fn hook(sy: &Switchyard, source: &str, body: Value) {
+    let (s, b) = sy
+        .post_with(
+            &format!("/functions/{source}/tok_{source}"),
+            None,
+            body.to_string().into_bytes(),
+            &[],
+        )
+        .await;
+    assert!(s < 500 || source == "doomed", "{source}: {s} {b}");
+}
+
+/// Every list of the management API pages with a cursor: rows written in
+/// one millisecond (a batch's rejections, a run's log lines) and rows that
+/// arrive between pages are neither missed nor repeated.
+#[tokio::test]
+async fn every_list_pages_with_a_cursor_while_rows_arrive() {
+    let sy = &Switchyard::start(&paging_config());
+
+    // Recent events, by log position; new ones never mix in.
+    sy.send_tracks(120, "old").await;
+    let (_, all) = sy
+        .admin("GET", "/api/v1/sources/web/events?limit=1000", None)
+        .await;
+    let expected: Vec<Value> = (0..120).rev().map(|i| json!(format!("old{i}"))).collect();
+    let listed: Vec<Value> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["messageId"].clone())
+        .collect();
+    assert_eq!(listed, expected);
+    let paged = page_through(sy, "/api/v1/sources/web/events", 50, |round| {
+        Box::pin(async move { sy.send_tracks(3, &format!("new{round}-")).await })
+    })
+    .await;
+    let paged: Vec<Value> = paged.iter().map(|e| e["messageId"].clone()).collect();
+    assert_eq!(paged, expected);
+
+    // Rejections: one batch's share a millisecond.
+    // With one valid message: a batch of none is refused as a whole.
+    let invalid = |n: usize| {
+        let mut batch = vec![json!({"type": "track", "event": "no user"}); n];
+        batch.push(json!({"type": "track", "event": "E", "userId": "u"}));
+        json!({ "batch": batch })
+    };
+    let (s, b) = sy
+        .post("/v1/batch", "wk_web", &invalid(120).to_string())
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let path = "/api/v1/sources/web/rejections";
+    let before = at_least(sy, path, 120).await;
+    assert_eq!(before.len(), 120);
+    let paged = page_through(sy, path, 50, |_| {
+        Box::pin(async move {
+            let (s, b) = sy
+                .post("/v1/batch", "wk_web", &invalid(2).to_string())
+                .await;
+            assert_eq!(s, 200, "{b}");
+        })
+    })
+    .await;
+    assert_each_once_newest_first("rejections", &before, &paged);
+    assert_eq!(paged.len(), 120);
+
+    // A destination function's logs, written as deliveries run on.
+    let path = "/api/v1/destinations/echo/logs";
+    let before = at_least(sy, path, 120).await;
+    let paged = page_through(sy, path, 50, |round| {
+        Box::pin(async move { sy.send_tracks(5, &format!("more{round}-")).await })
+    })
+    .await;
+    assert_each_once_newest_first("destination logs", &before, &paged);
+
+    // A source function's logs: a run's lines share a millisecond or few.
+    hook(sy, "pager", json!({"lines": 120, "tag": "a"})).await;
+    let path = "/api/v1/sources/pager/logs";
+    let before = at_least(sy, path, 120).await;
+    let paged = page_through(sy, path, 50, |round| {
+        Box::pin(
+            async move { hook(sy, "pager", json!({"lines": 7, "tag": format!("n{round}")})).await },
+        )
+    })
+    .await;
+    assert_each_once_newest_first("source logs", &before, &paged);
+    assert!(paged
+        .iter()
+        .all(|l| l["message"].is_string() && l["at_ms"].is_i64()));
+
+    // A source's dead raw requests.
+    for i in 0..60 {
+        hook(sy, "doomed", json!({"fail": true, "tag": i})).await;
+    }
+    let path = "/api/v1/sources/doomed/deadletters";
+    let before = at_least(sy, path, 60).await;
+    assert_eq!(before.len(), 60);
+    let paged = page_through(sy, path, 25, |round| {
+        Box::pin(async move { hook(sy, "doomed", json!({"fail": true, "tag": round})).await })
+    })
+    .await;
+    assert_each_once_newest_first("source dead letters", &before, &paged);
+    assert_eq!(paged.len(), 60);
+
+    // Objects, by key: changed ones stay in place, and new ones before the
+    // cursor are not met.
+    let objects = |collection: &str, n: usize, tag: String| json!({"objects": n, "collection": collection, "tag": tag});
+    hook(sy, "pager", objects("c", 120, "v0".into())).await;
+    let path = "/api/v1/sources/pager/objects";
+    let before = at_least(sy, path, 120).await;
+    let key = |o: &Value| (o["collection"].clone(), o["id"].clone());
+    let before: Vec<_> = before.iter().map(key).collect();
+    let paged = page_through(sy, path, 50, |round| {
+        Box::pin(async move {
+            hook(sy, "pager", objects("c", 120, format!("v{}", round + 1))).await;
+            hook(sy, "pager", objects("a", round + 1, "new".into())).await;
+        })
+    })
+    .await;
+    let paged: Vec<_> = paged.iter().map(key).collect();
+    assert_eq!(paged, before, "in key order, each once");
+
+    // Bad cursors and empty pages are refused by name.
+    let before_lists = [
+        "/api/v1/sources/web/events",
+        "/api/v1/sources/web/rejections",
+        "/api/v1/sources/pager/logs",
+        "/api/v1/destinations/echo/logs",
+        "/api/v1/sources/doomed/deadletters",
+        "/api/v1/destinations/echo/attempts",
+    ];
+    let mut refused = vec![
+        ("/api/v1/sources/pager/objects?after=bm90IGEga2V5", "after"),
+        ("/api/v1/sources/pager/objects?after=%22%22", "after"),
+        ("/api/v1/sources/pager/objects?before=3", "before"),
+        ("/api/v1/sources/pager/objects?limit=0", "limit"),
+        ("/api/v1/destinations/echo/deadletters?after=x", "after"),
+        ("/api/v1/destinations/echo/deadletters?before=3", "before"),
+        ("/api/v1/destinations/echo/deadletters?limit=0", "limit"),
+        ("/api/v1/sources/pager/logs?outcome=delivered", "outcome"),
+        ("/api/v1/sources/web/rejections?collection=c", "collection"),
+    ];
+    let owned: Vec<(String, &str)> = before_lists
+        .iter()
+        .flat_map(|p| {
+            [
+                (format!("{p}?before=x"), "before"),
+                (format!("{p}?before=1.5"), "before"),
+                (format!("{p}?after=3"), "after"),
+                (format!("{p}?limit=0"), "limit"),
+            ]
+        })
+        .collect();
+    refused.extend(owned.iter().map(|(p, f)| (p.as_str(), *f)));
+    for (path, field) in refused {
+        let (s, b) = sy.admin("GET", path, None).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str(), b["error"]["field"].as_str()),
+            (400, Some("invalid_query"), Some(field)),
+            "{path}: {b}"
+        );
+    }
+}
+
+/// The live log stream follows the lines by id: equal lines written in one
+/// millisecond are each sent, once.
+#[tokio::test]
+async fn the_log_stream_sends_each_of_equal_lines() {
+    let sy = &Switchyard::start(&paging_config());
+    let mut resp = http_client()
+        .get(format!("{}/api/v1/sources/pager/logs/stream", sy.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    hook(sy, "pager", json!({"lines": 5, "same": true, "tag": "x"})).await;
+    let mut seen = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.matches("same x").count() >= 5 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("five lines on the stream: {seen}"));
+    // Another line, to learn that none of the five came twice meanwhile.
+    hook(sy, "pager", json!({"lines": 1, "tag": "end"})).await;
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("line end 0") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("the last line on the stream: {seen}"));
+    let ids: Vec<i64> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| {
+            serde_json::from_str::<Value>(d.trim()).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seen.matches("same x").count(), 5, "{seen}");
+    assert_eq!(ids.len(), 6, "{seen}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
 #[tokio::test]
 async fn a_connected_tail_does_not_hold_up_a_graceful_shutdown() {
     let rx = Receiver::start("s3cret");
