@@ -2733,13 +2733,13 @@ mod tests {
             .unwrap();
         let both = vec!["old-1", "old-2", "new-1"];
         assert_eq!(stored_ids(&store, "web").await, both);
-        let recent = store.recent_events("web", 10).await.unwrap();
+        let recent = store.recent_events("web", None, 10).await.unwrap();
         assert_eq!(recent.len(), 1, "the new source's own events only");
         store.close().await;
 
         let store = EmbeddedStore::open(EmbeddedOptions::new(&dir)).unwrap();
         assert_eq!(stored_ids(&store, "web").await, both);
-        let recent = store.recent_events("web", 10).await.unwrap();
+        let recent = store.recent_events("web", None, 10).await.unwrap();
         assert_eq!(recent.len(), 1, "the new source's own events only");
         store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
