@@ -68,6 +68,32 @@ pub fn redact(secrets: &[String], text: &str) -> String {
     out
 }
 
+/// The function token in a stored request's URL, as the sender called it
+/// (`/functions/{source}/{token}` or `?token=`): the function sees it, the
+/// logs, errors and API must not show it.
+pub fn url_token(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    let segments: Vec<&str> = url.path_segments()?.collect();
+    if let ["functions", _, token] = segments.as_slice() {
+        if !token.is_empty() {
+            return Some(token.to_string());
+        }
+    }
+    url.query_pairs()
+        .find(|(k, v)| k == "token" && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A token as it may appear in text: as is, and percent-encoded as in a URL.
+pub fn token_forms(token: String) -> Vec<String> {
+    let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    if encoded == token {
+        vec![token]
+    } else {
+        vec![token, encoded]
+    }
+}
+
 /// The requests a test run made, with every secret replaced by `[redacted]`
 /// (URL, header values and body): the usual place of a key is a header.
 pub fn redact_requests(
@@ -408,13 +434,17 @@ impl SourceRunner {
             },
             Some(_) => None,
         };
+        // The request's own token joins the settings' secrets: a function
+        // logging `request.url` must not publish the source's credential.
+        let mut secrets = source.secrets.clone();
+        secrets.extend(url_token(&request.url).into_iter().flat_map(token_forms));
         let mut logs = to_logs(&outcome.logs);
         for l in &mut logs {
-            l.message = source.redact(&l.message);
+            l.message = redact(&secrets, &l.message);
         }
         if let Some(e) = &mut outcome.error {
-            e.message = source.redact(&e.message);
-            e.stack = source.redact(&e.stack);
+            e.message = redact(&secrets, &e.message);
+            e.stack = redact(&secrets, &e.stack);
         }
         match events {
             Some(events) => {

@@ -4,13 +4,17 @@
 //! (`?token=`) or a header (`X-Segment-Source-Function-Token`, or
 //! `X-Switchyard-Token`). The raw request (body exactly as received, any
 //! content type) is stored durably before the answer; the function runs from
-//! the store. Credentials are stripped before storing.
+//! the store. The function sees the request as the sender made it (its URL
+//! with the token, its `Authorization`), since senders sign what they send
+//! (Twilio signs the whole URL); only switchyard's own token headers are
+//! dropped. The API shows stored requests with their credentials redacted
+//! ([`redacted_request_url`]).
 
 use crate::body::read_body;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,22 +24,53 @@ use std::sync::Arc;
 
 pub const TOKEN_HEADERS: [&str; 2] = ["x-segment-source-function-token", "x-switchyard-token"];
 
-fn query_without_token(query: Option<&str>) -> (Option<String>, String) {
-    let mut token = None;
-    let kept: Vec<&str> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            if let Some(v) = p.strip_prefix("token=") {
-                token = Some(v.to_string());
-                false
-            } else {
-                true
-            }
-        })
-        .collect();
-    (token, kept.join("&"))
+/// The `token` of a query string, percent-decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Shown in place of a credential in stored requests the API returns.
+const REDACTED: &str = "[redacted]";
+
+/// A stored request's URL with the function token replaced (in the path,
+/// `/functions/{source}/{token}`, or the query, `token=`): what the API
+/// shows of a capture or a dead letter.
+pub fn redacted_request_url(raw: &str) -> String {
+    let tokens = delivery::source_functions::url_token(raw)
+        .map(delivery::source_functions::token_forms)
+        .unwrap_or_default();
+    tokens.iter().fold(raw.to_string(), |url, token| {
+        url.replace(token.as_str(), REDACTED)
+    })
+}
+
+/// Whether a header of a stored request is a credential the API must not
+/// show: the sender's `Authorization` reaches the function, not the API.
+pub fn is_credential_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization") || TOKEN_HEADERS.contains(&name)
+}
+
+/// The URL the sender called, as the function sees it: behind a proxy, the
+/// proxy's `X-Forwarded-Proto` and `X-Forwarded-Host` give its public form.
+fn called_url(headers: &HeaderMap, path_and_query: &str) -> String {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = match first("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let host = first("x-forwarded-host")
+        .or_else(|| first(axum::http::header::HOST.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}{path_and_query}")
 }
 
 async fn handle(
@@ -43,11 +78,11 @@ async fn handle(
     slug: String,
     path_token: Option<String>,
     method: Method,
-    query: Option<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (query_token, query) = query_without_token(query.as_deref());
+    let query_token = query_token(uri.query());
     let header_token = TOKEN_HEADERS.iter().find_map(|h| {
         headers
             .get(*h)
@@ -86,22 +121,13 @@ async fn handle(
     let capture = capture_always || state.capturing(&slug);
     // The body exactly as received: no decompression, no re-encoding.
     let bytes = read_body(&HeaderMap::new(), body, state.max_function_body_bytes).await?;
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let url = format!(
-        "http://{host}/functions/{slug}{}{query}",
-        if query.is_empty() { "" } else { "?" }
-    );
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let request = RawRequest {
         method: method.to_string(),
-        url,
+        url: called_url(&headers, path_and_query),
         headers: headers
             .iter()
-            .filter(|(k, _)| {
-                !TOKEN_HEADERS.contains(&k.as_str()) && *k != axum::http::header::AUTHORIZATION
-            })
+            .filter(|(k, _)| !TOKEN_HEADERS.contains(&k.as_str()))
             .map(|(k, v)| {
                 (
                     k.to_string(),
@@ -166,11 +192,11 @@ pub async fn without_token(
     State(state): State<Arc<AppState>>,
     Path(slug): Path<String>,
     method: Method,
-    RawQuery(query): RawQuery,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(state, slug, None, method, query, headers, body)
+    handle(state, slug, None, method, uri, headers, body)
         .await
         .unwrap_or_else(|e| e.into_response())
 }
@@ -180,11 +206,11 @@ pub async fn with_token(
     State(state): State<Arc<AppState>>,
     Path((slug, token)): Path<(String, String)>,
     method: Method,
-    RawQuery(query): RawQuery,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(state, slug, Some(token), method, query, headers, body)
+    handle(state, slug, Some(token), method, uri, headers, body)
         .await
         .unwrap_or_else(|e| e.into_response())
 }

@@ -43,6 +43,17 @@ kind = "function"
 function = "broken"
 token = "tok_broken"
 
+[[sources]]
+slug = "echo"
+kind = "function"
+function = "echo"
+token = "tok_echo"
+
+[[functions]]
+name = "echo"
+kind = "source"
+file = "{echo}"
+
 [[functions]]
 name = "stigg-to-track"
 kind = "source"
@@ -67,10 +78,19 @@ kind = "webhooks"
 sources = ["stigg", "verified"]
 urls = ["{receiver_url}"]
 shared_secret = "s3cret"
+
+[[destinations]]
+name = "echoes"
+kind = "webhooks"
+sources = ["echo"]
+urls = ["{echo_url}"]
+shared_secret = "s3cret"
 "#,
+        echo_url = format!("{}echoes", receiver_url.trim_end_matches("hook")),
         stigg = fixture("stigg.js"),
         verify = fixture("verify.js"),
         broken = fixture("broken.js"),
+        echo = fixture("echo_request.js"),
     )
 }
 
@@ -150,7 +170,8 @@ async fn a_stigg_webhook_becomes_a_signed_track_event() {
         (413, Some("payload_too_large"))
     );
 
-    // The catcher kept the raw requests, credentials stripped.
+    // The catcher kept the raw requests; the API shows them with their
+    // credentials redacted.
     let (s, caps) = sy
         .admin("GET", "/api/v1/sources/stigg/captures", None)
         .await;
@@ -162,13 +183,21 @@ async fn a_stigg_webhook_becomes_a_signed_track_event() {
         caps[0]["request"]["url"]
             .as_str()
             .unwrap()
-            .ends_with("/functions/stigg?x=1"),
+            .ends_with("/functions/stigg?token=[redacted]&x=1"),
         "{}",
         caps[0]
     );
     assert!(
+        caps[1]["request"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/functions/stigg/[redacted]"),
+        "{}",
+        caps[1]
+    );
+    assert!(
         !caps.iter().any(|c| c.to_string().contains("tok_stigg")),
-        "tokens never stored"
+        "the API never shows a token"
     );
 
     // Test without side effects on a capture, with unsaved code.
@@ -541,4 +570,69 @@ shared_secret = "s3cret"
         1,
         "delivered once"
     );
+}
+
+/// Senders sign what they send (Twilio signs the whole URL it called): the
+/// function sees the URL as called, token and proxy included, and the
+/// sender's `Authorization`; logs, captures and the API show neither.
+#[tokio::test]
+async fn the_function_sees_the_request_as_sent_and_the_api_shows_no_credential() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx.url("hook")));
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/echo?token=tok_echo&x=1",
+        "{}",
+        &[
+            ("Authorization", "Basic c2VuZGVyOnB3"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "hooks.example.org"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = post_raw(
+        &sy,
+        "/functions/echo",
+        "{}",
+        &[("X-Segment-Source-Function-Token", "tok_echo")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let got = rx.wait_delivered("echoes", 2, 30).await;
+    let mut seen: Vec<Value> = got.iter().map(|r| body(r)["properties"].clone()).collect();
+    seen.sort_by_key(|p| p["url"].as_str().map(str::len));
+    assert_eq!(
+        seen[1],
+        json!({
+            "url": "https://hooks.example.org/functions/echo?token=tok_echo&x=1",
+            "token": "tok_echo",
+            "auth": "Basic c2VuZGVyOnB3",
+            "switchyardToken": null,
+        })
+    );
+    assert_eq!(
+        seen[0]["switchyardToken"],
+        Value::Null,
+        "switchyard's own header is not passed on"
+    );
+    assert!(
+        seen[0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/functions/echo"),
+        "{seen:?}"
+    );
+
+    let (_, logs) = sy.admin("GET", "/api/v1/sources/echo/logs", None).await;
+    let text = logs.to_string();
+    assert!(text.contains("echo?token=[redacted]&x=1"), "{logs}");
+    assert!(!text.contains("tok_echo"), "{logs}");
+    let (_, caps) = sy.admin("GET", "/api/v1/sources/echo/captures", None).await;
+    let text = caps.to_string();
+    assert!(
+        !text.contains("tok_echo") && !text.contains("c2VuZGVyOnB3"),
+        "{caps}"
+    );
+    assert!(text.contains("[redacted]"), "{caps}");
 }
