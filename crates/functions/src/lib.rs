@@ -1,10 +1,13 @@
 //! The JavaScript sandbox for source and destination functions.
 //!
-//! Functions run in QuickJS runtimes on a pool of worker threads. Each worker
-//! keeps one warm runtime per function version and reuses it (recycled every
+//! Functions run in QuickJS runtimes on a pool of worker threads. A worker
+//! keeps warm runtimes per function version and reuses them (recycled every
 //! `recycle_after` calls), so an invocation costs microseconds, not a cold
-//! start. A runtime that timed out, ran out of memory or got stuck is dropped
-//! and never reused. This crate never touches the store: it takes a request or
+//! start. While an invocation awaits `fetch` or a timer its worker runs
+//! others, each in a runtime of its own: a runtime runs one invocation at a
+//! time, so its deadline, memory cap and logs are that invocation's. A
+//! runtime that timed out, ran out of memory or got stuck is dropped and
+//! never reused. This crate never touches the store: it takes a request or
 //! an event and returns what the function emitted, logged and answered.
 
 mod fetch;

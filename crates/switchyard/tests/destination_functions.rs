@@ -544,7 +544,9 @@ impl HoldingServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, r, st) = (seen.clone(), release.clone(), stop.clone());
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            // Past the test's own wait: the test fails on what it sees
+            // before the server lets anything through.
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
             let mut held = Vec::new();
             while !st.load(Ordering::SeqCst) {
                 match listener.accept() {
