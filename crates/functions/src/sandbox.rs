@@ -669,7 +669,7 @@ impl Sandbox {
                     .get("__nextTimerDelay")
                     .map_err(|e| FunctionError::internal(e.to_string()))?;
                 let delay: f64 = next.call(()).map_err(|e| caught(&ctx, e, &file, &state))?;
-                if delay >= 0.0 && delay < 1.0 {
+                if (0.0..1.0).contains(&delay) {
                     let run: Function = ctx
                         .globals()
                         .get("__runNextTimer")
