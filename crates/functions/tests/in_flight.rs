@@ -338,3 +338,42 @@ async fn shutdown_finishes_the_invocations_in_flight() {
         .await;
     assert_eq!(out.error.expect("refused").kind, ErrorKind::Internal);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_left_behind_never_answers_the_next_invocation() {
+    // Answers every request at once: the first invocation's answer may come
+    // back while the second awaits its own.
+    let holder = Holder::start(1);
+    let pool = local_pool(1);
+    let f = Arc::new(FunctionCode::new(
+        "leaver",
+        "leaver.js",
+        r#"
+let calls = 0;
+async function onTrack(event, settings) {
+  calls++;
+  if (event.event === 'first') { fetch(settings.url + '/first'); return 'left ' + calls; }
+  const res = await fetch(settings.url + '/second');
+  return (await res.json()).path + ' ' + calls;
+}"#,
+    ));
+    let settings = json!({"url": holder.url()});
+    let first = pool
+        .run_destination(f.clone(), track("first"), &settings, limits())
+        .await;
+    assert_eq!(first.result, Some(json!("left 1")), "{:?}", first.error);
+    let second = pool
+        .run_destination(f.clone(), track("second"), &settings, limits())
+        .await;
+    // The same warm runtime (its counter went on), and its own answer only.
+    assert_eq!(
+        second.result,
+        Some(json!("/second 2")),
+        "{:?}",
+        second.error
+    );
+    let urls: Vec<&str> = second.requests.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    assert!(urls[0].ends_with("/second"), "{urls:?}");
+    pool.shutdown();
+}
