@@ -7,6 +7,12 @@
 //! memory cap. A sandbox that was interrupted, ran out of memory or left a
 //! promise that can never settle is *poisoned*: the pool drops it and never
 //! runs anything in it again.
+//!
+//! An invocation is started ([`Sandbox::start`]) and then polled
+//! ([`Sandbox::poll`]) rather than run to its end, so a worker can hold
+//! several sandboxes mid-invocation and run whichever has something to do.
+//! A sandbox still runs one invocation at a time: the deadline the interrupt
+//! handler checks, the logs and the fetches in its state are that one's.
 
 use crate::fetch::{FetchDone, Fetcher, InvocationFetches, RecordedRequest};
 use crate::{ErrorKind, FunctionCode, FunctionError, Limits, LogLine};
