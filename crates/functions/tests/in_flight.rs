@@ -377,3 +377,43 @@ async function onTrack(event, settings) {
     assert!(urls[0].ends_with("/second"), "{urls:?}");
     pool.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_wait_does_not_hold_the_worker_either() {
+    let pool = local_pool(1);
+    let sleeper = Arc::new(FunctionCode::new(
+        "sleeper",
+        "sleeper.js",
+        "async function onTrack() { await new Promise((r) => setTimeout(r, 600000)); return 'woke'; }",
+    ));
+    let sleeping = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let limits = Limits {
+                timeout: Duration::from_secs(5),
+                ..Limits::default()
+            };
+            pool.run_destination(sleeper, track("s"), &json!({}), limits)
+                .await
+        })
+    };
+    // Queued first: the worker takes tasks in order.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let quick = Arc::new(FunctionCode::new(
+        "quick",
+        "quick.js",
+        "async function onTrack(event) { await new Promise((r) => setTimeout(r, 1)); return event.event; }",
+    ));
+    for i in 0..3 {
+        let name = format!("q{i}");
+        let out = pool
+            .run_destination(quick.clone(), track(&name), &json!({}), limits())
+            .await;
+        assert_eq!(out.result, Some(json!(name)), "{:?}", out.error);
+    }
+    assert!(!sleeping.is_finished(), "quick ones ran while it slept");
+    // Its budget still ends the wait.
+    let out = sleeping.await.unwrap();
+    assert_eq!(out.error.expect("timed out").kind, ErrorKind::Timeout);
+    pool.shutdown();
+}
