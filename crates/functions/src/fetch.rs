@@ -5,11 +5,12 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
+use std::time::Instant;
+use tokio::sync::mpsc;
 
 /// Who functions may call.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -161,11 +162,31 @@ pub enum FetchMode {
 /// is not sent on a connection its server is closing at that moment.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Performs fetches for one worker thread. Fetches run concurrently: an
-/// invocation starts them ([`Fetcher::start`]) and, whenever its JavaScript
-/// has nothing left to run, waits for the first to finish
-/// ([`Fetcher::wait_any`]), so `Promise.all` over several calls takes as
-/// long as the slowest, as in Node.
+/// A fetch answered: which invocation started it, its id within that
+/// invocation, and the JSON the prelude expects (`{error}` on failure).
+#[derive(Debug)]
+pub struct FetchDone {
+    pub invocation: u64,
+    pub id: u64,
+    pub answer: String,
+}
+
+/// What a worker waited for ([`Fetcher::wait`]).
+pub enum Wake<T> {
+    /// A fetch of some invocation was answered.
+    Fetch(FetchDone),
+    /// The other future the worker waits on (a new task) finished.
+    Other(T),
+    /// The time given passed.
+    Timer,
+}
+
+/// Performs fetches for one worker thread and every invocation in flight on
+/// it. Fetches run concurrently on a runtime of their own; each answer comes
+/// back tagged with the invocation that started it, so a worker can wait for
+/// "any fetch of any invocation answered" ([`Fetcher::wait`]) and run other
+/// invocations meanwhile. `Promise.all` over several calls takes as long as
+/// the slowest, as in Node.
 pub struct Fetcher {
     mode: FetchMode,
     client: Option<reqwest::Client>,
@@ -175,10 +196,64 @@ pub struct Fetcher {
     /// closed connection stayed pooled, and the next request was sent on it
     /// and failed: "connection closed before message completed".)
     runtime: Option<tokio::runtime::Runtime>,
-    in_flight: RefCell<JoinSet<(u64, String)>>,
-    /// Answers known at once (mocks, refused requests), in start order.
-    ready: RefCell<VecDeque<(u64, String)>>,
+    done_tx: mpsc::UnboundedSender<FetchDone>,
+    done_rx: RefCell<mpsc::UnboundedReceiver<FetchDone>>,
+    /// Serial numbers of invocations: an answer that comes back after its
+    /// invocation ended (cancelled too late) matches no live invocation.
+    next_invocation: Cell<u64>,
+}
+
+/// The fetches of the invocation a sandbox is running.
+#[derive(Default)]
+pub struct InvocationFetches {
+    invocation: Cell<u64>,
     next_id: Cell<u64>,
+    /// Spawned and not answered yet.
+    pending: RefCell<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Answers to hand to the JavaScript side, in arrival order (mocks and
+    /// refusals are known at once).
+    ready: RefCell<VecDeque<(u64, String)>>,
+}
+
+impl InvocationFetches {
+    /// Starts a new invocation's accounting under `serial`.
+    pub fn begin(&self, serial: u64) {
+        self.cancel_all();
+        self.invocation.set(serial);
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.invocation.get()
+    }
+
+    /// Whether a fetch started is still to be handed to the JavaScript side.
+    pub fn in_flight(&self) -> bool {
+        !self.ready.borrow().is_empty() || !self.pending.borrow().is_empty()
+    }
+
+    pub fn take_ready(&self) -> Option<(u64, String)> {
+        self.ready.borrow_mut().pop_front()
+    }
+
+    /// Takes an answer if it belongs to this invocation and is still awaited.
+    pub fn accept(&self, done: FetchDone) -> bool {
+        if done.invocation != self.invocation.get()
+            || self.pending.borrow_mut().remove(&done.id).is_none()
+        {
+            return false;
+        }
+        self.ready.borrow_mut().push_back((done.id, done.answer));
+        true
+    }
+
+    /// Drops what an invocation left running (a `fetch` it never awaited):
+    /// the next one starts with none.
+    pub fn cancel_all(&self) {
+        self.ready.borrow_mut().clear();
+        for (_, handle) in self.pending.borrow_mut().drain() {
+            handle.abort();
+        }
+    }
 }
 
 /// A request as the JavaScript side hands it over.
@@ -270,81 +345,100 @@ impl Fetcher {
             }
             FetchMode::Mock(_) => (None, None),
         };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(Fetcher {
             mode,
             client,
             runtime,
-            in_flight: RefCell::new(JoinSet::new()),
-            ready: RefCell::new(VecDeque::new()),
-            next_id: Cell::new(0),
+            done_tx,
+            done_rx: RefCell::new(done_rx),
+            next_invocation: Cell::new(0),
         })
     }
 
-    /// Starts one fetch and returns its id; its answer, the JSON the prelude
-    /// expects (`{error}` on failure), comes from [`Fetcher::wait_any`].
+    /// A serial number for a new invocation.
+    pub fn next_serial(&self) -> u64 {
+        let serial = self.next_invocation.get() + 1;
+        self.next_invocation.set(serial);
+        serial
+    }
+
+    /// Starts one fetch for `calls`' invocation and returns its id; its
+    /// answer comes back through [`Fetcher::wait`] (or at once, in `calls`'
+    /// ready answers, for mocks and refusals).
     pub fn start(
         &self,
+        calls: &InvocationFetches,
         request: Outgoing<'_>,
         budget: Duration,
         recorded: &mut Vec<RecordedRequest>,
     ) -> u64 {
-        let id = self.next_id.get() + 1;
-        self.next_id.set(id);
-        if let Some(answer) = self.begin(id, request, budget, recorded) {
-            self.ready.borrow_mut().push_back((id, answer));
+        let id = calls.next_id.get() + 1;
+        calls.next_id.set(id);
+        match self.begin(calls.invocation.get(), id, request, budget, recorded) {
+            Started::Answered(answer) => calls.ready.borrow_mut().push_back((id, answer)),
+            Started::Spawned(handle) => {
+                calls.pending.borrow_mut().insert(id, handle);
+            }
         }
         id
     }
 
-    /// Whether a fetch started is still to be answered.
-    pub fn in_flight(&self) -> bool {
-        !self.ready.borrow().is_empty() || !self.in_flight.borrow().is_empty()
+    /// An answer already in, without waiting.
+    pub fn try_next(&self) -> Option<FetchDone> {
+        self.done_rx.borrow_mut().try_recv().ok()
     }
 
-    /// The next answer (`(id, JSON)`), waiting up to `wait` for one.
-    pub fn wait_any(&self, wait: Duration) -> Option<(u64, String)> {
-        if let Some(answer) = self.ready.borrow_mut().pop_front() {
-            return Some(answer);
-        }
-        let runtime = self.runtime.as_ref()?;
-        let mut in_flight = self.in_flight.borrow_mut();
-        if in_flight.is_empty() {
-            return None;
-        }
-        runtime
-            .block_on(async { tokio::time::timeout(wait, in_flight.join_next()).await })
-            .ok()
-            .flatten()
-            .and_then(Result::ok)
-    }
-
-    /// Drops what an invocation left running (a `fetch` it never awaited):
-    /// the next one starts with none.
-    pub fn cancel_all(&self) {
-        self.ready.borrow_mut().clear();
-        let mut in_flight = self.in_flight.borrow_mut();
-        if !in_flight.is_empty() {
-            in_flight.abort_all();
-            *in_flight = JoinSet::new();
-        }
+    /// Waits for the first of: a fetch answered, `other` finished, `until`
+    /// passed (never, when `None`).
+    pub fn wait<T>(
+        &self,
+        other: impl std::future::Future<Output = T>,
+        until: Option<Instant>,
+    ) -> Wake<T> {
+        let Some(runtime) = &self.runtime else {
+            // No network (mocks): nothing can be answered later, and no
+            // pool waits on this fetcher for tasks.
+            if let Some(until) = until {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+            return Wake::Timer;
+        };
+        let mut done_rx = self.done_rx.borrow_mut();
+        runtime.block_on(async {
+            let timer = async {
+                match until {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(done) = done_rx.recv() => Wake::Fetch(done),
+                out = other => Wake::Other(out),
+                () = timer => Wake::Timer,
+            }
+        })
     }
 
     /// Checks and records a request, then answers it at once (`Some`: mocks
     /// and refusals) or spawns it (`None`).
     fn begin(
         &self,
+        invocation: u64,
         id: u64,
         request: Outgoing<'_>,
         budget: Duration,
         recorded: &mut Vec<RecordedRequest>,
-    ) -> Option<String> {
+    ) -> Started {
         let Outgoing {
             method,
             url,
             headers_json,
             body,
         } = request;
-        let error = |msg: String| Some(serde_json::json!({ "error": msg }).to_string());
+        let error =
+            |msg: String| Started::Answered(serde_json::json!({ "error": msg }).to_string());
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
         let body = match body {
             Body::Text(t) => t.as_bytes().to_vec(),
@@ -385,7 +479,7 @@ impl Fetcher {
                         "{}".to_string(),
                     ),
                 };
-                Some(answer_json(Ok(FetchAnswer::new(
+                Started::Answered(answer_json(Ok(FetchAnswer::new(
                     status,
                     String::new(),
                     headers,
@@ -431,6 +525,7 @@ impl Fetcher {
                         bytes.to_vec(),
                     ))
                 };
+                let done_tx = self.done_tx.clone();
                 let answer = async move {
                     let answer = exchange.await.map_err(|e| {
                         if e.is_timeout() {
@@ -442,15 +537,26 @@ impl Fetcher {
                             error_chain(&e)
                         }
                     });
-                    (id, answer_json(answer))
+                    // The worker may have ended the invocation meanwhile:
+                    // then nobody listens, and that is fine.
+                    let _ = done_tx.send(FetchDone {
+                        invocation,
+                        id,
+                        answer: answer_json(answer),
+                    });
                 };
-                self.in_flight
-                    .borrow_mut()
-                    .spawn_on(answer, runtime.handle());
-                None
+                Started::Spawned(runtime.spawn(answer).abort_handle())
             }
         }
     }
+}
+
+/// What starting a fetch gave.
+enum Started {
+    /// Answered at once (mocks, refusals).
+    Answered(String),
+    /// Out on the network.
+    Spawned(tokio::task::AbortHandle),
 }
 
 /// The JSON of an answer, or of `{error}`.

@@ -1,10 +1,13 @@
 //! The JavaScript sandbox for source and destination functions.
 //!
-//! Functions run in QuickJS runtimes on a pool of worker threads. Each worker
-//! keeps one warm runtime per function version and reuses it (recycled every
+//! Functions run in QuickJS runtimes on a pool of worker threads. A worker
+//! keeps warm runtimes per function version and reuses them (recycled every
 //! `recycle_after` calls), so an invocation costs microseconds, not a cold
-//! start. A runtime that timed out, ran out of memory or got stuck is dropped
-//! and never reused. This crate never touches the store: it takes a request or
+//! start. While an invocation awaits `fetch` or a timer its worker runs
+//! others, each in a runtime of its own: a runtime runs one invocation at a
+//! time, so its deadline, memory cap and logs are that invocation's. A
+//! runtime that timed out, ran out of memory or got stuck is dropped and
+//! never reused. This crate never touches the store: it takes a request or
 //! an event and returns what the function emitted, logged and answered.
 
 mod fetch;
@@ -17,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -447,16 +450,180 @@ struct Task {
     reply: oneshot::Sender<RawOutcome>,
 }
 
-/// Warm runtimes one worker thread keeps (one per function).
-const MAX_WARM_PER_WORKER: usize = 32;
+/// Idle warm runtimes one worker thread keeps, all functions together.
+const MAX_WARM_PER_WORKER: usize = 64;
+
+/// Invocations one worker thread runs at once. Each holds a runtime of its
+/// own (up to the function's memory cap), so this bounds a worker's memory;
+/// tasks beyond it wait in the queue, or go to another worker.
+pub const MAX_IN_FLIGHT_PER_WORKER: usize = 64;
+
+type TaskQueue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Task>>>;
 
 /// Worker threads with warm runtimes.
 pub struct Pool {
-    tx: Mutex<Option<mpsc::Sender<Task>>>,
+    tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Task>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, policy: Arc<FetchPolicy>) {
+/// An invocation in progress on a worker.
+struct Active {
+    key: String,
+    sandbox: sandbox::Sandbox,
+    /// When to poll it next; `None`: at once (just started, or a fetch
+    /// answer came in).
+    wake: Option<std::time::Instant>,
+    reply: oneshot::Sender<RawOutcome>,
+}
+
+/// One worker thread's runtimes: the idle warm ones by function, the ones
+/// running an invocation, and the fetcher they share.
+struct Worker {
+    fetcher: Rc<fetch::Fetcher>,
+    warm: HashMap<String, Vec<sandbox::Sandbox>>,
+    active: Vec<Active>,
+}
+
+impl Worker {
+    /// A warm runtime for `code`, or a new one. Several invocations of one
+    /// function in flight at once each get a runtime of their own: a
+    /// QuickJS runtime runs one invocation at a time, so its interrupt
+    /// handler, memory cap, logs and globals stay that invocation's.
+    fn take(
+        &mut self,
+        code: &FunctionCode,
+        limits: &Limits,
+    ) -> Result<sandbox::Sandbox, FunctionError> {
+        if let Some(idle) = self.warm.get_mut(&code.name) {
+            while let Some(sb) = idle.pop() {
+                if sb.version == code.version && !sb.poisoned && sb.calls < limits.recycle_after {
+                    return Ok(sb);
+                }
+            }
+        }
+        sandbox::Sandbox::new(code, limits, self.fetcher.clone())
+    }
+
+    /// Keeps a runtime warm after its invocation, unless it must not be reused.
+    fn put_back(&mut self, key: String, sb: sandbox::Sandbox) {
+        if sb.poisoned {
+            // Never reuse a runtime after a kill.
+            return;
+        }
+        let idle: usize = self.warm.values().map(Vec::len).sum();
+        if idle >= MAX_WARM_PER_WORKER {
+            // Bounded memory with many functions: drop from the function
+            // with the most idle runtimes (rebuilt when needed again).
+            if let Some(most) = self
+                .warm
+                .iter_mut()
+                .max_by_key(|(_, v)| v.len())
+                .map(|(_, v)| v)
+            {
+                most.remove(0);
+            }
+        }
+        self.warm.retain(|_, v| !v.is_empty());
+        self.warm.entry(key).or_default().push(sb);
+    }
+
+    fn begin(&mut self, task: Task) {
+        let mut sb = match self.take(&task.code, &task.limits) {
+            Ok(sb) => sb,
+            Err(e) => {
+                let _ = task.reply.send(RawOutcome {
+                    output: Err(e),
+                    logs: vec![],
+                    requests: vec![],
+                });
+                return;
+            }
+        };
+        let started = sb.start(
+            task.entry.global(),
+            &task.payload,
+            task.body,
+            &task.settings,
+            task.limits.timeout,
+        );
+        match started {
+            Some(inv) => self.end(task.code.name.clone(), sb, task.reply, inv),
+            None => self.active.push(Active {
+                key: task.code.name.clone(),
+                sandbox: sb,
+                wake: None,
+                reply: task.reply,
+            }),
+        }
+    }
+
+    fn end(
+        &mut self,
+        key: String,
+        sb: sandbox::Sandbox,
+        reply: oneshot::Sender<RawOutcome>,
+        inv: sandbox::Invocation,
+    ) {
+        self.put_back(key, sb);
+        let _ = reply.send(RawOutcome {
+            output: inv.output,
+            logs: inv.logs,
+            requests: inv.requests,
+        });
+    }
+
+    /// Hands a fetch answer to the invocation that made it.
+    fn route(&mut self, done: fetch::FetchDone) {
+        if let Some(a) = self
+            .active
+            .iter_mut()
+            .find(|a| a.sandbox.serial() == done.invocation)
+        {
+            if a.sandbox.accept_fetch(done) {
+                a.wake = None;
+            }
+        }
+    }
+
+    /// Polls every invocation that has something to do.
+    fn poll_due(&mut self) {
+        // Answers that came in while JavaScript held the thread go to their
+        // invocations before anyone's deadline is looked at.
+        while let Some(done) = self.fetcher.try_next() {
+            self.route(done);
+        }
+        let now = std::time::Instant::now();
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].wake.is_some_and(|w| w > now) {
+                i += 1;
+                continue;
+            }
+            match self.active[i].sandbox.poll() {
+                sandbox::Step::Wait(until) => {
+                    self.active[i].wake = Some(until);
+                    i += 1;
+                }
+                sandbox::Step::Done(inv) => {
+                    let a = self.active.swap_remove(i);
+                    self.end(a.key, a.sandbox, a.reply, inv);
+                }
+            }
+        }
+    }
+}
+
+/// Takes the next task from the queue all workers share; `None` once the
+/// pool is shut down and the queue drained.
+async fn next_task(queue: &TaskQueue) -> Option<Task> {
+    queue.lock().await.recv().await
+}
+
+/// Runs invocations until the pool shuts down. While an invocation waits on
+/// `fetch` or a timer, the worker runs others: it sleeps only when every
+/// invocation it holds waits, until a fetch is answered, a timer or deadline
+/// comes, or a new task arrives.
+fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
     let fetcher = match fetch::Fetcher::new(FetchMode::Live(policy)) {
         Ok(f) => Rc::new(f),
         Err(e) => {
@@ -464,68 +631,40 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, policy: Arc<FetchPolicy>) {
             return;
         }
     };
-    let mut warm: HashMap<String, sandbox::Sandbox> = HashMap::new();
+    let mut w = Worker {
+        fetcher: fetcher.clone(),
+        warm: HashMap::new(),
+        active: Vec::new(),
+    };
+    let mut closed = false;
     loop {
-        let task = {
-            let Ok(guard) = rx.lock() else { return };
-            match guard.recv() {
-                Ok(t) => t,
-                Err(_) => return,
+        w.poll_due();
+        if closed && w.active.is_empty() {
+            return;
+        }
+        let accept = !closed && w.active.len() < MAX_IN_FLIGHT_PER_WORKER;
+        let until = w.active.iter().filter_map(|a| a.wake).min();
+        let task = async {
+            if accept {
+                next_task(&queue).await
+            } else {
+                std::future::pending().await
             }
         };
-        let key = task.code.name.clone();
-        let stale = warm.get(&key).is_some_and(|sb| {
-            sb.version != task.code.version || sb.poisoned || sb.calls >= task.limits.recycle_after
-        });
-        if stale {
-            warm.remove(&key);
+        match fetcher.wait(task, until) {
+            fetch::Wake::Fetch(done) => w.route(done),
+            fetch::Wake::Other(Some(task)) => w.begin(task),
+            fetch::Wake::Other(None) => closed = true,
+            fetch::Wake::Timer => {}
         }
-        if !warm.contains_key(&key) && warm.len() >= MAX_WARM_PER_WORKER {
-            // Bounded memory with many functions: make room (the dropped one
-            // is rebuilt on its next call).
-            if let Some(victim) = warm.keys().next().cloned() {
-                warm.remove(&victim);
-            }
-        }
-        if !warm.contains_key(&key) {
-            match sandbox::Sandbox::new(&task.code, &task.limits, fetcher.clone()) {
-                Ok(sb) => {
-                    warm.insert(key.clone(), sb);
-                }
-                Err(e) => {
-                    let _ = task.reply.send(RawOutcome {
-                        output: Err(e),
-                        logs: vec![],
-                        requests: vec![],
-                    });
-                    continue;
-                }
-            }
-        }
-        let Some(sb) = warm.get_mut(&key) else {
-            continue;
-        };
-        let outcome = run_in(
-            sb,
-            task.entry,
-            &task.payload,
-            task.body,
-            &task.settings,
-            &task.limits,
-        );
-        if sb.poisoned {
-            // Never reuse a runtime after a kill: drop it now.
-            warm.remove(&key);
-        }
-        let _ = task.reply.send(outcome);
     }
 }
 
 impl Pool {
     /// Starts `workers` threads; `fetch` follows `policy`.
     pub fn new(workers: usize, policy: FetchPolicy) -> Pool {
-        let (tx, rx) = mpsc::channel::<Task>();
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Task>();
+        let rx: TaskQueue = Arc::new(tokio::sync::Mutex::new(rx));
         let policy = Arc::new(policy);
         let threads = (0..workers.max(1))
             .filter_map(|i| {
@@ -632,7 +771,8 @@ impl Pool {
         )
     }
 
-    /// Stops the workers after the tasks in progress.
+    /// Stops taking tasks; the workers finish the ones queued and in
+    /// progress, then stop.
     pub fn shutdown(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();

@@ -7,12 +7,18 @@
 //! memory cap. A sandbox that was interrupted, ran out of memory or left a
 //! promise that can never settle is *poisoned*: the pool drops it and never
 //! runs anything in it again.
+//!
+//! An invocation is started ([`Sandbox::start`]) and then polled
+//! ([`Sandbox::poll`]) rather than run to its end, so a worker can hold
+//! several sandboxes mid-invocation and run whichever has something to do.
+//! A sandbox still runs one invocation at a time: the deadline the interrupt
+//! handler checks, the logs and the fetches in its state are that one's.
 
-use crate::fetch::{Fetcher, RecordedRequest};
+use crate::fetch::{FetchDone, Fetcher, InvocationFetches, RecordedRequest};
 use crate::{ErrorKind, FunctionCode, FunctionError, Limits, LogLine};
 use base64::Engine;
 use rquickjs::promise::PromiseState;
-use rquickjs::{Context, Ctx, Function, Object, Promise, Runtime, Value};
+use rquickjs::{Context, Ctx, Function, Object, Persistent, Promise, Runtime, Value};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -48,6 +54,8 @@ struct HostState {
     logs: RefCell<Vec<LogLine>>,
     recorded: RefCell<Vec<RecordedRequest>>,
     fetcher: Rc<Fetcher>,
+    /// The running invocation's fetches.
+    calls: InvocationFetches,
     /// The runtime's memory cap: native results (`zlib`) are held to it too.
     memory_bytes: usize,
     /// The raw body of the request a source function runs on. Kept here,
@@ -100,7 +108,19 @@ pub(crate) struct Invocation {
     pub requests: Vec<RecordedRequest>,
 }
 
+/// Where a running invocation stands after [`Sandbox::poll`].
+pub(crate) enum Step {
+    Done(Invocation),
+    /// Nothing to run before a fetch is answered or this instant (the next
+    /// timer or the deadline, whichever comes first).
+    Wait(Instant),
+}
+
 pub(crate) struct Sandbox {
+    /// The promise of the invocation in progress. Dropped before `ctx` and
+    /// `rt` (fields drop in order): a value outliving its runtime is a leak
+    /// QuickJS asserts on.
+    running: Option<Persistent<Promise<'static>>>,
     // `ctx` must drop before `rt`.
     ctx: Context,
     rt: Runtime,
@@ -193,7 +213,7 @@ fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<
                     headers_json: &headers,
                     body,
                 };
-                s.fetcher.start(request, budget, &mut recorded) as f64
+                s.fetcher.start(&s.calls, request, budget, &mut recorded) as f64
             },
         )?,
     )?;
@@ -429,6 +449,7 @@ impl Sandbox {
             logs: RefCell::new(Vec::new()),
             recorded: RefCell::new(Vec::new()),
             fetcher,
+            calls: InvocationFetches::default(),
             memory_bytes: limits.memory_bytes,
             body: RefCell::new(Vec::new()),
         });
@@ -468,6 +489,7 @@ impl Sandbox {
                 .map_err(|e| caught(&ctx, e, "prelude.js", &state))
         });
         let mut sandbox = Sandbox {
+            running: None,
             ctx,
             rt,
             state,
@@ -496,8 +518,8 @@ impl Sandbox {
         })
     }
 
-    /// Calls `entry` (`__invokeSource` or `__invokeDestination`) and drives its
-    /// promise, jobs and timers until it settles or the budget runs out.
+    /// Runs one invocation to its end on this thread, waiting in place for
+    /// its fetches and timers (tests without side effects, the offline CLI).
     pub fn invoke(
         &mut self,
         entry: &str,
@@ -506,6 +528,46 @@ impl Sandbox {
         settings: &str,
         timeout: Duration,
     ) -> Invocation {
+        if let Some(done) = self.start(entry, payload, body, settings, timeout) {
+            return done;
+        }
+        loop {
+            match self.poll() {
+                Step::Done(done) => return done,
+                Step::Wait(until) => {
+                    let fetcher = self.state.fetcher.clone();
+                    if let crate::fetch::Wake::Fetch(done) =
+                        fetcher.wait(std::future::pending::<()>(), Some(until))
+                    {
+                        self.accept_fetch(done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The serial number of the invocation in progress (0 before the first).
+    pub fn serial(&self) -> u64 {
+        self.state.calls.serial()
+    }
+
+    /// Hands a fetch answer to the invocation in progress; `false` when it is
+    /// not one of its own (a late answer to an invocation that ended).
+    pub fn accept_fetch(&self, done: FetchDone) -> bool {
+        self.running.is_some() && self.state.calls.accept(done)
+    }
+
+    /// Calls `entry` (`__invokeSource` or `__invokeDestination`): its
+    /// synchronous part runs now, the rest in [`Sandbox::poll`]. `Some` when
+    /// it failed before it could wait on anything.
+    pub fn start(
+        &mut self,
+        entry: &str,
+        payload: &str,
+        body: Vec<u8>,
+        settings: &str,
+        timeout: Duration,
+    ) -> Option<Invocation> {
         self.calls += 1;
         let state = self.state.clone();
         state.deadline.set(Instant::now() + timeout);
@@ -513,15 +575,44 @@ impl Sandbox {
         state.logs.borrow_mut().clear();
         *state.body.borrow_mut() = body;
         state.recorded.borrow_mut().clear();
+        state.calls.begin(state.fetcher.next_serial());
         let file = self.file_name.clone();
-        let output = self.ctx.with(|ctx| -> Result<serde_json::Value, FunctionError> {
-            let f: Function = ctx
-                .globals()
-                .get(entry)
-                .map_err(|e| FunctionError::internal(format!("{entry}: {e}")))?;
-            let promise: Promise = f
-                .call((payload, settings, file.as_str()))
-                .map_err(|e| caught(&ctx, e, &file, &state))?;
+        let started = self.ctx.with(
+            |ctx| -> Result<Persistent<Promise<'static>>, FunctionError> {
+                let f: Function = ctx
+                    .globals()
+                    .get(entry)
+                    .map_err(|e| FunctionError::internal(format!("{entry}: {e}")))?;
+                let promise: Promise = f
+                    .call((payload, settings, file.as_str()))
+                    .map_err(|e| caught(&ctx, e, &file, &state))?;
+                Ok(Persistent::save(&ctx, promise))
+            },
+        );
+        match started {
+            Ok(promise) => {
+                self.running = Some(promise);
+                None
+            }
+            Err(e) => Some(self.finish(Err(e))),
+        }
+    }
+
+    /// Drives the invocation in progress: runs its jobs, hands it the fetch
+    /// answers in, runs its due timers, until it settles or has to wait.
+    pub fn poll(&mut self) -> Step {
+        let Some(running) = self.running.clone() else {
+            return Step::Done(self.finish(Err(FunctionError::internal(
+                "no invocation in progress".into(),
+            ))));
+        };
+        let state = self.state.clone();
+        let file = self.file_name.clone();
+        // `Ok(Err(delay))`: waiting, the next timer due in `delay` ms (none: < 0).
+        let progress = self.ctx.with(|ctx| -> Result<Result<serde_json::Value, f64>, FunctionError> {
+            let promise = running
+                .restore(&ctx)
+                .map_err(|e| FunctionError::internal(e.to_string()))?;
             loop {
                 while ctx.execute_pending_job() {
                     if state.interrupted.get() {
@@ -555,7 +646,7 @@ impl Sandbox {
                                 return Err(FunctionError::internal("stack overflow".into()));
                             }
                         }
-                        return Ok(value);
+                        return Ok(Ok(value));
                     }
                     PromiseState::Rejected => {
                         let err = promise.result::<Value>().and_then(|r| r.err());
@@ -569,15 +660,30 @@ impl Sandbox {
                 if state.interrupted.get() || state.remaining().is_zero() {
                     return Err(FunctionError::timeout());
                 }
-                // Nothing runnable: wait for the first fetch answered or
-                // the next timer, whichever comes first.
+                // Fetch answers first, in arrival order, then due timers.
+                if let Some((id, answer)) = state.calls.take_ready() {
+                    let done: Function = ctx
+                        .globals()
+                        .get("__fetchDone")
+                        .map_err(|e| FunctionError::internal(e.to_string()))?;
+                    done.call::<_, ()>((id as f64, answer))
+                        .map_err(|e| caught(&ctx, e, &file, &state))?;
+                    continue;
+                }
                 let next: Function = ctx
                     .globals()
                     .get("__nextTimerDelay")
                     .map_err(|e| FunctionError::internal(e.to_string()))?;
                 let delay: f64 = next.call(()).map_err(|e| caught(&ctx, e, &file, &state))?;
-                let fetching = state.fetcher.in_flight();
-                if delay < 0.0 && !fetching {
+                if (0.0..1.0).contains(&delay) {
+                    let run: Function = ctx
+                        .globals()
+                        .get("__runNextTimer")
+                        .map_err(|e| FunctionError::internal(e.to_string()))?;
+                    run.call::<_, ()>(()).map_err(|e| caught(&ctx, e, &file, &state))?;
+                    continue;
+                }
+                if delay < 0.0 && !state.calls.in_flight() {
                     return Err(FunctionError {
                         kind: ErrorKind::Timeout,
                         name: "TimeoutError".into(),
@@ -586,32 +692,29 @@ impl Sandbox {
                         stack: String::new(),
                     });
                 }
-                let timer = (delay >= 0.0).then(|| Duration::from_millis(delay as u64));
-                let wait = timer.map_or(state.remaining(), |t| t.min(state.remaining()));
-                if fetching {
-                    if let Some((id, answer)) = state.fetcher.wait_any(wait) {
-                        let done: Function = ctx
-                            .globals()
-                            .get("__fetchDone")
-                            .map_err(|e| FunctionError::internal(e.to_string()))?;
-                        done.call::<_, ()>((id as f64, answer))
-                            .map_err(|e| caught(&ctx, e, &file, &state))?;
-                        continue;
-                    }
-                } else {
-                    std::thread::sleep(wait);
-                }
-                if timer.is_none_or(|t| t > wait) || state.remaining().is_zero() {
-                    return Err(FunctionError::timeout());
-                }
-                let run: Function = ctx
-                    .globals()
-                    .get("__runNextTimer")
-                    .map_err(|e| FunctionError::internal(e.to_string()))?;
-                run.call::<_, ()>(()).map_err(|e| caught(&ctx, e, &file, &state))?;
+                return Ok(Err(delay));
             }
         });
-        state.fetcher.cancel_all();
+        match progress {
+            Ok(Ok(value)) => Step::Done(self.finish(Ok(value))),
+            Err(e) => Step::Done(self.finish(Err(e))),
+            Ok(Err(delay)) => {
+                let deadline = self.state.deadline.get();
+                let wake = if delay >= 0.0 {
+                    (Instant::now() + Duration::from_millis(delay as u64)).min(deadline)
+                } else {
+                    deadline
+                };
+                Step::Wait(wake)
+            }
+        }
+    }
+
+    /// Ends the invocation in progress with `output`.
+    fn finish(&mut self, output: Result<serde_json::Value, FunctionError>) -> Invocation {
+        self.running = None;
+        let state = self.state.clone();
+        state.calls.cancel_all();
         state.body.take();
         if let Err(e) = &output {
             if matches!(

@@ -520,3 +520,178 @@ settings = {{ url = "{url}", secret = "s" }}
     }
     assert_eq!(rx.received("fwd").await.len(), 1, "nothing more arrived");
 }
+
+/// An HTTP server on loopback that holds every request until `release()`
+/// (or a generous deadline), then answers each 200; it counts the requests
+/// it got.
+struct HoldingServer {
+    port: u16,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HoldingServer {
+    fn start() -> HoldingServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, r, st) = (seen.clone(), release.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Past the test's own wait: the test fails on what it sees
+            // before the server lets anything through.
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            let mut held = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let mut buf = vec![0u8; 65536];
+                        let _ = stream.read(&mut buf);
+                        held.push(stream);
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+                if r.load(Ordering::SeqCst) || std::time::Instant::now() >= deadline {
+                    for mut stream in held.drain(..) {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        );
+                    }
+                }
+            }
+        });
+        HoldingServer {
+            port,
+            seen,
+            release,
+            stop,
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HoldingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// With one function worker, a destination whose upstream holds every
+/// request gets as many in flight as its `concurrency` (not one), and a
+/// source function still answers meanwhile, on that same worker.
+#[tokio::test]
+async fn one_function_worker_honours_a_destinations_concurrency() {
+    let upstream = HoldingServer::start();
+    let code = TempDir::new("in-flight-functions");
+    let slow = code.0.join("slow.js");
+    std::fs::write(
+        &slow,
+        "async function onTrack(event, settings) {\n  const res = await fetch(settings.url, { method: 'POST', body: JSON.stringify(event) });\n  if (res.status !== 200) throw new RetryError('upstream ' + res.status);\n}\n",
+    )
+    .unwrap();
+    let echo = code.0.join("echo.js");
+    std::fs::write(
+        &echo,
+        "async function onRequest(request) {\n  await new Promise((r) => setTimeout(r, 5));\n  return new Response('echo ' + request.json().n, { status: 200 });\n}\n",
+    )
+    .unwrap();
+    let sy = Switchyard::start(&format!(
+        r#"
+[server]
+fetch_allow = ["127.0.0.1"]
+function_workers = 1
+
+[[sources]]
+slug = "web"
+kind = "tracking"
+write_key = "wk_web"
+
+[[sources]]
+slug = "echo"
+kind = "function"
+function = "echo"
+token = "tok_echo"
+respond = "function"
+
+[[functions]]
+name = "slow"
+kind = "destination"
+file = "{slow}"
+timeout_ms = 60000
+
+[[functions]]
+name = "echo"
+kind = "source"
+file = "{echo}"
+
+[[destinations]]
+name = "slow"
+kind = "function"
+function = "slow"
+sources = ["web"]
+settings = {{ url = "http://127.0.0.1:{port}/hold" }}
+concurrency = 8
+"#,
+        slow = slow.display(),
+        echo = echo.display(),
+        port = upstream.port,
+    ));
+    sy.send_tracks(12, "held").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while upstream.seen() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} requests reached the upstream at once; log:\n{}",
+            upstream.seen(),
+            sy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Meanwhile, on the one worker, a source function runs and answers.
+    let (status, answer) = sy
+        .post_with(
+            "/functions/echo/tok_echo",
+            None,
+            br#"{"n": 7}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!("echo 7"));
+    // Nothing was answered upstream yet, and the destination kept to its
+    // concurrency: exactly 8 of the 12 went out.
+    assert_eq!(upstream.seen(), 8, "no more than `concurrency` in flight");
+
+    upstream
+        .release
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut delivered = 0;
+    for _ in 0..300 {
+        let (_, attempts) = sy
+            .admin("GET", "/api/v1/destinations/slow/attempts?limit=1000", None)
+            .await;
+        delivered = attempts["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["outcome"] == "delivered")
+            .count();
+        if delivered == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(delivered, 12, "log:\n{}", sy.log());
+}
