@@ -90,8 +90,10 @@ pub(crate) const OBJECTS: List = List {
     filters: &["collection", "id"],
     ..List::new(Cursor::AfterKey)
 };
+/// User deletions, oldest first by (creation time, id): ids are random.
+pub(crate) const DELETIONS: List = List::new(Cursor::AfterKey);
 
-const PAGING_HELP: &str = "dead letters and objects (oldest first) take `after`, the other lists (newest first) `before`: the `next_after` or `next_before` of the page before";
+const PAGING_HELP: &str = "dead letters, objects and deletions (oldest first) take `after`, the other lists (newest first) `before`: the `next_after` or `next_before` of the page before";
 
 impl Paging {
     /// The list's default when not given, at most 1000 (a larger one is read as 1000).
@@ -147,7 +149,7 @@ impl Paging {
             match list.cursor {
                 Cursor::After => self.after_id = Some(after.parse().map_err(|_| not_a_cursor())?),
                 Cursor::AfterKey => {
-                    self.after_key = Some(read_object_cursor(after).ok_or_else(not_a_cursor)?)
+                    self.after_key = Some(read_key_cursor(after).ok_or_else(not_a_cursor)?)
                 }
                 Cursor::Before => {}
             }
@@ -165,17 +167,31 @@ impl Paging {
     pub(crate) fn before(&self) -> Option<i64> {
         self.before
     }
+
+    /// The `after` of a list keyed by two strings, read by [`Paging::checked`].
+    pub(crate) fn after_key(&self) -> Option<&(String, String)> {
+        self.after_key.as_ref()
+    }
+
+    /// `next_after` of a page of a list keyed by two strings: a full page
+    /// may have more behind it.
+    pub(crate) fn next_after_key(&self, len: usize, last: Option<(&str, &str)>) -> Option<String> {
+        (len == self.limit())
+            .then(|| last.map(|(a, b)| key_cursor(a, b)))
+            .flatten()
+    }
 }
 
-/// An object's key as an `after` cursor: URL-safe base64 of the JSON array
-/// `[collection, id]`, which any two strings make and no separator can
+/// A key of two strings as an `after` cursor (an object's collection and
+/// id, a deletion's time and id): URL-safe base64 of the JSON array
+/// `[first, second]`, which any two strings make and no separator can
 /// confuse.
-fn object_cursor(collection: &str, id: &str) -> String {
+fn key_cursor(first: &str, second: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([collection, id]).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([first, second]).to_string())
 }
 
-fn read_object_cursor(cursor: &str) -> Option<(String, String)> {
+fn read_key_cursor(cursor: &str) -> Option<(String, String)> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
@@ -571,9 +587,10 @@ pub async fn objects(
         .await
         .map_err(store_error)?;
     // A full page may have more behind it: the next one starts after its last key.
-    let next_after = (items.len() == paging.limit())
-        .then(|| items.last().map(|o| object_cursor(&o.collection, &o.id)))
-        .flatten();
+    let next_after = paging.next_after_key(
+        items.len(),
+        items.last().map(|o| (o.collection.as_str(), o.id.as_str())),
+    );
     Ok(Json(json!({ "data": items, "next_after": next_after })))
 }
 

@@ -1,7 +1,7 @@
 //! Management resources: API tokens, user deletion, and the lists of sources
 //! and destinations. Read-only tokens may only read (`GET`).
 
-use crate::body::JsonBody;
+use crate::body::{JsonBody, QueryParams};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, Request, State};
@@ -408,19 +408,35 @@ pub async fn get_deletion(
 pub async fn list_deletions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    QueryParams(paging): QueryParams<crate::admin::Paging>,
 ) -> Result<Json<Value>, ApiError> {
     require_token(&state, &headers)?;
-    let mut all: Vec<Value> = state
+    let paging = paging.checked(crate::admin::DELETIONS)?;
+    let key = |d: &Value| {
+        (
+            d["created_at"].as_str().unwrap_or_default().to_string(),
+            d["id"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    // Oldest first, as they were made; the random id only breaks ties.
+    let mut all: Vec<((String, String), Value)> = state
         .store
         .metas_with_prefix("deletion:")
         .await
         .map_err(unavailable)?
         .into_iter()
-        .filter_map(|(_, record)| serde_json::from_str(&record).ok())
+        .filter_map(|(_, record)| serde_json::from_str::<Value>(&record).ok())
+        .map(|d| (key(&d), d))
+        .filter(|(k, _)| paging.after_key().is_none_or(|after| k > after))
         .collect();
-    // Oldest first, as they were made (ids are random).
-    all.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
-    Ok(Json(json!({ "data": all })))
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.truncate(paging.limit());
+    let next_after = paging.next_after_key(
+        all.len(),
+        all.last().map(|((a, b), _)| (a.as_str(), b.as_str())),
+    );
+    let data: Vec<Value> = all.into_iter().map(|(_, d)| d).collect();
+    Ok(Json(json!({ "data": data, "next_after": next_after })))
 }
 
 #[derive(Debug, Deserialize)]

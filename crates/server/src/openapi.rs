@@ -111,7 +111,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/deletions",
         Auth::Api,
-        "User deletion requests",
+        "User deletion requests, oldest first, paged (`limit`, `after`)",
     ),
     (
         "post",
@@ -335,6 +335,10 @@ fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str
             LIMIT,
             ("after", "string", "Only objects after this one in (collection, id) order: the `next_after` of the page before, as given (an opaque string)"),
         ],
+        "deletions" => vec![
+            LIMIT,
+            ("after", "string", "Only deletions made after this one (by time, then id): the `next_after` of the page before, as given (an opaque string)"),
+        ],
         _ => Vec::new(),
     }
 }
@@ -376,11 +380,15 @@ fn page_schema(method: &str, path: &str) -> Option<Value> {
             json!({"collection": {"type": "string"}, "id": {"type": "string"}, "properties": {"type": "object"}, "updated_ms": {"type": "integer"}}),
             "next_after",
         ),
+        "deletions" => (
+            json!({"id": {"type": "string"}, "userId": {"type": "string"}, "created_at": {"type": "string"}, "status": {"type": "string"}}),
+            "next_after",
+        ),
         _ => return None,
     };
     let cursor_schema = if cursor == "next_before" {
         json!({"type": "integer", "nullable": true, "description": "After a full page: pass it as `before` for the next (older) page; null on a shorter page, the last"})
-    } else if path.ends_with("/objects") {
+    } else if path.ends_with("/objects") || path.ends_with("/deletions") {
         json!({"type": "string", "nullable": true, "description": "After a full page: pass it as `after` for the next page; null on a shorter page, the last"})
     } else {
         json!({"type": "integer", "nullable": true, "description": "After a full page: pass it as `after` for the next page; null on a shorter page, the last"})
@@ -393,7 +401,7 @@ fn page_schema(method: &str, path: &str) -> Option<Value> {
             cursor: cursor_schema,
         }
     });
-    if cursor == "next_after" && !path.ends_with("/objects") {
+    if path.ends_with("/deadletters") {
         schema["properties"]["total"] =
             json!({"type": "integer", "description": "How many there are in all"});
         schema["required"] = json!(["data", "total", cursor]);

@@ -2703,3 +2703,63 @@ async fn apply_plans_find_write_keys_other_sources_have() {
     let (code, out) = apply_file(&sy, &file, &["--dry-run", "--keep-unlisted"]);
     assert_eq!(code, 0, "an admin token can tell: {out}");
 }
+
+/// Deletions page oldest first with an opaque `after`, even when several
+/// are made within one millisecond (their ids are random).
+#[tokio::test]
+async fn deletions_page_oldest_first_with_a_cursor() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let (s, d) = sy
+            .admin(
+                "POST",
+                "/api/v1/deletions",
+                Some(json!({"userId": format!("gone-{i}")})),
+            )
+            .await;
+        assert_eq!(s, 201, "{d}");
+        made.push(d["id"].as_str().unwrap().to_string());
+    }
+    let mut paged = Vec::new();
+    let mut path = "/api/v1/deletions?limit=2".to_string();
+    for _ in 0..10 {
+        let (s, page) = sy.admin("GET", &path, None).await;
+        assert_eq!(s, 200, "{page}");
+        for d in page["data"].as_array().unwrap() {
+            paged.push(d["id"].as_str().unwrap().to_string());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => path = format!("/api/v1/deletions?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let mut expected = made.clone();
+    expected.sort();
+    let mut got = paged.clone();
+    got.sort();
+    assert_eq!(got, expected, "each deletion once: {paged:?}");
+    let (_, all) = sy.admin("GET", "/api/v1/deletions", None).await;
+    let all: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(all, paged, "pages in the order of the whole list");
+    for (query, field) in [
+        ("after=nope", "after"),
+        ("before=3", "before"),
+        ("limit=0", "limit"),
+    ] {
+        let (s, e) = sy
+            .admin("GET", &format!("/api/v1/deletions?{query}"), None)
+            .await;
+        assert_eq!(
+            (s, e["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {e}"
+        );
+    }
+}
