@@ -442,7 +442,7 @@ impl EmbeddedStore {
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (slug, id) = row?;
-                retired_ids.entry(slug).or_insert_with(Vec::new).push(id);
+                retired_ids.entry(slug).or_default().push(id);
             }
             for (slug, retired) in &retired_ids {
                 if let Some(newest) = retired.last() {

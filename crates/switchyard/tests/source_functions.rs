@@ -83,10 +83,10 @@ shared_secret = "s3cret"
 name = "echoes"
 kind = "webhooks"
 sources = ["echo"]
-urls = ["{echo_url}"]
+urls = ["{echo_url}echoes"]
 shared_secret = "s3cret"
 "#,
-        echo_url = format!("{}echoes", receiver_url.trim_end_matches("hook")),
+        echo_url = receiver_url.trim_end_matches("hook"),
         stigg = fixture("stigg.js"),
         verify = fixture("verify.js"),
         broken = fixture("broken.js"),
