@@ -60,9 +60,7 @@ fn server_url(given: &str) -> Result<String, String> {
         return Err(format!("not HOST:PORT nor a URL: {example}"));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!(
-            "a server URL has no query or fragment: {example}"
-        ));
+        return Err(format!("a server URL has no query or fragment: {example}"));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -666,7 +664,11 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 body["capture"] = json!(c);
             }
             let v = client
-                .send(Method::PATCH, &api_path(&["sources", &slug], &[]), Some(body))
+                .send(
+                    Method::PATCH,
+                    &api_path(&["sources", &slug], &[]),
+                    Some(body),
+                )
                 .await?;
             if !remote.json {
                 println!(
@@ -1253,17 +1255,13 @@ const SOURCE_COLUMNS: &[&str] = &[
 
 /// A row of [`SOURCE_COLUMNS`]: `source` as the API gives it, with
 /// `function` as `GET /api/v1/sources/{slug}` gives it (`respond` and
-/// `capture` are only there).
+/// `capture` are only there). The function's `version` is left out: it is
+/// a digest of its code, not the number `functions list` shows.
 fn source_row(source: &Value, function: &Value) -> Value {
-    let name = match (&function["name"], &function["version"]) {
-        (Value::String(n), Value::Null) => json!(n),
-        (Value::String(n), v) => json!(format!("{n} v{v}")),
-        _ => Value::Null,
-    };
     json!({
         "slug": source["slug"],
         "kind": source["kind"],
-        "function": name,
+        "function": function["name"],
         "respond": function["respond"],
         "capture": function["capture"],
         "created_ms": source["created_ms"],
@@ -1304,7 +1302,9 @@ async fn set_enabled(
     let current = client.send(Method::GET, &path, None).await?;
     let mut config = current["config"].clone();
     if !config.is_object() {
-        return Err(anyhow!("the server gave no configuration of destination {name:?}"));
+        return Err(anyhow!(
+            "the server gave no configuration of destination {name:?}"
+        ));
     }
     let word = if enabled { "enabled" } else { "disabled" };
     if config["enabled"].as_bool().unwrap_or(true) == enabled {
@@ -1615,13 +1615,26 @@ mod tests {
 
     #[test]
     fn a_server_is_a_url_or_host_and_port() {
-        assert_eq!(server_url("127.0.0.1:8080").as_deref(), Ok("http://127.0.0.1:8080"));
-        assert_eq!(server_url("localhost:9").as_deref(), Ok("http://localhost:9"));
+        assert_eq!(
+            server_url("127.0.0.1:8080").as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
+        assert_eq!(
+            server_url("localhost:9").as_deref(),
+            Ok("http://localhost:9")
+        );
         assert_eq!(
             server_url("https://router.internal/prefix/").as_deref(),
             Ok("https://router.internal/prefix")
         );
-        for wrong in ["ftp://x", "http://", "127.0.0.1:8080/x", "a b:1", "http://x?y", ":8080"] {
+        for wrong in [
+            "ftp://x",
+            "http://",
+            "127.0.0.1:8080/x",
+            "a b:1",
+            "http://x?y",
+            ":8080",
+        ] {
             assert!(server_url(wrong).is_err(), "{wrong}");
         }
     }
@@ -1631,16 +1644,33 @@ mod tests {
         let line = |at: i64, m: &str| json!({"at_ms": at, "level": "info", "message": m});
         let mut seen = SeenLogs::default();
         let first = seen.fresh(&[line(1_000, "a"), line(1_000, "a"), line(1_001, "b")]);
-        assert_eq!(first.len(), 3, "the same message twice in a millisecond is two lines");
-        let again = seen.fresh(&[line(1_000, "a"), line(1_000, "a"), line(1_001, "b"), line(1_001, "b")]);
+        assert_eq!(
+            first.len(),
+            3,
+            "the same message twice in a millisecond is two lines"
+        );
+        let again = seen.fresh(&[
+            line(1_000, "a"),
+            line(1_000, "a"),
+            line(1_001, "b"),
+            line(1_001, "b"),
+        ]);
         assert_eq!(again, [line(1_001, "b")], "only the new duplicate");
         seen.fresh(&[line(1_000 + FOLLOW_WINDOW_MS * 2, "c")]);
-        assert!(seen.counts.len() == 1, "old lines forgotten: {:?}", seen.counts);
-        assert!(seen.fresh(&[line(1_000, "a")]).is_empty(), "older than the window: seen");
+        assert!(
+            seen.counts.len() == 1,
+            "old lines forgotten: {:?}",
+            seen.counts
+        );
+        assert!(
+            seen.fresh(&[line(1_000, "a")]).is_empty(),
+            "older than the window: seen"
+        );
         let mut cut = SeenLogs::default();
         cut.fresh(&[line(2_000, "newest of -n 1")]);
         assert!(
-            cut.fresh(&[line(1_999, "older"), line(2_000, "newest of -n 1")]).is_empty(),
+            cut.fresh(&[line(1_999, "older"), line(2_000, "newest of -n 1")])
+                .is_empty(),
             "lines older than the first page were left out by -n"
         );
     }

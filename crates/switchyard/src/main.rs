@@ -103,13 +103,10 @@ fn cli_command() -> clap::Command {
     fn hide(cmd: clap::Command, path: &[&str], ids: &[&'static str]) -> clap::Command {
         match path {
             [] => cmd.args(ids.iter().map(|id| {
-                clap::Arg::new(*id)
-                    .long(*id)
-                    .hide(true)
-                    .action(match *id {
-                        "json" => clap::ArgAction::SetTrue,
-                        _ => clap::ArgAction::Set,
-                    })
+                clap::Arg::new(*id).long(*id).hide(true).action(match *id {
+                    "json" => clap::ArgAction::SetTrue,
+                    _ => clap::ArgAction::Set,
+                })
             })),
             [first, rest @ ..] => cmd.mut_subcommand(*first, |sc| hide(sc, rest, ids)),
         }
@@ -149,7 +146,9 @@ fn global_misplaced(matches: &clap::ArgMatches, command: &Command) -> Option<Str
         });
     }
     if given("json") && !matches!(command, Command::Functions(_) | Command::Bench(_)) {
-        return Some(format!("`switchyard {name}` prints no JSON: `--json` is for the commands that do"));
+        return Some(format!(
+            "`switchyard {name}` prints no JSON: `--json` is for the commands that do"
+        ));
     }
     if given("server") {
         return Some(match command {
