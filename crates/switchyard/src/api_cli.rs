@@ -9,29 +9,41 @@ use serde_json::{json, Value};
 /// `completions` and `functions test` refuse them (see `main.rs`): none of
 /// them calls a running server, and `serve` sets its own admin token with
 /// `--admin-token`.
+///
+/// Their environment variables are read by [`Connection::with_environment`]
+/// rather than by clap: clap counts a value from the environment as given,
+/// and writes `--server <SERVER> --token <TOKEN>` into the usage line of
+/// every error of a shell that sets them.
 #[derive(Debug, Args)]
 pub struct Connection {
     /// The base URL of the running server to call (`HOST:PORT` alone means
-    /// `http://HOST:PORT`).
-    #[arg(
-        long,
-        env = "SWITCHYARD_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        value_parser = server_url,
-        global = true,
-        help_heading = "Connection"
-    )]
-    pub server: String,
+    /// `http://HOST:PORT`) [env: SWITCHYARD_SERVER] [default:
+    /// http://127.0.0.1:8080].
+    #[arg(long, value_parser = server_url, global = true, help_heading = "Connection")]
+    pub server: Option<String>,
     /// The API token to call it with: its admin token, or one made with
-    /// `switchyard tokens create`.
-    #[arg(
-        long,
-        env = "SWITCHYARD_TOKEN",
-        hide_env_values = true,
-        global = true,
-        help_heading = "Connection"
-    )]
+    /// `switchyard tokens create` [env: SWITCHYARD_TOKEN].
+    #[arg(long, global = true, help_heading = "Connection")]
     pub token: Option<String>,
+}
+
+impl Connection {
+    /// The options, with `SWITCHYARD_SERVER` and `SWITCHYARD_TOKEN` for
+    /// those not given (an empty variable is not set, as for clap), and the
+    /// default server; an invalid `SWITCHYARD_SERVER` is an error naming it.
+    pub fn with_environment(self) -> Result<Connection, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let server = match (self.server, var("SWITCHYARD_SERVER")) {
+            (Some(s), _) => s,
+            (None, Some(s)) => server_url(&s)
+                .map_err(|e| format!("invalid value {s:?} for SWITCHYARD_SERVER: {e}"))?,
+            (None, None) => "http://127.0.0.1:8080".to_string(),
+        };
+        Ok(Connection {
+            server: Some(server),
+            token: self.token.or_else(|| var("SWITCHYARD_TOKEN")),
+        })
+    }
 }
 
 /// `--server`: a URL of scheme http or https, or a bare `HOST:PORT` (read as
@@ -88,9 +100,13 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// `connection` as [`Connection::with_environment`] made it.
     pub fn new(connection: &Connection, json: bool) -> Remote {
         Remote {
-            server: connection.server.clone(),
+            server: connection
+                .server
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
             token: connection.token.clone(),
             json,
         }

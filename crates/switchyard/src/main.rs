@@ -295,7 +295,6 @@ fn main() -> std::process::ExitCode {
             true,
         );
     }
-    let remote = || api_cli::Remote::new(&connection, json);
     /// What runs on the async runtime.
     enum Job {
         Serve(serve::ServeArgs),
@@ -342,6 +341,18 @@ fn main() -> std::process::ExitCode {
         Command::Tail { source } => Job::Call(api_cli::Call::Tail(source)),
         Command::DeleteUser { user_id } => Job::Call(api_cli::Call::DeleteUser(user_id)),
     };
+    // Only the commands that call a server read the environment: a shell
+    // sets it for all of them, and the others must not fail on it.
+    let connection = match job {
+        Job::Call(_) | Job::Apply(_) => match connection.with_environment() {
+            Ok(c) => c,
+            Err(message) => command
+                .error(clap::error::ErrorKind::InvalidValue, message)
+                .exit(),
+        },
+        Job::Serve(_) | Job::Bench(_) => connection,
+    };
+    let remote = || api_cli::Remote::new(&connection, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

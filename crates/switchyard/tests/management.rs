@@ -2411,7 +2411,17 @@ async fn server_without_scheme_and_json_before_the_subcommand() {
         assert!(!out.contains("relative URL"), "{out}");
     }
 
+    let (code, out) = cli_env(&[("SWITCHYARD_SERVER", "ftp://x")], &["sources", "list"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("for SWITCHYARD_SERVER"), "{out}");
     let env = [("SWITCHYARD_SERVER", sy.base.as_str()), token[0]];
+    // Values from the environment are not written into usage lines.
+    let (code, out) = cli_env(&env, &["sources", "create"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("Usage: switchyard sources create <SLUG>"),
+        "{out}"
+    );
     for args in [
         vec!["--json", "sources", "list"],
         vec!["sources", "--json", "list"],
