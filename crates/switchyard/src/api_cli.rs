@@ -363,6 +363,7 @@ pub enum DeadLettersCommand {
     Discard {
         #[arg(long)]
         destination: String,
+        /// A dead letter's id (see `deadletters list`); repeat for more.
         #[arg(long = "id")]
         ids: Vec<i64>,
         /// Every dead letter of the destination.
