@@ -2753,3 +2753,45 @@ async fn sources_tokens_and_destinations_are_managed_from_the_cli() {
     let (code, out) = cli(&sy, &["destinations", "enable", "nope"]);
     assert_eq!(code, 1, "{out}");
 }
+
+/// `functions logs --follow --json` prints each line as one JSON object,
+/// its time as the API's number.
+#[tokio::test]
+async fn followed_logs_print_json_lines() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, _) = sy
+        .post_with(
+            "/functions/stigg/tok_stigg",
+            None,
+            br#"{"customer":{"id":"c"},"type":null}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "functions",
+            "logs",
+            "--source",
+            "stigg",
+            "--follow",
+            "--json",
+        ])
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().next()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), line).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line = line.expect("a log line").unwrap().expect("a line").unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(v["at_ms"].is_i64() && v["message"].is_string(), "{line}");
+}
