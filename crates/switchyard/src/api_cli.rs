@@ -9,33 +9,84 @@ use serde_json::{json, Value};
 /// `completions` and `functions test` refuse them (see `main.rs`): none of
 /// them calls a running server, and `serve` sets its own admin token with
 /// `--admin-token`.
+///
+/// Their environment variables are read by [`Connection::with_environment`]
+/// rather than by clap: clap counts a value from the environment as given,
+/// and writes `--server <SERVER> --token <TOKEN>` into the usage line of
+/// every error of a shell that sets them.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// The base URL of the running server to call.
-    #[arg(
-        long,
-        env = "SWITCHYARD_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true,
-        help_heading = "Connection"
-    )]
-    pub server: String,
+    /// The base URL of the running server to call (`HOST:PORT` alone means
+    /// `http://HOST:PORT`) [env: SWITCHYARD_SERVER] [default:
+    /// http://127.0.0.1:8080].
+    #[arg(long, value_parser = server_url, global = true, help_heading = "Connection")]
+    pub server: Option<String>,
     /// The API token to call it with: its admin token, or one made with
-    /// `POST /api/v1/tokens`.
-    #[arg(
-        long,
-        env = "SWITCHYARD_TOKEN",
-        hide_env_values = true,
-        global = true,
-        help_heading = "Connection"
-    )]
+    /// `switchyard tokens create` [env: SWITCHYARD_TOKEN].
+    #[arg(long, global = true, help_heading = "Connection")]
     pub token: Option<String>,
 }
 
-/// How a command that calls a running server prints its answer.
+impl Connection {
+    /// The options, with `SWITCHYARD_SERVER` and `SWITCHYARD_TOKEN` for
+    /// those not given (an empty variable is not set, as for clap), and the
+    /// default server; an invalid `SWITCHYARD_SERVER` is an error naming it.
+    pub fn with_environment(self) -> Result<Connection, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let server = match (self.server, var("SWITCHYARD_SERVER")) {
+            (Some(s), _) => s,
+            (None, Some(s)) => server_url(&s)
+                .map_err(|e| format!("invalid value {s:?} for SWITCHYARD_SERVER: {e}"))?,
+            (None, None) => "http://127.0.0.1:8080".to_string(),
+        };
+        Ok(Connection {
+            server: Some(server),
+            token: self.token.or_else(|| var("SWITCHYARD_TOKEN")),
+        })
+    }
+}
+
+/// `--server`: a URL of scheme http or https, or a bare `HOST:PORT` (read as
+/// `http://`), since that is what `serve --listen` takes and prints. Checked
+/// here so that a typo is a usage error naming the flag, not the HTTP
+/// client's "relative URL without a base" at the first call.
+fn server_url(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    let example = "give a URL such as http://127.0.0.1:8080 or https://router.example.com, \
+                   or HOST:PORT for http://";
+    let (url, bare) = match given.contains("://") {
+        true => (given.to_string(), false),
+        false => (format!("http://{given}"), true),
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("not a URL ({e}): {example}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme must be http or https, not {:?}: {example}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("no host: {example}"));
+    }
+    if bare && (parsed.path() != "/" || !parsed.username().is_empty()) {
+        return Err(format!("not HOST:PORT nor a URL: {example}"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("a server URL has no query or fragment: {example}"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// How the commands print: global, so that `--json` goes before the
+/// subcommand or after it. Every command that calls a server gives the API's
+/// JSON with it (`tail` and `logs --follow`: one object per line), and
+/// `functions test` its report as JSON; `serve`, `bench` and `completions`
+/// print no JSON and refuse it (see `main.rs`).
 #[derive(Debug, Args)]
 pub struct Output {
-    /// Print the API's JSON instead of a table or a summary.
+    /// Print JSON instead of tables and summary lines: the API's answer
+    /// (`tail` and `logs --follow`: one object per line; `functions test`:
+    /// its report).
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -49,30 +100,74 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(connection: &Connection, output: Output) -> Remote {
+    /// `connection` as [`Connection::with_environment`] made it.
+    pub fn new(connection: &Connection, json: bool) -> Remote {
         Remote {
-            server: connection.server.clone(),
+            server: connection
+                .server
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
             token: connection.token.clone(),
-            json: output.json,
+            json,
         }
     }
 }
 
+/// A management API path: `/api/v1`, then `segments`, each percent-encoded
+/// (a slug or a function name may hold `/`, `?`, `#` or a space, and must
+/// stay one segment), then the `query` pairs that have a value, encoded
+/// alike. Every path the CLI calls is built here.
+pub fn api_path(segments: &[&str], query: &[(&str, Option<String>)]) -> String {
+    let mut path = String::from("/api/v1");
+    for segment in segments {
+        path.push('/');
+        path.push_str(&percent_encoded(segment));
+    }
+    let mut separator = '?';
+    for (name, value) in query {
+        if let Some(value) = value {
+            path.push(separator);
+            separator = '&';
+            path.push_str(&percent_encoded(name));
+            path.push('=');
+            path.push_str(&percent_encoded(value));
+        }
+    }
+    path
+}
+
+/// Every byte but RFC 3986's unreserved characters as `%XX`: safe in a path
+/// segment and in a query value alike.
+fn percent_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SourcesCommand {
-    /// List sources.
+    /// List sources, with the function and capture mode of function sources.
     List,
+    /// One source: its kind, function, `respond` and capture mode.
+    Show { slug: String },
     /// Create a source: tracking (default) or, with --function, a function source.
     Create {
         slug: String,
         /// Run this function on the source's webhooks.
         #[arg(long)]
         function: Option<String>,
-        /// The function's settings, as a JSON object.
-        #[arg(long)]
+        /// The function's settings, as a JSON object (function sources only).
+        #[arg(long, requires = "function")]
         settings: Option<String>,
-        /// `ack` (default) or `function` (the function answers the sender).
-        #[arg(long)]
+        /// `ack` (default) or `function` (the function answers the sender;
+        /// function sources only).
+        #[arg(long, requires = "function")]
         respond: Option<String>,
         /// The webhook catcher, which keeps raw requests for `sources captures`
         /// and `sources test`: `always` (the default: the 10 most recent) or
@@ -103,6 +198,24 @@ pub enum SourcesCommand {
         /// `window`: only while a window is open (`sources capture-window`).
         #[arg(long, value_parser = ["always", "window"])]
         capture: Option<String>,
+    },
+    /// Delete a source: its write key or token stops working at once; the
+    /// events it stored are still delivered.
+    Delete { slug: String },
+    /// Give a source a new write key (tracking) or token (function source);
+    /// the old one stops working at once.
+    ///
+    /// Generated and printed once, or the one given with --write-key
+    /// (tracking sources).
+    Rotate {
+        slug: String,
+        /// Set this write key instead of a generated one.
+        #[arg(long)]
+        write_key: Option<String>,
+        /// Only tell whether the --write-key given differs from the current
+        /// one; nothing changes.
+        #[arg(long, requires = "write_key")]
+        dry_run: bool,
     },
     /// Open a function source's capture window (for `--capture window` sources).
     ///
@@ -157,13 +270,55 @@ pub enum DestinationsCommand {
         #[arg(long)]
         fanout: Option<String>,
     },
-    /// Stop and remove a destination.
+    /// Stop and remove a destination (its cursor, retries, dead letters and
+    /// attempts go with it: `disable` keeps them).
     Delete { name: String },
+    /// Start delivering again to a destination that was disabled, from where
+    /// it stopped.
+    Enable { name: String },
+    /// Stop delivering to a destination and keep its place: events wait for
+    /// `enable`.
+    Disable { name: String },
+    /// The URLs a destination disabled after they answered `410 Gone`.
+    Urls {
+        #[command(subcommand)]
+        command: UrlsCommand,
+    },
     /// Delivery attempts, newest first.
     Attempts {
         name: String,
         #[arg(short = 'n', default_value_t = 50)]
         limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UrlsCommand {
+    /// Deliver to a destination's disabled URLs again (all, or --url).
+    Enable {
+        name: String,
+        /// Only this URL.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// List the API tokens (the admin token is not one of them).
+    List,
+    /// Make an API token; it is printed once.
+    Create {
+        /// What it is for (shown by `tokens list`).
+        name: String,
+        /// It may only read (`GET`).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Revoke an API token: it stops working at once, open streams included.
+    Revoke {
+        /// Its id (see `tokens list`).
+        id: i64,
     },
 }
 
@@ -198,12 +353,22 @@ pub enum DeadLettersCommand {
         #[arg(long)]
         until_ms: Option<i64>,
     },
-    /// Delete dead letters of a destination for good (all, or --id …).
+    /// Delete dead letters of a destination for good: those of --id …, or
+    /// every one with --all.
+    #[command(group(
+        clap::ArgGroup::new("which")
+            .args(["ids", "all"])
+            .required(true)
+    ))]
     Discard {
         #[arg(long)]
         destination: String,
+        /// A dead letter's id (see `deadletters list`); repeat for more.
         #[arg(long = "id")]
         ids: Vec<i64>,
+        /// Every dead letter of the destination.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -225,6 +390,7 @@ pub struct LogsArgs {
 
 pub enum Call {
     Sources(SourcesCommand),
+    Tokens(TokensCommand),
     Destinations(DestinationsCommand),
     DeadLetters(DeadLettersCommand),
     Logs(LogsArgs),
@@ -235,6 +401,9 @@ pub enum Call {
     CreateFunction(Value),
     /// `PUT /api/v1/functions/{name}` with this body.
     UpdateFunction(String, Value),
+    /// `POST /api/v1/functions/{name}/deploy` of this version (the latest
+    /// without one).
+    DeployFunction(String, Option<u32>),
     /// (method, path, body, the columns of `data` to print as a table;
     /// none: the JSON as it came)
     Raw(
@@ -349,25 +518,55 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// The columns that hold Unix milliseconds: tables show them as RFC 3339
+/// UTC times under their name without `_ms`; `--json` keeps the numbers.
+/// Named one by one: `latency_ms` is a duration.
+const TIME_COLUMNS: &[&str] = &["created_ms", "at_ms", "received_ms", "updated_ms"];
+
+/// Unix milliseconds as an RFC 3339 UTC time; anything else as [`cell`].
+fn time_cell(v: &Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || cell(v),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+}
+
 /// Prints rows of `data` as a table of `columns`.
 fn table(data: &Value, columns: &[&str]) {
     let rows: Vec<Vec<String>> = data
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+                .map(|r| {
+                    columns
+                        .iter()
+                        .map(|c| match TIME_COLUMNS.contains(c) {
+                            true => time_cell(&r[*c]),
+                            false => cell(&r[*c]),
+                        })
+                        .collect()
+                })
                 .collect()
         })
         .unwrap_or_default();
-    let widths: Vec<usize> = columns
+    let headers: Vec<String> = columns
+        .iter()
+        .map(|c| match TIME_COLUMNS.contains(c) {
+            true => c.trim_end_matches("_ms").to_uppercase(),
+            false => c.to_uppercase(),
+        })
+        .collect();
+    let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, c)| {
+        .map(|(i, h)| {
             rows.iter()
                 .map(|r| r[i].chars().count().min(60))
                 .max()
                 .unwrap_or(0)
-                .max(c.len())
+                .max(h.len())
         })
         .collect();
     // Every column but the last is cut at 60 characters; the last (a
@@ -389,12 +588,18 @@ fn table(data: &Value, columns: &[&str]) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!(
-        "{}",
-        line(columns.iter().map(|c| c.to_uppercase()).collect())
-    );
+    println!("{}", line(headers));
     for r in rows {
         println!("{}", line(r));
+    }
+}
+
+/// The body of a function source's `--settings`.
+fn settings_object(text: &str) -> anyhow::Result<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(anyhow!("--settings must be a JSON object")),
+        Err(e) => Err(anyhow!("--settings is not JSON: {e}")),
     }
 }
 
@@ -413,12 +618,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             capture,
         }) => {
             let mut body = json!({ "slug": slug });
+            // clap refuses --settings, --respond and --capture without
+            // --function: a tracking source has none of them.
             if let Some(f) = function {
                 body["kind"] = json!("function");
                 body["function"] = json!(f);
                 if let Some(s) = settings {
-                    body["settings"] =
-                        serde_json::from_str(&s).context("--settings must be a JSON object")?;
+                    body["settings"] = settings_object(&s)?;
                 }
                 if let Some(r) = respond {
                     body["respond"] = json!(r);
@@ -429,17 +635,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             }
             let windowed = body["capture"] == "window";
             let v = client
-                .send(Method::POST, "/api/v1/sources", Some(body))
+                .send(Method::POST, &api_path(&["sources"], &[]), Some(body))
                 .await?;
             if !remote.json {
                 match v["token"].as_str() {
                     Some(token) => {
                         println!("source {}: token {token} (shown once)", cell(&v["slug"]));
-                        println!(
-                            "webhook URL: {}/functions/{}/{token}",
-                            client.base.trim_end_matches('/'),
-                            cell(&v["slug"])
-                        );
+                        println!("webhook URL: {}", webhook_url(&client, &v["slug"], token));
                         if windowed {
                             println!(
                                 "it keeps requests only while a capture window is open: \
@@ -470,8 +672,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 body["function"] = json!(f);
             }
             if let Some(s) = settings {
-                body["settings"] =
-                    serde_json::from_str(&s).context("--settings must be a JSON object")?;
+                body["settings"] = settings_object(&s)?;
             }
             if let Some(r) = respond {
                 body["respond"] = json!(r);
@@ -482,7 +683,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             let v = client
                 .send(
                     Method::PATCH,
-                    &format!("/api/v1/sources/{slug}"),
+                    &api_path(&["sources", &slug], &[]),
                     Some(body),
                 )
                 .await?;
@@ -498,23 +699,110 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             }
             (v, &[])
         }
+        Call::Sources(SourcesCommand::Show { slug }) => {
+            let v = client
+                .send(Method::GET, &api_path(&["sources", &slug], &[]), None)
+                .await?;
+            if !remote.json {
+                table(&json!([source_row(&v, &v["function"])]), SOURCE_COLUMNS);
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Sources(SourcesCommand::List) => {
+            let v = client
+                .send(Method::GET, &api_path(&["sources"], &[]), None)
+                .await?;
+            if !remote.json {
+                // The list names each source's function but not how it
+                // answers or captures: those come from each function
+                // source's own page.
+                let mut rows = Vec::new();
+                for s in v["data"].as_array().into_iter().flatten() {
+                    let function = match s["function"].is_object() {
+                        true => client
+                            .send_optional(
+                                Method::GET,
+                                &api_path(&["sources", &cell(&s["slug"])], &[]),
+                            )
+                            .await?
+                            .map_or(s["function"].clone(), |one| one["function"].clone()),
+                        false => Value::Null,
+                    };
+                    rows.push(source_row(s, &function));
+                }
+                table(&Value::Array(rows), SOURCE_COLUMNS);
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Sources(SourcesCommand::Delete { slug }) => {
+            let v = client
+                .send(Method::DELETE, &api_path(&["sources", &slug], &[]), None)
+                .await?;
+            if !remote.json {
+                println!("source {slug} deleted (its stored events are still delivered)");
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Sources(SourcesCommand::Rotate {
+            slug,
+            write_key,
+            dry_run,
+        }) => {
+            let mut body = json!({});
+            if let Some(k) = &write_key {
+                body["write_key"] = json!(k);
+            }
+            if dry_run {
+                body["dry_run"] = json!(true);
+            }
+            let v = client
+                .send(
+                    Method::POST,
+                    &api_path(&["sources", &slug, "rotate"], &[]),
+                    Some(body),
+                )
+                .await?;
+            if !remote.json {
+                let differs = v["changed"].as_bool().unwrap_or(true);
+                if dry_run {
+                    match differs {
+                        true => println!("source {slug}: the write key given differs from its own; nothing changed"),
+                        false => println!("source {slug}: the write key given is its own already; nothing changed"),
+                    }
+                } else if let Some(token) = v["token"].as_str().filter(|t| *t != "********") {
+                    println!("source {slug}: new token {token} (shown once; the old one stops working now)");
+                    println!("webhook URL: {}", webhook_url(&client, &v["slug"], token));
+                } else if write_key.is_some() {
+                    match differs {
+                        true => println!("source {slug}: write key set to the one given (the old one stops working now)"),
+                        false => println!("source {slug}: the write key given was its own already"),
+                    }
+                } else {
+                    println!(
+                        "source {slug}: new write key {} (shown once; the old one stops working now)",
+                        cell(&v["write_key"])
+                    );
+                }
+                return Ok(());
+            }
+            (v, &[])
+        }
         Call::Sources(SourcesCommand::CaptureWindow { slug, minutes }) => {
             let v = client
                 .send(
                     Method::POST,
-                    &format!("/api/v1/sources/{slug}/capture"),
+                    &api_path(&["sources", &slug, "capture"], &[]),
                     Some(json!({ "minutes": minutes })),
                 )
                 .await?;
             if !remote.json {
-                let until = v["capturing_until_ms"]
-                    .as_i64()
-                    .and_then(chrono::DateTime::from_timestamp_millis)
-                    .map_or_else(
-                        || cell(&v["capturing_until_ms"]),
-                        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-                    );
-                println!("source {slug}: capture window open until {until}");
+                println!(
+                    "source {slug}: capture window open until {}",
+                    time_cell(&v["capturing_until_ms"])
+                );
                 if v["mode"] == "always" {
                     // The window is harmless then, but the user probably
                     // expected it to matter.
@@ -529,7 +817,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         }
         Call::CreateFunction(body) => {
             let v = client
-                .send(Method::POST, "/api/v1/functions", Some(body))
+                .send(Method::POST, &api_path(&["functions"], &[]), Some(body))
                 .await?;
             if !remote.json {
                 let f = &v["function"];
@@ -550,7 +838,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             (v, &[])
         }
         Call::UpdateFunction(name, body) => {
-            let path = format!("/api/v1/functions/{name}");
+            let path = api_path(&["functions", &name], &[]);
             // The server saves no new version of code and declarations equal
             // to the latest's, and answers with that version: only the
             // latest before tells whether anything was saved. A failure here
@@ -567,6 +855,25 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             let v = client.send(Method::PUT, &path, Some(body)).await?;
             if !remote.json {
                 println!("{}", function_saved(&v, before));
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::DeployFunction(name, version) => {
+            let v = client
+                .send(
+                    Method::POST,
+                    &api_path(&["functions", &name, "deploy"], &[]),
+                    Some(json!({ "version": version })),
+                )
+                .await?;
+            if !remote.json {
+                println!(
+                    "function {}: version {} {}",
+                    cell(&v["name"]),
+                    cell(&v["deployed_version"]),
+                    deployed_to(&v["deployed_to"])
+                );
                 return Ok(());
             }
             (v, &[])
@@ -599,11 +906,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             let v = client
                 .send(
                     Method::POST,
-                    &format!("/api/v1/sources/{slug}/test"),
+                    &api_path(&["sources", &slug, "test"], &[]),
                     Some(body),
                 )
                 .await?;
-            if !remote.json {
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
                 println!(
                     "events ({}):",
                     v["events"].as_array().map_or(0, |a| a.len())
@@ -621,11 +930,14 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                         cell(&v["error"]["message"]),
                         cell(&v["error"]["line"])
                     );
-                    return Err(ApiFailure("the function failed".into()).into());
                 }
-                return Ok(());
             }
-            (v, &[])
+            // The exit code says whether the function failed, whatever the
+            // output's format: scripts check it with and without --json.
+            if !v["error"].is_null() {
+                return Err(ApiFailure("the function failed".into()).into());
+            }
+            return Ok(());
         }
         Call::Destinations(DestinationsCommand::Create {
             name,
@@ -643,7 +955,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 body["fanout"] = json!(f);
             }
             let v = client
-                .send(Method::POST, "/api/v1/destinations", Some(body))
+                .send(Method::POST, &api_path(&["destinations"], &[]), Some(body))
                 .await?;
             if !remote.json {
                 println!("destination {} created", cell(&v["name"]));
@@ -655,7 +967,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             let v = client
                 .send(
                     Method::DELETE,
-                    &format!("/api/v1/destinations/{name}"),
+                    &api_path(&["destinations", &name], &[]),
                     None,
                 )
                 .await?;
@@ -665,15 +977,47 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             }
             (v, &[])
         }
-        Call::Sources(SourcesCommand::List) => (
-            client.send(Method::GET, "/api/v1/sources", None).await?,
-            &["slug", "kind", "created_ms"],
-        ),
+        Call::Destinations(DestinationsCommand::Enable { name }) => {
+            return set_enabled(&client, &remote, &name, true).await
+        }
+        Call::Destinations(DestinationsCommand::Disable { name }) => {
+            return set_enabled(&client, &remote, &name, false).await
+        }
+        Call::Destinations(DestinationsCommand::Urls {
+            command: UrlsCommand::Enable { name, url },
+        }) => {
+            let body = url.as_ref().map(|u| json!({ "url": u }));
+            let v = client
+                .send(
+                    Method::POST,
+                    &api_path(&["destinations", &name, "urls", "enable"], &[]),
+                    body,
+                )
+                .await?;
+            if !remote.json {
+                let still: Vec<String> = v["disabled"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| cell(&d["url"]))
+                    .collect();
+                match (&url, still.is_empty()) {
+                    (Some(u), _) => print!("destination {name}: {u} enabled"),
+                    (None, _) => print!("destination {name}: its URLs enabled"),
+                }
+                match still.is_empty() {
+                    true => println!(),
+                    false => println!("; still disabled: {}", still.join(", ")),
+                }
+                return Ok(());
+            }
+            (v, &[])
+        }
         Call::Sources(SourcesCommand::Captures { slug }) => (
             client
                 .send(
                     Method::GET,
-                    &format!("/api/v1/sources/{slug}/captures"),
+                    &api_path(&["sources", &slug, "captures"], &[]),
                     None,
                 )
                 .await?,
@@ -683,30 +1027,28 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             client
                 .send(
                     Method::GET,
-                    &format!("/api/v1/sources/{slug}/rejections"),
+                    &api_path(&["sources", &slug, "rejections"], &[]),
                     None,
                 )
                 .await?,
             &["at_ms", "index", "field", "reason"],
         ),
-        Call::Sources(SourcesCommand::Objects { slug, collection }) => {
-            let q = collection
-                .map(|c| format!("?collection={c}"))
-                .unwrap_or_default();
-            (
-                client
-                    .send(
-                        Method::GET,
-                        &format!("/api/v1/sources/{slug}/objects{q}"),
-                        None,
-                    )
-                    .await?,
-                &["collection", "id", "properties"],
-            )
-        }
+        Call::Sources(SourcesCommand::Objects { slug, collection }) => (
+            client
+                .send(
+                    Method::GET,
+                    &api_path(
+                        &["sources", &slug, "objects"],
+                        &[("collection", collection)],
+                    ),
+                    None,
+                )
+                .await?,
+            &["collection", "id", "updated_ms", "properties"],
+        ),
         Call::Destinations(DestinationsCommand::List) => (
             client
-                .send(Method::GET, "/api/v1/destinations", None)
+                .send(Method::GET, &api_path(&["destinations"], &[]), None)
                 .await?,
             &["name", "sources", "backlog", "retries", "enabled"],
         ),
@@ -714,7 +1056,10 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             client
                 .send(
                     Method::GET,
-                    &format!("/api/v1/destinations/{name}/attempts?limit={limit}"),
+                    &api_path(
+                        &["destinations", &name, "attempts"],
+                        &[("limit", Some(limit.to_string()))],
+                    ),
                     None,
                 )
                 .await?,
@@ -728,6 +1073,46 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 "error",
             ],
         ),
+        Call::Tokens(TokensCommand::List) => (
+            client
+                .send(Method::GET, &api_path(&["tokens"], &[]), None)
+                .await?,
+            &["id", "name", "read_only", "created_ms"],
+        ),
+        Call::Tokens(TokensCommand::Create { name, read_only }) => {
+            let v = client
+                .send(
+                    Method::POST,
+                    &api_path(&["tokens"], &[]),
+                    Some(json!({ "name": name, "read_only": read_only })),
+                )
+                .await?;
+            if !remote.json {
+                println!(
+                    "{} token {} ({}): {} (shown once)",
+                    if read_only { "read-only" } else { "API" },
+                    cell(&v["id"]),
+                    cell(&v["name"]),
+                    cell(&v["token"])
+                );
+                return Ok(());
+            }
+            (v, &[])
+        }
+        Call::Tokens(TokensCommand::Revoke { id }) => {
+            let v = client
+                .send(
+                    Method::DELETE,
+                    &api_path(&["tokens", &id.to_string()], &[]),
+                    None,
+                )
+                .await?;
+            if !remote.json {
+                println!("token {id} revoked");
+                return Ok(());
+            }
+            (v, &[])
+        }
         Call::DeadLetters(DeadLettersCommand::List {
             destination,
             source,
@@ -735,10 +1120,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             after,
         }) => match (destination, source) {
             (Some(d), _) => {
-                let mut path = format!("/api/v1/destinations/{d}/deadletters?limit={limit}");
-                if let Some(a) = after {
-                    path.push_str(&format!("&after={a}"));
-                }
+                let path = api_path(
+                    &["destinations", &d, "deadletters"],
+                    &[
+                        ("limit", Some(limit.to_string())),
+                        ("after", after.map(|a| a.to_string())),
+                    ],
+                );
                 let v = client.send(Method::GET, &path, None).await?;
                 if !remote.json {
                     table(
@@ -761,7 +1149,10 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::GET,
-                        &format!("/api/v1/sources/{s}/deadletters?limit={limit}"),
+                        &api_path(
+                            &["sources", &s, "deadletters"],
+                            &[("limit", Some(limit.to_string()))],
+                        ),
                         None,
                     )
                     .await?,
@@ -769,16 +1160,21 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             ),
             _ => unreachable!("clap requires one"),
         },
-        Call::DeadLetters(DeadLettersCommand::Discard { destination, ids }) => {
-            let body = if ids.is_empty() {
-                json!({})
-            } else {
-                json!({ "ids": ids })
+        Call::DeadLetters(DeadLettersCommand::Discard {
+            destination,
+            ids,
+            all,
+        }) => {
+            // An empty body discards every one: sent only with --all, which
+            // clap requires when no --id is given.
+            let body = match all {
+                true => json!({}),
+                false => json!({ "ids": ids }),
             };
             let v = client
                 .send(
                     Method::DELETE,
-                    &format!("/api/v1/destinations/{destination}/deadletters"),
+                    &api_path(&["destinations", &destination, "deadletters"], &[]),
                     Some(body),
                 )
                 .await?;
@@ -813,8 +1209,8 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 }
             }
             let path = match (destination, source) {
-                (Some(d), _) => format!("/api/v1/destinations/{d}/deadletters/replay"),
-                (None, Some(s)) => format!("/api/v1/sources/{s}/deadletters/replay"),
+                (Some(d), _) => api_path(&["destinations", &d, "deadletters", "replay"], &[]),
+                (None, Some(s)) => api_path(&["sources", &s, "deadletters", "replay"], &[]),
                 _ => unreachable!("clap requires one"),
             };
             let v = client.send(Method::POST, &path, Some(body)).await?;
@@ -824,24 +1220,23 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             }
             (v, &[])
         }
-        Call::Logs(args) => {
-            let path = match (&args.source, &args.destination) {
-                (Some(s), _) => format!("/api/v1/sources/{s}/logs?limit={}", args.limit),
-                (None, Some(d)) => format!("/api/v1/destinations/{d}/logs?limit={}", args.limit),
-                _ => unreachable!("clap requires one"),
-            };
-            (
-                client.send(Method::GET, &path, None).await?,
-                &["at_ms", "level", "message"],
-            )
-        }
-        Call::Tail(slug) => return tail(&client, &slug).await,
-        Call::FollowLogs(args) => return follow_logs(&client, &args).await,
+        Call::Logs(args) => (
+            client
+                .send(
+                    Method::GET,
+                    &logs_path(&args, Some(args.limit.to_string())),
+                    None,
+                )
+                .await?,
+            &["at_ms", "level", "message"],
+        ),
+        Call::Tail(slug) => return tail(&client, &slug, remote.json).await,
+        Call::FollowLogs(args) => return follow_logs(&client, &args, remote.json).await,
         Call::DeleteUser(user) => {
             let v = client
                 .send(
                     Method::POST,
-                    "/api/v1/deletions",
+                    &api_path(&["deletions"], &[]),
                     Some(json!({ "userId": user })),
                 )
                 .await?;
@@ -865,6 +1260,114 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The columns of `sources list` and `sources show`.
+const SOURCE_COLUMNS: &[&str] = &[
+    "slug",
+    "kind",
+    "function",
+    "respond",
+    "capture",
+    "created_ms",
+];
+
+/// A row of [`SOURCE_COLUMNS`]: `source` as the API gives it, with
+/// `function` as `GET /api/v1/sources/{slug}` gives it (`respond` and
+/// `capture` are only there). The function's `version` is left out: it is
+/// a digest of its code, not the number `functions list` shows.
+fn source_row(source: &Value, function: &Value) -> Value {
+    json!({
+        "slug": source["slug"],
+        "kind": source["kind"],
+        "function": function["name"],
+        "respond": function["respond"],
+        "capture": function["capture"],
+        "created_ms": source["created_ms"],
+    })
+}
+
+/// A function source's webhook URL, token included.
+fn webhook_url(client: &Client, slug: &Value, token: &str) -> String {
+    format!(
+        "{}/functions/{}/{}",
+        client.base.trim_end_matches('/'),
+        percent_encoded(&cell(slug)),
+        percent_encoded(token)
+    )
+}
+
+/// The logs of `args`' source or destination, the newest `limit`.
+fn logs_path(args: &LogsArgs, limit: Option<String>) -> String {
+    let query = [("limit", limit)];
+    match (&args.source, &args.destination) {
+        (Some(s), _) => api_path(&["sources", s, "logs"], &query),
+        (None, Some(d)) => api_path(&["destinations", d, "logs"], &query),
+        _ => unreachable!("clap requires one"),
+    }
+}
+
+/// `destinations enable|disable`: the API changes a destination by taking
+/// its whole configuration, so it is read, changed in `enabled` and written
+/// back (its masked secrets mean "keep the stored value").
+async fn set_enabled(
+    client: &Client,
+    remote: &Remote,
+    name: &str,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let path = api_path(&["destinations", name], &[]);
+    let current = client.send(Method::GET, &path, None).await?;
+    let mut config = current["config"].clone();
+    if !config.is_object() {
+        return Err(anyhow!(
+            "the server gave no configuration of destination {name:?}"
+        ));
+    }
+    let word = if enabled { "enabled" } else { "disabled" };
+    if config["enabled"].as_bool().unwrap_or(true) == enabled {
+        if remote.json {
+            println!("{}", serde_json::to_string_pretty(&current)?);
+        } else {
+            println!("destination {name} is {word} already");
+        }
+        return Ok(());
+    }
+    config["enabled"] = json!(enabled);
+    let v = client.send(Method::PUT, &path, Some(config)).await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if enabled {
+        println!("destination {name} enabled: it delivers from where it stopped");
+    } else {
+        println!("destination {name} disabled: its events wait for `switchyard destinations enable {name}`");
+    }
+    Ok(())
+}
+
+/// Where a deploy put a function: `deployed_to` of the API's answer
+/// (`{sources, destinations}`).
+fn deployed_to(to: &Value) -> String {
+    let names = |kind: &str| -> Vec<String> {
+        to[kind]
+            .as_array()
+            .map(|a| a.iter().map(cell).collect())
+            .unwrap_or_default()
+    };
+    let (sources, destinations) = (names("sources"), names("destinations"));
+    let mut runs = Vec::new();
+    if !sources.is_empty() {
+        runs.push(format!("source(s) {}", sources.join(", ")));
+    }
+    if !destinations.is_empty() {
+        runs.push(format!("destination(s) {}", destinations.join(", ")));
+    }
+    if runs.is_empty() {
+        "deployed, nothing runs it yet".to_string()
+    } else {
+        format!("deployed, running on {}", runs.join(" and "))
+    }
+}
+
 /// One line on a version saved with `PUT /api/v1/functions/{name}`: its
 /// number (or that the file was the latest version already, when `before`,
 /// the latest version before, says so), and where it runs now or which
@@ -881,25 +1384,7 @@ fn function_saved(v: &Value, before: Option<u64>) -> String {
     let deployed = f["deployed_version"].as_u64().unwrap_or(0);
     // `deployed_to` is there only when this call deployed.
     let state = if v["deployed_to"].is_object() {
-        let names = |kind: &str| -> Vec<String> {
-            v["deployed_to"][kind]
-                .as_array()
-                .map(|a| a.iter().map(cell).collect())
-                .unwrap_or_default()
-        };
-        let (sources, destinations) = (names("sources"), names("destinations"));
-        let mut runs = Vec::new();
-        if !sources.is_empty() {
-            runs.push(format!("source(s) {}", sources.join(", ")));
-        }
-        if !destinations.is_empty() {
-            runs.push(format!("destination(s) {}", destinations.join(", ")));
-        }
-        if runs.is_empty() {
-            "deployed, nothing runs it yet".to_string()
-        } else {
-            format!("deployed, running on {}", runs.join(" and "))
-        }
+        deployed_to(&v["deployed_to"])
     } else if deployed > 0 && f["deployed_version"] == v["version"] {
         "it is the version deployed".to_string()
     } else if deployed > 0 {
@@ -912,13 +1397,34 @@ fn function_saved(v: &Value, before: Option<u64>) -> String {
     format!("function {name}: {saved}; {state}")
 }
 
-/// Prints each event of a source as it is stored (one JSON line per event).
-async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
+/// One line on an event of `tail`: when it was received, its type, what it
+/// is (the event or page name) and who sent it.
+fn event_line(event: &Value) -> String {
+    let at = match &event["receivedAt"] {
+        Value::Null => cell(&event["timestamp"]),
+        at => cell(at),
+    };
+    let what = [&event["event"], &event["name"], &event["groupId"]]
+        .into_iter()
+        .find(|v| !v.is_null())
+        .map_or_else(|| "-".to_string(), |v| v.to_string());
+    let who = match (&event["userId"], &event["anonymousId"]) {
+        (Value::Null, Value::Null) => "-".to_string(),
+        (Value::Null, anonymous) => format!("anonymous {}", cell(anonymous)),
+        (user, _) => format!("user {}", cell(user)),
+    };
+    format!("{at}  {}  {what}  {who}", cell(&event["type"]))
+}
+
+/// Prints each event of a source as it is stored: a line each, or the
+/// event as one JSON object per line with `json`.
+async fn tail(client: &Client, slug: &str, json: bool) -> anyhow::Result<()> {
     let mut resp = client
         .http
         .get(format!(
-            "{}/api/v1/sources/{slug}/events/stream",
-            client.base.trim_end_matches('/')
+            "{}{}",
+            client.base.trim_end_matches('/'),
+            api_path(&["sources", slug, "events", "stream"], &[])
         ))
         .bearer_auth(&client.token)
         .send()
@@ -928,11 +1434,7 @@ async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        return Err(ApiFailure(format!(
-            "{status}: {}",
-            v["error"]["message"].as_str().unwrap_or("request failed")
-        ))
-        .into());
+        return Err(failure(status, &v));
     }
     let mut buffer = String::new();
     use std::io::Write;
@@ -942,7 +1444,15 @@ async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
         while let Some(end) = buffer.find('\n') {
             let line: String = buffer.drain(..=end).collect();
             if let Some(data) = line.trim_end().strip_prefix("data:") {
-                writeln!(out, "{}", data.trim_start())?;
+                let data = data.trim_start();
+                if json {
+                    writeln!(out, "{data}")?;
+                } else {
+                    match serde_json::from_str::<Value>(data) {
+                        Ok(event) => writeln!(out, "{}", event_line(&event))?,
+                        Err(_) => writeln!(out, "{data}")?,
+                    }
+                }
                 out.flush()?;
             }
         }
@@ -954,31 +1464,85 @@ async fn tail(client: &Client, slug: &str) -> anyhow::Result<()> {
     .into())
 }
 
+/// What `logs --follow` remembers of the lines it printed, to print each
+/// new one once. The API gives log lines no id, only their time, and the
+/// same message may be logged several times in one millisecond: the lines
+/// are counted per (time, level, message), and only those of the last
+/// [`FOLLOW_WINDOW_MS`] are kept, so that the memory stays bounded however
+/// long it runs. A line older than that which the server had not given yet
+/// is taken as seen, as is one older than the first page (which was cut at
+/// `-n`).
+#[derive(Default)]
+struct SeenLogs {
+    counts: std::collections::HashMap<(i64, String, String), usize>,
+    /// The time of the oldest line of the first page, once there was one.
+    start: Option<i64>,
+    newest: i64,
+}
+
+/// How far back [`SeenLogs`] remembers, in milliseconds: lines reach the
+/// store within it (they are written as the function runs).
+const FOLLOW_WINDOW_MS: i64 = 60_000;
+
+impl SeenLogs {
+    /// The lines of `page` (oldest first) not printed yet, duplicates
+    /// included; they count as printed from now on.
+    fn fresh(&mut self, page: &[Value]) -> Vec<Value> {
+        let at = |line: &Value| line["at_ms"].as_i64().unwrap_or(0);
+        if self.start.is_none() {
+            self.start = page.first().map(at);
+        }
+        let floor = self
+            .newest
+            .saturating_sub(FOLLOW_WINDOW_MS)
+            .max(self.start.unwrap_or(i64::MIN));
+        let mut in_page: std::collections::HashMap<(i64, String, String), usize> =
+            std::collections::HashMap::new();
+        let mut fresh = Vec::new();
+        for line in page {
+            if at(line) < floor {
+                continue;
+            }
+            let key = (at(line), cell(&line["level"]), cell(&line["message"]));
+            let n = in_page.entry(key.clone()).or_default();
+            *n += 1;
+            let printed = self.counts.entry(key).or_default();
+            if *n > *printed {
+                *printed = *n;
+                fresh.push(line.clone());
+            }
+            self.newest = self.newest.max(at(line));
+        }
+        let floor = self.newest.saturating_sub(FOLLOW_WINDOW_MS);
+        self.counts.retain(|(at, _, _), _| *at >= floor);
+        fresh
+    }
+}
+
 /// Prints function logs, then new lines as they come (polling once a second).
-async fn follow_logs(client: &Client, args: &LogsArgs) -> anyhow::Result<()> {
-    let base = match (&args.source, &args.destination) {
-        (Some(s), _) => format!("/api/v1/sources/{s}/logs"),
-        (None, Some(d)) => format!("/api/v1/destinations/{d}/logs"),
-        _ => unreachable!("clap requires one"),
-    };
-    let mut seen: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
+async fn follow_logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Result<()> {
+    let mut seen = SeenLogs::default();
     let mut first = true;
     loop {
+        // After the first page, the largest the API gives: lines written
+        // between two polls beyond it are missed.
         let limit = if first { args.limit } else { 1000 };
         let v = client
-            .send(reqwest::Method::GET, &format!("{base}?limit={limit}"), None)
+            .send(
+                reqwest::Method::GET,
+                &logs_path(args, Some(limit.to_string())),
+                None,
+            )
             .await?;
         let mut lines: Vec<Value> = v["data"].as_array().cloned().unwrap_or_default();
         lines.reverse();
-        for l in lines {
-            let key = (
-                l["at_ms"].as_i64().unwrap_or(0),
-                l["message"].as_str().unwrap_or("").to_string(),
-            );
-            if seen.insert(key) {
+        for l in seen.fresh(&lines) {
+            if json {
+                println!("{l}");
+            } else {
                 println!(
                     "{} [{}] {}",
-                    cell(&l["at_ms"]),
+                    time_cell(&l["at_ms"]),
                     cell(&l["level"]),
                     cell(&l["message"])
                 );
@@ -999,10 +1563,13 @@ async fn replay_all(client: &Client, destination: &str, json_out: bool) -> anyho
     let mut ids: Vec<i64> = Vec::new();
     let mut after: Option<i64> = None;
     loop {
-        let mut list = format!("/api/v1/destinations/{destination}/deadletters?limit=1000");
-        if let Some(a) = after {
-            list.push_str(&format!("&after={a}"));
-        }
+        let list = api_path(
+            &["destinations", destination, "deadletters"],
+            &[
+                ("limit", Some("1000".into())),
+                ("after", after.map(|a| a.to_string())),
+            ],
+        );
         let page = client.send(Method::GET, &list, None).await?;
         ids.extend(
             page["data"]
@@ -1024,13 +1591,10 @@ async fn replay_all(client: &Client, destination: &str, json_out: bool) -> anyho
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut replayed = 0u64;
+    let path = api_path(&["destinations", destination, "deadletters", "replay"], &[]);
     for chunk in ids.chunks(CHUNK) {
         let v = client
-            .send(
-                Method::POST,
-                &format!("/api/v1/destinations/{destination}/deadletters/replay"),
-                Some(json!({ "ids": chunk })),
-            )
+            .send(Method::POST, &path, Some(json!({ "ids": chunk })))
             .await?;
         let n = v["replayed"].as_u64().unwrap_or(0);
         replayed += n;
@@ -1043,4 +1607,94 @@ async fn replay_all(client: &Client, destination: &str, json_out: bool) -> anyho
         println!("replayed {replayed}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_queries_are_percent_encoded() {
+        assert_eq!(
+            api_path(
+                &["sources", "a/b c", "objects"],
+                &[("collection", Some("a b&c=d".into())), ("id", None)]
+            ),
+            "/api/v1/sources/a%2Fb%20c/objects?collection=a%20b%26c%3Dd"
+        );
+        assert_eq!(
+            api_path(&["functions", "x?y#z"], &[("limit", Some("5".into()))]),
+            "/api/v1/functions/x%3Fy%23z?limit=5"
+        );
+        assert_eq!(api_path(&["tokens"], &[]), "/api/v1/tokens");
+        assert_eq!(percent_encoded("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn a_server_is_a_url_or_host_and_port() {
+        assert_eq!(
+            server_url("127.0.0.1:8080").as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
+        assert_eq!(
+            server_url("localhost:9").as_deref(),
+            Ok("http://localhost:9")
+        );
+        assert_eq!(
+            server_url("https://router.internal/prefix/").as_deref(),
+            Ok("https://router.internal/prefix")
+        );
+        for wrong in [
+            "ftp://x",
+            "http://",
+            "127.0.0.1:8080/x",
+            "a b:1",
+            "http://x?y",
+            ":8080",
+        ] {
+            assert!(server_url(wrong).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn followed_logs_count_duplicates_and_forget_old_lines() {
+        let line = |at: i64, m: &str| json!({"at_ms": at, "level": "info", "message": m});
+        let mut seen = SeenLogs::default();
+        let first = seen.fresh(&[line(1_000, "a"), line(1_000, "a"), line(1_001, "b")]);
+        assert_eq!(
+            first.len(),
+            3,
+            "the same message twice in a millisecond is two lines"
+        );
+        let again = seen.fresh(&[
+            line(1_000, "a"),
+            line(1_000, "a"),
+            line(1_001, "b"),
+            line(1_001, "b"),
+        ]);
+        assert_eq!(again, [line(1_001, "b")], "only the new duplicate");
+        seen.fresh(&[line(1_000 + FOLLOW_WINDOW_MS * 2, "c")]);
+        assert!(
+            seen.counts.len() == 1,
+            "old lines forgotten: {:?}",
+            seen.counts
+        );
+        assert!(
+            seen.fresh(&[line(1_000, "a")]).is_empty(),
+            "older than the window: seen"
+        );
+        let mut cut = SeenLogs::default();
+        cut.fresh(&[line(2_000, "newest of -n 1")]);
+        assert!(
+            cut.fresh(&[line(1_999, "older"), line(2_000, "newest of -n 1")])
+                .is_empty(),
+            "lines older than the first page were left out by -n"
+        );
+    }
+
+    #[test]
+    fn tables_show_times() {
+        assert_eq!(time_cell(&json!(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time_cell(&Value::Null), "-");
+    }
 }

@@ -1,7 +1,7 @@
 //! `switchyard apply`: reconciles a running server to a configuration file
 //! through the API, idempotently, printing the plan first.
 
-use crate::api_cli::{Client, Remote};
+use crate::api_cli::{api_path, Client, Remote};
 use crate::config::{Config, FunctionConfig};
 
 use anyhow::Context;
@@ -70,7 +70,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
     let client = Client::new(&remote)?;
     use reqwest::Method;
     let sources = client
-        .send(Method::GET, "/api/v1/sources", None)
+        .send(Method::GET, &api_path(&["sources"], &[]), None)
         .await
         .with_context(|| "list sources")?;
     let existing_sources: Vec<String> = sources["data"]
@@ -82,7 +82,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     let destinations = client
-        .send(Method::GET, "/api/v1/destinations", None)
+        .send(Method::GET, &api_path(&["destinations"], &[]), None)
         .await
         .with_context(|| "list destinations")?;
     let existing_destinations: Vec<String> = destinations["data"]
@@ -148,7 +148,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             continue;
         }
         let current = client
-            .send(Method::GET, &format!("/api/v1/destinations/{name}"), None)
+            .send(Method::GET, &api_path(&["destinations", &name], &[]), None)
             .await
             .with_context(|| format!("read destination {name:?}"))?;
         if shown_digest(&current["digest"])? != config_digest(raw) {
@@ -169,7 +169,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             continue;
         }
         let current = client
-            .send(Method::GET, &format!("/api/v1/destinations/{name}"), None)
+            .send(Method::GET, &api_path(&["destinations", name], &[]), None)
             .await
             .with_context(|| format!("read destination {name:?}"))?;
         steps.push(Step::RemoveDestination {
@@ -269,7 +269,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::POST,
-                        &format!("/api/v1/sources/{slug}/rotate"),
+                        &api_path(&["sources", slug, "rotate"], &[]),
                         None,
                     )
                     .await
@@ -281,7 +281,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
         match step {
             Step::CreateFunction { name, body } => {
                 client
-                    .send(Method::POST, "/api/v1/functions", Some(body))
+                    .send(Method::POST, &api_path(&["functions"], &[]), Some(body))
                     .await
                     .with_context(|| format!("create function {name:?}"))?;
             }
@@ -289,7 +289,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::PUT,
-                        &format!("/api/v1/functions/{name}"),
+                        &api_path(&["functions", &name], &[]),
                         Some(body),
                     )
                     .await
@@ -297,7 +297,11 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             }
             Step::CreateSource { slug, body } => {
                 let v = client
-                    .send(Method::POST, "/api/v1/sources", Some(body.clone()))
+                    .send(
+                        Method::POST,
+                        &api_path(&["sources"], &[]),
+                        Some(body.clone()),
+                    )
                     .await
                     .with_context(|| format!("create source {slug:?}"))?;
                 let (credential, field) = if body["kind"] == "function" {
@@ -318,7 +322,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::PATCH,
-                        &format!("/api/v1/sources/{slug}"),
+                        &api_path(&["sources", &slug], &[]),
                         Some(body),
                     )
                     .await
@@ -328,7 +332,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::POST,
-                        &format!("/api/v1/sources/{slug}/rotate"),
+                        &api_path(&["sources", &slug, "rotate"], &[]),
                         Some(json!({ field: value })),
                     )
                     .await
@@ -336,7 +340,11 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
             }
             Step::CreateDestination { name, body } => {
                 client
-                    .send(Method::POST, "/api/v1/destinations", Some(body.clone()))
+                    .send(
+                        Method::POST,
+                        &api_path(&["destinations"], &[]),
+                        Some(body.clone()),
+                    )
                     .await
                     .with_context(|| format!("create destination {name:?}"))?;
             }
@@ -344,7 +352,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::PUT,
-                        &format!("/api/v1/destinations/{name}"),
+                        &api_path(&["destinations", &name], &[]),
                         Some(body.clone()),
                     )
                     .await
@@ -354,7 +362,7 @@ pub async fn run(remote: Remote, args: ApplyArgs) -> anyhow::Result<()> {
                 client
                     .send(
                         Method::DELETE,
-                        &format!("/api/v1/destinations/{name}"),
+                        &api_path(&["destinations", &name], &[]),
                         None,
                     )
                     .await
@@ -444,7 +452,7 @@ async fn function_step(
         "deploy": true,
     });
     let current = match client
-        .send_optional(Method::GET, &format!("/api/v1/functions/{}", f.name))
+        .send_optional(Method::GET, &api_path(&["functions", &f.name], &[]))
         .await
         .with_context(|| format!("read function {:?}", f.name))?
     {
@@ -501,7 +509,7 @@ async fn source_change(
     let current = client
         .send(
             reqwest::Method::GET,
-            &format!("/api/v1/sources/{}", s.slug),
+            &api_path(&["sources", &s.slug], &[]),
             None,
         )
         .await
@@ -544,7 +552,7 @@ async fn credential_change(
     let answer = client
         .send(
             reqwest::Method::POST,
-            &format!("/api/v1/sources/{}/rotate", s.slug),
+            &api_path(&["sources", &s.slug, "rotate"], &[]),
             Some(json!({ field: value, "dry_run": true })),
         )
         .await
@@ -684,7 +692,7 @@ async fn taken_write_keys(
             let (status, answer) = client
                 .exchange(
                     reqwest::Method::POST,
-                    &format!("/api/v1/sources/{owner}/rotate"),
+                    &api_path(&["sources", owner, "rotate"], &[]),
                     Some(json!({ "write_key": key, "dry_run": true })),
                 )
                 .await

@@ -16,14 +16,15 @@ pub struct FunctionsArgs {
 pub enum FunctionsCommand {
     /// Run a function file once against a payload (source) or an event
     /// (destination), offline: nothing is stored or delivered.
+    ///
+    /// Prints a report, or with --json one JSON document; exits 1 when the
+    /// function failed.
     Test(TestArgs),
     /// Create a function on a running server from a file.
     ///
     /// Prints its version and whether it is deployed; --json prints the
     /// API's answer.
     Create {
-        #[command(flatten)]
-        output: crate::api_cli::Output,
         name: String,
         /// `source` or `destination`.
         #[arg(long)]
@@ -42,8 +43,6 @@ pub enum FunctionsCommand {
     /// Prints the version and where it runs now; --json prints the API's
     /// answer.
     Update {
-        #[command(flatten)]
-        output: crate::api_cli::Output,
         name: String,
         #[arg(long)]
         file: PathBuf,
@@ -51,23 +50,19 @@ pub enum FunctionsCommand {
         #[arg(long)]
         deploy: bool,
     },
-    /// Deploy a function's latest (or given) version.
+    /// Deploy a function's latest (or given) version wherever it runs.
+    ///
+    /// Prints the version and where it runs now; --json prints the API's
+    /// answer.
     Deploy {
-        #[command(flatten)]
-        output: crate::api_cli::Output,
         name: String,
         #[arg(long)]
         version: Option<u32>,
     },
     /// List the functions of a running server.
-    List {
-        #[command(flatten)]
-        output: crate::api_cli::Output,
-    },
+    List,
     /// Logs of a deployed function, from a running server.
     Logs {
-        #[command(flatten)]
-        output: crate::api_cli::Output,
         #[command(flatten)]
         args: crate::api_cli::LogsArgs,
         /// Keep printing new lines as they come.
@@ -104,8 +99,8 @@ pub struct TestArgs {
     /// Time budget in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
-    /// Print one JSON document instead of a readable report.
-    #[arg(long)]
+    /// The global `--json`: one JSON document instead of a readable report.
+    #[arg(skip)]
     pub json: bool,
 }
 

@@ -7,6 +7,7 @@ mod config;
 mod functions_cli;
 mod serve;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use functions_cli::FunctionsCommand as F;
 
@@ -25,6 +26,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     connection: api_cli::Connection,
+    #[command(flatten)]
+    output: api_cli::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,48 +41,36 @@ enum Command {
     Functions(functions_cli::FunctionsArgs),
     /// Sources of a running server.
     Sources {
-        #[command(flatten)]
-        output: api_cli::Output,
         #[command(subcommand)]
         command: api_cli::SourcesCommand,
     },
     /// Destinations of a running server.
     Destinations {
-        #[command(flatten)]
-        output: api_cli::Output,
         #[command(subcommand)]
         command: api_cli::DestinationsCommand,
     },
-    /// Dead letters: list and replay.
+    /// Dead letters: list, replay and discard.
     Deadletters {
-        #[command(flatten)]
-        output: api_cli::Output,
         #[command(subcommand)]
         command: api_cli::DeadLettersCommand,
+    },
+    /// API tokens of a running server.
+    Tokens {
+        #[command(subcommand)]
+        command: api_cli::TokensCommand,
     },
     /// Function logs of a source or destination.
     Logs {
         #[command(flatten)]
-        output: api_cli::Output,
-        #[command(flatten)]
         args: api_cli::LogsArgs,
     },
-    /// Print a source's events live, one JSON line each.
-    Tail {
-        #[command(flatten)]
-        output: api_cli::Output,
-        source: String,
-    },
+    /// Print a source's events live: a line each (time, type, name, user),
+    /// or with --json each event as one JSON object per line.
+    Tail { source: String },
     /// Delete a user: notify destinations, purge stored data.
-    DeleteUser {
-        #[command(flatten)]
-        output: api_cli::Output,
-        user_id: String,
-    },
+    DeleteUser { user_id: String },
     /// Reconcile a running server to a configuration file (prints the plan first).
     Apply {
-        #[command(flatten)]
-        output: api_cli::Output,
         #[command(flatten)]
         args: apply::ApplyArgs,
     },
@@ -89,44 +80,48 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// The commands that call no running server, by their path of subcommands.
-/// The global `--server` and `--token` are kept out of their help and
-/// refused on their command line: `serve --token` especially reads as the
-/// server's own token, which is `--admin-token`.
-const OFFLINE: &[&[&str]] = &[
-    &["serve"],
-    &["bench"],
-    &["completions"],
-    &["functions", "test"],
+/// The commands that call no running server, by their path of subcommands,
+/// with the global options they have no use for. Those are kept out of
+/// their help and refused on their command line: `serve --token`
+/// especially reads as the server's own token, which is `--admin-token`,
+/// and `--json` would be silently ignored by the commands that print no
+/// JSON (`functions test` and `bench` do: their report as one JSON
+/// document).
+const OFFLINE: &[(&[&str], &[&str])] = &[
+    (&["serve"], &["server", "token", "json"]),
+    (&["bench"], &["server", "token"]),
+    (&["completions"], &["server", "token", "json"]),
+    (&["functions", "test"], &["server", "token"]),
 ];
 
 /// The command line parser: [`Cli`], where each command of [`OFFLINE`] has
-/// hidden `--server` and `--token` of its own. A subcommand with an argument
-/// of a global's id does not get the global, so it stays out of its help;
-/// the value still reaches the top level, where [`connection_misplaced`]
-/// finds it.
+/// hidden arguments of its own for the globals it refuses. A subcommand
+/// with an argument of a global's id does not get the global, so it stays
+/// out of its help; the value still reaches the top level, where
+/// [`global_misplaced`] finds it.
 fn cli_command() -> clap::Command {
-    fn hide_connection(cmd: clap::Command, path: &[&str]) -> clap::Command {
+    fn hide(cmd: clap::Command, path: &[&str], ids: &[&'static str]) -> clap::Command {
         match path {
-            [] => cmd.args(["server", "token"].map(|id| {
-                clap::Arg::new(id)
-                    .long(id)
-                    .hide(true)
-                    .action(clap::ArgAction::Set)
+            [] => cmd.args(ids.iter().map(|id| {
+                clap::Arg::new(*id).long(*id).hide(true).action(match *id {
+                    "json" => clap::ArgAction::SetTrue,
+                    _ => clap::ArgAction::Set,
+                })
             })),
-            [first, rest @ ..] => cmd.mut_subcommand(*first, |sc| hide_connection(sc, rest)),
+            [first, rest @ ..] => cmd.mut_subcommand(*first, |sc| hide(sc, rest, ids)),
         }
     }
     use clap::CommandFactory;
     OFFLINE
         .iter()
-        .fold(Cli::command(), |cmd, path| hide_connection(cmd, path))
+        .fold(Cli::command(), |cmd, (path, ids)| hide(cmd, path, ids))
 }
 
-/// An explanation when `--server` or `--token` was given on the command line
-/// to a command that calls no server (their environment variables are
-/// ignored there: they are usually set for the whole shell).
-fn connection_misplaced(matches: &clap::ArgMatches, command: &Command) -> Option<String> {
+/// An explanation when `--server`, `--token` or `--json` was given on the
+/// command line to a command that has no use for it (the environment
+/// variables of the first two are ignored there: they are usually set for
+/// the whole shell).
+fn global_misplaced(matches: &clap::ArgMatches, command: &Command) -> Option<String> {
     let given = |id: &str| {
         matches!(
             matches.value_source(id),
@@ -150,6 +145,11 @@ fn connection_misplaced(matches: &clap::ArgMatches, command: &Command) -> Option
             _ => format!("`switchyard {name}` calls no running server: `--token` is for the commands that do"),
         });
     }
+    if given("json") && !matches!(command, Command::Functions(_) | Command::Bench(_)) {
+        return Some(format!(
+            "`switchyard {name}` prints no JSON: `--json` is for the commands that do"
+        ));
+    }
     if given("server") {
         return Some(match command {
             Command::Serve(_) => "`--server` names a running server to call; \
@@ -161,6 +161,89 @@ fn connection_misplaced(matches: &clap::ArgMatches, command: &Command) -> Option
     None
 }
 
+/// Whether `error` comes from writing to a reader that went away (`| head`).
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The exit code of a command's result: 1 when the server refused (or a
+/// function failed), 2 for usage and connection errors; 0 when the output's
+/// reader went away (when `piped`: the CLI's commands, not `serve` or
+/// `bench`), as other Unix tools do.
+fn exit_code(result: anyhow::Result<()>, piped: bool) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if piped && broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            let failure = e.downcast_ref::<api_cli::ApiFailure>().is_some();
+            std::process::ExitCode::from(if failure { 1 } else { 2 })
+        }
+    }
+}
+
+/// The body of a function's code file, or a usage error.
+fn read_code(file: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// The declared settings of `functions create --settings-schema`: a JSON
+/// array, or an error that says where the JSON is wrong.
+fn read_settings_schema(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) if v.is_array() => Ok(v),
+        Ok(_) => Err(anyhow::anyhow!(
+            "{} is not a JSON array of settings ([{{\"name\", \"type\", \"required\", \"encrypted\"}}])",
+            file.display()
+        )),
+        // serde_json's message ends with the line and column.
+        Err(e) => Err(anyhow::anyhow!("{} is not valid JSON: {e}", file.display())),
+    }
+}
+
+/// What a `functions …` subcommand that calls a server calls.
+fn functions_call(command: F) -> anyhow::Result<api_cli::Call> {
+    Ok(match command {
+        F::Test(_) => unreachable!("functions test calls no server"),
+        F::Logs { args, follow } => match follow {
+            true => api_cli::Call::FollowLogs(args),
+            false => api_cli::Call::Logs(args),
+        },
+        F::List => api_cli::Call::Raw(
+            reqwest::Method::GET,
+            api_cli::api_path(&["functions"], &[]),
+            None,
+            &["name", "kind", "deployed_version", "latest_version"],
+        ),
+        F::Deploy { name, version } => api_cli::Call::DeployFunction(name, version),
+        F::Create {
+            name,
+            kind,
+            file,
+            settings_schema,
+            deploy,
+        } => {
+            let code = read_code(&file)?;
+            let mut body =
+                serde_json::json!({"name": name, "kind": kind, "code": code, "deploy": deploy});
+            if let Some(p) = settings_schema {
+                body["settings"] = read_settings_schema(&p)?;
+            }
+            api_cli::Call::CreateFunction(body)
+        }
+        F::Update { name, file, deploy } => api_cli::Call::UpdateFunction(
+            name,
+            serde_json::json!({"code": read_code(&file)?, "deploy": deploy}),
+        ),
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let mut command = cli_command();
     let matches = command.get_matches_mut();
@@ -168,25 +251,29 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.format(&mut command).exit(),
     };
-    if let Some(message) = connection_misplaced(&matches, &cli.command) {
+    if let Some(message) = global_misplaced(&matches, &cli.command) {
         command
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit();
     }
     let connection = cli.connection;
+    let json = cli.output.json;
+    let piped = !matches!(cli.command, Command::Serve(_) | Command::Bench(_));
     // The CLI's output is often piped (`| head`): a reader that goes away
     // ends it quietly, as it does other Unix tools, instead of a panic on
     // the next `println!`. Not by restoring SIGPIPE's default action: the
     // HTTP client writes its requests with `writev`, which raises SIGPIPE
     // on a connection the server closed, and that must stay an error the
-    // client handles, not a silent death.
-    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+    // client handles, not a silent death. Writes that return their error
+    // instead of panicking are handled by [`exit_code`].
+    if piped {
         let report = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let message = info
-                .payload()
+            let payload = info.payload();
+            let message = payload
                 .downcast_ref::<String>()
                 .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
                 .unwrap_or_default();
             if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
                 std::process::exit(0);
@@ -195,136 +282,77 @@ fn main() -> std::process::ExitCode {
         }));
     }
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut cli_command(),
-            "switchyard",
-            &mut std::io::stdout(),
+        // Written from a buffer, not by `generate` itself: it panics on a
+        // write error, a reader gone away included.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cli_command(), "switchyard", &mut script);
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        return exit_code(
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .context("cannot write the script"),
+            true,
         );
-        return std::process::ExitCode::SUCCESS;
     }
-    let remote = |output| api_cli::Remote::new(&connection, output);
-    if let Command::Functions(functions_cli::FunctionsArgs { command }) = cli.command {
-        let (output, call) = match command {
-            F::Test(args) => {
-                return match functions_cli::run(functions_cli::FunctionsArgs {
-                    command: F::Test(args),
-                }) {
-                    Ok(code) => std::process::ExitCode::from(code as u8),
-                    Err(e) => {
-                        eprintln!("switchyard: {e:#}");
-                        std::process::ExitCode::from(2)
-                    }
-                };
-            }
-            F::Logs {
-                output,
-                args,
-                follow,
-            } => (
-                output,
-                if follow {
-                    api_cli::Call::FollowLogs(args)
-                } else {
-                    api_cli::Call::Logs(args)
-                },
-            ),
-            F::List { output } => (
-                output,
-                api_cli::Call::Raw(
-                    reqwest::Method::GET,
-                    "/api/v1/functions".into(),
-                    None,
-                    &["name", "kind", "deployed_version", "latest_version"],
-                ),
-            ),
-            F::Deploy {
-                output,
-                name,
-                version,
-            } => (
-                output,
-                api_cli::Call::Raw(
-                    reqwest::Method::POST,
-                    format!("/api/v1/functions/{name}/deploy"),
-                    Some(serde_json::json!({ "version": version })),
-                    &[],
-                ),
-            ),
-            F::Create {
-                output,
-                name,
-                kind,
-                file,
-                settings_schema,
-                deploy,
-            } => {
-                let code = match std::fs::read_to_string(&file) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("switchyard: cannot read {}: {e}", file.display());
-                        return std::process::ExitCode::from(2);
-                    }
-                };
-                let mut body =
-                    serde_json::json!({"name": name, "kind": kind, "code": code, "deploy": deploy});
-                if let Some(p) = settings_schema {
-                    match std::fs::read_to_string(&p)
-                        .ok()
-                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    {
-                        Some(v) => body["settings"] = v,
-                        None => {
-                            eprintln!(
-                                "switchyard: {} is not a JSON array of settings",
-                                p.display()
-                            );
-                            return std::process::ExitCode::from(2);
-                        }
-                    }
-                }
-                (output, api_cli::Call::CreateFunction(body))
-            }
-            F::Update {
-                output,
-                name,
-                file,
-                deploy,
-            } => {
-                let code = match std::fs::read_to_string(&file) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("switchyard: cannot read {}: {e}", file.display());
-                        return std::process::ExitCode::from(2);
-                    }
-                };
-                (
-                    output,
-                    api_cli::Call::UpdateFunction(
-                        name,
-                        serde_json::json!({"code": code, "deploy": deploy}),
-                    ),
-                )
-            }
-        };
-        return match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => match rt.block_on(api_cli::run(remote(output), call)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
+    /// What runs on the async runtime.
+    enum Job {
+        Serve(serve::ServeArgs),
+        Bench(bench::BenchArgs),
+        Apply(apply::ApplyArgs),
+        Call(api_cli::Call),
+    }
+    let job = match cli.command {
+        Command::Completions { .. } => unreachable!("printed above"),
+        Command::Functions(functions_cli::FunctionsArgs {
+            command: F::Test(mut args),
+        }) => {
+            args.json = json;
+            return match functions_cli::run(functions_cli::FunctionsArgs {
+                command: F::Test(args),
+            }) {
+                Ok(code) => std::process::ExitCode::from(code as u8),
+                Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");
-                    let failure = e.downcast_ref::<api_cli::ApiFailure>().is_some();
-                    std::process::ExitCode::from(if failure { 1 } else { 2 })
+                    std::process::ExitCode::from(2)
                 }
-            },
-            Err(e) => {
-                eprintln!("switchyard: {e}");
-                std::process::ExitCode::from(2)
+            };
+        }
+        Command::Functions(functions_cli::FunctionsArgs { command }) => {
+            match functions_call(command) {
+                Ok(call) => Job::Call(call),
+                Err(e) => return exit_code(Err(e), piped),
             }
-        };
-    }
+        }
+        Command::Serve(args) => Job::Serve(args),
+        Command::Bench(mut args) => {
+            // Its own `--json` takes the flag after `bench`; one before it
+            // is the global's.
+            args.json |= json;
+            Job::Bench(args)
+        }
+        Command::Apply { args } => Job::Apply(args),
+        Command::Sources { command } => Job::Call(api_cli::Call::Sources(command)),
+        Command::Destinations { command } => Job::Call(api_cli::Call::Destinations(command)),
+        Command::Deadletters { command } => Job::Call(api_cli::Call::DeadLetters(command)),
+        Command::Tokens { command } => Job::Call(api_cli::Call::Tokens(command)),
+        Command::Logs { args } => Job::Call(api_cli::Call::Logs(args)),
+        Command::Tail { source } => Job::Call(api_cli::Call::Tail(source)),
+        Command::DeleteUser { user_id } => Job::Call(api_cli::Call::DeleteUser(user_id)),
+    };
+    // Only the commands that call a server read the environment: a shell
+    // sets it for all of them, and the others must not fail on it.
+    let connection = match job {
+        Job::Call(_) | Job::Apply(_) => match connection.with_environment() {
+            Ok(c) => c,
+            Err(message) => command
+                .error(clap::error::ErrorKind::InvalidValue, message)
+                .exit(),
+        },
+        Job::Serve(_) | Job::Bench(_) => connection,
+    };
+    let remote = || api_cli::Remote::new(&connection, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -332,46 +360,18 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return std::process::ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::Functions(_) | Command::Completions { .. } => Ok(()),
-            Command::Apply { output, args } => apply::run(remote(output), args).await,
-            Command::Sources { output, command } => {
-                api_cli::run(remote(output), api_cli::Call::Sources(command)).await
-            }
-            Command::Destinations { output, command } => {
-                api_cli::run(remote(output), api_cli::Call::Destinations(command)).await
-            }
-            Command::Deadletters { output, command } => {
-                api_cli::run(remote(output), api_cli::Call::DeadLetters(command)).await
-            }
-            Command::Logs { output, args } => {
-                api_cli::run(remote(output), api_cli::Call::Logs(args)).await
-            }
-            Command::Tail { output, source } => {
-                api_cli::run(remote(output), api_cli::Call::Tail(source)).await
-            }
-            Command::DeleteUser { output, user_id } => {
-                api_cli::run(remote(output), api_cli::Call::DeleteUser(user_id)).await
-            }
+        match job {
+            Job::Serve(args) => serve::run(args).await,
+            Job::Bench(args) => bench::run(args).await,
+            Job::Apply(args) => apply::run(remote(), args).await,
+            Job::Call(call) => api_cli::run(remote(), call).await,
         }
     });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<api_cli::ApiFailure>().is_some() => {
-            eprintln!("switchyard: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("switchyard: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    exit_code(result, piped)
 }
 
 /// Installs the TLS provider for the HTTP clients of the CLI.

@@ -149,7 +149,7 @@ async fn the_whole_story_through_the_cli() {
         ],
     );
 
-    // Watch with tail.
+    // Watch with tail (a line per event; `--json` gives the events).
     let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["tail", "hooks"])
         .env("SWITCHYARD_SERVER", &sy.base)
@@ -225,7 +225,15 @@ async fn the_whole_story_through_the_cli() {
         .unwrap();
     let _ = tail.kill();
     let _ = tail.wait();
-    assert!(lines
-        .iter()
-        .all(|l| serde_json::from_str::<Value>(l).unwrap()["type"] == "track"));
+    // A line each: time, type, name, user.
+    for l in &lines {
+        let fields: Vec<&str> = l.split("  ").collect();
+        assert!(
+            fields.len() == 4
+                && chrono::DateTime::parse_from_rfc3339(fields[0]).is_ok()
+                && fields[1] == "track"
+                && fields[3].starts_with("user c-"),
+            "{lines:?}"
+        );
+    }
 }

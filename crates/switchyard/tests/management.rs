@@ -774,7 +774,8 @@ async fn sources_are_created_rotated_and_tailed_live() {
         .await;
     assert_eq!(recent["data"].as_array().unwrap().len(), 2);
     let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["tail", "mobile"])
+        // `--json`: each event as one JSON object per line.
+        .args(["--json", "tail", "mobile"])
         .env("SWITCHYARD_SERVER", &sy.base)
         .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -2762,4 +2763,458 @@ async fn deletions_page_oldest_first_with_a_cursor() {
             "{query}: {e}"
         );
     }
+}
+
+/// A file in a fresh temporary directory, for the CLI to read.
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-cli-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Output piped into `head` ends quietly once `head` has its lines: the
+/// completion script (larger than a pipe's buffer) was written by
+/// clap_complete, which panicked on the broken pipe.
+#[test]
+fn output_piped_into_head_ends_quietly() {
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "'{bin}' completions bash | head -1 >/dev/null; echo \"exit ${{PIPESTATUS[0]}}\""
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "exit 0", "{stdout}{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// `--server` takes a bare `HOST:PORT` as `http://`, and refuses what is
+/// not a URL by name instead of the HTTP client's "relative URL without a
+/// base"; `--json` is global like `--server` and `--token`, and refused by
+/// the commands that print no JSON.
+#[tokio::test]
+async fn server_without_scheme_and_json_before_the_subcommand() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let bare = sy.base.trim_start_matches("http://");
+    let token = [("SWITCHYARD_TOKEN", ADMIN_TOKEN)];
+    let (code, out) = cli_env(&token, &["--server", bare, "sources", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stigg"), "{out}");
+    let (code, out) = cli_env(
+        &[("SWITCHYARD_SERVER", bare), token[0]],
+        &["sources", "list"],
+    );
+    assert_eq!(code, 0, "{out}");
+    for wrong in ["ftp://127.0.0.1:8080", "127.0.0.1:8080/api", "not a url"] {
+        let (code, out) = cli_env(&token, &["--server", wrong, "sources", "list"]);
+        assert_eq!(code, 2, "{wrong}: {out}");
+        assert!(
+            out.contains("invalid value") && out.contains("--server") && out.contains("HOST:PORT"),
+            "{wrong}: {out}"
+        );
+        assert!(!out.contains("relative URL"), "{out}");
+    }
+
+    let (code, out) = cli_env(&[("SWITCHYARD_SERVER", "ftp://x")], &["sources", "list"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("for SWITCHYARD_SERVER"), "{out}");
+    let env = [("SWITCHYARD_SERVER", sy.base.as_str()), token[0]];
+    // Values from the environment are not written into usage lines.
+    let (code, out) = cli_env(&env, &["sources", "create"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("Usage: switchyard sources create <SLUG>"),
+        "{out}"
+    );
+    for args in [
+        vec!["--json", "sources", "list"],
+        vec!["sources", "--json", "list"],
+        vec!["sources", "list", "--json"],
+    ] {
+        let (code, out) = cli_env(&env, &args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        let v: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        assert!(v["data"].is_array(), "{args:?}: {out}");
+    }
+    let (code, out) = cli_env(&env, &["--json", "functions", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
+    // `functions test` keeps its meaning: its report as one document.
+    let payload = temp_file(
+        "payload.json",
+        r#"{"payload": {"body": {"type": "x", "customer": {"id": "c"}}}}"#,
+    );
+    let (code, out) = cli_env(
+        &[],
+        &[
+            "--json",
+            "functions",
+            "test",
+            &fixture("stigg.js"),
+            "--payload",
+            payload.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["events"][0]["userId"], "c", "{out}");
+    for args in [
+        vec!["--json", "completions", "bash"],
+        vec!["completions", "bash", "--json"],
+        vec!["serve", "--json"],
+    ] {
+        let (code, out) = cli_env(&[], &args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(out.contains("prints no JSON"), "{args:?}: {out}");
+    }
+    let (_, help) = cli_env(&[], &["completions", "--help"]);
+    assert!(!help.contains("--json"), "{help}");
+}
+
+/// `functions deploy` says what it did in a line, as `create` and `update`
+/// do; `--json` gives the API's answer. A name is one path segment, `/`
+/// and all, and query values are encoded.
+#[tokio::test]
+async fn deploy_prints_a_line_and_names_and_queries_are_encoded() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (code, out) = cli(&sy, &["functions", "deploy", "stigg", "--version", "1"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "function stigg: version 1 deployed, running on source(s) stigg"
+    );
+    let (code, out) = cli(&sy, &["functions", "deploy", "stigg", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["deployed_version"], 1, "{out}");
+
+    let (code, out) = cli(&sy, &["functions", "deploy", "a/b"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(r#"unknown function "a/b""#), "{out}");
+    let (code, out) = cli(
+        &sy,
+        &["sources", "objects", "stigg", "--collection", "a b&c=d"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("COLLECTION"), "{out}");
+    let (code, out) = cli(&sy, &["sources", "show", "no such/source"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(r#""no such/source""#), "{out}");
+}
+
+/// `--settings` and `--respond` are for function sources: refused without
+/// `--function` instead of dropped. `sources test` exits 1 when the
+/// function fails, with `--json` as without. `--settings-schema` shows
+/// where its JSON is wrong.
+#[tokio::test]
+async fn refusals_and_exit_codes_do_not_depend_on_the_output() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    for args in [
+        vec!["sources", "create", "t1", "--settings", "{}"],
+        vec!["sources", "create", "t1", "--respond", "function"],
+    ] {
+        let (code, out) = cli(&sy, &args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(out.contains("--function <FUNCTION>"), "{args:?}: {out}");
+    }
+    let (s, _) = sy.admin("GET", "/api/v1/sources/t1", None).await;
+    assert_eq!(s, 404, "nothing created");
+
+    let payload = temp_file("fail.json", r#"{"payload": {"body": {"mode": "x"}}}"#);
+    for json in [false, true] {
+        let mut args = vec![
+            "sources",
+            "test",
+            "stigg",
+            "--payload",
+            payload.to_str().unwrap(),
+        ];
+        let broken = fixture("broken.js");
+        args.extend(["--file", &broken]);
+        if json {
+            args.push("--json");
+        }
+        let (code, out) = cli(&sy, &args);
+        assert_eq!(code, 1, "--json {json}: {out}");
+        assert!(out.contains("cannot handle x"), "{out}");
+    }
+
+    let schema = temp_file("schema.json", "[\n  {\"name\": \"apiKey\",}\n]\n");
+    let (code, out) = cli(
+        &sy,
+        &[
+            "functions",
+            "create",
+            "f2",
+            "--kind",
+            "source",
+            "--file",
+            &fixture("stigg.js"),
+            "--settings-schema",
+            schema.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("is not valid JSON") && out.contains("line 2 column"),
+        "{out}"
+    );
+    let object = temp_file("schema.json", "{}");
+    let (code, out) = cli(
+        &sy,
+        &[
+            "functions",
+            "create",
+            "f2",
+            "--kind",
+            "source",
+            "--file",
+            &fixture("stigg.js"),
+            "--settings-schema",
+            object.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is not a JSON array of settings"), "{out}");
+
+    // Discarding every dead letter takes --all.
+    let (code, out) = cli(&sy, &["deadletters", "discard", "--destination", "hook"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--all"), "{out}");
+    let (code, out) = cli(
+        &sy,
+        &["deadletters", "discard", "--destination", "hook", "--all"],
+    );
+    assert_eq!((code, out.trim()), (0, "discarded 0"));
+    let (code, out) = cli(
+        &sy,
+        &[
+            "deadletters",
+            "discard",
+            "--destination",
+            "hook",
+            "--all",
+            "--id",
+            "1",
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+}
+
+/// `sources show|delete|rotate`, `tokens list|create|revoke` and
+/// `destinations enable|disable|urls enable`, with times in tables as RFC
+/// 3339 and as numbers in `--json`.
+#[tokio::test]
+async fn sources_tokens_and_destinations_are_managed_from_the_cli() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (code, out) = cli(&sy, &["sources", "show", "stigg"]);
+    assert_eq!(code, 0, "{out}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["SLUG", "KIND", "FUNCTION", "RESPOND", "CAPTURE", "CREATED"],
+        "{out}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..5],
+        ["stigg", "function", "stigg", "ack", "always"],
+        "{out}"
+    );
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(row[5]).is_ok(),
+        "{out}"
+    );
+    let (code, out) = cli(&sy, &["sources", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines().next().unwrap_or_default().contains("CAPTURE"),
+        "{out}"
+    );
+    let stigg = out
+        .lines()
+        .find(|l| l.starts_with("stigg"))
+        .unwrap_or_default();
+    assert!(stigg.contains("always"), "{out}");
+    let (code, out) = cli(&sy, &["sources", "list", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["data"][0]["created_ms"].is_i64(), "{out}");
+
+    // Rotation: a generated key, a given one, a dry run.
+    let (code, out) = cli(&sy, &["sources", "rotate", "web"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("source web: new write key wk_"), "{out}");
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "rotate",
+            "web",
+            "--write-key",
+            "wk_given",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("differs"), "{out}");
+    let (code, out) = cli(
+        &sy,
+        &["sources", "rotate", "web", "--write-key", "wk_given"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (s, _) = sy
+        .post("/v1/track", "wk_given", r#"{"userId": "u", "event": "E"}"#)
+        .await;
+    assert_eq!(s, 200, "{out}");
+    let (code, out) = cli(&sy, &["sources", "rotate", "web", "--dry-run"]);
+    assert_eq!(code, 2, "a dry run compares a given key: {out}");
+    let (code, out) = cli(&sy, &["sources", "rotate", "stigg"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("new token tok_") && out.contains("webhook URL: "),
+        "{out}"
+    );
+
+    let (code, out) = cli(&sy, &["sources", "create", "gone"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&sy, &["sources", "delete", "gone"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("source gone deleted"), "{out}");
+    let (code, _) = cli(&sy, &["sources", "show", "gone"]);
+    assert_eq!(code, 1);
+
+    // Tokens.
+    let (code, out) = cli(&sy, &["tokens", "create", "ci", "--read-only"]);
+    assert_eq!(code, 0, "{out}");
+    let token = out
+        .split_whitespace()
+        .find(|w| w.starts_with("syr_"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let (code, out) = cli_as(&sy, &token, &["tokens", "list"]);
+    assert_eq!(code, 0, "{out}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["ID", "NAME", "READ_ONLY", "CREATED"], "{out}");
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[1..3], ["ci", "true"], "{out}");
+    let id = row[0].to_string();
+    let (code, out) = cli(&sy, &["tokens", "revoke", &id]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("token {id} revoked").as_str())
+    );
+    let (code, _) = cli_as(&sy, &token, &["tokens", "list"]);
+    assert_eq!(code, 1, "revoked");
+
+    // Destinations: disabled and enabled again, keeping their place.
+    let (code, out) = cli(&sy, &["destinations", "disable", "hook"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("destination hook disabled"), "{out}");
+    let (_, d) = sy.admin("GET", "/api/v1/destinations/hook", None).await;
+    assert_eq!(d["config"]["enabled"], false, "{d}");
+    assert_eq!(
+        d["config"]["shared_secret"], "********",
+        "the secret is kept: {d}"
+    );
+    let (code, out) = cli(&sy, &["destinations", "disable", "hook"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "destination hook is disabled already")
+    );
+    let (code, out) = cli(&sy, &["destinations", "enable", "hook"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, d) = sy.admin("GET", "/api/v1/destinations/hook", None).await;
+    assert_eq!(d["config"]["enabled"], true, "{d}");
+    let (code, out) = cli(&sy, &["destinations", "urls", "enable", "hook"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "destination hook: its URLs enabled")
+    );
+    let (code, out) = cli(&sy, &["destinations", "enable", "nope"]);
+    assert_eq!(code, 1, "{out}");
+}
+
+/// `functions logs --follow --json` prints each line as one JSON object,
+/// its time as the API's number.
+#[tokio::test]
+async fn followed_logs_print_json_lines() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (s, _) = sy
+        .post_with(
+            "/functions/stigg/tok_stigg",
+            None,
+            br#"{"customer":{"id":"c"},"type":null}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "functions",
+            "logs",
+            "--source",
+            "stigg",
+            "--follow",
+            "--json",
+        ])
+        .env("SWITCHYARD_SERVER", &sy.base)
+        .env("SWITCHYARD_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().next()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), line).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line = line.expect("a log line").unwrap().expect("a line").unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(v["at_ms"].is_i64() && v["message"].is_string(), "{line}");
 }
