@@ -174,15 +174,25 @@ pub async fn list_sources(
                 .runner
                 .as_ref()
                 .and_then(|r| r.source(&s.slug))
-                .map(|f| json!({"name": f.code.name, "version": f.code.version}));
-            json!({
+                // As `GET /sources/{slug}` shows it, settings aside: a list
+                // needs no second request per function source.
+                .map(|f| {
+                    json!({
+                        "name": f.code.name,
+                        "version": f.code.version,
+                        "respond": if f.respond_inline { "function" } else { "ack" },
+                        "capture": if f.capture_always { "always" } else { "window" },
+                    })
+                });
+            let source = json!({
                 "slug": s.slug,
                 "kind": s.kind,
                 "created_ms": s.created_ms,
                 "write_key": s.write_key_hash.as_ref().map(|_| "********"),
                 "token": s.token_hash.as_ref().map(|_| "********"),
                 "function": function,
-            })
+            });
+            source
         })
         .collect();
     Ok(Json(json!({ "data": data })))

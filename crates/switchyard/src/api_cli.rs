@@ -714,23 +714,12 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 .send(Method::GET, &api_path(&["sources"], &[]), None)
                 .await?;
             if !remote.json {
-                // The list names each source's function but not how it
-                // answers or captures: those come from each function
-                // source's own page.
-                let mut rows = Vec::new();
-                for s in v["data"].as_array().into_iter().flatten() {
-                    let function = match s["function"].is_object() {
-                        true => client
-                            .send_optional(
-                                Method::GET,
-                                &api_path(&["sources", &cell(&s["slug"])], &[]),
-                            )
-                            .await?
-                            .map_or(s["function"].clone(), |one| one["function"].clone()),
-                        false => Value::Null,
-                    };
-                    rows.push(source_row(s, &function));
-                }
+                let rows: Vec<Value> = v["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| source_row(s, &s["function"]))
+                    .collect();
                 table(&Value::Array(rows), SOURCE_COLUMNS);
                 return Ok(());
             }
@@ -1270,10 +1259,10 @@ const SOURCE_COLUMNS: &[&str] = &[
     "created_ms",
 ];
 
-/// A row of [`SOURCE_COLUMNS`]: `source` as the API gives it, with
-/// `function` as `GET /api/v1/sources/{slug}` gives it (`respond` and
-/// `capture` are only there). The function's `version` is left out: it is
-/// a digest of its code, not the number `functions list` shows.
+/// A row of [`SOURCE_COLUMNS`]: `source` as the API gives it, with its
+/// `function` (name, `respond`, `capture`). The function's `version` is
+/// left out: it is a digest of its code, not the number `functions list`
+/// shows.
 fn source_row(source: &Value, function: &Value) -> Value {
     json!({
         "slug": source["slug"],
