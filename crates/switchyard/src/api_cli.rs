@@ -1213,7 +1213,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             client
                 .send(
                     Method::GET,
-                    &logs_path(&args, Some(args.limit.to_string())),
+                    &logs_page_path(&args, &[("limit", Some(args.limit.to_string()))]),
                     None,
                 )
                 .await?,
@@ -1284,12 +1284,11 @@ fn webhook_url(client: &Client, slug: &Value, token: &str) -> String {
     )
 }
 
-/// The logs of `args`' source or destination, the newest `limit`.
-fn logs_path(args: &LogsArgs, limit: Option<String>) -> String {
-    let query = [("limit", limit)];
+/// A page of the logs of `args`' source or destination (`limit`, `before`).
+fn logs_page_path(args: &LogsArgs, query: &[(&str, Option<String>)]) -> String {
     match (&args.source, &args.destination) {
-        (Some(s), _) => api_path(&["sources", s, "logs"], &query),
-        (None, Some(d)) => api_path(&["destinations", d, "logs"], &query),
+        (Some(s), _) => api_path(&["sources", s, "logs"], query),
+        (None, Some(d)) => api_path(&["destinations", d, "logs"], query),
         _ => unreachable!("clap requires one"),
     }
 }
@@ -1453,79 +1452,35 @@ async fn tail(client: &Client, slug: &str, json: bool) -> anyhow::Result<()> {
     .into())
 }
 
-/// What `logs --follow` remembers of the lines it printed, to print each
-/// new one once. The API gives log lines no id, only their time, and the
-/// same message may be logged several times in one millisecond: the lines
-/// are counted per (time, level, message), and only those of the last
-/// [`FOLLOW_WINDOW_MS`] are kept, so that the memory stays bounded however
-/// long it runs. A line older than that which the server had not given yet
-/// is taken as seen, as is one older than the first page (which was cut at
-/// `-n`).
-#[derive(Default)]
-struct SeenLogs {
-    counts: std::collections::HashMap<(i64, String, String), usize>,
-    /// The time of the oldest line of the first page, once there was one.
-    start: Option<i64>,
-    newest: i64,
-}
-
-/// How far back [`SeenLogs`] remembers, in milliseconds: lines reach the
-/// store within it (they are written as the function runs).
-const FOLLOW_WINDOW_MS: i64 = 60_000;
-
-impl SeenLogs {
-    /// The lines of `page` (oldest first) not printed yet, duplicates
-    /// included; they count as printed from now on.
-    fn fresh(&mut self, page: &[Value]) -> Vec<Value> {
-        let at = |line: &Value| line["at_ms"].as_i64().unwrap_or(0);
-        if self.start.is_none() {
-            self.start = page.first().map(at);
-        }
-        let floor = self
-            .newest
-            .saturating_sub(FOLLOW_WINDOW_MS)
-            .max(self.start.unwrap_or(i64::MIN));
-        let mut in_page: std::collections::HashMap<(i64, String, String), usize> =
-            std::collections::HashMap::new();
-        let mut fresh = Vec::new();
-        for line in page {
-            if at(line) < floor {
-                continue;
-            }
-            let key = (at(line), cell(&line["level"]), cell(&line["message"]));
-            let n = in_page.entry(key.clone()).or_default();
-            *n += 1;
-            let printed = self.counts.entry(key).or_default();
-            if *n > *printed {
-                *printed = *n;
-                fresh.push(line.clone());
-            }
-            self.newest = self.newest.max(at(line));
-        }
-        let floor = self.newest.saturating_sub(FOLLOW_WINDOW_MS);
-        self.counts.retain(|(at, _, _), _| *at >= floor);
-        fresh
-    }
-}
-
 /// Prints function logs, then new lines as they come (polling once a second).
+/// Lines are followed by their id, unique and increasing: each is printed
+/// once, however many are alike or written in one millisecond, and a burst
+/// larger than a page between two polls is read back page by page.
 async fn follow_logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Result<()> {
-    let mut seen = SeenLogs::default();
-    let mut first = true;
+    let id = |line: &Value| line["id"].as_i64().unwrap_or(0);
+    let mut last: Option<i64> = None;
     loop {
-        // After the first page, the largest the API gives: lines written
-        // between two polls beyond it are missed.
-        let limit = if first { args.limit } else { 1000 };
-        let v = client
-            .send(
-                reqwest::Method::GET,
-                &logs_path(args, Some(limit.to_string())),
-                None,
-            )
-            .await?;
-        let mut lines: Vec<Value> = v["data"].as_array().cloned().unwrap_or_default();
-        lines.reverse();
-        for l in seen.fresh(&lines) {
+        let mut fresh: Vec<Value> = Vec::new();
+        let mut before: Option<i64> = None;
+        loop {
+            // The first look shows the newest `-n`; later ones read back to
+            // the last line printed.
+            let limit = if last.is_none() { args.limit } else { 1000 };
+            let mut query = vec![("limit", Some(limit.to_string()))];
+            query.push(("before", before.map(|b| b.to_string())));
+            let v = client
+                .send(reqwest::Method::GET, &logs_page_path(args, &query), None)
+                .await?;
+            let page: Vec<Value> = v["data"].as_array().cloned().unwrap_or_default();
+            let reached = page.iter().any(|l| Some(id(l)) <= last);
+            fresh.extend(page.into_iter().filter(|l| Some(id(l)) > last));
+            before = v["next_before"].as_i64();
+            if last.is_none() || reached || before.is_none() {
+                break;
+            }
+        }
+        fresh.sort_by_key(id);
+        for l in &fresh {
             if json {
                 println!("{l}");
             } else {
@@ -1537,7 +1492,7 @@ async fn follow_logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Re
                 );
             }
         }
-        first = false;
+        last = fresh.last().map(id).max(last).or(Some(0));
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
@@ -1643,42 +1598,6 @@ mod tests {
         ] {
             assert!(server_url(wrong).is_err(), "{wrong}");
         }
-    }
-
-    #[test]
-    fn followed_logs_count_duplicates_and_forget_old_lines() {
-        let line = |at: i64, m: &str| json!({"at_ms": at, "level": "info", "message": m});
-        let mut seen = SeenLogs::default();
-        let first = seen.fresh(&[line(1_000, "a"), line(1_000, "a"), line(1_001, "b")]);
-        assert_eq!(
-            first.len(),
-            3,
-            "the same message twice in a millisecond is two lines"
-        );
-        let again = seen.fresh(&[
-            line(1_000, "a"),
-            line(1_000, "a"),
-            line(1_001, "b"),
-            line(1_001, "b"),
-        ]);
-        assert_eq!(again, [line(1_001, "b")], "only the new duplicate");
-        seen.fresh(&[line(1_000 + FOLLOW_WINDOW_MS * 2, "c")]);
-        assert!(
-            seen.counts.len() == 1,
-            "old lines forgotten: {:?}",
-            seen.counts
-        );
-        assert!(
-            seen.fresh(&[line(1_000, "a")]).is_empty(),
-            "older than the window: seen"
-        );
-        let mut cut = SeenLogs::default();
-        cut.fresh(&[line(2_000, "newest of -n 1")]);
-        assert!(
-            cut.fresh(&[line(1_999, "older"), line(2_000, "newest of -n 1")])
-                .is_empty(),
-            "lines older than the first page were left out by -n"
-        );
     }
 
     #[test]

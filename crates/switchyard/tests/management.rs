@@ -3178,20 +3178,43 @@ async fn sources_tokens_and_destinations_are_managed_from_the_cli() {
 }
 
 /// `functions logs --follow --json` prints each line as one JSON object,
-/// its time as the API's number.
+/// its time as the API's number, and every line written while it follows
+/// exactly once, in order (alike lines of one millisecond included).
 #[tokio::test]
 async fn followed_logs_print_json_lines() {
     let rx = Receiver::start("s3cret");
     let sy = Switchyard::start(&config(&rx));
-    let (s, _) = sy
-        .post_with(
-            "/functions/stigg/tok_stigg",
-            None,
-            br#"{"customer":{"id":"c"},"type":null}"#.to_vec(),
-            &[],
-        )
-        .await;
-    assert_eq!(s, 200);
+    async fn run(sy: &Switchyard) {
+        let (s, _) = sy
+            .post_with(
+                "/functions/stigg/tok_stigg",
+                None,
+                br#"{"customer":{"id":"c"},"type":null}"#.to_vec(),
+                &[],
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    async fn logged(sy: &Switchyard, n: usize) -> Vec<i64> {
+        for _ in 0..300 {
+            let (_, v) = sy
+                .admin("GET", "/api/v1/sources/stigg/logs?limit=1000", None)
+                .await;
+            let ids: Vec<i64> = v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["id"].as_i64().unwrap())
+                .collect();
+            if ids.len() >= n {
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("fewer than {n} log lines");
+    }
+    run(&sy).await;
+    let per_run = logged(&sy, 1).await.len();
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args([
             "functions",
@@ -3207,14 +3230,34 @@ async fn followed_logs_print_json_lines() {
         .spawn()
         .unwrap();
     let stdout = follow.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
+    let (tx, mut printed) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().next()
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    let line = tokio::time::timeout(Duration::from_secs(30), line).await;
+    for _ in 0..3 {
+        run(&sy).await;
+    }
+    let mut expected = logged(&sy, 4 * per_run).await;
+    expected.sort();
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let line = tokio::time::timeout(Duration::from_secs(30), printed.recv())
+            .await
+            .expect("the follower prints every line")
+            .expect("the follower is running");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["at_ms"].is_i64() && v["message"].is_string(), "{line}");
+        seen.push(v["id"].as_i64().unwrap());
+    }
     let _ = follow.kill();
     let _ = follow.wait();
-    let line = line.expect("a log line").unwrap().expect("a line").unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert!(v["at_ms"].is_i64() && v["message"].is_string(), "{line}");
+    assert_eq!(seen, expected, "each line once, oldest first");
 }
