@@ -68,30 +68,49 @@ pub fn redact(secrets: &[String], text: &str) -> String {
     out
 }
 
-/// The function token in a stored request's URL, as the sender called it
-/// (`/functions/{source}/{token}` or `?token=`): the function sees it, the
-/// logs, errors and API must not show it.
-pub fn url_token(url: &str) -> Option<String> {
-    let url = url::Url::parse(url).ok()?;
-    let segments: Vec<&str> = url.path_segments()?.collect();
-    if let ["functions", _, token] = segments.as_slice() {
-        if !token.is_empty() {
-            return Some(token.to_string());
+/// The credentials of a stored request that the function sees but the
+/// logs, errors and API must not show: the function token of its URL
+/// (`/functions/{source}/{token}` or `?token=`), as written there and
+/// decoded, and the sender's `Authorization` value with its credential
+/// part (`Bearer abc` → also `abc`), since a function may log either.
+pub fn request_credentials(request: &functions::RawRequest) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(url) = url::Url::parse(&request.url) {
+        if let Some(segments) = url.path_segments() {
+            let segments: Vec<&str> = segments.collect();
+            if let ["functions", _, token] = segments.as_slice() {
+                found.push(token.to_string());
+                found.extend(percent_decoded(token).filter(|decoded| decoded.as_str() != *token));
+            }
+        }
+        for pair in url.query().unwrap_or("").split('&') {
+            if let Some(raw) = pair.strip_prefix("token=") {
+                found.push(raw.to_string());
+                found.extend(percent_decoded(&raw.replace('+', " ")));
+            }
         }
     }
-    url.query_pairs()
-        .find(|(k, v)| k == "token" && !v.is_empty())
-        .map(|(_, v)| v.into_owned())
+    for (name, value) in &request.headers {
+        if name.eq_ignore_ascii_case("authorization") {
+            found.push(value.clone());
+            if let Some((_, credential)) = value.trim().split_once(' ') {
+                found.push(credential.trim().to_string());
+            }
+        }
+    }
+    found.retain(|s| !s.is_empty());
+    found.sort();
+    found.dedup();
+    // The longest first: a credential inside another is replaced after it.
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    found
 }
 
-/// A token as it may appear in text: as is, and percent-encoded as in a URL.
-pub fn token_forms(token: String) -> Vec<String> {
-    let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    if encoded == token {
-        vec![token]
-    } else {
-        vec![token, encoded]
-    }
+fn percent_decoded(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|d| d.into_owned())
 }
 
 /// The requests a test run made, with every secret replaced by `[redacted]`
@@ -437,7 +456,7 @@ impl SourceRunner {
         // The request's own token joins the settings' secrets: a function
         // logging `request.url` must not publish the source's credential.
         let mut secrets = source.secrets.clone();
-        secrets.extend(url_token(&request.url).into_iter().flat_map(token_forms));
+        secrets.extend(request_credentials(&request));
         let mut logs = to_logs(&outcome.logs);
         for l in &mut logs {
             l.message = redact(&secrets, &l.message);

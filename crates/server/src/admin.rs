@@ -444,23 +444,12 @@ fn runner_for<'a>(
 
 fn raw_to_json(r: &store::RawRecord) -> Value {
     let request: Value = serde_json::from_slice::<functions::RawRequest>(&r.request)
+        .map(crate::functions::redacted_request)
         .map(|req| {
-            let headers: Vec<(String, String)> = req
-                .headers
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = if crate::functions::is_credential_header(&k) {
-                        "[redacted]".to_string()
-                    } else {
-                        v
-                    };
-                    (k, v)
-                })
-                .collect();
             json!({
                 "method": req.method,
-                "url": crate::functions::redacted_request_url(&req.url),
-                "headers": headers,
+                "url": req.url,
+                "headers": req.headers,
                 "body": String::from_utf8_lossy(&req.body),
             })
         })

@@ -34,16 +34,32 @@ fn query_token(query: Option<&str>) -> Option<String> {
 /// Shown in place of a credential in stored requests the API returns.
 const REDACTED: &str = "[redacted]";
 
-/// A stored request's URL with the function token replaced (in the path,
-/// `/functions/{source}/{token}`, or the query, `token=`): what the API
-/// shows of a capture or a dead letter.
-pub fn redacted_request_url(raw: &str) -> String {
-    let tokens = delivery::source_functions::url_token(raw)
-        .map(delivery::source_functions::token_forms)
-        .unwrap_or_default();
-    tokens.iter().fold(raw.to_string(), |url, token| {
-        url.replace(token.as_str(), REDACTED)
-    })
+/// A stored request as the API shows it (captures, dead letters): the
+/// function token and the sender's `Authorization` redacted wherever they
+/// appear (URL, headers, body).
+pub fn redacted_request(request: RawRequest) -> RawRequest {
+    let credentials = delivery::source_functions::request_credentials(&request);
+    let redact = |text: &str| delivery::source_functions::redact(&credentials, text);
+    RawRequest {
+        url: redact(&request.url),
+        headers: request
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_credential_header(k) {
+                    REDACTED.to_string()
+                } else {
+                    redact(v)
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        body: match std::str::from_utf8(&request.body) {
+            Ok(text) => redact(text).into_bytes(),
+            Err(_) => request.body,
+        },
+        method: request.method,
+    }
 }
 
 /// Whether a header of a stored request is a credential the API must not

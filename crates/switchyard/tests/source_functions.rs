@@ -624,15 +624,45 @@ async fn the_function_sees_the_request_as_sent_and_the_api_shows_no_credential()
         "{seen:?}"
     );
 
-    let (_, logs) = sy.admin("GET", "/api/v1/sources/echo/logs", None).await;
-    let text = logs.to_string();
-    assert!(text.contains("echo?token=[redacted]&x=1"), "{logs}");
-    assert!(!text.contains("tok_echo"), "{logs}");
-    let (_, caps) = sy.admin("GET", "/api/v1/sources/echo/captures", None).await;
-    let text = caps.to_string();
+    // A token written percent-encoded, and a run that fails naming the
+    // credentials: they reach the logs, dead letters and health redacted.
+    let (s, b) = post_raw(
+        &sy,
+        "/functions/echo?token=tok%5Fecho&x=2",
+        "{}",
+        &[("Authorization", "Bearer s3nder-secret"), ("X-Fail", "1")],
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let mut letters = Value::Null;
+    for _ in 0..200 {
+        let (_, l) = sy
+            .admin("GET", "/api/v1/sources/echo/deadletters", None)
+            .await;
+        if l["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            letters = l;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        !text.contains("tok_echo") && !text.contains("c2VuZGVyOnB3"),
-        "{caps}"
+        letters["data"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed for")),
+        "{letters}"
     );
-    assert!(text.contains("[redacted]"), "{caps}");
+    let (_, logs) = sy.admin("GET", "/api/v1/sources/echo/logs", None).await;
+    assert!(
+        logs.to_string().contains("echo?token=[redacted]&x=1"),
+        "{logs}"
+    );
+    let (_, caps) = sy.admin("GET", "/api/v1/sources/echo/captures", None).await;
+    let (_, health) = sy.admin("GET", "/api/v1/sources/echo/function", None).await;
+    for shown in [&logs, &caps, &letters, &health] {
+        let text = shown.to_string();
+        for secret in ["tok_echo", "tok%5Fecho", "c2VuZGVyOnB3", "s3nder-secret"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert!(text.contains("[redacted]"), "{text}");
+    }
 }
