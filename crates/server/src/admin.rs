@@ -439,7 +439,11 @@ fn runner_for<'a>(
         .runner
         .as_ref()
         .filter(|r| r.source(slug).is_some())
-        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no function source {slug:?}: it is unknown or a tracking source"
+            ))
+        })
 }
 
 fn raw_to_json(r: &store::RawRecord) -> Value {
@@ -608,7 +612,7 @@ pub async fn test_function(
     let runner = runner_for(&state, &slug)?;
     let Some(source) = runner.source(&slug) else {
         return Err(ApiError::not_found(format!(
-            "source {slug:?} has no function"
+            "no function source {slug:?}: it is unknown or a tracking source"
         )));
     };
     let raw = match (req.capture_id, &req.payload) {

@@ -123,7 +123,11 @@ async fn handle(
             r.source(&slug)
                 .map(|s| (r.clone(), s.respond_inline, s.capture_always, s.unavailable))
         })
-        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no function source {slug:?}: it is unknown or a tracking source"
+            ))
+        })?;
     let (runner, inline, capture_always, unavailable) = runner;
     if let (true, Some(reason)) = (inline, &unavailable) {
         // The sender waits for the function's own answer, which cannot come:

@@ -1381,7 +1381,11 @@ pub async fn start_capture(
         .runner
         .as_ref()
         .and_then(|r| r.source(&slug))
-        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no function source {slug:?}: it is unknown or a tracking source"
+            ))
+        })?;
     let minutes = body?
         .and_then(|JsonBody(b)| b.minutes)
         .unwrap_or(5)
@@ -1406,7 +1410,11 @@ pub async fn capture_status(
         .runner
         .as_ref()
         .and_then(|r| r.source(&slug))
-        .ok_or_else(|| ApiError::not_found(format!("source {slug:?} has no function")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no function source {slug:?}: it is unknown or a tracking source"
+            ))
+        })?;
     Ok(Json(json!({
         "source": slug,
         "mode": if source.capture_always { "always" } else { "window" },

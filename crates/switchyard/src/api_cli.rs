@@ -174,6 +174,14 @@ pub enum SourcesCommand {
         /// `window` (only while a window is open: `sources capture-window`).
         #[arg(long, value_parser = ["always", "window"], requires = "function")]
         capture: Option<String>,
+        /// A tracking source's write key, instead of a generated one (the
+        /// key an app's SDK is already configured with, say).
+        #[arg(long, conflicts_with = "function")]
+        write_key: Option<String>,
+        /// A function source's token, instead of a generated one (not
+        /// `--token`, which is the API token this command uses).
+        #[arg(long, requires = "function")]
+        source_token: Option<String>,
     },
     /// Change a function source: its function, settings, `respond` or `capture`.
     #[command(group(
@@ -206,15 +214,20 @@ pub enum SourcesCommand {
     /// the old one stops working at once.
     ///
     /// Generated and printed once, or the one given with --write-key
-    /// (tracking sources).
+    /// (tracking sources) or --source-token (function sources).
+    #[command(group(clap::ArgGroup::new("given").args(["write_key", "source_token"])))]
     Rotate {
         slug: String,
-        /// Set this write key instead of a generated one.
-        #[arg(long)]
+        /// Set this write key instead of a generated one (tracking sources).
+        #[arg(long, conflicts_with = "source_token")]
         write_key: Option<String>,
-        /// Only tell whether the --write-key given differs from the current
-        /// one; nothing changes.
-        #[arg(long, requires = "write_key")]
+        /// Set this token instead of a generated one (function sources; not
+        /// `--token`, which is the API token this command uses).
+        #[arg(long)]
+        source_token: Option<String>,
+        /// Only tell whether the --write-key or --source-token given differs
+        /// from the current one; nothing changes.
+        #[arg(long, requires = "given")]
         dry_run: bool,
     },
     /// Open a function source's capture window (for `--capture window` sources).
@@ -616,8 +629,16 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             settings,
             respond,
             capture,
+            write_key,
+            source_token,
         }) => {
             let mut body = json!({ "slug": slug });
+            if let Some(k) = write_key {
+                body["write_key"] = json!(k);
+            }
+            if let Some(t) = source_token {
+                body["token"] = json!(t);
+            }
             // clap refuses --settings, --respond and --capture without
             // --function: a tracking source has none of them.
             if let Some(f) = function {
@@ -738,11 +759,15 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         Call::Sources(SourcesCommand::Rotate {
             slug,
             write_key,
+            source_token,
             dry_run,
         }) => {
             let mut body = json!({});
             if let Some(k) = &write_key {
                 body["write_key"] = json!(k);
+            }
+            if let Some(t) = &source_token {
+                body["token"] = json!(t);
             }
             if dry_run {
                 body["dry_run"] = json!(true);
@@ -757,9 +782,23 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             if !remote.json {
                 let differs = v["changed"].as_bool().unwrap_or(true);
                 if dry_run {
+                    let what = if write_key.is_some() {
+                        "write key"
+                    } else {
+                        "token"
+                    };
                     match differs {
-                        true => println!("source {slug}: the write key given differs from its own; nothing changed"),
-                        false => println!("source {slug}: the write key given is its own already; nothing changed"),
+                        true => println!(
+                            "source {slug}: the {what} given differs from its own; nothing changed"
+                        ),
+                        false => println!(
+                            "source {slug}: the {what} given is its own already; nothing changed"
+                        ),
+                    }
+                } else if source_token.is_some() {
+                    match differs {
+                        true => println!("source {slug}: token set to the one given (the old one stops working now)"),
+                        false => println!("source {slug}: the token given was its own already"),
                     }
                 } else if let Some(token) = v["token"].as_str().filter(|t| *t != "********") {
                     println!("source {slug}: new token {token} (shown once; the old one stops working now)");

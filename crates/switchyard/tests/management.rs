@@ -3261,3 +3261,101 @@ async fn followed_logs_print_json_lines() {
     let _ = follow.wait();
     assert_eq!(seen, expected, "each line once, oldest first");
 }
+
+/// `sources create` and `sources rotate` take the write key or token to set
+/// (`--write-key`, `--source-token`: `--token` is the CLI's API token).
+#[tokio::test]
+async fn the_cli_sets_given_write_keys_and_source_tokens() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (code, out) = cli(
+        &sy,
+        &["sources", "create", "app", "--write-key", "wk_app_given"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (s, _) = sy
+        .post(
+            "/v1/track",
+            "wk_app_given",
+            &json!({"userId": "u", "event": "E"}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "the given write key works");
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "create",
+            "hooks",
+            "--function",
+            "stigg",
+            "--source-token",
+            "tok_hooks_given",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let hook = |token: &'static str| {
+        let sy = &sy;
+        async move {
+            sy.post_with(
+                &format!("/functions/hooks/{token}"),
+                None,
+                b"{}".to_vec(),
+                &[],
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(hook("tok_hooks_given").await, 200);
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "rotate",
+            "hooks",
+            "--source-token",
+            "tok_hooks_given",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "source hooks: the token given is its own already; nothing changed"
+        )
+    );
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "rotate",
+            "hooks",
+            "--source-token",
+            "tok_hooks_next",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("token set to the one given"), "{out}");
+    assert_eq!(hook("tok_hooks_given").await, 401, "the old token stops");
+    assert_eq!(hook("tok_hooks_next").await, 200);
+    // Each flag belongs to its kind of source, and a dry run needs a value.
+    let (code, _) = cli(&sy, &["sources", "create", "x", "--source-token", "t"]);
+    assert_eq!(code, 2);
+    let (code, _) = cli(
+        &sy,
+        &[
+            "sources",
+            "create",
+            "y",
+            "--function",
+            "stigg",
+            "--write-key",
+            "k",
+        ],
+    );
+    assert_eq!(code, 2);
+    let (code, _) = cli(&sy, &["sources", "rotate", "hooks", "--dry-run"]);
+    assert_eq!(code, 2);
+}
