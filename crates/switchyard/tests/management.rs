@@ -560,19 +560,9 @@ fn cli(sy: &Switchyard, args: &[&str]) -> (i32, String) {
 
 /// The CLI against `sy` with `token`: exit code and stdout + stderr.
 fn cli_as(sy: &Switchyard, token: &str, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .env("SWITCHYARD_SERVER", &sy.base)
-        .env("SWITCHYARD_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    cli_env(
+        &[("SWITCHYARD_SERVER", &sy.base), ("SWITCHYARD_TOKEN", token)],
+        args,
     )
 }
 
