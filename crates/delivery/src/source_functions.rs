@@ -591,7 +591,12 @@ impl SourceRunner {
             if !due.is_empty() {
                 use futures_util::stream::{self, StreamExt};
                 let this = &self;
+                let stopping = shutdown.clone();
+                // A stop takes no more of the batch: the runs under way
+                // finish, the rest stay queued in the store for the next
+                // start (a batch of slow runs would hold a stop for minutes).
                 stream::iter(due)
+                    .take_while(|_| std::future::ready(!*stopping.borrow()))
                     .for_each_concurrent(concurrency, |record| async move {
                         if let Err(e) = this.process(&record).await {
                             tracing::error!(request = record.id, error = %e, "cannot record a source function run");

@@ -83,8 +83,16 @@ fn called_url(headers: &HeaderMap, path_and_query: &str) -> String {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
+    // Only a host[:port]: any other character (`/`, `?`, `#`, `@`) would
+    // move the path into another part of the URL, out of a signature's
+    // reach and of the token's redaction.
+    let is_host = |h: &&str| {
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']' | '_'))
+    };
     let host = first("x-forwarded-host")
-        .or_else(|| first(axum::http::header::HOST.as_str()))
+        .filter(is_host)
+        .or_else(|| first(axum::http::header::HOST.as_str()).filter(is_host))
         .unwrap_or("localhost");
     format!("{scheme}://{host}{path_and_query}")
 }

@@ -599,7 +599,35 @@ async fn the_function_sees_the_request_as_sent_and_the_api_shows_no_credential()
     )
     .await;
     assert_eq!(s, 200);
-    let got = rx.wait_delivered("echoes", 2, 30).await;
+    // A forwarded host that is not one is ignored: the path stays the path.
+    let (s, _) = post_raw(
+        &sy,
+        "/functions/echo/tok_echo?x=3",
+        "{}",
+        &[("X-Forwarded-Host", "evil.example/x?y=#")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let got = rx.wait_delivered("echoes", 3, 30).await;
+    let forged: Vec<Value> = got
+        .iter()
+        .map(|r| body(r)["properties"].clone())
+        .filter(|p| p["url"].as_str().is_some_and(|u| u.ends_with("x=3")))
+        .collect();
+    assert_eq!(forged.len(), 1, "{got:?}");
+    let url = forged[0]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/functions/echo/tok_echo?x=3"),
+        "{url}"
+    );
+    let got: Vec<Value> = got
+        .into_iter()
+        .filter(|r| {
+            !body(r)["properties"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("x=3"))
+        })
+        .collect();
     let mut seen: Vec<Value> = got.iter().map(|r| body(r)["properties"].clone()).collect();
     seen.sort_by_key(|p| p["url"].as_str().map(str::len));
     assert_eq!(
@@ -665,4 +693,85 @@ async fn the_function_sees_the_request_as_sent_and_the_api_shows_no_credential()
         }
         assert!(text.contains("[redacted]"), "{text}");
     }
+}
+
+/// A stop takes no more queued requests into the function: the runs under
+/// way finish, and the rest wait in the store for the next start, where
+/// each is run.
+#[tokio::test]
+async fn a_stop_leaves_queued_requests_for_the_next_start() {
+    let rx = Receiver::start("s3cret");
+    let upstream = rx.url("up");
+    rx.control("up", json!({"status": 200, "times": -1, "delayMs": 1500}))
+        .await;
+    let config = format!(
+        r#"
+[server]
+function_workers = 1
+fetch_allow = ["127.0.0.1"]
+
+[[sources]]
+slug = "slow"
+kind = "function"
+function = "slow"
+token = "tok_slow"
+settings = {{ upstream = "{upstream}" }}
+
+[[functions]]
+name = "slow"
+kind = "source"
+file = "{file}"
+timeout_ms = 10000
+"#,
+        file = fixture("slow_upstream.js"),
+    );
+    let mut sy = Switchyard::start(&config);
+    const SENT: usize = 60;
+    for n in 0..SENT {
+        let (s, b) = post_raw(
+            &sy,
+            "/functions/slow/tok_slow",
+            &json!({"n": n}).to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    // The first request ran alone; the others, queued meanwhile, are taken
+    // together once it is done.
+    for _ in 0..300 {
+        if rx.received("up").await.len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_stop = rx.received("up").await.len();
+    assert!(at_stop > 1 && at_stop < SENT, "{at_stop}");
+    assert!(sy.terminate(), "a clean stop: {}", sy.log());
+    let after_stop = rx.received("up").await.len();
+    // At most the runs taken before the stop and not yet at the upstream.
+    assert!(
+        after_stop <= at_stop + 8,
+        "the stop ran {} more requests: {at_stop} at the stop, {after_stop} after",
+        after_stop - at_stop
+    );
+    sy.restart();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..600 {
+        seen = rx
+            .received("up")
+            .await
+            .iter()
+            .filter_map(|r| body(r)["n"].as_u64())
+            .collect();
+        if seen.len() == SENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen.len(),
+        SENT,
+        "every queued request runs after the start"
+    );
 }
