@@ -144,15 +144,15 @@
     return s;
   }
 
+  // Segment's globals are the npm packages atob@2 and btoa@1, not the
+  // WHATWG functions: they never throw. Characters past Latin-1 keep their
+  // low byte, and characters outside base64 are skipped, as Buffer does.
   define('atob', function atob(data) {
-    return latin1Decode(b64Decode(String(data), true));
+    return latin1Decode(b64Decode(String(data), false));
   });
   define('btoa', function btoa(data) {
-    data = String(data);
-    for (let i = 0; i < data.length; i++) {
-      if (data.charCodeAt(i) > 255) throw new DOMExceptionLike('Invalid character', 'InvalidCharacterError');
-    }
-    return b64Encode(latin1Encode(data));
+    if (data instanceof Uint8Array) return b64Encode(data);
+    return b64Encode(latin1Encode(String(data)));
   });
 
   // ---------------------------------------------------------------- Buffer
@@ -555,67 +555,124 @@
     if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(k)) throw new TypeError(k + ' is not a legal HTTP header name');
     return k.toLowerCase();
   }
+  // As node-fetch 2's: each name keeps its values apart (`raw()`, every
+  // Set-Cookie line) and the case it was first given; `get` joins them.
+  function headerValue(v) {
+    v = String(v);
+    if (/[^\t\x20-\x7e\x80-\xff]/.test(v)) throw new TypeError(v + ' is not a legal HTTP header value');
+    return v;
+  }
   class Headers {
     constructor(init) {
       this._map = new Map();
-      if (!init) return;
-      if (init instanceof Headers) init.forEach((v, k) => this.append(k, v));
-      else if (Array.isArray(init)) for (const [k, v] of init) this.append(k, v);
-      else for (const k of Object.keys(init)) {
-        const v = init[k];
-        if (Array.isArray(v)) v.forEach((x) => this.append(k, x));
-        else if (v !== undefined) this.append(k, v);
-      }
+      if (init === undefined || init === null) return;
+      if (init instanceof Headers) {
+        for (const [k, e] of init._map) this._map.set(k, { name: e.name, values: e.values.slice() });
+      } else if (typeof init[Symbol.iterator] === 'function') {
+        for (const pair of init) {
+          if (typeof pair !== 'object' || typeof pair[Symbol.iterator] !== 'function') throw new TypeError('Each header pair must be iterable');
+          const [k, v] = [...pair];
+          this.append(k, v);
+        }
+      } else if (typeof init === 'object') {
+        for (const k of Object.keys(init)) {
+          const v = init[k];
+          if (Array.isArray(v)) v.forEach((x) => this.append(k, x));
+          else this.append(k, v);
+        }
+      } else throw new TypeError('Provided initializer must be an object');
     }
     append(k, v) {
-      k = headerName(k);
-      if (k === 'set-cookie') { (this._cookies = this._cookies || []).push(String(v)); }
-      const cur = this._map.get(k);
-      this._map.set(k, cur === undefined ? String(v) : cur + ', ' + String(v));
+      const name = String(k);
+      const key = headerName(name);
+      v = headerValue(v);
+      const cur = this._map.get(key);
+      if (cur) cur.values.push(v);
+      else this._map.set(key, { name, values: [v] });
     }
     set(k, v) {
-      k = headerName(k);
-      if (k === 'set-cookie') this._cookies = [String(v)];
-      this._map.set(k, String(v));
+      const name = String(k);
+      const key = headerName(name);
+      v = headerValue(v);
+      const cur = this._map.get(key);
+      this._map.set(key, { name: cur ? cur.name : name, values: [v] });
     }
-    getSetCookie() { return (this._cookies || []).slice(); }
-    get(k) { const v = this._map.get(String(k).toLowerCase()); return v === undefined ? null : v; }
-    has(k) { return this._map.has(String(k).toLowerCase()); }
-    delete(k) {
-      k = String(k).toLowerCase();
-      if (k === 'set-cookie') this._cookies = [];
-      this._map.delete(k);
-    }
+    getSetCookie() { const e = this._map.get('set-cookie'); return e ? e.values.slice() : []; }
+    get(k) { const e = this._map.get(headerName(k)); return e === undefined ? null : e.values.join(', '); }
+    has(k) { return this._map.has(headerName(k)); }
+    delete(k) { this._map.delete(headerName(k)); }
     forEach(fn, self) { for (const [k, v] of this.entries()) fn.call(self, v, k, this); }
-    entries() { return [...this._map.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1))[Symbol.iterator](); }
+    entries() {
+      return [...this._map.keys()].sort().map((k) => [k, this._map.get(k).values.join(', ')])[Symbol.iterator]();
+    }
     keys() { return [...this.entries()].map((e) => e[0])[Symbol.iterator](); }
     values() { return [...this.entries()].map((e) => e[1])[Symbol.iterator](); }
     [Symbol.iterator]() { return this.entries(); }
-    raw() { const o = {}; for (const [k, v] of this._map) o[k] = [v]; return o; }
+    raw() { const o = {}; for (const e of this._map.values()) o[e.name] = e.values; return o; }
+    // Every value on its own line, as Node's http client writes them.
+    _pairs() { const out = []; for (const e of this._map.values()) for (const v of e.values) out.push([e.name, v]); return out; }
   }
   define('Headers', Headers);
 
   // ---------------------------------------------------------------- FormData
+  // Segment's FormData is the form-data package (2.x): `append(name, value,
+  // options)` with a filename string or `{filename, filepath, contentType}`,
+  // the whole body at once with getBuffer(). Web FormData's readers stay.
+  const MIME = {
+    csv: 'text/csv', txt: 'text/plain', html: 'text/html', htm: 'text/html', css: 'text/css', js: 'application/javascript',
+    json: 'application/json', xml: 'application/xml', pdf: 'application/pdf', zip: 'application/zip', gz: 'application/gzip',
+    png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', svg: 'image/svg+xml', webp: 'image/webp',
+    mp3: 'audio/mpeg', mp4: 'video/mp4', wav: 'audio/wave', doc: 'application/msword', xls: 'application/vnd.ms-excel',
+    docx: 'application/vnd.openxmlformats-officedocument.wordprocessingml.document',
+    xlsx: 'application/vnd.openxmlformats-officedocument.spreadsheetml.sheet', yaml: 'text/yaml', yml: 'text/yaml', md: 'text/markdown',
+  };
+  const mimeOf = (file) => { const m = /\.([^./\\]+)$/.exec(String(file)); return (m && MIME[m[1].toLowerCase()]) || null; };
   class FormData {
     constructor() { this._list = []; }
-    append(k, v, filename) { this._list.push([String(k), v, filename]); }
-    set(k, v, filename) { this.delete(k); this.append(k, v, filename); }
+    append(k, v, options) {
+      if (typeof options === 'string') options = { filename: options };
+      options = options || {};
+      if (typeof v === 'number') v = String(v);
+      if (Array.isArray(v)) throw new Error('Arrays are not supported.');
+      this._list.push([String(k), v, options]);
+    }
+    set(k, v, options) { this.delete(k); this.append(k, v, options); }
     get(k) { const p = this._list.find((x) => x[0] === k); return p ? p[1] : null; }
     getAll(k) { return this._list.filter((x) => x[0] === k).map((x) => x[1]); }
     has(k) { return this._list.some((x) => x[0] === k); }
     delete(k) { this._list = this._list.filter((x) => x[0] !== k); }
     entries() { return this._list.map((x) => [x[0], x[1]])[Symbol.iterator](); }
     [Symbol.iterator]() { return this.entries(); }
-    getBoundary() { if (!this._boundary) this._boundary = '----switchyard' + host.uuid().replace(/-/g, ''); return this._boundary; }
-    getHeaders() { return { 'content-type': 'multipart/form-data; boundary=' + this.getBoundary() }; }
+    getBoundary() {
+      if (!this._boundary) {
+        let digits = '';
+        for (let i = 0; i < 24; i++) digits += Math.floor(Math.random() * 10);
+        this._boundary = '--------------------------' + digits;
+      }
+      return this._boundary;
+    }
+    setBoundary(b) { this._boundary = String(b); }
+    getHeaders(extra) {
+      const out = { 'content-type': 'multipart/form-data; boundary=' + this.getBoundary() };
+      for (const k of Object.keys(extra || {})) out[k.toLowerCase()] = extra[k];
+      return out;
+    }
+    getBuffer() { return this._encode(); }
+    getLengthSync() { return this._encode().length; }
+    getLength(cb) { const n = this._encode().length; if (typeof cb === 'function') addTimer(() => cb(null, n), 0, [], false); }
+    hasKnownLength() { return true; }
     _encode() {
       const b = this.getBoundary();
       const parts = [];
-      for (const [k, v, filename] of this._list) {
+      for (const [k, v, options] of this._list) {
+        const file = options.filepath || options.filename || (v && (v.name || v.path));
         let head = '--' + b + '\r\nContent-Disposition: form-data; name="' + k + '"';
-        if (filename) head += '; filename="' + filename + '"\r\nContent-Type: application/octet-stream';
-        parts.push(Buffer.from(head + '\r\n\r\n'));
-        parts.push(typeof v === 'string' || typeof v === 'number' ? Buffer.from(String(v)) : Buffer.from(toBytes(v)));
+        if (file) head += '; filename="' + (options.filepath ? String(file) : String(file).split(/[\\/]/).pop()) + '"';
+        head += '\r\n';
+        const type = options.contentType || (file && mimeOf(file)) || (typeof v === 'object' && v !== null ? 'application/octet-stream' : null);
+        if (type) head += 'Content-Type: ' + type + '\r\n';
+        parts.push(Buffer.from(head + '\r\n'));
+        parts.push(typeof v === 'string' ? Buffer.from(v) : v instanceof ArrayBuffer || ArrayBuffer.isView(v) ? Buffer.from(toBytes(v)) : Buffer.from(String(v)));
         parts.push(Buffer.from('\r\n'));
       }
       parts.push(Buffer.from('--' + b + '--\r\n'));
@@ -625,6 +682,34 @@
   define('FormData', FormData);
 
   // ---------------------------------------------------------------- Response / Request / fetch
+  // node-fetch 2's FetchError: `type` says what failed, and a system error
+  // carries Node's `code` (and `errno`), which retry logic branches on.
+  class FetchError extends Error {
+    constructor(message, type, systemError) {
+      super(message);
+      this.type = type;
+      if (systemError && systemError.code) this.code = this.errno = systemError.code;
+    }
+  }
+  Object.defineProperty(FetchError.prototype, 'name', { value: 'FetchError', writable: true, configurable: true });
+  function answerError(a) {
+    if (a.name === 'TypeError') return new TypeError(a.error);
+    return new FetchError(a.error, a.type || 'system', a.code ? { code: a.code } : undefined);
+  }
+  const STATUS_TEXT = {
+    100: 'Continue', 101: 'Switching Protocols', 200: 'OK', 201: 'Created', 202: 'Accepted', 203: 'Non-Authoritative Information',
+    204: 'No Content', 205: 'Reset Content', 206: 'Partial Content', 207: 'Multi-Status', 300: 'Multiple Choices',
+    301: 'Moved Permanently', 302: 'Found', 303: 'See Other', 304: 'Not Modified', 307: 'Temporary Redirect', 308: 'Permanent Redirect',
+    400: 'Bad Request', 401: 'Unauthorized', 402: 'Payment Required', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
+    406: 'Not Acceptable', 407: 'Proxy Authentication Required', 408: 'Request Timeout', 409: 'Conflict', 410: 'Gone',
+    411: 'Length Required', 412: 'Precondition Failed', 413: 'Payload Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type',
+    416: 'Range Not Satisfiable', 417: 'Expectation Failed', 418: "I'm a Teapot", 422: 'Unprocessable Entity', 423: 'Locked',
+    424: 'Failed Dependency', 425: 'Too Early', 426: 'Upgrade Required', 428: 'Precondition Required', 429: 'Too Many Requests',
+    431: 'Request Header Fields Too Large', 451: 'Unavailable For Legal Reasons', 500: 'Internal Server Error', 501: 'Not Implemented',
+    502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout', 505: 'HTTP Version Not Supported',
+    507: 'Insufficient Storage', 511: 'Network Authentication Required',
+  };
+  const isFormData = (body) => body instanceof FormData || (body && typeof body.getBoundary === 'function' && typeof body.getBuffer === 'function');
   function bodyBytes(body, headers) {
     if (body === undefined || body === null) return null;
     if (typeof body === 'string') return utf8Encode(body);
@@ -632,24 +717,31 @@
       if (headers && !headers.has('content-type')) headers.set('content-type', 'application/x-www-form-urlencoded;charset=UTF-8');
       return utf8Encode(body.toString());
     }
-    if (body instanceof FormData) {
-      if (headers && !headers.has('content-type')) headers.set('content-type', 'multipart/form-data; boundary=' + body.getBoundary());
-      return body._encode();
+    if (isFormData(body)) {
+      if (headers && !headers.has('content-type')) headers.set('content-type', 'multipart/form-data;boundary=' + body.getBoundary());
+      return toBytes(body.getBuffer());
     }
     if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return toBytes(body);
+    // Anything else is sent as its string, typed as text, as node-fetch does.
+    if (headers && !headers.has('content-type')) headers.set('content-type', 'text/plain;charset=UTF-8');
     return utf8Encode(String(body));
   }
   class Response {
     constructor(body, init) {
       init = init || {};
       this.status = init.status === undefined ? 200 : init.status;
-      this.statusText = init.statusText || '';
+      this.statusText = init.statusText || STATUS_TEXT[this.status] || '';
       this.headers = new Headers(init.headers);
       this.url = init.url || '';
+      this._counter = init.counter || 0;
+      this._bodyError = init.bodyError || null;
       // Text bodies stay text: encoding them byte by byte in JavaScript is
       // the expensive part, and most bodies are only ever read as text.
       this._text = typeof body === 'string' ? body : null;
       this._cache = this._text === null ? bodyBytes(body, this.headers) || new Uint8Array(0) : null;
+      // A body made here is typed as node-fetch types it; one that came
+      // over the network keeps the headers it came with.
+      if (this._text !== null && !init._network && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
       this.bodyUsed = false;
     }
     get _bytes() {
@@ -657,39 +749,64 @@
       return this._cache;
     }
     get ok() { return this.status >= 200 && this.status < 300; }
-    get redirected() { return false; }
+    get redirected() { return this._counter > 0; }
     get type() { return 'default'; }
     // A body is read once, as node-fetch enforces (`clone()` first to read twice).
     _use() {
       if (this.bodyUsed) throw new TypeError('body used already for: ' + this.url);
       this.bodyUsed = true;
+      if (this._bodyError) throw answerError(this._bodyError);
     }
     async text() { this._use(); return this._text !== null ? this._text : utf8Decode(this._bytes); }
-    async json() { return JSON.parse(await this.text()); }
+    async json() {
+      const text = await this.text();
+      try {
+        return JSON.parse(text);
+      } catch (err) {
+        throw new FetchError('invalid json response body at ' + this.url + ' reason: ' + err.message, 'invalid-json');
+      }
+    }
     async arrayBuffer() { this._use(); return this._bytes.slice().buffer; }
     async buffer() { this._use(); return Buffer.from(this._bytes); }
-    clone() { const r = new Response(this._text !== null ? this._text : this._bytes, this); r.headers = new Headers(this.headers); return r; }
+    clone() {
+      if (this.bodyUsed) throw new Error('cannot clone body after it is used');
+      const r = new Response(this._text !== null ? this._text : this._bytes, { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url, _network: true });
+      r._counter = this._counter;
+      r._bodyError = this._bodyError;
+      r.headers = new Headers(this.headers);
+      return r;
+    }
     static json(data, init) {
       const r = new Response(JSON.stringify(data), init);
-      if (!r.headers.has('content-type')) r.headers.set('content-type', 'application/json');
+      r.headers.set('content-type', 'application/json');
       return r;
     }
   }
   class Request {
     constructor(input, init) {
       init = init || {};
-      this.url = input instanceof Request ? input.url : String(input);
-      this.method = (init.method || (input instanceof Request ? input.method : 'GET')).toUpperCase();
-      this.headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
+      const from = input instanceof Request ? input : null;
+      this.url = from ? from.url : String(input);
+      this.method = String(init.method || (from ? from.method : 'GET')).toUpperCase();
+      this.headers = new Headers(init.headers || (from ? from.headers : undefined));
       const body = init.body !== undefined ? init.body
-        : input instanceof Request ? (input._text !== null ? input._text : input._bytes) : undefined;
+        : from ? (from._text !== null ? from._text : from._bytes) : undefined;
       this._text = typeof body === 'string' ? body : null;
       this._bytes = this._text === null ? bodyBytes(body, this.headers) : null;
       // As node-fetch does: a string body without a type is plain text.
       if (this._text !== null && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
+      // node-fetch's own options.
+      const opt = (k, d) => (init[k] !== undefined ? init[k] : from ? from[k] : d);
+      this.redirect = String(opt('redirect', 'follow'));
+      this.follow = opt('follow', 20);
+      this.compress = opt('compress', true);
+      this.timeout = opt('timeout', 0);
+      this.size = opt('size', 0);
+      this.signal = opt('signal', null);
     }
     async text() { return this._text !== null ? this._text : this._bytes ? utf8Decode(this._bytes) : ''; }
     async json() { return JSON.parse(await this.text()); }
+    clone() { return new Request(this); }
   }
   define('Response', Response);
   define('Request', Request);
@@ -740,31 +857,43 @@
   });
   async function fetch(input, init) {
     const req = new Request(input, init);
+    const hasBody = req._text !== null || req._bytes !== null;
     const id = host.fetch(
       req.method,
       req.url,
-      JSON.stringify([...req.headers.entries()]),
+      JSON.stringify(req.headers._pairs()),
       req._text === null && req._bytes ? b64Encode(req._bytes) : '',
       req._text !== null ? req._text : '',
-      req._text !== null
+      req._text !== null,
+      JSON.stringify({
+        redirect: req.redirect,
+        follow: Math.max(0, Math.floor(Number(req.follow) || 0)),
+        timeout: Math.max(0, Math.floor(Number(req.timeout) || 0)),
+        compress: req.compress !== false,
+        has_body: hasBody,
+      })
     );
-    const signal = init && init.signal;
+    const signal = req.signal;
     if (signal && signal.aborted) { fetchesInFlight.delete(id); throw abortError(signal); }
     const answer = await new Promise((resolve, reject) => {
       fetchesInFlight.set(id, resolve);
       if (signal) signal.addEventListener('abort', () => { fetchesInFlight.delete(id); reject(abortError(signal)); });
     });
-    if (answer.error) {
-      const e = new TypeError('fetch failed: ' + answer.error);
-      e.code = answer.code;
-      throw e;
-    }
-    return new Response(typeof answer.text === 'string' ? answer.text : b64Decode(answer.body, false), {
+    if (answer.error) throw answerError(answer);
+    const res = new Response(typeof answer.text === 'string' ? answer.text : b64Decode(answer.body, false), {
       status: answer.status,
       statusText: answer.statusText,
       headers: answer.headers,
-      url: req.url,
+      url: answer.url || req.url,
+      counter: answer.counter,
+      bodyError: answer.bodyError,
+      _network: true,
     });
+    // node-fetch's `size` option: bodies past it are refused on reading.
+    if (req.size > 0 && !res._bodyError && (res._text !== null ? utf8Encode(res._text).length : res._cache.length) > req.size) {
+      res._bodyError = { name: 'FetchError', type: 'max-size', error: 'content size at ' + res.url + ' over limit: ' + req.size };
+    }
+    return res;
   }
   define('fetch', fetch);
 
@@ -1481,7 +1610,7 @@
     TextEncoder,
     TextDecoder,
   };
-  const nodeFetch = Object.assign((...a) => fetch(...a), { default: fetch, Headers, Request, Response });
+  const nodeFetch = Object.assign((...a) => fetch(...a), { default: fetch, Headers, Request, Response, FetchError });
   function req(name) {
     switch (name) {
       case 'lodash': return G._;
@@ -1512,8 +1641,18 @@
 
   // ---------------------------------------------------------------- Segment
   let emitted = null;
-  const identity = (m) => m.userId !== undefined && m.userId !== null && m.userId !== '' ||
-    m.anonymousId !== undefined && m.anonymousId !== null && m.anonymousId !== '';
+  const identity = (m) => Boolean(m.userId || m.anonymousId);
+  // The fields Segment's runtime copies into each call's message, in its
+  // order; anything else is dropped, and so is a field with a falsy value.
+  const COMMON = ['userId', 'anonymousId', 'context', 'integrations', 'messageId', 'sentAt', 'timestamp'];
+  const FIELDS = {
+    track: ['event', 'properties'],
+    identify: ['traits'],
+    page: ['name', 'properties'],
+    screen: ['name', 'properties'],
+    group: ['groupId', 'traits'],
+    alias: ['previousId'],
+  };
   function emit(type, required) {
     return function (message) {
       if (emitted === null) throw new Error('Segment.' + type + '() can only be called while the function runs');
@@ -1526,9 +1665,9 @@
           throw new ValidationError('Segment.' + type + '(): ' + field + ' is required');
         }
       }
-      const m = JSON.parse(JSON.stringify(message));
-      m.type = type;
-      emitted.messages.push(m);
+      const kept = { type };
+      for (const field of FIELDS[type].concat(COMMON)) if (message[field]) kept[field] = message[field];
+      emitted.messages.push(JSON.parse(JSON.stringify(kept)));
     };
   }
   const Segment = {

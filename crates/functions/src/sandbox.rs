@@ -198,9 +198,13 @@ fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<
                   headers: String,
                   body_b64: String,
                   text: String,
-                  is_text: bool|
+                  is_text: bool,
+                  options: String|
                   -> f64 {
-                let budget = s.remaining();
+                let limits = crate::fetch::FetchLimits {
+                    budget: s.remaining(),
+                    max_bytes: s.memory_bytes,
+                };
                 let mut recorded = s.recorded.borrow_mut();
                 let body = if is_text {
                     crate::fetch::Body::Text(&text)
@@ -212,8 +216,9 @@ fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<
                     url: &url,
                     headers_json: &headers,
                     body,
+                    options_json: &options,
                 };
-                s.fetcher.start(&s.calls, request, budget, &mut recorded) as f64
+                s.fetcher.start(&s.calls, request, limits, &mut recorded) as f64
             },
         )?,
     )?;
