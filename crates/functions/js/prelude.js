@@ -216,10 +216,23 @@
     static _wrap(u8) {
       return new Buffer(u8.buffer, u8.byteOffset, u8.byteLength);
     }
-    static alloc(size, fill) {
+    static alloc(size, fill, enc) {
       const b = new Buffer(size);
-      if (fill !== undefined) b.fill(typeof fill === 'string' ? fill.charCodeAt(0) : fill);
+      if (fill !== undefined && fill !== 0) b.fill(fill, enc);
       return b;
+    }
+    // A string or bytes fill repeats as a pattern (`alloc(5, 'ab')` is
+    // `ababa`), as Node's does.
+    fill(value, offset, end, enc) {
+      if (typeof offset === 'string') { enc = offset; offset = undefined; end = undefined; }
+      else if (typeof end === 'string') { enc = end; end = undefined; }
+      const from = offset === undefined ? 0 : offset;
+      const to = end === undefined ? this.length : end;
+      if (typeof value !== 'string' && !(value instanceof Uint8Array)) return super.fill(value, from, to);
+      const pattern = typeof value === 'string' ? encodeString(value, enc) : value;
+      if (!pattern.length) return super.fill(0, from, to);
+      for (let i = from, j = 0; i < to; i++, j = (j + 1) % pattern.length) this[i] = pattern[j];
+      return this;
     }
     static allocUnsafe(size) { return new Buffer(size); }
     static isBuffer(x) { return x instanceof Buffer; }
@@ -347,31 +360,60 @@
   };
 
   // ---------------------------------------------------------------- crypto
-  function digestObject(kind, alg, key) {
-    const parts = [];
+  // Node's wording for a wrong argument type, which functions log.
+  function received(v) {
+    if (v === null || v === undefined) return 'Received ' + v;
+    if (typeof v === 'function') return 'Received function ' + (v.name || '<anonymous>');
+    if (typeof v === 'object') return 'Received ' + (v.constructor && v.constructor.name ? 'an instance of ' + v.constructor.name : inspect(v, 0));
+    let shown = inspect(v, 0);
+    if (shown.length > 28) shown = shown.slice(0, 25) + '...';
+    return 'Received type ' + typeof v + ' (' + shown + ')';
+  }
+  function argBytes(name, kinds, data, enc) {
+    if (typeof data === 'string' || data instanceof ArrayBuffer || ArrayBuffer.isView(data)) return toBytes(data, enc);
+    const e = new TypeError('The "' + name + '" argument must be of type string or an instance of ' + kinds + '. ' + received(data));
+    e.code = 'ERR_INVALID_ARG_TYPE';
+    throw e;
+  }
+  function finalized() {
+    const e = new Error('Digest already called');
+    e.code = 'ERR_CRYPTO_HASH_FINALIZED';
+    return e;
+  }
+  function digestObject(kind, alg, key, parts) {
+    parts = parts || [];
     let done = false;
     const obj = {
       update(data, enc) {
-        if (done) throw new Error('Digest already called');
-        parts.push(toBytes(data, enc));
+        if (done) throw finalized();
+        parts.push(argBytes('data', 'Buffer, TypedArray, or DataView', data, enc));
         return obj;
       },
       digest(enc) {
+        if (done) throw finalized();
         done = true;
         const all = Buffer.concat(parts.map((p) => Buffer._wrap(p)));
         const out = kind === 'hmac'
           ? host.hmac(String(alg), b64Encode(key), b64Encode(all))
           : host.hash(String(alg), b64Encode(all));
         const bytes = Buffer._wrap(b64Decode(out, false));
-        return enc ? bytes.toString(enc) : bytes;
+        if (!enc || enc === 'buffer') return bytes;
+        // Node answers an encoding it does not know with the bytes.
+        try { return bytes.toString(enc); } catch (_) { return bytes; }
       },
     };
+    if (kind === 'hash') {
+      obj.copy = () => {
+        if (done) throw finalized();
+        return digestObject(kind, alg, key, parts.slice());
+      };
+    }
     return obj;
   }
   const crypto = {
     createHmac: (alg, key) => {
       host.hmac(String(alg), '', '');
-      return digestObject('hmac', alg, toBytes(key && key.export ? key.export() : key));
+      return digestObject('hmac', alg, argBytes('key', 'ArrayBuffer, Buffer, TypedArray, DataView, KeyObject, or CryptoKey', key && key.export ? key.export() : key));
     },
     createHash: (alg) => {
       host.hash(String(alg), '');
@@ -907,13 +949,32 @@
   function addTimer(fn, ms, args, repeat) {
     const id = ++timerSeq;
     const delay = Math.max(0, Number(ms) || 0);
-    timers.push({ id, due: Date.now() + delay, fn, args, repeat: repeat ? Math.max(1, delay) : 0 });
+    timers.push({ id, due: Date.now() + delay, delay, fn, args, repeat: repeat ? Math.max(1, delay) : 0 });
     return id;
   }
-  define('setTimeout', (fn, ms, ...args) => addTimer(fn, ms, args, false));
-  define('setInterval', (fn, ms, ...args) => addTimer(fn, ms, args, true));
-  define('setImmediate', (fn, ...args) => addTimer(fn, 0, args, false));
-  const clear = (id) => { timers = timers.filter((t) => t.id !== id); };
+  // Node's timer handles: objects with ref/unref (often called on them),
+  // and their id as their primitive value.
+  class Timeout {
+    constructor(id) { this._id = id; this._ref = true; }
+    ref() { this._ref = true; return this; }
+    unref() { this._ref = false; return this; }
+    hasRef() { return this._ref; }
+    refresh() {
+      const t = timers.find((x) => x.id === this._id);
+      if (t) t.due = Date.now() + (t.repeat || t.delay);
+      return this;
+    }
+    close() { clear(this); return this; }
+    [Symbol.toPrimitive]() { return this._id; }
+  }
+  class Immediate extends Timeout {}
+  define('setTimeout', (fn, ms, ...args) => new Timeout(addTimer(fn, ms, args, false)));
+  define('setInterval', (fn, ms, ...args) => new Timeout(addTimer(fn, ms, args, true)));
+  define('setImmediate', (fn, ...args) => new Immediate(addTimer(fn, 0, args, false)));
+  const clear = (handle) => {
+    const id = handle instanceof Timeout ? handle._id : Number(handle);
+    timers = timers.filter((t) => t.id !== id);
+  };
   define('clearTimeout', clear);
   define('clearInterval', clear);
   define('clearImmediate', clear);
@@ -1369,7 +1430,41 @@
     const escaped = str.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
     return mark + (mark === "'" ? escaped.replace(/'/g, "\\'") : escaped) + mark;
   };
-  function inspect(v, depth, seen, circular) {
+  // Arrays of more than six items go in columns, padded, as Node lays them
+  // out (`indent`: the spaces the array starts at).
+  function groupItems(items, indent, values) {
+    const more = /^\.\.\. \d+ more items?$/.test(items[items.length - 1]) ? 1 : 0;
+    const n = items.length - more;
+    const lens = items.slice(0, n).map((e) => e.length);
+    const total = lens.reduce((a, l) => a + l + 2, 0);
+    const maxLen = lens.reduce((a, l) => Math.max(a, l), 0);
+    const actualMax = maxLen + 2;
+    if (!(actualMax * 3 + indent < 80 && (total / actualMax > 5 || maxLen <= 6))) return items;
+    const bias = Math.sqrt(actualMax - total / items.length);
+    const biasedMax = Math.max(actualMax - 3 - bias, 1);
+    const columns = Math.min(Math.round(Math.sqrt(2.5 * biasedMax * n) / biasedMax), Math.floor((80 - indent) / actualMax), 12, 15);
+    if (columns <= 1) return items;
+    const widths = [];
+    for (let c = 0; c < columns; c++) {
+      let w = 0;
+      for (let j = c; j < n; j += columns) w = Math.max(w, lens[j]);
+      widths.push(w + 2);
+    }
+    const numeric = n <= values.length && values.slice(0, n).every((x) => typeof x === 'number' || typeof x === 'bigint');
+    const rows = [];
+    for (let i = 0; i < n; i += columns) {
+      const last = Math.min(i + columns, n) - 1;
+      let row = '';
+      for (let j = i; j < last; j++) row += numeric ? (items[j] + ', ').padStart(widths[j - i]) : (items[j] + ', ').padEnd(widths[j - i]);
+      row += numeric ? items[last].padStart(widths[last - i] - 2) : items[last];
+      rows.push(row);
+    }
+    if (more) rows.push(items[n]);
+    return rows;
+  }
+  // `hidden`: Node's showHidden (`%o`), which adds an array's length.
+  function inspect(v, depth, seen, circular, maxDepth, hidden) {
+    if (maxDepth === undefined) maxDepth = 2;
     seen = seen || [];
     circular = circular || new Set();
     switch (typeof v) {
@@ -1394,42 +1489,47 @@
       return depth > 0 ? '[' + head + ']' : [head, ...frames].join('\n');
     }
     if (v instanceof Promise) return 'Promise { <pending> }';
-    const nested = (x) => inspect(x, depth + 1, seen.concat([v]), circular);
+    const nested = (x) => inspect(x, depth + 1, seen.concat([v]), circular, maxDepth, hidden);
     const ctorName = v.constructor && v.constructor.name;
     if (v instanceof Buffer) {
       const shown = Array.from(v.subarray(0, 50), (b) => (b < 16 ? '0' : '') + b.toString(16)).join(' ');
       return '<Buffer' + (shown ? ' ' + shown : '') + (v.length > 50 ? ' ... ' + (v.length - 50) + ' more bytes' : '') + '>';
     }
-    let start, end, entries;
+    let start, end, entries, values;
     if (Array.isArray(v) || ArrayBuffer.isView(v)) {
-      if (depth > 2) return '[Array]';
-      const items = Array.from(v).slice(0, 100);
-      entries = items.map(nested);
+      if (depth > maxDepth) return '[Array]';
+      values = Array.from(v).slice(0, 100);
+      entries = values.map(nested);
       if (v.length > 100) entries.push('... ' + (v.length - 100) + ' more item' + (v.length - 100 > 1 ? 's' : ''));
+      if (hidden && Array.isArray(v)) entries.push('[length]: ' + v.length);
       start = Array.isArray(v) ? (ctorName && ctorName !== 'Array' ? ctorName + '(' + v.length + ') [' : '[') : ctorName + '(' + v.length + ') [';
       end = ']';
     } else if (v instanceof Map) {
-      if (depth > 2) return '[Map]';
+      if (depth > maxDepth) return '[Map]';
       entries = [...v].map(([k, x]) => nested(k) + ' => ' + nested(x));
       start = 'Map(' + v.size + ') {';
       end = '}';
     } else if (v instanceof Set) {
-      if (depth > 2) return '[Set]';
+      if (depth > maxDepth) return '[Set]';
       entries = [...v].map(nested);
       start = 'Set(' + v.size + ') {';
       end = '}';
     } else {
       const named = ctorName && ctorName !== 'Object' ? ctorName + ' ' : Object.getPrototypeOf(v) === null ? '[Object: null prototype] ' : '';
-      if (depth > 2) return named ? '[' + named.trim() + ']' : '[Object]';
+      if (depth > maxDepth) return named ? '[' + named.trim() + ']' : '[Object]';
       entries = Object.keys(v).map((k) => (IDENTIFIER.test(k) ? k : quote(k)) + ': ' + nested(v[k]));
       start = named + '{';
       end = '}';
     }
     if (!entries.length) return start + end;
     if (circular.has(v)) start = '<ref *1> ' + start;
+    const pad = '  '.repeat(depth + 1);
+    if (values && entries.length > 6) {
+      const rows = groupItems(entries, 2 * depth, values);
+      if (rows.length !== entries.length) return start + '\n' + rows.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
+    }
     const oneLine = start + ' ' + entries.join(', ') + ' ' + end;
     if (oneLine.length <= 72 && !oneLine.includes('\n')) return oneLine;
-    const pad = '  '.repeat(depth + 1);
     return start + '\n' + entries.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
   }
   // A value printed by console.log or util.format: strings as they are.
@@ -1579,15 +1679,18 @@
   function formatArgs(fmt, ...args) {
     if (typeof fmt !== 'string') return [fmt, ...args].map(show).join(' ');
     let i = 0;
-    let out = fmt.replace(/%[sdifjoO%]/g, (m) => {
+    let out = fmt.replace(/%[sdifjoOc%]/g, (m) => {
       if (m === '%%') return '%';
       if (i >= args.length) return m;
       const a = args[i++];
       switch (m) {
+        // CSS for browsers' consoles: Node prints nothing for it.
+        case '%c': return '';
         case '%s': return show(a);
         case '%d': case '%i': return String(m === '%i' ? parseInt(a, 10) : Number(a));
         case '%f': return String(parseFloat(a));
         case '%j': return JSON.stringify(a);
+        case '%o': return inspect(a, 0, [], new Set(), 4, true);
         default: return inspect(a, 0);
       }
     });
@@ -1596,7 +1699,11 @@
   }
   const util = {
     format: formatArgs,
-    inspect: (v) => inspect(v, 0),
+    // `inspect(v, {depth})`, or the old `inspect(v, showHidden, depth)`.
+    inspect(v, opts, legacyDepth) {
+      const d = opts && typeof opts === 'object' ? opts.depth : legacyDepth;
+      return inspect(v, 0, [], new Set(), d === undefined ? 2 : d === null ? Infinity : Number(d));
+    },
     promisify: (fn) => (...args) => new Promise((resolve, reject) => fn(...args, (err, value) => (err ? reject(err) : resolve(value)))),
     deprecate: (fn) => fn,
     inherits(ctor, superCtor) { Object.setPrototypeOf(ctor.prototype, superCtor.prototype); Object.setPrototypeOf(ctor, superCtor); },
@@ -1691,7 +1798,20 @@
     if (!(err instanceof Error)) {
       return { name: 'Error', message: show(err), line: null, stack: '' };
     }
-    const stack = functionFrames(err);
+    // V8 leaves the frames of the error's own constructors out of its stack
+    // (the line is where it was thrown, not the class); QuickJS keeps them.
+    const ctors = new Set();
+    for (let c = err.constructor; typeof c === 'function' && c !== Error && c !== Function.prototype; c = Object.getPrototypeOf(c)) {
+      if (c.name) ctors.add(c.name);
+    }
+    const frames = functionFrames(err).split('\n');
+    let first = frames.findIndex((l) => /^\s*at /.test(l));
+    while (first >= 0 && first < frames.length) {
+      const m = /^\s*at (?:new )?([\w$]+)[\s(]/.exec(frames[first]);
+      if (!m || !ctors.has(m[1])) break;
+      frames.splice(first, 1);
+    }
+    const stack = frames.join('\n');
     let line = null;
     const re = new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + ':(\\d+)');
     const m = re.exec(stack);
