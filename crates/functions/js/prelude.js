@@ -693,7 +693,6 @@
       }
       return this._boundary;
     }
-    setBoundary(b) { this._boundary = String(b); }
     getHeaders(extra) {
       const out = { 'content-type': 'multipart/form-data; boundary=' + this.getBoundary() };
       for (const k of Object.keys(extra || {})) out[k.toLowerCase()] = extra[k];
@@ -1462,6 +1461,10 @@
     if (more) rows.push(items[n]);
     return rows;
   }
+  // The level of the container whose entries were last laid out: as in
+  // Node, one holding three or more levels below it (along its last
+  // entries) is never put on one line.
+  let lastLevel = 0;
   // `hidden`: Node's showHidden (`%o`), which adds an array's length.
   function inspect(v, depth, seen, circular, maxDepth, hidden) {
     if (maxDepth === undefined) maxDepth = 2;
@@ -1499,6 +1502,7 @@
     if (Array.isArray(v) || ArrayBuffer.isView(v)) {
       if (depth > maxDepth) return '[Array]';
       values = Array.from(v).slice(0, 100);
+      if (v.length) lastLevel = depth;
       entries = values.map(nested);
       if (v.length > 100) entries.push('... ' + (v.length - 100) + ' more item' + (v.length - 100 > 1 ? 's' : ''));
       if (hidden && Array.isArray(v)) entries.push('[length]: ' + v.length);
@@ -1506,17 +1510,20 @@
       end = ']';
     } else if (v instanceof Map) {
       if (depth > maxDepth) return '[Map]';
+      if (v.size) lastLevel = depth;
       entries = [...v].map(([k, x]) => nested(k) + ' => ' + nested(x));
       start = 'Map(' + v.size + ') {';
       end = '}';
     } else if (v instanceof Set) {
       if (depth > maxDepth) return '[Set]';
+      if (v.size) lastLevel = depth;
       entries = [...v].map(nested);
       start = 'Set(' + v.size + ') {';
       end = '}';
     } else {
       const named = ctorName && ctorName !== 'Object' ? ctorName + ' ' : Object.getPrototypeOf(v) === null ? '[Object: null prototype] ' : '';
       if (depth > maxDepth) return named ? '[' + named.trim() + ']' : '[Object]';
+      if (Object.keys(v).length) lastLevel = depth;
       entries = Object.keys(v).map((k) => (IDENTIFIER.test(k) ? k : quote(k)) + ': ' + nested(v[k]));
       start = named + '{';
       end = '}';
@@ -1529,7 +1536,7 @@
       if (rows.length !== entries.length) return start + '\n' + rows.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
     }
     const oneLine = start + ' ' + entries.join(', ') + ' ' + end;
-    if (oneLine.length <= 72 && !oneLine.includes('\n')) return oneLine;
+    if (lastLevel - depth < 3 && oneLine.length <= 72 && !oneLine.includes('\n')) return oneLine;
     return start + '\n' + entries.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
   }
   // A value printed by console.log or util.format: strings as they are.
