@@ -1080,10 +1080,15 @@
       this._minInt = o.minimumIntegerDigits || 1;
       this._grouping = o.useGrouping !== false && o.useGrouping !== 'false';
       this._signDisplay = o.signDisplay || 'auto';
+      this._currencySign = o.currencySign || 'standard';
+      this._notation = o.notation || 'standard';
+      if (!['standard', 'compact'].includes(this._notation)) throw new RangeError('switchyard: Intl.NumberFormat notation ' + this._notation + ' is not supported (standard and compact are)');
+      this._compactDisplay = o.compactDisplay || 'short';
+      this._fracGiven = o.minimumFractionDigits !== undefined || o.maximumFractionDigits !== undefined;
     }
     resolvedOptions() {
       return { locale: this._locale, numberingSystem: 'latn', style: this._style, currency: this._currency, minimumIntegerDigits: this._minInt,
-        minimumFractionDigits: this._minFrac, maximumFractionDigits: this._maxFrac, useGrouping: this._grouping ? 'auto' : false, signDisplay: this._signDisplay };
+        minimumFractionDigits: this._minFrac, maximumFractionDigits: this._maxFrac, useGrouping: this._grouping ? 'auto' : false, notation: this._notation, signDisplay: this._signDisplay };
     }
     formatToParts(value) {
       let x = typeof value === 'bigint' ? Number(value) : Number(value);
@@ -1093,24 +1098,47 @@
       if (Number.isNaN(x)) return [{ type: 'nan', value: 'NaN' }];
       if (this._style === 'percent') x *= 100;
       const body = [];
+      let compact = '';
       if (!Number.isFinite(x)) body.push({ type: 'infinity', value: '∞' });
       else {
+        let maxFrac = this._maxFrac, minFrac = this._minFrac;
+        if (this._notation === 'compact') {
+          // English abbreviations (K, M, B, T); without digit options a
+          // one-digit mantissa keeps one decimal (1.2M), others none (12K).
+          const round = (v) => (this._fracGiven ? v : Number(roundDecimal(v, v < 10 ? 1 : 0).join('.')));
+          let exp = 0;
+          let abs = Math.abs(x);
+          while (exp < 12 && abs >= 10 ** (exp + 3)) exp += 3;
+          let scaled = round(abs / 10 ** exp);
+          if (scaled >= 1000 && exp < 12) { exp += 3; scaled = round(abs / 10 ** exp); }
+          if (!this._fracGiven) { maxFrac = scaled < 10 ? 1 : 0; minFrac = 0; }
+          x = negative ? -scaled : scaled;
+          if (exp) compact = this._compactDisplay === 'long' ? ' ' + ['thousand', 'million', 'billion', 'trillion'][exp / 3 - 1] : 'KMBT'[exp / 3 - 1];
+        }
         let int, frac;
         if (this._maxSig) {
           [int, frac] = roundDecimal(Number(Math.abs(x).toPrecision(Math.min(21, this._maxSig))), 20);
           frac = frac.replace(/0+$/, '');
         } else {
-          [int, frac] = roundDecimal(x, this._maxFrac);
-          while (frac.length > this._minFrac && frac.endsWith('0')) frac = frac.slice(0, -1);
+          [int, frac] = roundDecimal(x, maxFrac);
+          while (frac.length > minFrac && frac.endsWith('0')) frac = frac.slice(0, -1);
         }
         int = int.padStart(this._minInt, '0');
-        const groupIt = this._grouping && int.length >= 4 && int.length >= 3 + minGroup;
-        if (groupIt) {
+        const groupIt = this._grouping && int.length >= 4 && int.length >= 3 + minGroup && (this._notation !== 'compact' || int.length >= 5);
+        if (groupIt && /-IN$/.test(this._locale)) {
+          // Indian grouping: the last three digits, then pairs (1,23,45,678).
+          const head = int.slice(0, -3);
+          const first = head.length % 2 || 2;
+          body.push({ type: 'integer', value: head.slice(0, first) });
+          for (let i = first; i < head.length; i += 2) { body.push({ type: 'group', value: group }); body.push({ type: 'integer', value: head.slice(i, i + 2) }); }
+          body.push({ type: 'group', value: group }, { type: 'integer', value: int.slice(-3) });
+        } else if (groupIt) {
           const first = int.length % 3 || 3;
           body.push({ type: 'integer', value: int.slice(0, first) });
           for (let i = first; i < int.length; i += 3) { body.push({ type: 'group', value: group }); body.push({ type: 'integer', value: int.slice(i, i + 3) }); }
         } else body.push({ type: 'integer', value: int });
         if (frac) { body.push({ type: 'decimal', value: decimal }); body.push({ type: 'fraction', value: frac }); }
+        if (compact) body.push({ type: 'compact', value: compact });
       }
       const isZero = body.every((p) => (p.type !== 'integer' && p.type !== 'fraction') || /^0*$/.test(p.value));
       let sign = '';
@@ -1127,7 +1155,10 @@
           : this._locale === 'en-CA' && this._currency === 'CAD' ? '$'
           : this._locale === 'en-AU' && this._currency === 'AUD' ? '$'
           : (LOCAL_CURRENCY_SYMBOLS[langOf(this._locale)] || {})[this._currency] || CURRENCY_SYMBOLS[this._currency] || this._currency;
-        if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
+        // English accounting format: a negative amount in parentheses.
+        const accounting = sign === '-' && this._currencySign === 'accounting' && langOf(this._locale) === 'en';
+        if (accounting) parts.push({ type: 'literal', value: '(' });
+        else if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
         if (currencyAt === 'after') {
           parts.push(...body, { type: 'literal', value: '\u00a0' }, { type: 'currency', value: symbol });
         } else {
@@ -1135,6 +1166,7 @@
           if (currencyAt === 'space' || /^[A-Z]{3}$/.test(symbol)) parts.push({ type: 'literal', value: '\u00a0' });
           parts.push(...body);
         }
+        if (accounting) parts.push({ type: 'literal', value: ')' });
         return parts;
       }
       if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
@@ -1265,7 +1297,10 @@
         }
       }
       if (o.hour || o.minute || o.second) {
-        if (hasDate) lit(textual && (this._dateStyle === 'full' || this._dateStyle === 'long' || !this._dateStyle) && this._locale.startsWith('en') ? ' at ' : joiner);
+        // English joins a long date to its time with " at ", a short one
+        // (an abbreviated month, medium and short styles) with a comma.
+        const longDate = this._dateStyle ? this._dateStyle === 'full' || this._dateStyle === 'long' : o.month === 'long';
+        if (hasDate) lit(textual && longDate && this._locale.startsWith('en') ? ' at ' : joiner);
         const timeParts = [];
         if (o.hour) {
           const hour = this._h12 ? h % 12 || 12 : h;
@@ -1412,6 +1447,17 @@
       return Number.isNaN(this.getTime()) ? text : text + ' (Coordinated Universal Time)';
     });
   }
+  // Turkish and Azeri dotted and dotless i; other languages case as
+  // toUpperCase/toLowerCase do.
+  const turkic = (locales) => /^(tr|az)(-|$)/i.test(String(Array.isArray(locales) ? locales[0] : locales || ''));
+  protoMethod(String.prototype, 'toLocaleUpperCase', function (locales) {
+    const str = String(this);
+    return turkic(locales) ? str.replace(/i/g, '\u0130').toUpperCase() : str.toUpperCase();
+  });
+  protoMethod(String.prototype, 'toLocaleLowerCase', function (locales) {
+    const str = String(this);
+    return turkic(locales) ? str.replace(/I/g, '\u0131').replace(/\u0130/g, 'i').toLowerCase() : str.toLowerCase();
+  });
   protoMethod(String.prototype, 'localeCompare', function (other, locales, options) { return new Collator(locales, options).compare(String(this), other); });
 
   // ---------------------------------------------------------------- console

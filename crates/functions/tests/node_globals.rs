@@ -261,3 +261,44 @@ async function onTrack() {
     assert_eq!(out.result, Some(json!(["c"])));
     assert_eq!(out.logs[0].message, " styled");
 }
+
+#[test]
+fn intl_compact_indian_grouping_accounting_and_turkish_case_as_node() {
+    let out = result(
+        r#"
+async function onTrack() {
+  const f = (l, o, v) => new Intl.NumberFormat(l, o).format(v);
+  const c = { notation: 'compact' };
+  const d = new Date(Date.UTC(2024, 0, 5, 15, 4));
+  const t = (o) => d.toLocaleString('en-US', Object.assign({ timeZone: 'UTC' }, o));
+  return {
+    compact: [1.234, 12.5, 123.456, 999.9, 1234, 12345, 123456, 999999, 1234567, -1500, 1e12, 1.5e15, 0].map((v) => f('en-US', c, v)).join('|'),
+    compactLong: [1234, 1234567, 2e9, 1.5e12].map((v) => f('en-US', { notation: 'compact', compactDisplay: 'long' }, v)).join('|'),
+    compactDigits: f('en-US', { notation: 'compact', maximumFractionDigits: 2 }, 1234567),
+    compactCurrency: f('en-US', { notation: 'compact', style: 'currency', currency: 'USD' }, 1234567),
+    indian: [12345678, 1234, 123, 1234567.891, -12345678].map((v) => v.toLocaleString('en-IN')).join('|'),
+    rupees: f('en-IN', { style: 'currency', currency: 'INR' }, 12345678),
+    accounting: [f('en-US', { style: 'currency', currency: 'USD', currencySign: 'accounting' }, -5),
+      f('en-US', { style: 'currency', currency: 'USD', currencySign: 'accounting' }, 5),
+      f('de-DE', { style: 'currency', currency: 'EUR', currencySign: 'accounting' }, -5)].join(' '),
+    joiners: [t({ month: 'short', day: '2-digit', hour: '2-digit', minute: '2-digit' }), t({ month: 'long', day: 'numeric', hour: 'numeric', minute: '2-digit' }),
+      t({ month: 'short', day: 'numeric', year: 'numeric', hour: 'numeric', minute: '2-digit' }), t({ dateStyle: 'long', timeStyle: 'short' })].join(' | '),
+    turkish: ['istanbul'.toLocaleUpperCase('tr-TR'), 'İSTANBUL ıi'.toLocaleLowerCase('tr'), 'i'.toLocaleUpperCase('en-US')],
+  };
+}"#,
+    );
+    assert_eq!(
+        out,
+        json!({
+            "compact": "1.2|13|123|1K|1.2K|12K|123K|1M|1.2M|-1.5K|1T|1500T|0",
+            "compactLong": "1.2 thousand|1.2 million|2 billion|1.5 trillion",
+            "compactDigits": "1.23M",
+            "compactCurrency": "$1.2M",
+            "indian": "1,23,45,678|1,234|123|12,34,567.891|-1,23,45,678",
+            "rupees": "₹1,23,45,678.00",
+            "accounting": "($5.00) $5.00 -5,00\u{a0}€",
+            "joiners": "Jan 05, 03:04 PM | January 5 at 3:04 PM | Jan 5, 2024, 3:04 PM | January 5, 2024 at 3:04 PM",
+            "turkish": ["İSTANBUL", "istanbul ıi", "I"],
+        })
+    );
+}
