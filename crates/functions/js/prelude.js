@@ -781,8 +781,8 @@
       this._text = typeof body === 'string' ? body : null;
       this._cache = this._text === null ? bodyBytes(body, this.headers) || new Uint8Array(0) : null;
       // A body made here is typed as node-fetch types it; one that came
-      // over the network keeps the headers it came with.
-      if (this._text !== null && !init._network && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
+      // over the network (or a copy) keeps the headers it came with.
+      if (this._text !== null && !init._asGiven && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
       this.bodyUsed = false;
     }
     get _bytes() {
@@ -811,15 +811,15 @@
     async buffer() { this._use(); return Buffer.from(this._bytes); }
     clone() {
       if (this.bodyUsed) throw new Error('cannot clone body after it is used');
-      const r = new Response(this._text !== null ? this._text : this._bytes, { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url, _network: true });
+      const r = new Response(this._text !== null ? this._text : this._bytes, { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url, _asGiven: true });
       r._counter = this._counter;
       r._bodyError = this._bodyError;
       r.headers = new Headers(this.headers);
       return r;
     }
     static json(data, init) {
-      const r = new Response(JSON.stringify(data), init);
-      r.headers.set('content-type', 'application/json');
+      const r = new Response(JSON.stringify(data), Object.assign({}, init, { _asGiven: true }));
+      if (!r.headers.has('content-type')) r.headers.set('content-type', 'application/json');
       return r;
     }
   }
@@ -928,7 +928,7 @@
       url: answer.url || req.url,
       counter: answer.counter,
       bodyError: answer.bodyError,
-      _network: true,
+      _asGiven: true,
     });
     // node-fetch's `size` option: bodies past it are refused on reading.
     if (req.size > 0 && !res._bodyError && (res._text !== null ? utf8Encode(res._text).length : res._cache.length) > req.size) {

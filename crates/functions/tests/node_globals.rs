@@ -302,3 +302,29 @@ async function onTrack() {
         })
     );
 }
+
+#[test]
+fn responses_made_by_a_function_are_typed_as_node_fetch_types_them() {
+    let out = result(
+        r#"
+async function onTrack() {
+  return [
+    new Response('hi').headers.get('content-type'),
+    new Response('hi', { headers: { 'Content-Type': 'text/html' } }).headers.get('content-type'),
+    new Response(Buffer.from('hi')).headers.get('content-type'),
+    Response.json({ a: 1 }).headers.get('content-type'),
+    Response.json({ a: 1 }, { headers: { 'content-type': 'application/vnd.api+json' } }).headers.get('content-type'),
+  ];
+}"#,
+    );
+    assert_eq!(
+        out,
+        json!([
+            "text/plain;charset=UTF-8",
+            "text/html",
+            null,
+            "application/json",
+            "application/vnd.api+json"
+        ])
+    );
+}
