@@ -155,6 +155,75 @@
     return b64Encode(latin1Encode(String(data)));
   });
 
+  // ---------------------------------------------------------------- JSON
+  // JSON.parse's errors in Node 20's words, which functions log, forward
+  // and match on: QuickJS words some differently and gives some no position.
+  const engineParse = JSON.parse;
+  const skipSpace = (src, i) => { while (i < src.length && ' \t\n\r'.includes(src[i])) i++; return i; };
+  // Where the first JSON value of `src` ends (structure only: it is known
+  // to be valid up to there).
+  function valueEnd(src) {
+    let i = skipSpace(src, 0);
+    let depth = 0, inString = false;
+    for (; i < src.length; i++) {
+      const c = src[i];
+      if (inString) {
+        if (c === '\\') i++;
+        else if (c === '"') { inString = false; if (!depth) return i + 1; }
+      } else if (c === '"') inString = true;
+      else if (c === '{' || c === '[') depth++;
+      else if (c === '}' || c === ']') { depth--; if (!depth) return i + 1; }
+      else if (!depth && ' \t\n\r'.includes(c)) return i;
+    }
+    return i;
+  }
+  function endsInString(src) {
+    let inString = false;
+    for (let i = 0; i < src.length; i++) {
+      if (inString && src[i] === '\\') i++;
+      else if (src[i] === '"') inString = !inString;
+    }
+    return inString;
+  }
+  function jsonMessage(msg, src) {
+    msg = msg.replace(/ \(line \d+ column \d+\)$/, '');
+    let m;
+    if ((m = /^Expected property name or '\}' in JSON at position (\d+)$/.exec(msg))) {
+      return src.slice(0, Number(m[1])).trimEnd().endsWith(',') ? 'Expected double-quoted property name in JSON at position ' + m[1] : msg;
+    }
+    if (msg === 'unexpected data at the end') return 'Unexpected non-whitespace character after JSON at position ' + skipSpace(src, valueEnd(src));
+    if (msg === 'Unexpected end of JSON input') return endsInString(src) ? 'Unterminated string in JSON at position ' + src.length : msg;
+    if ((m = /^unexpected token: '([\s\S]*)'$/.exec(msg))) {
+      if (['NaN', 'Infinity', 'undefined', '[object Object]'].includes(src)) return '"' + src + '" is not valid JSON';
+      const pos = src.indexOf(m[1]);
+      if (pos < 0 || !m[1]) return msg;
+      if (/^(t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)$/.test(m[1]) && pos + m[1].length >= src.trimEnd().length) return 'Unexpected end of JSON input';
+      let context;
+      if (src.length <= 21) context = '"' + src + '"';
+      else {
+        const a = Math.max(0, pos - 10), b = Math.min(src.length, pos + 10);
+        context = (a > 0 ? '..."' : '"') + src.slice(a, b) + (b < src.length ? '"...' : '"');
+      }
+      return "Unexpected token '" + src[pos] + "', " + context + ' is not valid JSON';
+    }
+    return msg;
+  }
+  Object.defineProperty(JSON, 'parse', {
+    value: function parse(text, reviver) {
+      try {
+        return engineParse(text, reviver);
+      } catch (e) {
+        if (e instanceof SyntaxError) {
+          try { e.message = jsonMessage(String(e.message), String(text)); } catch (_) { /* keep QuickJS's words */ }
+        }
+        throw e;
+      }
+    },
+    writable: true,
+    configurable: true,
+    enumerable: false,
+  });
+
   // ---------------------------------------------------------------- Buffer
   function normEnc(enc) {
     enc = (enc || 'utf8').toLowerCase();
@@ -733,6 +802,14 @@
     }
   }
   Object.defineProperty(FetchError.prototype, 'name', { value: 'FetchError', writable: true, configurable: true });
+  // V8 traces an awaited call back to the function that awaited it; an error
+  // the runtime rejects with later is given that caller's frames (taken at
+  // the call), so the line reported is the function's.
+  function fromCaller(err, site) {
+    const frames = String(site.stack || '').split('\n').filter((l) => /^\s*at /.test(l) && !l.includes('switchyard-prelude.js'));
+    if (frames.length) err.stack = frames.join('\n') + '\n';
+    return err;
+  }
   function answerError(a) {
     if (a.name === 'TypeError') return new TypeError(a.error);
     return new FetchError(a.error, a.type || 'system', a.code ? { code: a.code } : undefined);
@@ -800,11 +877,12 @@
     }
     async text() { this._use(); return this._text !== null ? this._text : utf8Decode(this._bytes); }
     async json() {
+      const site = new Error();
       const text = await this.text();
       try {
         return JSON.parse(text);
       } catch (err) {
-        throw new FetchError('invalid json response body at ' + this.url + ' reason: ' + err.message, 'invalid-json');
+        throw fromCaller(new FetchError('invalid json response body at ' + this.url + ' reason: ' + err.message, 'invalid-json'), site);
       }
     }
     async arrayBuffer() { this._use(); return this._bytes.slice().buffer; }
@@ -897,6 +975,7 @@
     if (resolve) resolve(JSON.parse(answerJson));
   });
   async function fetch(input, init) {
+    const site = new Error();
     const req = new Request(input, init);
     const hasBody = req._text !== null || req._bytes !== null;
     const id = host.fetch(
@@ -920,7 +999,7 @@
       fetchesInFlight.set(id, resolve);
       if (signal) signal.addEventListener('abort', () => { fetchesInFlight.delete(id); reject(abortError(signal)); });
     });
-    if (answer.error) throw answerError(answer);
+    if (answer.error) throw fromCaller(answerError(answer), site);
     const res = new Response(typeof answer.text === 'string' ? answer.text : b64Decode(answer.body, false), {
       status: answer.status,
       statusText: answer.statusText,
@@ -1847,6 +1926,11 @@
   define('Segment', Segment);
 
   // ---------------------------------------------------------------- invocation
+  // The reported message of the commonest engine error in V8's words (the
+  // function itself still sees QuickJS's).
+  const v8Message = (msg) => msg
+    .replace(/^cannot read property '([^']*)' of (undefined|null)$/, "Cannot read properties of $2 (reading '$1')")
+    .replace(/^cannot set property '([^']*)' of (undefined|null)$/, "Cannot set properties of $2 (setting '$1')");
   function describe(err, file) {
     if (!(err instanceof Error)) {
       return { name: 'Error', message: show(err), line: null, stack: '' };
@@ -1869,7 +1953,7 @@
     const re = new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + ':(\\d+)');
     const m = re.exec(stack);
     if (m) line = Number(m[1]);
-    return { name: err.name || 'Error', message: String(err.message), line, stack };
+    return { name: err.name || 'Error', message: v8Message(String(err.message)), line, stack };
   }
   function normalizeAnswer(result) {
     if (result instanceof Response) {

@@ -328,3 +328,77 @@ async function onTrack() {
         ])
     );
 }
+
+#[test]
+fn json_parse_errors_are_worded_as_node_words_them() {
+    let out = result(
+        r#"
+async function onTrack() {
+  const out = [];
+  for (const s of ['<html>oops</html>', '<!DOCTYPE html><html><body>Error 502 bad gateway</body></html>', '{"a":1,}', '{a:1}', '',
+    '[1,2', '{"a":"x', 'undefined', 'abc', '{"a":1}x', 'tru', '1e', '{"a" 1}', 'null null', '"\\x"']) {
+    try { JSON.parse(s); out.push('ok'); } catch (e) { out.push(e.name + ': ' + e.message); }
+  }
+  return out;
+}"#,
+    );
+    // Node 20's messages for the same inputs.
+    let node = [
+        "Unexpected token '<', \"<html>oops</html>\" is not valid JSON",
+        "Unexpected token '<', \"<!DOCTYPE \"... is not valid JSON",
+        "Expected double-quoted property name in JSON at position 7",
+        "Expected property name or '}' in JSON at position 1",
+        "Unexpected end of JSON input",
+        "Expected ',' or ']' after array element in JSON at position 4",
+        "Unterminated string in JSON at position 7",
+        "\"undefined\" is not valid JSON",
+        "Unexpected token 'a', \"abc\" is not valid JSON",
+        "Unexpected non-whitespace character after JSON at position 7",
+        "Unexpected end of JSON input",
+        "Exponent part is missing a number in JSON at position 2",
+        "Expected ':' after property name in JSON at position 5",
+        "Unexpected non-whitespace character after JSON at position 5",
+        "Bad escaped character in JSON at position 2",
+    ];
+    let want: Vec<String> = node.iter().map(|m| format!("SyntaxError: {m}")).collect();
+    assert_eq!(out, json!(want));
+}
+
+#[test]
+fn errors_raised_by_awaited_calls_have_the_awaiting_line_and_nodes_words() {
+    let src = r#"async function onTrack(event) {
+  const res = await fetch('https://api.example.com/html');
+  if (event.properties.kind === 'read') return event.properties.missing.deep;
+  return await res.json();
+}"#;
+    let mocks = FetchMode::Mock(Arc::new(vec![MockResponse {
+        url: "https://api.example.com/".into(),
+        status: 502,
+        headers: Default::default(),
+        body: json!("<html>oops</html>"),
+    }]));
+    let run = |kind: &str| {
+        run_destination_once(
+            &FunctionCode::new("f", "function.js", src),
+            &json!({"type": "track", "event": "E", "userId": "u", "properties": {"kind": kind}}),
+            &json!({}),
+            &Limits::default(),
+            mocks.clone(),
+        )
+        .error
+        .expect("an error")
+    };
+    let e = run("json");
+    assert_eq!(e.name, "FetchError");
+    assert_eq!(
+        e.message,
+        "invalid json response body at https://api.example.com/html reason: Unexpected token '<', \"<html>oops</html>\" is not valid JSON"
+    );
+    assert_eq!(e.line, Some(4), "{e:?}");
+    let e = run("read");
+    assert_eq!(
+        e.message,
+        "Cannot read properties of undefined (reading 'deep')"
+    );
+    assert_eq!(e.line, Some(3));
+}
