@@ -670,8 +670,16 @@
   // Set-Cookie line) and the case it was first given; `get` joins them.
   function headerValue(v) {
     v = String(v);
-    if (/[^\t\x20-\x7e\x80-\xff]/.test(v)) throw new TypeError(v + ' is not a legal HTTP header value');
+    if (!trustValues && /[^\t\x20-\x7e\x80-\xff]/.test(v)) throw new TypeError(v + ' is not a legal HTTP header value');
     return v;
+  }
+  // Headers that came over the wire (a response, the request a source
+  // function runs on) are taken as they are: Node never refuses what it
+  // received.
+  let trustValues = false;
+  function receivedHeaders(init) {
+    trustValues = true;
+    try { return new Headers(init); } finally { trustValues = false; }
   }
   class Headers {
     constructor(init) {
@@ -849,7 +857,7 @@
       init = init || {};
       this.status = init.status === undefined ? 200 : init.status;
       this.statusText = init.statusText || STATUS_TEXT[this.status] || '';
-      this.headers = new Headers(init.headers);
+      this.headers = init._asGiven ? receivedHeaders(init.headers) : new Headers(init.headers);
       this.url = init.url || '';
       this._counter = init.counter || 0;
       this._bodyError = init.bodyError || null;
@@ -1982,7 +1990,7 @@
   function sourceRequest(raw) {
     let bytes, text;
     const body = () => (bytes === undefined ? (bytes = host.requestBytes()) : bytes);
-    const headers = new Headers(raw.headers);
+    const headers = receivedHeaders(raw.headers);
     const url = new URL(raw.url);
     return {
       method: raw.method,

@@ -761,13 +761,14 @@ async fn exchange(
         };
         let resp = sent.map_err(|e| network_failure(&hop.url, &e))?;
         let status = resp.status().as_u16();
+        // Values as Node reads them: one character per byte (Latin-1).
         let mut headers: Vec<(String, String)> = resp
             .headers()
             .iter()
             .map(|(k, v)| {
                 (
                     k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    v.as_bytes().iter().map(|&b| b as char).collect(),
                 )
             })
             .collect();
@@ -866,8 +867,6 @@ async fn exchange(
             },
             Err(failure) => (Vec::new(), Some(failure)),
         };
-        // Node gives every Set-Cookie line on its own and the rest as they came.
-        headers.retain(|(k, _)| !k.is_empty());
         let mut answer = FetchAnswer::new(status, status_text, headers, bytes);
         answer.url = Some(url);
         answer.counter = counter;

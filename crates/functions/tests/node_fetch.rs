@@ -590,3 +590,51 @@ async function onTrack(event, settings) {
     // One byte per character, as Node writes header values.
     assert_eq!(header(&server.request("/latin1"), "x-name"), ["caf\u{e9}"]);
 }
+
+#[test]
+fn received_header_values_are_read_as_node_reads_them_and_never_refused() {
+    // `é` in UTF-8 and a byte past Latin-1 in a response: Node reads each
+    // byte as one character and does not refuse them.
+    let server = Server::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nx-name: caf\xc3\xa9\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                .to_vec(),
+        )
+    });
+    let src = r#"
+async function onTrack(event, settings) {
+  const res = await fetch(settings.url);
+  return { name: res.headers.get('x-name'), body: await res.text() };
+}"#;
+    assert_eq!(
+        run(src, &server.url()),
+        json!({"name": "caf\u{c3}\u{a9}", "body": "ok"})
+    );
+}
+
+#[test]
+fn a_source_function_runs_on_any_header_it_receives() {
+    let out = run_source_once(
+        &FunctionCode::new(
+            "f",
+            "function.js",
+            r#"
+async function onRequest(request) {
+  Segment.track({ event: 'E', userId: 'u', properties: { name: request.headers.get('x-name') } });
+  return new Response('ok', { status: 201 });
+}"#,
+        ),
+        &RawRequest {
+            method: "POST".into(),
+            url: "https://hooks.example/functions/f".into(),
+            headers: vec![("X-Name".into(), "名前 ✓".into())],
+            body: b"{}".to_vec(),
+        },
+        &json!({}),
+        &Limits::default(),
+        FetchMode::Mock(Arc::new(vec![])),
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.messages[0]["properties"]["name"], "名前 ✓");
+    assert_eq!(out.response.expect("an answer").status, 201);
+}
