@@ -686,7 +686,9 @@
       this._map = new Map();
       if (init === undefined || init === null) return;
       if (init instanceof Headers) {
-        for (const [k, e] of init._map) this._map.set(k, { name: e.name, values: e.values.slice() });
+        // Copied value by value, and checked: received headers passed on
+        // to fetch are refused as node-fetch refuses them.
+        for (const e of init._map.values()) for (const v of e.values) this.append(e.name, v);
       } else if (typeof init[Symbol.iterator] === 'function') {
         for (const pair of init) {
           if (typeof pair !== 'object' || typeof pair[Symbol.iterator] !== 'function') throw new TypeError('Each header pair must be iterable');
@@ -857,7 +859,7 @@
       init = init || {};
       this.status = init.status === undefined ? 200 : init.status;
       this.statusText = init.statusText || STATUS_TEXT[this.status] || '';
-      this.headers = init._asGiven ? receivedHeaders(init.headers) : new Headers(init.headers);
+      this.headers = init._received ? receivedHeaders(init.headers) : new Headers(init.headers);
       this.url = init.url || '';
       this._counter = init.counter || 0;
       this._bodyError = init.bodyError || null;
@@ -897,10 +899,9 @@
     async buffer() { this._use(); return Buffer.from(this._bytes); }
     clone() {
       if (this.bodyUsed) throw new Error('cannot clone body after it is used');
-      const r = new Response(this._text !== null ? this._text : this._bytes, { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url, _asGiven: true });
+      const r = new Response(this._text !== null ? this._text : this._bytes, { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url, _asGiven: true, _received: true });
       r._counter = this._counter;
       r._bodyError = this._bodyError;
-      r.headers = new Headers(this.headers);
       return r;
     }
     static json(data, init) {
@@ -1016,6 +1017,7 @@
       counter: answer.counter,
       bodyError: answer.bodyError,
       _asGiven: true,
+      _received: true,
     });
     // node-fetch's `size` option: bodies past it are refused on reading.
     if (req.size > 0 && !res._bodyError && (res._text !== null ? utf8Encode(res._text).length : res._cache.length) > req.size) {

@@ -703,10 +703,11 @@ fn bodiless_by_default(method: &reqwest::Method) -> bool {
     )
 }
 
-/// A header value as Node writes it: each UTF-16 unit's low byte (Latin-1),
-/// so `café` goes out as one byte per letter.
+/// A header value as Node writes it: one byte per character (Latin-1), so
+/// `café` goes out as four bytes. (`Headers` refuses characters past
+/// Latin-1, as node-fetch does, so none reach here.)
 fn latin1_value(v: &str) -> Option<reqwest::header::HeaderValue> {
-    let bytes: Vec<u8> = v.encode_utf16().map(|u| u as u8).collect();
+    let bytes: Vec<u8> = v.chars().map(|c| c as u32 as u8).collect();
     reqwest::header::HeaderValue::from_bytes(&bytes).ok()
 }
 

@@ -638,3 +638,32 @@ async function onRequest(request) {
     assert_eq!(out.messages[0]["properties"]["name"], "名前 ✓");
     assert_eq!(out.response.expect("an answer").status, 201);
 }
+
+#[test]
+fn a_received_header_forwarded_is_written_or_refused_as_node_fetch_does() {
+    let server = Server::start(|_| Reply::Raw(ok("{}")));
+    let src = r#"
+async function onRequest(request, settings) {
+  await fetch(settings.url + '/forward', { headers: { 'X-Name': request.headers.get('x-name') } });
+}"#;
+    let run = |name: &str| {
+        run_source_once(
+            &FunctionCode::new("f", "function.js", src),
+            &RawRequest {
+                method: "POST".into(),
+                url: "https://hooks.example/functions/f".into(),
+                headers: vec![("X-Name".into(), name.into())],
+                body: b"{}".to_vec(),
+            },
+            &json!({ "url": server.url() }),
+            &Limits::default(),
+            live(),
+        )
+    };
+    let out = run("café");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(header(&server.request("/forward"), "x-name"), ["caf\u{e9}"]);
+    let e = run("名前").error.expect("refused");
+    assert_eq!(e.name, "TypeError");
+    assert_eq!(e.message, "名前 is not a legal HTTP header value");
+}
