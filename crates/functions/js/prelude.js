@@ -144,15 +144,84 @@
     return s;
   }
 
+  // Segment's globals are the npm packages atob@2 and btoa@1, not the
+  // WHATWG functions: they never throw. Characters past Latin-1 keep their
+  // low byte, and characters outside base64 are skipped, as Buffer does.
   define('atob', function atob(data) {
-    return latin1Decode(b64Decode(String(data), true));
+    return latin1Decode(b64Decode(String(data), false));
   });
   define('btoa', function btoa(data) {
-    data = String(data);
-    for (let i = 0; i < data.length; i++) {
-      if (data.charCodeAt(i) > 255) throw new DOMExceptionLike('Invalid character', 'InvalidCharacterError');
+    if (data instanceof Uint8Array) return b64Encode(data);
+    return b64Encode(latin1Encode(String(data)));
+  });
+
+  // ---------------------------------------------------------------- JSON
+  // JSON.parse's errors in Node 20's words, which functions log, forward
+  // and match on: QuickJS words some differently and gives some no position.
+  const engineParse = JSON.parse;
+  const skipSpace = (src, i) => { while (i < src.length && ' \t\n\r'.includes(src[i])) i++; return i; };
+  // Where the first JSON value of `src` ends (structure only: it is known
+  // to be valid up to there).
+  function valueEnd(src) {
+    let i = skipSpace(src, 0);
+    let depth = 0, inString = false;
+    for (; i < src.length; i++) {
+      const c = src[i];
+      if (inString) {
+        if (c === '\\') i++;
+        else if (c === '"') { inString = false; if (!depth) return i + 1; }
+      } else if (c === '"') inString = true;
+      else if (c === '{' || c === '[') depth++;
+      else if (c === '}' || c === ']') { depth--; if (!depth) return i + 1; }
+      else if (!depth && ' \t\n\r'.includes(c)) return i;
     }
-    return b64Encode(latin1Encode(data));
+    return i;
+  }
+  function endsInString(src) {
+    let inString = false;
+    for (let i = 0; i < src.length; i++) {
+      if (inString && src[i] === '\\') i++;
+      else if (src[i] === '"') inString = !inString;
+    }
+    return inString;
+  }
+  function jsonMessage(msg, src) {
+    msg = msg.replace(/ \(line \d+ column \d+\)$/, '');
+    let m;
+    if ((m = /^Expected property name or '\}' in JSON at position (\d+)$/.exec(msg))) {
+      return src.slice(0, Number(m[1])).trimEnd().endsWith(',') ? 'Expected double-quoted property name in JSON at position ' + m[1] : msg;
+    }
+    if (msg === 'unexpected data at the end') return 'Unexpected non-whitespace character after JSON at position ' + skipSpace(src, valueEnd(src));
+    if (msg === 'Unexpected end of JSON input') return endsInString(src) ? 'Unterminated string in JSON at position ' + src.length : msg;
+    if ((m = /^unexpected token: '([\s\S]*)'$/.exec(msg))) {
+      if (['NaN', 'Infinity', 'undefined', '[object Object]'].includes(src)) return '"' + src + '" is not valid JSON';
+      const pos = src.indexOf(m[1]);
+      if (pos < 0 || !m[1]) return msg;
+      if (/^(t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)$/.test(m[1]) && pos + m[1].length >= src.trimEnd().length) return 'Unexpected end of JSON input';
+      let context;
+      if (src.length <= 21) context = '"' + src + '"';
+      else {
+        const a = Math.max(0, pos - 10), b = Math.min(src.length, pos + 10);
+        context = (a > 0 ? '..."' : '"') + src.slice(a, b) + (b < src.length ? '"...' : '"');
+      }
+      return "Unexpected token '" + src[pos] + "', " + context + ' is not valid JSON';
+    }
+    return msg;
+  }
+  Object.defineProperty(JSON, 'parse', {
+    value: function parse(text, reviver) {
+      try {
+        return engineParse(text, reviver);
+      } catch (e) {
+        if (e instanceof SyntaxError) {
+          try { e.message = jsonMessage(String(e.message), String(text)); } catch (_) { /* keep QuickJS's words */ }
+        }
+        throw e;
+      }
+    },
+    writable: true,
+    configurable: true,
+    enumerable: false,
   });
 
   // ---------------------------------------------------------------- Buffer
@@ -216,10 +285,23 @@
     static _wrap(u8) {
       return new Buffer(u8.buffer, u8.byteOffset, u8.byteLength);
     }
-    static alloc(size, fill) {
+    static alloc(size, fill, enc) {
       const b = new Buffer(size);
-      if (fill !== undefined) b.fill(typeof fill === 'string' ? fill.charCodeAt(0) : fill);
+      if (fill !== undefined && fill !== 0) b.fill(fill, enc);
       return b;
+    }
+    // A string or bytes fill repeats as a pattern (`alloc(5, 'ab')` is
+    // `ababa`), as Node's does.
+    fill(value, offset, end, enc) {
+      if (typeof offset === 'string') { enc = offset; offset = undefined; end = undefined; }
+      else if (typeof end === 'string') { enc = end; end = undefined; }
+      const from = offset === undefined ? 0 : offset;
+      const to = end === undefined ? this.length : end;
+      if (typeof value !== 'string' && !(value instanceof Uint8Array)) return super.fill(value, from, to);
+      const pattern = typeof value === 'string' ? encodeString(value, enc) : value;
+      if (!pattern.length) return super.fill(0, from, to);
+      for (let i = from, j = 0; i < to; i++, j = (j + 1) % pattern.length) this[i] = pattern[j];
+      return this;
     }
     static allocUnsafe(size) { return new Buffer(size); }
     static isBuffer(x) { return x instanceof Buffer; }
@@ -347,31 +429,60 @@
   };
 
   // ---------------------------------------------------------------- crypto
-  function digestObject(kind, alg, key) {
-    const parts = [];
+  // Node's wording for a wrong argument type, which functions log.
+  function received(v) {
+    if (v === null || v === undefined) return 'Received ' + v;
+    if (typeof v === 'function') return 'Received function ' + (v.name || '<anonymous>');
+    if (typeof v === 'object') return 'Received ' + (v.constructor && v.constructor.name ? 'an instance of ' + v.constructor.name : inspect(v, 0));
+    let shown = inspect(v, 0);
+    if (shown.length > 28) shown = shown.slice(0, 25) + '...';
+    return 'Received type ' + typeof v + ' (' + shown + ')';
+  }
+  function argBytes(name, kinds, data, enc) {
+    if (typeof data === 'string' || data instanceof ArrayBuffer || ArrayBuffer.isView(data)) return toBytes(data, enc);
+    const e = new TypeError('The "' + name + '" argument must be of type string or an instance of ' + kinds + '. ' + received(data));
+    e.code = 'ERR_INVALID_ARG_TYPE';
+    throw e;
+  }
+  function finalized() {
+    const e = new Error('Digest already called');
+    e.code = 'ERR_CRYPTO_HASH_FINALIZED';
+    return e;
+  }
+  function digestObject(kind, alg, key, parts) {
+    parts = parts || [];
     let done = false;
     const obj = {
       update(data, enc) {
-        if (done) throw new Error('Digest already called');
-        parts.push(toBytes(data, enc));
+        if (done) throw finalized();
+        parts.push(argBytes('data', 'Buffer, TypedArray, or DataView', data, enc));
         return obj;
       },
       digest(enc) {
+        if (done) throw finalized();
         done = true;
         const all = Buffer.concat(parts.map((p) => Buffer._wrap(p)));
         const out = kind === 'hmac'
           ? host.hmac(String(alg), b64Encode(key), b64Encode(all))
           : host.hash(String(alg), b64Encode(all));
         const bytes = Buffer._wrap(b64Decode(out, false));
-        return enc ? bytes.toString(enc) : bytes;
+        if (!enc || enc === 'buffer') return bytes;
+        // Node answers an encoding it does not know with the bytes.
+        try { return bytes.toString(enc); } catch (_) { return bytes; }
       },
     };
+    if (kind === 'hash') {
+      obj.copy = () => {
+        if (done) throw finalized();
+        return digestObject(kind, alg, key, parts.slice());
+      };
+    }
     return obj;
   }
   const crypto = {
     createHmac: (alg, key) => {
       host.hmac(String(alg), '', '');
-      return digestObject('hmac', alg, toBytes(key && key.export ? key.export() : key));
+      return digestObject('hmac', alg, argBytes('key', 'ArrayBuffer, Buffer, TypedArray, DataView, KeyObject, or CryptoKey', key && key.export ? key.export() : key));
     },
     createHash: (alg) => {
       host.hash(String(alg), '');
@@ -555,67 +666,133 @@
     if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(k)) throw new TypeError(k + ' is not a legal HTTP header name');
     return k.toLowerCase();
   }
+  // As node-fetch 2's: each name keeps its values apart (`raw()`, every
+  // Set-Cookie line) and the case it was first given; `get` joins them.
+  function headerValue(v) {
+    v = String(v);
+    if (!trustValues && /[^\t\x20-\x7e\x80-\xff]/.test(v)) throw new TypeError(v + ' is not a legal HTTP header value');
+    return v;
+  }
+  // Headers that came over the wire (a response, the request a source
+  // function runs on) are taken as they are: Node never refuses what it
+  // received.
+  let trustValues = false;
+  function receivedHeaders(init) {
+    trustValues = true;
+    try { return new Headers(init); } finally { trustValues = false; }
+  }
   class Headers {
     constructor(init) {
       this._map = new Map();
-      if (!init) return;
-      if (init instanceof Headers) init.forEach((v, k) => this.append(k, v));
-      else if (Array.isArray(init)) for (const [k, v] of init) this.append(k, v);
-      else for (const k of Object.keys(init)) {
-        const v = init[k];
-        if (Array.isArray(v)) v.forEach((x) => this.append(k, x));
-        else if (v !== undefined) this.append(k, v);
-      }
+      if (init === undefined || init === null) return;
+      if (init instanceof Headers) {
+        // Copied value by value, and checked: received headers passed on
+        // to fetch are refused as node-fetch refuses them.
+        for (const e of init._map.values()) for (const v of e.values) this.append(e.name, v);
+      } else if (typeof init[Symbol.iterator] === 'function') {
+        for (const pair of init) {
+          if (typeof pair !== 'object' || typeof pair[Symbol.iterator] !== 'function') throw new TypeError('Each header pair must be iterable');
+          const [k, v] = [...pair];
+          this.append(k, v);
+        }
+      } else if (typeof init === 'object') {
+        for (const k of Object.keys(init)) {
+          const v = init[k];
+          if (Array.isArray(v)) v.forEach((x) => this.append(k, x));
+          else this.append(k, v);
+        }
+      } else throw new TypeError('Provided initializer must be an object');
     }
     append(k, v) {
-      k = headerName(k);
-      if (k === 'set-cookie') { (this._cookies = this._cookies || []).push(String(v)); }
-      const cur = this._map.get(k);
-      this._map.set(k, cur === undefined ? String(v) : cur + ', ' + String(v));
+      const name = String(k);
+      const key = headerName(name);
+      v = headerValue(v);
+      const cur = this._map.get(key);
+      if (cur) cur.values.push(v);
+      else this._map.set(key, { name, values: [v] });
     }
     set(k, v) {
-      k = headerName(k);
-      if (k === 'set-cookie') this._cookies = [String(v)];
-      this._map.set(k, String(v));
+      const name = String(k);
+      const key = headerName(name);
+      v = headerValue(v);
+      const cur = this._map.get(key);
+      this._map.set(key, { name: cur ? cur.name : name, values: [v] });
     }
-    getSetCookie() { return (this._cookies || []).slice(); }
-    get(k) { const v = this._map.get(String(k).toLowerCase()); return v === undefined ? null : v; }
-    has(k) { return this._map.has(String(k).toLowerCase()); }
-    delete(k) {
-      k = String(k).toLowerCase();
-      if (k === 'set-cookie') this._cookies = [];
-      this._map.delete(k);
-    }
+    getSetCookie() { const e = this._map.get('set-cookie'); return e ? e.values.slice() : []; }
+    get(k) { const e = this._map.get(headerName(k)); return e === undefined ? null : e.values.join(', '); }
+    has(k) { return this._map.has(headerName(k)); }
+    delete(k) { this._map.delete(headerName(k)); }
     forEach(fn, self) { for (const [k, v] of this.entries()) fn.call(self, v, k, this); }
-    entries() { return [...this._map.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1))[Symbol.iterator](); }
+    entries() {
+      return [...this._map.keys()].sort().map((k) => [k, this._map.get(k).values.join(', ')])[Symbol.iterator]();
+    }
     keys() { return [...this.entries()].map((e) => e[0])[Symbol.iterator](); }
     values() { return [...this.entries()].map((e) => e[1])[Symbol.iterator](); }
     [Symbol.iterator]() { return this.entries(); }
-    raw() { const o = {}; for (const [k, v] of this._map) o[k] = [v]; return o; }
+    raw() { const o = {}; for (const e of this._map.values()) o[e.name] = e.values; return o; }
+    // Every value on its own line, as Node's http client writes them.
+    _pairs() { const out = []; for (const e of this._map.values()) for (const v of e.values) out.push([e.name, v]); return out; }
   }
   define('Headers', Headers);
 
   // ---------------------------------------------------------------- FormData
+  // Segment's FormData is the form-data package (2.x): `append(name, value,
+  // options)` with a filename string or `{filename, filepath, contentType}`,
+  // the whole body at once with getBuffer(). Web FormData's readers stay.
+  const MIME = {
+    csv: 'text/csv', txt: 'text/plain', html: 'text/html', htm: 'text/html', css: 'text/css', js: 'application/javascript',
+    json: 'application/json', xml: 'application/xml', pdf: 'application/pdf', zip: 'application/zip', gz: 'application/gzip',
+    png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', svg: 'image/svg+xml', webp: 'image/webp',
+    mp3: 'audio/mpeg', mp4: 'video/mp4', wav: 'audio/wave', doc: 'application/msword', xls: 'application/vnd.ms-excel',
+    docx: 'application/vnd.openxmlformats-officedocument.wordprocessingml.document',
+    xlsx: 'application/vnd.openxmlformats-officedocument.spreadsheetml.sheet', yaml: 'text/yaml', yml: 'text/yaml', md: 'text/markdown',
+  };
+  const mimeOf = (file) => { const m = /\.([^./\\]+)$/.exec(String(file)); return (m && MIME[m[1].toLowerCase()]) || null; };
   class FormData {
     constructor() { this._list = []; }
-    append(k, v, filename) { this._list.push([String(k), v, filename]); }
-    set(k, v, filename) { this.delete(k); this.append(k, v, filename); }
+    append(k, v, options) {
+      if (typeof options === 'string') options = { filename: options };
+      options = options || {};
+      if (typeof v === 'number') v = String(v);
+      if (Array.isArray(v)) throw new Error('Arrays are not supported.');
+      this._list.push([String(k), v, options]);
+    }
+    set(k, v, options) { this.delete(k); this.append(k, v, options); }
     get(k) { const p = this._list.find((x) => x[0] === k); return p ? p[1] : null; }
     getAll(k) { return this._list.filter((x) => x[0] === k).map((x) => x[1]); }
     has(k) { return this._list.some((x) => x[0] === k); }
     delete(k) { this._list = this._list.filter((x) => x[0] !== k); }
     entries() { return this._list.map((x) => [x[0], x[1]])[Symbol.iterator](); }
     [Symbol.iterator]() { return this.entries(); }
-    getBoundary() { if (!this._boundary) this._boundary = '----switchyard' + host.uuid().replace(/-/g, ''); return this._boundary; }
-    getHeaders() { return { 'content-type': 'multipart/form-data; boundary=' + this.getBoundary() }; }
+    getBoundary() {
+      if (!this._boundary) {
+        let digits = '';
+        for (let i = 0; i < 24; i++) digits += Math.floor(Math.random() * 10);
+        this._boundary = '--------------------------' + digits;
+      }
+      return this._boundary;
+    }
+    getHeaders(extra) {
+      const out = { 'content-type': 'multipart/form-data; boundary=' + this.getBoundary() };
+      for (const k of Object.keys(extra || {})) out[k.toLowerCase()] = extra[k];
+      return out;
+    }
+    getBuffer() { return this._encode(); }
+    getLengthSync() { return this._encode().length; }
+    getLength(cb) { const n = this._encode().length; if (typeof cb === 'function') addTimer(() => cb(null, n), 0, [], false); }
+    hasKnownLength() { return true; }
     _encode() {
       const b = this.getBoundary();
       const parts = [];
-      for (const [k, v, filename] of this._list) {
+      for (const [k, v, options] of this._list) {
+        const file = options.filepath || options.filename || (v && (v.name || v.path));
         let head = '--' + b + '\r\nContent-Disposition: form-data; name="' + k + '"';
-        if (filename) head += '; filename="' + filename + '"\r\nContent-Type: application/octet-stream';
-        parts.push(Buffer.from(head + '\r\n\r\n'));
-        parts.push(typeof v === 'string' || typeof v === 'number' ? Buffer.from(String(v)) : Buffer.from(toBytes(v)));
+        if (file) head += '; filename="' + (options.filepath ? String(file) : String(file).split(/[\\/]/).pop()) + '"';
+        head += '\r\n';
+        const type = options.contentType || (file && mimeOf(file)) || (typeof v === 'object' && v !== null ? 'application/octet-stream' : null);
+        if (type) head += 'Content-Type: ' + type + '\r\n';
+        parts.push(Buffer.from(head + '\r\n'));
+        parts.push(typeof v === 'string' ? Buffer.from(v) : v instanceof ArrayBuffer || ArrayBuffer.isView(v) ? Buffer.from(toBytes(v)) : Buffer.from(String(v)));
         parts.push(Buffer.from('\r\n'));
       }
       parts.push(Buffer.from('--' + b + '--\r\n'));
@@ -625,6 +802,42 @@
   define('FormData', FormData);
 
   // ---------------------------------------------------------------- Response / Request / fetch
+  // node-fetch 2's FetchError: `type` says what failed, and a system error
+  // carries Node's `code` (and `errno`), which retry logic branches on.
+  class FetchError extends Error {
+    constructor(message, type, systemError) {
+      super(message);
+      this.type = type;
+      if (systemError && systemError.code) this.code = this.errno = systemError.code;
+    }
+  }
+  Object.defineProperty(FetchError.prototype, 'name', { value: 'FetchError', writable: true, configurable: true });
+  // V8 traces an awaited call back to the function that awaited it; an error
+  // the runtime rejects with later is given that caller's frames (taken at
+  // the call), so the line reported is the function's.
+  function fromCaller(err, site) {
+    const frames = String(site.stack || '').split('\n').filter((l) => /^\s*at /.test(l) && !l.includes('switchyard-prelude.js'));
+    if (frames.length) err.stack = frames.join('\n') + '\n';
+    return err;
+  }
+  function answerError(a) {
+    if (a.name === 'TypeError') return new TypeError(a.error);
+    return new FetchError(a.error, a.type || 'system', a.code ? { code: a.code } : undefined);
+  }
+  const STATUS_TEXT = {
+    100: 'Continue', 101: 'Switching Protocols', 200: 'OK', 201: 'Created', 202: 'Accepted', 203: 'Non-Authoritative Information',
+    204: 'No Content', 205: 'Reset Content', 206: 'Partial Content', 207: 'Multi-Status', 300: 'Multiple Choices',
+    301: 'Moved Permanently', 302: 'Found', 303: 'See Other', 304: 'Not Modified', 307: 'Temporary Redirect', 308: 'Permanent Redirect',
+    400: 'Bad Request', 401: 'Unauthorized', 402: 'Payment Required', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
+    406: 'Not Acceptable', 407: 'Proxy Authentication Required', 408: 'Request Timeout', 409: 'Conflict', 410: 'Gone',
+    411: 'Length Required', 412: 'Precondition Failed', 413: 'Payload Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type',
+    416: 'Range Not Satisfiable', 417: 'Expectation Failed', 418: "I'm a Teapot", 422: 'Unprocessable Entity', 423: 'Locked',
+    424: 'Failed Dependency', 425: 'Too Early', 426: 'Upgrade Required', 428: 'Precondition Required', 429: 'Too Many Requests',
+    431: 'Request Header Fields Too Large', 451: 'Unavailable For Legal Reasons', 500: 'Internal Server Error', 501: 'Not Implemented',
+    502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout', 505: 'HTTP Version Not Supported',
+    507: 'Insufficient Storage', 511: 'Network Authentication Required',
+  };
+  const isFormData = (body) => body instanceof FormData || (body && typeof body.getBoundary === 'function' && typeof body.getBuffer === 'function');
   function bodyBytes(body, headers) {
     if (body === undefined || body === null) return null;
     if (typeof body === 'string') return utf8Encode(body);
@@ -632,24 +845,31 @@
       if (headers && !headers.has('content-type')) headers.set('content-type', 'application/x-www-form-urlencoded;charset=UTF-8');
       return utf8Encode(body.toString());
     }
-    if (body instanceof FormData) {
-      if (headers && !headers.has('content-type')) headers.set('content-type', 'multipart/form-data; boundary=' + body.getBoundary());
-      return body._encode();
+    if (isFormData(body)) {
+      if (headers && !headers.has('content-type')) headers.set('content-type', 'multipart/form-data;boundary=' + body.getBoundary());
+      return toBytes(body.getBuffer());
     }
     if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return toBytes(body);
+    // Anything else is sent as its string, typed as text, as node-fetch does.
+    if (headers && !headers.has('content-type')) headers.set('content-type', 'text/plain;charset=UTF-8');
     return utf8Encode(String(body));
   }
   class Response {
     constructor(body, init) {
       init = init || {};
       this.status = init.status === undefined ? 200 : init.status;
-      this.statusText = init.statusText || '';
-      this.headers = new Headers(init.headers);
+      this.statusText = init.statusText || STATUS_TEXT[this.status] || '';
+      this.headers = init._received ? receivedHeaders(init.headers) : new Headers(init.headers);
       this.url = init.url || '';
+      this._counter = init.counter || 0;
+      this._bodyError = init.bodyError || null;
       // Text bodies stay text: encoding them byte by byte in JavaScript is
       // the expensive part, and most bodies are only ever read as text.
       this._text = typeof body === 'string' ? body : null;
       this._cache = this._text === null ? bodyBytes(body, this.headers) || new Uint8Array(0) : null;
+      // A body made here is typed as node-fetch types it; one that came
+      // over the network (or a copy) keeps the headers it came with.
+      if (this._text !== null && !init._asGiven && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
       this.bodyUsed = false;
     }
     get _bytes() {
@@ -657,20 +877,35 @@
       return this._cache;
     }
     get ok() { return this.status >= 200 && this.status < 300; }
-    get redirected() { return false; }
+    get redirected() { return this._counter > 0; }
     get type() { return 'default'; }
     // A body is read once, as node-fetch enforces (`clone()` first to read twice).
     _use() {
       if (this.bodyUsed) throw new TypeError('body used already for: ' + this.url);
       this.bodyUsed = true;
+      if (this._bodyError) throw answerError(this._bodyError);
     }
     async text() { this._use(); return this._text !== null ? this._text : utf8Decode(this._bytes); }
-    async json() { return JSON.parse(await this.text()); }
+    async json() {
+      const site = new Error();
+      const text = await this.text();
+      try {
+        return JSON.parse(text);
+      } catch (err) {
+        throw fromCaller(new FetchError('invalid json response body at ' + this.url + ' reason: ' + err.message, 'invalid-json'), site);
+      }
+    }
     async arrayBuffer() { this._use(); return this._bytes.slice().buffer; }
     async buffer() { this._use(); return Buffer.from(this._bytes); }
-    clone() { const r = new Response(this._text !== null ? this._text : this._bytes, this); r.headers = new Headers(this.headers); return r; }
+    clone() {
+      if (this.bodyUsed) throw new Error('cannot clone body after it is used');
+      const r = new Response(this._text !== null ? this._text : this._bytes, { status: this.status, statusText: this.statusText, headers: this.headers, url: this.url, _asGiven: true, _received: true });
+      r._counter = this._counter;
+      r._bodyError = this._bodyError;
+      return r;
+    }
     static json(data, init) {
-      const r = new Response(JSON.stringify(data), init);
+      const r = new Response(JSON.stringify(data), Object.assign({}, init, { _asGiven: true }));
       if (!r.headers.has('content-type')) r.headers.set('content-type', 'application/json');
       return r;
     }
@@ -678,18 +913,28 @@
   class Request {
     constructor(input, init) {
       init = init || {};
-      this.url = input instanceof Request ? input.url : String(input);
-      this.method = (init.method || (input instanceof Request ? input.method : 'GET')).toUpperCase();
-      this.headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
+      const from = input instanceof Request ? input : null;
+      this.url = from ? from.url : String(input);
+      this.method = String(init.method || (from ? from.method : 'GET')).toUpperCase();
+      this.headers = new Headers(init.headers || (from ? from.headers : undefined));
       const body = init.body !== undefined ? init.body
-        : input instanceof Request ? (input._text !== null ? input._text : input._bytes) : undefined;
+        : from ? (from._text !== null ? from._text : from._bytes) : undefined;
       this._text = typeof body === 'string' ? body : null;
       this._bytes = this._text === null ? bodyBytes(body, this.headers) : null;
       // As node-fetch does: a string body without a type is plain text.
       if (this._text !== null && !this.headers.has('content-type')) this.headers.set('content-type', 'text/plain;charset=UTF-8');
+      // node-fetch's own options.
+      const opt = (k, d) => (init[k] !== undefined ? init[k] : from ? from[k] : d);
+      this.redirect = String(opt('redirect', 'follow'));
+      this.follow = opt('follow', 20);
+      this.compress = opt('compress', true);
+      this.timeout = opt('timeout', 0);
+      this.size = opt('size', 0);
+      this.signal = opt('signal', null);
     }
     async text() { return this._text !== null ? this._text : this._bytes ? utf8Decode(this._bytes) : ''; }
     async json() { return JSON.parse(await this.text()); }
+    clone() { return new Request(this); }
   }
   define('Response', Response);
   define('Request', Request);
@@ -739,32 +984,46 @@
     if (resolve) resolve(JSON.parse(answerJson));
   });
   async function fetch(input, init) {
+    const site = new Error();
     const req = new Request(input, init);
+    const hasBody = req._text !== null || req._bytes !== null;
     const id = host.fetch(
       req.method,
       req.url,
-      JSON.stringify([...req.headers.entries()]),
+      JSON.stringify(req.headers._pairs()),
       req._text === null && req._bytes ? b64Encode(req._bytes) : '',
       req._text !== null ? req._text : '',
-      req._text !== null
+      req._text !== null,
+      JSON.stringify({
+        redirect: req.redirect,
+        follow: Math.max(0, Math.floor(Number(req.follow) || 0)),
+        timeout: Math.max(0, Math.floor(Number(req.timeout) || 0)),
+        compress: req.compress !== false,
+        has_body: hasBody,
+      })
     );
-    const signal = init && init.signal;
+    const signal = req.signal;
     if (signal && signal.aborted) { fetchesInFlight.delete(id); throw abortError(signal); }
     const answer = await new Promise((resolve, reject) => {
       fetchesInFlight.set(id, resolve);
       if (signal) signal.addEventListener('abort', () => { fetchesInFlight.delete(id); reject(abortError(signal)); });
     });
-    if (answer.error) {
-      const e = new TypeError('fetch failed: ' + answer.error);
-      e.code = answer.code;
-      throw e;
-    }
-    return new Response(typeof answer.text === 'string' ? answer.text : b64Decode(answer.body, false), {
+    if (answer.error) throw fromCaller(answerError(answer), site);
+    const res = new Response(typeof answer.text === 'string' ? answer.text : b64Decode(answer.body, false), {
       status: answer.status,
       statusText: answer.statusText,
       headers: answer.headers,
-      url: req.url,
+      url: answer.url || req.url,
+      counter: answer.counter,
+      bodyError: answer.bodyError,
+      _asGiven: true,
+      _received: true,
     });
+    // node-fetch's `size` option: bodies past it are refused on reading.
+    if (req.size > 0 && !res._bodyError && (res._text !== null ? utf8Encode(res._text).length : res._cache.length) > req.size) {
+      res._bodyError = { name: 'FetchError', type: 'max-size', error: 'content size at ' + res.url + ' over limit: ' + req.size };
+    }
+    return res;
   }
   define('fetch', fetch);
 
@@ -778,13 +1037,32 @@
   function addTimer(fn, ms, args, repeat) {
     const id = ++timerSeq;
     const delay = Math.max(0, Number(ms) || 0);
-    timers.push({ id, due: Date.now() + delay, fn, args, repeat: repeat ? Math.max(1, delay) : 0 });
+    timers.push({ id, due: Date.now() + delay, delay, fn, args, repeat: repeat ? Math.max(1, delay) : 0 });
     return id;
   }
-  define('setTimeout', (fn, ms, ...args) => addTimer(fn, ms, args, false));
-  define('setInterval', (fn, ms, ...args) => addTimer(fn, ms, args, true));
-  define('setImmediate', (fn, ...args) => addTimer(fn, 0, args, false));
-  const clear = (id) => { timers = timers.filter((t) => t.id !== id); };
+  // Node's timer handles: objects with ref/unref (often called on them),
+  // and their id as their primitive value.
+  class Timeout {
+    constructor(id) { this._id = id; this._ref = true; }
+    ref() { this._ref = true; return this; }
+    unref() { this._ref = false; return this; }
+    hasRef() { return this._ref; }
+    refresh() {
+      const t = timers.find((x) => x.id === this._id);
+      if (t) t.due = Date.now() + (t.repeat || t.delay);
+      return this;
+    }
+    close() { clear(this); return this; }
+    [Symbol.toPrimitive]() { return this._id; }
+  }
+  class Immediate extends Timeout {}
+  define('setTimeout', (fn, ms, ...args) => new Timeout(addTimer(fn, ms, args, false)));
+  define('setInterval', (fn, ms, ...args) => new Timeout(addTimer(fn, ms, args, true)));
+  define('setImmediate', (fn, ...args) => new Immediate(addTimer(fn, 0, args, false)));
+  const clear = (handle) => {
+    const id = handle instanceof Timeout ? handle._id : Number(handle);
+    timers = timers.filter((t) => t.id !== id);
+  };
   define('clearTimeout', clear);
   define('clearInterval', clear);
   define('clearImmediate', clear);
@@ -891,10 +1169,15 @@
       this._minInt = o.minimumIntegerDigits || 1;
       this._grouping = o.useGrouping !== false && o.useGrouping !== 'false';
       this._signDisplay = o.signDisplay || 'auto';
+      this._currencySign = o.currencySign || 'standard';
+      this._notation = o.notation || 'standard';
+      if (!['standard', 'compact'].includes(this._notation)) throw new RangeError('switchyard: Intl.NumberFormat notation ' + this._notation + ' is not supported (standard and compact are)');
+      this._compactDisplay = o.compactDisplay || 'short';
+      this._fracGiven = o.minimumFractionDigits !== undefined || o.maximumFractionDigits !== undefined;
     }
     resolvedOptions() {
       return { locale: this._locale, numberingSystem: 'latn', style: this._style, currency: this._currency, minimumIntegerDigits: this._minInt,
-        minimumFractionDigits: this._minFrac, maximumFractionDigits: this._maxFrac, useGrouping: this._grouping ? 'auto' : false, signDisplay: this._signDisplay };
+        minimumFractionDigits: this._minFrac, maximumFractionDigits: this._maxFrac, useGrouping: this._grouping ? 'auto' : false, notation: this._notation, signDisplay: this._signDisplay };
     }
     formatToParts(value) {
       let x = typeof value === 'bigint' ? Number(value) : Number(value);
@@ -904,24 +1187,47 @@
       if (Number.isNaN(x)) return [{ type: 'nan', value: 'NaN' }];
       if (this._style === 'percent') x *= 100;
       const body = [];
+      let compact = '';
       if (!Number.isFinite(x)) body.push({ type: 'infinity', value: '∞' });
       else {
+        let maxFrac = this._maxFrac, minFrac = this._minFrac;
+        if (this._notation === 'compact') {
+          // English abbreviations (K, M, B, T); without digit options a
+          // one-digit mantissa keeps one decimal (1.2M), others none (12K).
+          const round = (v) => (this._fracGiven ? v : Number(roundDecimal(v, v < 10 ? 1 : 0).join('.')));
+          let exp = 0;
+          let abs = Math.abs(x);
+          while (exp < 12 && abs >= 10 ** (exp + 3)) exp += 3;
+          let scaled = round(abs / 10 ** exp);
+          if (scaled >= 1000 && exp < 12) { exp += 3; scaled = round(abs / 10 ** exp); }
+          if (!this._fracGiven) { maxFrac = scaled < 10 ? 1 : 0; minFrac = 0; }
+          x = negative ? -scaled : scaled;
+          if (exp) compact = this._compactDisplay === 'long' ? ' ' + ['thousand', 'million', 'billion', 'trillion'][exp / 3 - 1] : 'KMBT'[exp / 3 - 1];
+        }
         let int, frac;
         if (this._maxSig) {
           [int, frac] = roundDecimal(Number(Math.abs(x).toPrecision(Math.min(21, this._maxSig))), 20);
           frac = frac.replace(/0+$/, '');
         } else {
-          [int, frac] = roundDecimal(x, this._maxFrac);
-          while (frac.length > this._minFrac && frac.endsWith('0')) frac = frac.slice(0, -1);
+          [int, frac] = roundDecimal(x, maxFrac);
+          while (frac.length > minFrac && frac.endsWith('0')) frac = frac.slice(0, -1);
         }
         int = int.padStart(this._minInt, '0');
-        const groupIt = this._grouping && int.length >= 4 && int.length >= 3 + minGroup;
-        if (groupIt) {
+        const groupIt = this._grouping && int.length >= 4 && int.length >= 3 + minGroup && (this._notation !== 'compact' || int.length >= 5);
+        if (groupIt && /-IN$/.test(this._locale)) {
+          // Indian grouping: the last three digits, then pairs (1,23,45,678).
+          const head = int.slice(0, -3);
+          const first = head.length % 2 || 2;
+          body.push({ type: 'integer', value: head.slice(0, first) });
+          for (let i = first; i < head.length; i += 2) { body.push({ type: 'group', value: group }); body.push({ type: 'integer', value: head.slice(i, i + 2) }); }
+          body.push({ type: 'group', value: group }, { type: 'integer', value: int.slice(-3) });
+        } else if (groupIt) {
           const first = int.length % 3 || 3;
           body.push({ type: 'integer', value: int.slice(0, first) });
           for (let i = first; i < int.length; i += 3) { body.push({ type: 'group', value: group }); body.push({ type: 'integer', value: int.slice(i, i + 3) }); }
         } else body.push({ type: 'integer', value: int });
         if (frac) { body.push({ type: 'decimal', value: decimal }); body.push({ type: 'fraction', value: frac }); }
+        if (compact) body.push({ type: 'compact', value: compact });
       }
       const isZero = body.every((p) => (p.type !== 'integer' && p.type !== 'fraction') || /^0*$/.test(p.value));
       let sign = '';
@@ -938,7 +1244,10 @@
           : this._locale === 'en-CA' && this._currency === 'CAD' ? '$'
           : this._locale === 'en-AU' && this._currency === 'AUD' ? '$'
           : (LOCAL_CURRENCY_SYMBOLS[langOf(this._locale)] || {})[this._currency] || CURRENCY_SYMBOLS[this._currency] || this._currency;
-        if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
+        // English accounting format: a negative amount in parentheses.
+        const accounting = sign === '-' && this._currencySign === 'accounting' && langOf(this._locale) === 'en';
+        if (accounting) parts.push({ type: 'literal', value: '(' });
+        else if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
         if (currencyAt === 'after') {
           parts.push(...body, { type: 'literal', value: '\u00a0' }, { type: 'currency', value: symbol });
         } else {
@@ -946,6 +1255,7 @@
           if (currencyAt === 'space' || /^[A-Z]{3}$/.test(symbol)) parts.push({ type: 'literal', value: '\u00a0' });
           parts.push(...body);
         }
+        if (accounting) parts.push({ type: 'literal', value: ')' });
         return parts;
       }
       if (sign) parts.push({ type: sign === '-' ? 'minusSign' : 'plusSign', value: sign });
@@ -1076,7 +1386,10 @@
         }
       }
       if (o.hour || o.minute || o.second) {
-        if (hasDate) lit(textual && (this._dateStyle === 'full' || this._dateStyle === 'long' || !this._dateStyle) && this._locale.startsWith('en') ? ' at ' : joiner);
+        // English joins a long date to its time with " at ", a short one
+        // (an abbreviated month, medium and short styles) with a comma.
+        const longDate = this._dateStyle ? this._dateStyle === 'full' || this._dateStyle === 'long' : o.month === 'long';
+        if (hasDate) lit(textual && longDate && this._locale.startsWith('en') ? ' at ' : joiner);
         const timeParts = [];
         if (o.hour) {
           const hour = this._h12 ? h % 12 || 12 : h;
@@ -1223,6 +1536,17 @@
       return Number.isNaN(this.getTime()) ? text : text + ' (Coordinated Universal Time)';
     });
   }
+  // Turkish and Azeri dotted and dotless i; other languages case as
+  // toUpperCase/toLowerCase do.
+  const turkic = (locales) => /^(tr|az)(-|$)/i.test(String(Array.isArray(locales) ? locales[0] : locales || ''));
+  protoMethod(String.prototype, 'toLocaleUpperCase', function (locales) {
+    const str = String(this);
+    return turkic(locales) ? str.replace(/i/g, '\u0130').toUpperCase() : str.toUpperCase();
+  });
+  protoMethod(String.prototype, 'toLocaleLowerCase', function (locales) {
+    const str = String(this);
+    return turkic(locales) ? str.replace(/I/g, '\u0131').replace(/\u0130/g, 'i').toLowerCase() : str.toLowerCase();
+  });
   protoMethod(String.prototype, 'localeCompare', function (other, locales, options) { return new Collator(locales, options).compare(String(this), other); });
 
   // ---------------------------------------------------------------- console
@@ -1240,7 +1564,45 @@
     const escaped = str.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
     return mark + (mark === "'" ? escaped.replace(/'/g, "\\'") : escaped) + mark;
   };
-  function inspect(v, depth, seen, circular) {
+  // Arrays of more than six items go in columns, padded, as Node lays them
+  // out (`indent`: the spaces the array starts at).
+  function groupItems(items, indent, values) {
+    const more = /^\.\.\. \d+ more items?$/.test(items[items.length - 1]) ? 1 : 0;
+    const n = items.length - more;
+    const lens = items.slice(0, n).map((e) => e.length);
+    const total = lens.reduce((a, l) => a + l + 2, 0);
+    const maxLen = lens.reduce((a, l) => Math.max(a, l), 0);
+    const actualMax = maxLen + 2;
+    if (!(actualMax * 3 + indent < 80 && (total / actualMax > 5 || maxLen <= 6))) return items;
+    const bias = Math.sqrt(actualMax - total / items.length);
+    const biasedMax = Math.max(actualMax - 3 - bias, 1);
+    const columns = Math.min(Math.round(Math.sqrt(2.5 * biasedMax * n) / biasedMax), Math.floor((80 - indent) / actualMax), 12, 15);
+    if (columns <= 1) return items;
+    const widths = [];
+    for (let c = 0; c < columns; c++) {
+      let w = 0;
+      for (let j = c; j < n; j += columns) w = Math.max(w, lens[j]);
+      widths.push(w + 2);
+    }
+    const numeric = n <= values.length && values.slice(0, n).every((x) => typeof x === 'number' || typeof x === 'bigint');
+    const rows = [];
+    for (let i = 0; i < n; i += columns) {
+      const last = Math.min(i + columns, n) - 1;
+      let row = '';
+      for (let j = i; j < last; j++) row += numeric ? (items[j] + ', ').padStart(widths[j - i]) : (items[j] + ', ').padEnd(widths[j - i]);
+      row += numeric ? items[last].padStart(widths[last - i] - 2) : items[last];
+      rows.push(row);
+    }
+    if (more) rows.push(items[n]);
+    return rows;
+  }
+  // The level of the container whose entries were last laid out: as in
+  // Node, one holding three or more levels below it (along its last
+  // entries) is never put on one line.
+  let lastLevel = 0;
+  // `hidden`: Node's showHidden (`%o`), which adds an array's length.
+  function inspect(v, depth, seen, circular, maxDepth, hidden) {
+    if (maxDepth === undefined) maxDepth = 2;
     seen = seen || [];
     circular = circular || new Set();
     switch (typeof v) {
@@ -1265,42 +1627,51 @@
       return depth > 0 ? '[' + head + ']' : [head, ...frames].join('\n');
     }
     if (v instanceof Promise) return 'Promise { <pending> }';
-    const nested = (x) => inspect(x, depth + 1, seen.concat([v]), circular);
+    const nested = (x) => inspect(x, depth + 1, seen.concat([v]), circular, maxDepth, hidden);
     const ctorName = v.constructor && v.constructor.name;
     if (v instanceof Buffer) {
       const shown = Array.from(v.subarray(0, 50), (b) => (b < 16 ? '0' : '') + b.toString(16)).join(' ');
       return '<Buffer' + (shown ? ' ' + shown : '') + (v.length > 50 ? ' ... ' + (v.length - 50) + ' more bytes' : '') + '>';
     }
-    let start, end, entries;
+    let start, end, entries, values;
     if (Array.isArray(v) || ArrayBuffer.isView(v)) {
-      if (depth > 2) return '[Array]';
-      const items = Array.from(v).slice(0, 100);
-      entries = items.map(nested);
+      if (depth > maxDepth) return '[Array]';
+      values = Array.from(v).slice(0, 100);
+      if (v.length) lastLevel = depth;
+      entries = values.map(nested);
       if (v.length > 100) entries.push('... ' + (v.length - 100) + ' more item' + (v.length - 100 > 1 ? 's' : ''));
+      if (hidden && Array.isArray(v)) entries.push('[length]: ' + v.length);
       start = Array.isArray(v) ? (ctorName && ctorName !== 'Array' ? ctorName + '(' + v.length + ') [' : '[') : ctorName + '(' + v.length + ') [';
       end = ']';
     } else if (v instanceof Map) {
-      if (depth > 2) return '[Map]';
+      if (depth > maxDepth) return '[Map]';
+      if (v.size) lastLevel = depth;
       entries = [...v].map(([k, x]) => nested(k) + ' => ' + nested(x));
       start = 'Map(' + v.size + ') {';
       end = '}';
     } else if (v instanceof Set) {
-      if (depth > 2) return '[Set]';
+      if (depth > maxDepth) return '[Set]';
+      if (v.size) lastLevel = depth;
       entries = [...v].map(nested);
       start = 'Set(' + v.size + ') {';
       end = '}';
     } else {
       const named = ctorName && ctorName !== 'Object' ? ctorName + ' ' : Object.getPrototypeOf(v) === null ? '[Object: null prototype] ' : '';
-      if (depth > 2) return named ? '[' + named.trim() + ']' : '[Object]';
+      if (depth > maxDepth) return named ? '[' + named.trim() + ']' : '[Object]';
+      if (Object.keys(v).length) lastLevel = depth;
       entries = Object.keys(v).map((k) => (IDENTIFIER.test(k) ? k : quote(k)) + ': ' + nested(v[k]));
       start = named + '{';
       end = '}';
     }
     if (!entries.length) return start + end;
     if (circular.has(v)) start = '<ref *1> ' + start;
-    const oneLine = start + ' ' + entries.join(', ') + ' ' + end;
-    if (oneLine.length <= 72 && !oneLine.includes('\n')) return oneLine;
     const pad = '  '.repeat(depth + 1);
+    if (values && entries.length > 6) {
+      const rows = groupItems(entries, 2 * depth, values);
+      if (rows.length !== entries.length) return start + '\n' + rows.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
+    }
+    const oneLine = start + ' ' + entries.join(', ') + ' ' + end;
+    if (lastLevel - depth < 3 && oneLine.length <= 72 && !oneLine.includes('\n')) return oneLine;
     return start + '\n' + entries.map((e) => pad + e).join(',\n') + '\n' + '  '.repeat(depth) + end;
   }
   // A value printed by console.log or util.format: strings as they are.
@@ -1450,15 +1821,18 @@
   function formatArgs(fmt, ...args) {
     if (typeof fmt !== 'string') return [fmt, ...args].map(show).join(' ');
     let i = 0;
-    let out = fmt.replace(/%[sdifjoO%]/g, (m) => {
+    let out = fmt.replace(/%[sdifjoOc%]/g, (m) => {
       if (m === '%%') return '%';
       if (i >= args.length) return m;
       const a = args[i++];
       switch (m) {
+        // CSS for browsers' consoles: Node prints nothing for it.
+        case '%c': return '';
         case '%s': return show(a);
         case '%d': case '%i': return String(m === '%i' ? parseInt(a, 10) : Number(a));
         case '%f': return String(parseFloat(a));
         case '%j': return JSON.stringify(a);
+        case '%o': return inspect(a, 0, [], new Set(), 4, true);
         default: return inspect(a, 0);
       }
     });
@@ -1467,7 +1841,11 @@
   }
   const util = {
     format: formatArgs,
-    inspect: (v) => inspect(v, 0),
+    // `inspect(v, {depth})`, or the old `inspect(v, showHidden, depth)`.
+    inspect(v, opts, legacyDepth) {
+      const d = opts && typeof opts === 'object' ? opts.depth : legacyDepth;
+      return inspect(v, 0, [], new Set(), d === undefined ? 2 : d === null ? Infinity : Number(d));
+    },
     promisify: (fn) => (...args) => new Promise((resolve, reject) => fn(...args, (err, value) => (err ? reject(err) : resolve(value)))),
     deprecate: (fn) => fn,
     inherits(ctor, superCtor) { Object.setPrototypeOf(ctor.prototype, superCtor.prototype); Object.setPrototypeOf(ctor, superCtor); },
@@ -1481,7 +1859,7 @@
     TextEncoder,
     TextDecoder,
   };
-  const nodeFetch = Object.assign((...a) => fetch(...a), { default: fetch, Headers, Request, Response });
+  const nodeFetch = Object.assign((...a) => fetch(...a), { default: fetch, Headers, Request, Response, FetchError });
   function req(name) {
     switch (name) {
       case 'lodash': return G._;
@@ -1512,8 +1890,18 @@
 
   // ---------------------------------------------------------------- Segment
   let emitted = null;
-  const identity = (m) => m.userId !== undefined && m.userId !== null && m.userId !== '' ||
-    m.anonymousId !== undefined && m.anonymousId !== null && m.anonymousId !== '';
+  const identity = (m) => Boolean(m.userId || m.anonymousId);
+  // The fields Segment's runtime copies into each call's message, in its
+  // order; anything else is dropped, and so is a field with a falsy value.
+  const COMMON = ['userId', 'anonymousId', 'context', 'integrations', 'messageId', 'sentAt', 'timestamp'];
+  const FIELDS = {
+    track: ['event', 'properties'],
+    identify: ['traits'],
+    page: ['name', 'properties'],
+    screen: ['name', 'properties'],
+    group: ['groupId', 'traits'],
+    alias: ['previousId'],
+  };
   function emit(type, required) {
     return function (message) {
       if (emitted === null) throw new Error('Segment.' + type + '() can only be called while the function runs');
@@ -1526,9 +1914,9 @@
           throw new ValidationError('Segment.' + type + '(): ' + field + ' is required');
         }
       }
-      const m = JSON.parse(JSON.stringify(message));
-      m.type = type;
-      emitted.messages.push(m);
+      const kept = { type };
+      for (const field of FIELDS[type].concat(COMMON)) if (message[field]) kept[field] = message[field];
+      emitted.messages.push(JSON.parse(JSON.stringify(kept)));
     };
   }
   const Segment = {
@@ -1548,16 +1936,34 @@
   define('Segment', Segment);
 
   // ---------------------------------------------------------------- invocation
+  // The reported message of the commonest engine error in V8's words (the
+  // function itself still sees QuickJS's).
+  const v8Message = (msg) => msg
+    .replace(/^cannot read property '([^']*)' of (undefined|null)$/, "Cannot read properties of $2 (reading '$1')")
+    .replace(/^cannot set property '([^']*)' of (undefined|null)$/, "Cannot set properties of $2 (setting '$1')");
   function describe(err, file) {
     if (!(err instanceof Error)) {
       return { name: 'Error', message: show(err), line: null, stack: '' };
     }
-    const stack = functionFrames(err);
+    // V8 leaves the frames of the error's own constructors out of its stack
+    // (the line is where it was thrown, not the class); QuickJS keeps them.
+    const ctors = new Set();
+    for (let c = err.constructor; typeof c === 'function' && c !== Error && c !== Function.prototype; c = Object.getPrototypeOf(c)) {
+      if (c.name) ctors.add(c.name);
+    }
+    const frames = functionFrames(err).split('\n');
+    let first = frames.findIndex((l) => /^\s*at /.test(l));
+    while (first >= 0 && first < frames.length) {
+      const m = /^\s*at (?:new )?([\w$]+)[\s(]/.exec(frames[first]);
+      if (!m || !ctors.has(m[1])) break;
+      frames.splice(first, 1);
+    }
+    const stack = frames.join('\n');
     let line = null;
     const re = new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + ':(\\d+)');
     const m = re.exec(stack);
     if (m) line = Number(m[1]);
-    return { name: err.name || 'Error', message: String(err.message), line, stack };
+    return { name: err.name || 'Error', message: v8Message(String(err.message)), line, stack };
   }
   function normalizeAnswer(result) {
     if (result instanceof Response) {
@@ -1586,7 +1992,7 @@
   function sourceRequest(raw) {
     let bytes, text;
     const body = () => (bytes === undefined ? (bytes = host.requestBytes()) : bytes);
-    const headers = new Headers(raw.headers);
+    const headers = receivedHeaders(raw.headers);
     const url = new URL(raw.url);
     return {
       method: raw.method,

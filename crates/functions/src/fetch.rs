@@ -65,6 +65,22 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
+/// Why a name gave no address to connect to: a lookup failure (node's
+/// `ENOTFOUND`) or the policy (no code: nothing to retry).
+#[derive(Debug)]
+struct ResolveError {
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
 /// Resolves names and drops internal addresses unless the host is allowed.
 struct PolicyResolver {
     policy: Arc<FetchPolicy>,
@@ -76,22 +92,34 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             if policy.denied_host(&host) {
-                return Err(format!("host {host} is denied by the fetch policy").into());
+                return Err(Box::new(ResolveError {
+                    code: None,
+                    message: format!("host {host} is denied by the fetch policy"),
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
-                .collect();
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(_) => {
+                    return Err(Box::new(ResolveError {
+                        code: Some("ENOTFOUND"),
+                        message: format!("getaddrinfo ENOTFOUND {host}"),
+                    })
+                        as Box<dyn std::error::Error + Send + Sync>)
+                }
+            };
             let allowed = policy.allowed_host(&host);
             let usable: Vec<SocketAddr> = addrs
                 .into_iter()
                 .filter(|a| allowed || !is_internal(a.ip()))
                 .collect();
             if usable.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to private or loopback addresses, which functions may not call (add it to fetch_allow to permit)"
-                )
-                .into());
+                return Err(Box::new(ResolveError {
+                    code: None,
+                    message: format!(
+                        "{host} resolves only to private or loopback addresses, which functions may not call (add it to fetch_allow to permit)"
+                    ),
+                }) as Box<dyn std::error::Error + Send + Sync>);
             }
             let iter: reqwest::dns::Addrs = Box::new(usable.into_iter());
             Ok(iter)
@@ -263,6 +291,8 @@ pub struct Outgoing<'a> {
     /// `[[name, value], …]` as JSON.
     pub headers_json: &'a str,
     pub body: Body<'a>,
+    /// node-fetch's options as JSON ([`Options`]).
+    pub options_json: &'a str,
 }
 
 /// A request body as the JavaScript side hands it over.
@@ -271,6 +301,80 @@ pub enum Body<'a> {
     Text(&'a str),
     /// Binary bodies, base64-encoded.
     Base64(&'a str),
+}
+
+/// node-fetch 2's request options that the host carries out.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct Options {
+    /// `follow`, `manual` or `error`.
+    redirect: String,
+    /// Redirects followed at most.
+    follow: u32,
+    /// Milliseconds to the response headers, and again to the end of the
+    /// body; 0 for none (the budget still applies).
+    timeout: u64,
+    /// Ask for and decode gzip and deflate.
+    compress: bool,
+    /// Whether the request has a body at all: an empty one still gets
+    /// `Content-Length: 0`, and so does a missing one on methods that
+    /// usually carry one.
+    has_body: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            redirect: "follow".into(),
+            follow: 20,
+            timeout: 0,
+            compress: true,
+            has_body: false,
+        }
+    }
+}
+
+/// How a fetch failed, as node-fetch reports it: a `FetchError` with a
+/// `type` (and a system `code` when there is one), or a `TypeError` for a
+/// request that could not be made at all.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    error: String,
+    name: &'static str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+}
+
+impl Failure {
+    fn fetch(message: String, kind: &'static str) -> Failure {
+        Failure {
+            error: message,
+            name: "FetchError",
+            kind: Some(kind),
+            code: None,
+        }
+    }
+
+    fn type_error(message: &str) -> Failure {
+        Failure {
+            error: message.to_string(),
+            name: "TypeError",
+            kind: None,
+            code: None,
+        }
+    }
+
+    /// node-fetch's `request to URL failed, reason: …`.
+    fn system(url: &reqwest::Url, reason: &str, code: Option<&str>) -> Failure {
+        Failure {
+            error: format!("request to {url} failed, reason: {reason}"),
+            name: "FetchError",
+            kind: Some("system"),
+            code: code.map(str::to_string),
+        }
+    }
 }
 
 /// What the JavaScript side receives, as JSON: a UTF-8 body as `text`,
@@ -284,6 +388,15 @@ struct FetchAnswer {
     body: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
+    /// The URL answered, after redirects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// Redirects followed to get here.
+    counter: u32,
+    /// The body could not be read: node-fetch rejects reading it (not the
+    /// fetch) with this.
+    #[serde(rename = "bodyError", skip_serializing_if = "Option::is_none")]
+    body_error: Option<Failure>,
 }
 
 impl FetchAnswer {
@@ -293,22 +406,23 @@ impl FetchAnswer {
         headers: Vec<(String, String)>,
         bytes: Vec<u8>,
     ) -> Self {
+        let mut answer = FetchAnswer {
+            status,
+            status_text,
+            headers,
+            body: String::new(),
+            text: None,
+            url: None,
+            counter: 0,
+            body_error: None,
+        };
         match String::from_utf8(bytes) {
-            Ok(text) => FetchAnswer {
-                status,
-                status_text,
-                headers,
-                body: String::new(),
-                text: Some(text),
-            },
-            Err(e) => FetchAnswer {
-                status,
-                status_text,
-                headers,
-                body: base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
-                text: None,
-            },
+            Ok(text) => answer.text = Some(text),
+            Err(e) => {
+                answer.body = base64::engine::general_purpose::STANDARD.encode(e.into_bytes())
+            }
         }
+        answer
     }
 }
 
@@ -317,20 +431,14 @@ impl Fetcher {
         let (client, runtime) = match &mode {
             FetchMode::Live(policy) => {
                 crate::install_crypto_provider();
-                let policy_for_redirects = policy.clone();
                 let client = reqwest::Client::builder()
                     .dns_resolver(Arc::new(PolicyResolver {
                         policy: policy.clone(),
                     }))
-                    .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                        if attempt.previous().len() >= 10 {
-                            return attempt.error("too many redirects");
-                        }
-                        match check_url(&policy_for_redirects, attempt.url()) {
-                            Ok(()) => attempt.follow(),
-                            Err(e) => attempt.error(e),
-                        }
-                    }))
+                    // Redirects are followed by `exchange`, as node-fetch
+                    // does (modes, counts, the final URL, no Referer).
+                    .redirect(reqwest::redirect::Policy::none())
+                    .referer(false)
                     .user_agent(concat!("switchyard-functions/", env!("CARGO_PKG_VERSION")))
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .build()
@@ -370,12 +478,12 @@ impl Fetcher {
         &self,
         calls: &InvocationFetches,
         request: Outgoing<'_>,
-        budget: Duration,
+        limits: FetchLimits,
         recorded: &mut Vec<RecordedRequest>,
     ) -> u64 {
         let id = calls.next_id.get() + 1;
         calls.next_id.set(id);
-        match self.begin(calls.invocation.get(), id, request, budget, recorded) {
+        match self.begin(calls.invocation.get(), id, request, limits, recorded) {
             Started::Answered(answer) => calls.ready.borrow_mut().push_back((id, answer)),
             Started::Spawned(handle) => {
                 calls.pending.borrow_mut().insert(id, handle);
@@ -428,7 +536,7 @@ impl Fetcher {
         invocation: u64,
         id: u64,
         request: Outgoing<'_>,
-        budget: Duration,
+        limits: FetchLimits,
         recorded: &mut Vec<RecordedRequest>,
     ) -> Started {
         let Outgoing {
@@ -436,26 +544,34 @@ impl Fetcher {
             url,
             headers_json,
             body,
+            options_json,
         } = request;
-        let error =
-            |msg: String| Started::Answered(serde_json::json!({ "error": msg }).to_string());
+        let refuse = |failure: Failure| Started::Answered(answer_json(Err(failure)));
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json).unwrap_or_default();
+        let options: Options = serde_json::from_str(options_json).unwrap_or_default();
         let body = match body {
             Body::Text(t) => t.as_bytes().to_vec(),
             Body::Base64("") => Vec::new(),
             Body::Base64(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
                 Ok(b) => b,
-                Err(_) => return error("invalid request body".into()),
+                Err(_) => return refuse(Failure::type_error("invalid request body")),
             },
         };
+        // node-fetch's own checks, with its words.
         let parsed = match reqwest::Url::parse(url) {
-            Ok(u) => u,
-            Err(e) => return error(format!("invalid URL {url:?}: {e}")),
+            Ok(u) if u.has_host() || !matches!(u.scheme(), "http" | "https") => u,
+            Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase) => {
+                return refuse(Failure::type_error("Only absolute URLs are supported"))
+            }
+            Err(e) => return refuse(Failure::type_error(&format!("Invalid URL {url:?}: {e}"))),
         };
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return refuse(Failure::type_error("Only HTTP(S) protocols are supported"));
+        }
         recorded.push(RecordedRequest {
             method: method.to_string(),
             url: parsed.to_string(),
-            headers: headers.iter().cloned().collect(),
+            headers: recorded_headers(&headers),
             body: String::from_utf8_lossy(&body).into_owned(),
         });
         match &self.mode {
@@ -488,55 +604,51 @@ impl Fetcher {
             }
             FetchMode::Live(policy) => {
                 if let Err(e) = check_url(policy, &parsed) {
-                    return error(e);
+                    return refuse(Failure::system(&parsed, &e, None));
                 }
                 let (Some(client), Some(runtime)) = (&self.client, &self.runtime) else {
-                    return error("fetch is not available".into());
+                    return refuse(Failure::system(&parsed, "fetch is not available", None));
                 };
+                let budget = limits.budget;
                 if budget.is_zero() {
-                    return error("the function's time budget is spent".into());
+                    return refuse(Failure::fetch(
+                        format!(
+                            "network timeout at: {parsed} (the function's time budget is spent)"
+                        ),
+                        "request-timeout",
+                    ));
                 }
                 let method = match reqwest::Method::from_bytes(method.as_bytes()) {
                     Ok(m) => m,
-                    Err(_) => return error(format!("invalid method {method:?}")),
+                    Err(_) => {
+                        return refuse(Failure::type_error(&format!("invalid method {method:?}")))
+                    }
                 };
-                let mut request = client.request(method, parsed).timeout(budget).body(body);
-                for (k, v) in &headers {
-                    request = request.header(k.as_str(), v.as_str());
-                }
-                let exchange = async move {
-                    let resp = request.send().await?;
-                    let status = resp.status();
-                    let headers: Vec<(String, String)> = resp
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.to_string(),
-                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                            )
-                        })
-                        .collect();
-                    let bytes = resp.bytes().await?;
-                    Ok::<_, reqwest::Error>(FetchAnswer::new(
-                        status.as_u16(),
-                        status.canonical_reason().unwrap_or("").to_string(),
-                        headers,
-                        bytes.to_vec(),
-                    ))
+                let hop = Hop {
+                    method,
+                    url: parsed,
+                    headers,
+                    body,
                 };
+                let exchange = exchange(
+                    client.clone(),
+                    policy.clone(),
+                    hop,
+                    options,
+                    limits.max_bytes,
+                );
                 let done_tx = self.done_tx.clone();
                 let answer = async move {
-                    let answer = exchange.await.map_err(|e| {
-                        if e.is_timeout() {
+                    let answer = match tokio::time::timeout(budget, exchange).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(Failure::fetch(
                             format!(
-                                "timed out: the function's time budget ({} ms left) ran out",
+                                "network timeout: the function's time budget ({} ms left) ran out",
                                 budget.as_millis()
-                            )
-                        } else {
-                            error_chain(&e)
-                        }
-                    });
+                            ),
+                            "request-timeout",
+                        )),
+                    };
                     // The worker may have ended the invocation meanwhile:
                     // then nobody listens, and that is fine.
                     let _ = done_tx.send(FetchDone {
@@ -551,6 +663,342 @@ impl Fetcher {
     }
 }
 
+/// Headers as a record shows them: names in lower case, a repeated
+/// header's values joined as `Headers.get` joins them.
+fn recorded_headers(headers: &[(String, String)]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::<String, String>::new();
+    for (k, v) in headers {
+        out.entry(k.to_ascii_lowercase())
+            .and_modify(|cur| {
+                cur.push_str(", ");
+                cur.push_str(v);
+            })
+            .or_insert_with(|| v.clone());
+    }
+    out
+}
+
+/// What a fetch may take: the invocation's time left, and the bytes a
+/// response body may hold (received and decoded alike).
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimits {
+    pub budget: Duration,
+    pub max_bytes: usize,
+}
+
+/// One request of a fetch (the first, or one after a redirect).
+struct Hop {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Methods Node's http client sends without a length when they have no
+/// body; any other gets `Content-Length: 0`.
+fn bodiless_by_default(method: &reqwest::Method) -> bool {
+    matches!(
+        method.as_str(),
+        "GET" | "HEAD" | "DELETE" | "OPTIONS" | "TRACE" | "CONNECT"
+    )
+}
+
+/// A header value as Node writes it: one byte per character (Latin-1), so
+/// `café` goes out as four bytes. (`Headers` refuses characters past
+/// Latin-1, as node-fetch does, so none reach here.)
+fn latin1_value(v: &str) -> Option<reqwest::header::HeaderValue> {
+    let bytes: Vec<u8> = v.chars().map(|c| c as u32 as u8).collect();
+    reqwest::header::HeaderValue::from_bytes(&bytes).ok()
+}
+
+/// Sends a request, following redirects as node-fetch 2 does, and reads
+/// the answer within `max_bytes`, decoded.
+async fn exchange(
+    client: reqwest::Client,
+    policy: Arc<FetchPolicy>,
+    mut hop: Hop,
+    options: Options,
+    max_bytes: usize,
+) -> Result<FetchAnswer, Failure> {
+    let timeout = (options.timeout > 0).then(|| Duration::from_millis(options.timeout));
+    let mut has_body = options.has_body;
+    let mut counter = 0u32;
+    loop {
+        let mut request = client.request(hop.method.clone(), hop.url.clone());
+        let has = |name: &str| {
+            hop.headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+        };
+        for (k, v) in &hop.headers {
+            let Some(value) = latin1_value(v) else {
+                return Err(Failure::type_error(&format!(
+                    "{v} is not a legal HTTP header value"
+                )));
+            };
+            request = request.header(k.as_str(), value);
+        }
+        if hop.body.is_empty()
+            && !has("content-length")
+            && (has_body || !bodiless_by_default(&hop.method))
+        {
+            request = request.header("content-length", "0");
+        }
+        if options.compress && !has("accept-encoding") {
+            request = request.header("accept-encoding", "gzip,deflate");
+        }
+        let request = request.body(hop.body.clone());
+        let sent = match timeout {
+            Some(t) => match tokio::time::timeout(t, request.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Err(Failure::fetch(
+                        format!("network timeout at: {}", hop.url),
+                        "request-timeout",
+                    ))
+                }
+            },
+            None => request.send().await,
+        };
+        let resp = sent.map_err(|e| network_failure(&hop.url, &e))?;
+        let status = resp.status().as_u16();
+        // Values as Node reads them: one character per byte (Latin-1).
+        let mut headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.as_bytes().iter().map(|&b| b as char).collect(),
+                )
+            })
+            .collect();
+        if matches!(status, 301 | 302 | 303 | 307 | 308) {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .and_then(|l| hop.url.join(&l).ok());
+            match options.redirect.as_str() {
+                "error" => {
+                    return Err(Failure::fetch(
+                        format!("redirect mode is set to error: {}", hop.url),
+                        "no-redirect",
+                    ))
+                }
+                "manual" => {
+                    // node-fetch hands back the Location resolved.
+                    if let Some(location) = &location {
+                        for (k, v) in headers.iter_mut() {
+                            if k == "location" {
+                                *v = location.to_string();
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(next) = location {
+                        if counter >= options.follow {
+                            return Err(Failure::fetch(
+                                format!("maximum redirect reached at: {}", hop.url),
+                                "max-redirect",
+                            ));
+                        }
+                        if let Err(e) = check_url(&policy, &next) {
+                            return Err(Failure::system(&next, &e, None));
+                        }
+                        if status == 303 || (matches!(status, 301 | 302) && hop.method == "POST") {
+                            hop.method = reqwest::Method::GET;
+                            hop.body = Vec::new();
+                            has_body = false;
+                            hop.headers
+                                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+                        }
+                        hop.url = next;
+                        counter += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        let status_text = resp.status().canonical_reason().unwrap_or("").to_string();
+        let url = hop.url.to_string();
+        let coding = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let decode = options.compress && hop.method != "HEAD" && status != 204 && status != 304;
+        let read = read_body(resp, &hop.url, max_bytes);
+        let read = match timeout {
+            Some(t) => match tokio::time::timeout(t, read).await {
+                Ok(read) => read,
+                Err(_) => Err(Failure::fetch(
+                    format!(
+                        "Response timeout while trying to fetch {} (over {}ms)",
+                        hop.url, options.timeout
+                    ),
+                    "body-timeout",
+                )),
+            },
+            None => read.await,
+        };
+        let (bytes, body_error) = match read {
+            Ok(raw) => match coding.as_deref().filter(|_| decode) {
+                Some(coding) => match decode_body(coding, raw, max_bytes) {
+                    Ok(bytes) => (bytes, None),
+                    Err(reason) => (
+                        Vec::new(),
+                        Some(Failure {
+                            error: format!(
+                                "Invalid response body while trying to fetch {}: {reason}",
+                                hop.url
+                            ),
+                            name: "FetchError",
+                            kind: Some(if reason.contains("over limit") {
+                                "max-size"
+                            } else {
+                                "system"
+                            }),
+                            code: (!reason.contains("over limit"))
+                                .then(|| "Z_DATA_ERROR".to_string()),
+                        }),
+                    ),
+                },
+                None => (raw, None),
+            },
+            Err(failure) => (Vec::new(), Some(failure)),
+        };
+        let mut answer = FetchAnswer::new(status, status_text, headers, bytes);
+        answer.url = Some(url);
+        answer.counter = counter;
+        answer.body_error = body_error;
+        return Ok(answer);
+    }
+}
+
+/// Reads a body, refusing it past `max_bytes` (as node-fetch's `size`).
+async fn read_body(
+    mut resp: reqwest::Response,
+    url: &reqwest::Url,
+    max_bytes: usize,
+) -> Result<Vec<u8>, Failure> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > max_bytes {
+                    return Err(Failure::fetch(
+                        format!("content size at {url} over limit: {max_bytes}"),
+                        "max-size",
+                    ));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => {
+                let mut failure = network_failure(url, &e);
+                failure.error = format!(
+                    "Invalid response body while trying to fetch {url}: {}",
+                    failure
+                        .error
+                        .split("reason: ")
+                        .nth(1)
+                        .unwrap_or(&failure.error)
+                );
+                return Err(failure);
+            }
+        }
+    }
+}
+
+/// Undoes a `Content-Encoding` node-fetch undoes (gzip, deflate in either
+/// wrapping); others are left as they came. The output is held to
+/// `max_bytes` while it is produced: a small bomb is refused, not expanded.
+fn decode_body(coding: &str, raw: Vec<u8>, max_bytes: usize) -> Result<Vec<u8>, String> {
+    use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match coding {
+        "gzip" | "x-gzip" => Box::new(MultiGzDecoder::new(raw.as_slice())),
+        // Old servers send raw deflate under this name; node-fetch tells
+        // them apart by the zlib header's first byte.
+        "deflate" | "x-deflate" if raw.first().is_some_and(|b| b & 0x0f == 0x08) => {
+            Box::new(ZlibDecoder::new(raw.as_slice()))
+        }
+        "deflate" | "x-deflate" => Box::new(DeflateDecoder::new(raw.as_slice())),
+        _ => return Ok(raw),
+    };
+    let mut out = Vec::new();
+    let read = reader
+        .take((max_bytes as u64).saturating_add(1))
+        .read_to_end(&mut out);
+    if out.len() > max_bytes {
+        return Err(format!("decoded content over limit: {max_bytes}"));
+    }
+    match read {
+        Ok(_) => Ok(out),
+        // A stream cut short gives what it held, as Node's lenient flush.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(out),
+        Err(_) => Err("incorrect header check".to_string()),
+    }
+}
+
+/// A failed exchange in node-fetch's terms: the system error code Node
+/// would give (what functions decide retries on) and its reason text.
+fn network_failure(url: &reqwest::Url, e: &reqwest::Error) -> Failure {
+    let address = format!(
+        "{}:{}",
+        url.host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+        url.port_or_known_default().unwrap_or(0)
+    );
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<ResolveError>() {
+            return Failure::system(url, &r.message, r.code);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            let code = match io.kind() {
+                K::ConnectionRefused => Some("ECONNREFUSED"),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => Some("ECONNRESET"),
+                K::TimedOut => Some("ETIMEDOUT"),
+                K::HostUnreachable => Some("EHOSTUNREACH"),
+                K::NetworkUnreachable => Some("ENETUNREACH"),
+                K::AddrNotAvailable => Some("EADDRNOTAVAIL"),
+                _ => None,
+            };
+            if let Some(code) = code {
+                let reason = if code == "ECONNRESET" {
+                    "socket hang up".to_string()
+                } else {
+                    format!("connect {code} {address}")
+                };
+                return Failure::system(url, &reason, Some(code));
+            }
+        }
+        source = s.source();
+    }
+    let chain = error_chain(e);
+    // hyper's words for a connection the server dropped before answering,
+    // which Node calls a hang-up.
+    if chain.contains("connection closed before message completed")
+        || chain.contains("connection reset")
+        || chain.contains("unexpected end of file")
+    {
+        return Failure::system(url, "socket hang up", Some("ECONNRESET"));
+    }
+    if e.is_timeout() {
+        return Failure::system(
+            url,
+            &format!("connect ETIMEDOUT {address}"),
+            Some("ETIMEDOUT"),
+        );
+    }
+    Failure::system(url, &chain, None)
+}
+
 /// What starting a fetch gave.
 enum Started {
     /// Answered at once (mocks, refusals).
@@ -559,13 +1007,15 @@ enum Started {
     Spawned(tokio::task::AbortHandle),
 }
 
-/// The JSON of an answer, or of `{error}`.
-fn answer_json(answer: Result<FetchAnswer, String>) -> String {
-    let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
-    match answer {
-        Ok(answer) => serde_json::to_string(&answer).unwrap_or_else(|e| error(e.to_string())),
-        Err(e) => error(e),
-    }
+/// The JSON of an answer, or of a failure.
+fn answer_json(answer: Result<FetchAnswer, Failure>) -> String {
+    let json = match answer {
+        Ok(answer) => serde_json::to_string(&answer),
+        Err(failure) => serde_json::to_string(&failure),
+    };
+    json.unwrap_or_else(|e| {
+        serde_json::json!({ "error": e.to_string(), "name": "TypeError" }).to_string()
+    })
 }
 
 /// Flattens an error and its causes into one line.

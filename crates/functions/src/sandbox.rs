@@ -48,7 +48,95 @@ fn vendored(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Bytes a runtime may still allocate once it hit its cap: enough for
+/// QuickJS to build the error it throws and for the prelude to report it.
+const EXHAUSTED_HEADROOM: usize = 256 * 1024;
+
+/// QuickJS's allocations, held to the runtime's memory cap here rather than
+/// by QuickJS alone. QuickJS refuses without a trace and then, at the cap,
+/// often cannot build even the error it throws (it throws `null`); this notes
+/// the refusal, so running out of memory is reported as such whatever the
+/// function threw or caught, and lets the error be built.
+struct CappedAllocator {
+    inner: rquickjs::allocator::RustAllocator,
+    used: usize,
+    cap: usize,
+    exhausted: Rc<Cell<bool>>,
+}
+
+impl CappedAllocator {
+    fn admit(&mut self, extra: usize) -> bool {
+        let limit = if self.exhausted.get() {
+            self.cap.saturating_add(EXHAUSTED_HEADROOM)
+        } else {
+            self.cap
+        };
+        if self.used.saturating_add(extra) <= limit {
+            return true;
+        }
+        self.exhausted.set(true);
+        false
+    }
+}
+
+// SAFETY: every call is passed on to `RustAllocator`, which meets the
+// trait's contract; this only refuses (returns null) or counts.
+unsafe impl rquickjs::allocator::Allocator for CappedAllocator {
+    fn alloc(&mut self, size: usize) -> *mut u8 {
+        if !self.admit(size) {
+            return std::ptr::null_mut();
+        }
+        let ptr = self.inner.alloc(size);
+        if !ptr.is_null() {
+            // SAFETY: `ptr` was just allocated by `inner`.
+            self.used += unsafe { Self::usable_size(ptr) };
+        }
+        ptr
+    }
+
+    fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
+        let Some(total) = count.checked_mul(size) else {
+            return std::ptr::null_mut();
+        };
+        if !self.admit(total) {
+            return std::ptr::null_mut();
+        }
+        let ptr = self.inner.calloc(count, size);
+        if !ptr.is_null() {
+            // SAFETY: `ptr` was just allocated by `inner`.
+            self.used += unsafe { Self::usable_size(ptr) };
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&mut self, ptr: *mut u8) {
+        self.used = self.used.saturating_sub(Self::usable_size(ptr));
+        self.inner.dealloc(ptr);
+    }
+
+    unsafe fn realloc(&mut self, ptr: *mut u8, new_size: usize) -> *mut u8 {
+        if ptr.is_null() {
+            return self.alloc(new_size);
+        }
+        let old = Self::usable_size(ptr);
+        if new_size > old && !self.admit(new_size - old) {
+            return std::ptr::null_mut();
+        }
+        let moved = self.inner.realloc(ptr, new_size);
+        if !moved.is_null() {
+            self.used = self.used.saturating_sub(old) + Self::usable_size(moved);
+        }
+        moved
+    }
+
+    unsafe fn usable_size(ptr: *mut u8) -> usize {
+        rquickjs::allocator::RustAllocator::usable_size(ptr)
+    }
+}
+
 struct HostState {
+    /// The runtime's allocator refused memory: the invocation ran out of it.
+    exhausted: Rc<Cell<bool>>,
     deadline: Cell<Instant>,
     interrupted: Cell<bool>,
     logs: RefCell<Vec<LogLine>>,
@@ -198,9 +286,13 @@ fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<
                   headers: String,
                   body_b64: String,
                   text: String,
-                  is_text: bool|
+                  is_text: bool,
+                  options: String|
                   -> f64 {
-                let budget = s.remaining();
+                let limits = crate::fetch::FetchLimits {
+                    budget: s.remaining(),
+                    max_bytes: s.memory_bytes,
+                };
                 let mut recorded = s.recorded.borrow_mut();
                 let body = if is_text {
                     crate::fetch::Body::Text(&text)
@@ -212,8 +304,9 @@ fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<
                     url: &url,
                     headers_json: &headers,
                     body,
+                    options_json: &options,
                 };
-                s.fetcher.start(&s.calls, request, budget, &mut recorded) as f64
+                s.fetcher.start(&s.calls, request, limits, &mut recorded) as f64
             },
         )?,
     )?;
@@ -439,11 +532,20 @@ impl Sandbox {
         limits: &Limits,
         fetcher: Rc<Fetcher>,
     ) -> Result<Sandbox, FunctionError> {
-        let rt = Runtime::new().map_err(|e| FunctionError::internal(e.to_string()))?;
-        rt.set_memory_limit(limits.memory_bytes);
+        let exhausted = Rc::new(Cell::new(false));
+        let rt = Runtime::new_with_alloc(CappedAllocator {
+            inner: rquickjs::allocator::RustAllocator,
+            used: 0,
+            cap: limits.memory_bytes,
+            exhausted: exhausted.clone(),
+        })
+        .map_err(|e| FunctionError::internal(e.to_string()))?;
+        // QuickJS's own limit only backs the allocator's up.
+        rt.set_memory_limit(limits.memory_bytes.saturating_add(2 * EXHAUSTED_HEADROOM));
         rt.set_max_stack_size(1024 * 1024);
         let ctx = Context::full(&rt).map_err(|e| FunctionError::internal(e.to_string()))?;
         let state = Rc::new(HostState {
+            exhausted,
             deadline: Cell::new(Instant::now() + limits.timeout),
             interrupted: Cell::new(false),
             logs: RefCell::new(Vec::new()),
@@ -714,6 +816,16 @@ impl Sandbox {
     fn finish(&mut self, output: Result<serde_json::Value, FunctionError>) -> Invocation {
         self.running = None;
         let state = self.state.clone();
+        // Whatever the function made of it (QuickJS may throw `null`, the
+        // function may catch it), an invocation that hit the cap ran out of
+        // memory, as a Node process would have.
+        let output = if state.exhausted.get()
+            && !matches!(&output, Err(e) if e.kind == ErrorKind::Timeout)
+        {
+            Err(FunctionError::memory())
+        } else {
+            output
+        };
         state.calls.cancel_all();
         state.body.take();
         if let Err(e) = &output {

@@ -971,3 +971,28 @@ fn a_body_at_the_2_mb_limit_fits_the_default_memory_cap() {
     );
     assert!(legacy.error.is_none(), "{:?}", legacy.error);
 }
+
+#[test]
+fn running_out_of_memory_is_a_memory_error_whatever_the_function_throws_or_catches() {
+    // At the cap QuickJS may not even build its error (it throws `null`),
+    // and a function may catch what it gets: either way, as a Node process
+    // would have died, the invocation ran out of memory.
+    for src in [
+        "async function onTrack() { await null; const a = []; try { for (;;) a.push(new Array(100000).fill(1)); } catch (e) { return [String(e), a.length]; } }",
+        "async function onTrack() { await null; const a = []; for (;;) a.push(new Array(100000).fill(1)); }",
+        "async function onTrack() { const a = []; for (;;) a.push('x'.repeat(100000) + a.length); }",
+    ] {
+        let out = run_destination_once(
+            &code(src),
+            &json!({"type": "track", "event": "E", "userId": "u"}),
+            &json!({}),
+            &Limits {
+                memory_bytes: 16 << 20,
+                ..Limits::default()
+            },
+            mock(),
+        );
+        let e = out.error.expect("out of memory");
+        assert_eq!(e.kind, ErrorKind::Memory, "{src}: {e:?}");
+    }
+}
