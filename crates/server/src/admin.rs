@@ -93,12 +93,18 @@ pub(crate) const OBJECTS: List = List {
 /// User deletions, oldest first by (creation time, id): ids are random.
 pub(crate) const DELETIONS: List = List::new(Cursor::AfterKey);
 
+/// The largest page a list gives.
+const MAX_PAGE: usize = 1000;
+
 const PAGING_HELP: &str = "dead letters, objects and deletions (oldest first) take `after`, the other lists (newest first) `before`: the `next_after` or `next_before` of the page before";
 
 impl Paging {
-    /// The list's default when not given, at most 1000 (a larger one is read as 1000).
+    /// The list's default when not given; never above [`MAX_PAGE`] ([`Paging::checked`] refuses more).
     pub(crate) fn limit(&self) -> usize {
-        self.limit.or(self.default_limit).unwrap_or(100).min(1000)
+        self.limit
+            .or(self.default_limit)
+            .unwrap_or(100)
+            .min(MAX_PAGE)
     }
 
     /// Refuses `limit=0` by name instead of answering an empty page, a
@@ -133,10 +139,18 @@ impl Paging {
                 return Err(invalid(name, format!("`{name}` does not filter this list")));
             }
         }
-        if self.limit == Some(0) {
+        if self.limit.is_some_and(|l| l == 0 || l > MAX_PAGE) {
             return Err(invalid(
                 "limit",
-                "`limit` must be at least 1 (at most 1000)".into(),
+                format!("`limit` must be 1 to {MAX_PAGE}: page with the list's cursor for more"),
+            ));
+        }
+        // Ids and log positions start at 1: a cursor below it is a
+        // client's mistake, not an empty list.
+        if self.before.is_some_and(|b| b < 1) {
+            return Err(invalid(
+                "before",
+                format!("`before` is not a cursor of this list: {PAGING_HELP}"),
             ));
         }
         if let Some(after) = &self.after {
@@ -468,8 +482,15 @@ pub async fn captures(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(slug): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("unexpected query {q:?}: the catcher keeps a source's 10 newest requests, and shows them all"),
+        ));
+    }
     let items = state.store.captures(&slug).await.map_err(store_error)?;
     Ok(Json(
         json!({ "data": items.iter().map(raw_to_json).collect::<Vec<_>>() }),

@@ -1177,7 +1177,10 @@ async fn apply_destination(
         .put_destination(name, &sealed(state, &body), "api")
         .await
         .map_err(unavailable)?;
-    Ok(json!({"name": name, "origin": "api", "running": true, "config": masked(body, false)}))
+    let enabled = body["enabled"].as_bool().unwrap_or(true);
+    Ok(
+        json!({"name": name, "origin": "api", "running": true, "enabled": enabled, "config": masked(body, false)}),
+    )
 }
 
 /// The configuration as stored: secrets encrypted with the master key.

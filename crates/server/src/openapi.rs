@@ -304,7 +304,7 @@ fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str
     const LIMIT: (&str, &str, &str) = (
         "limit",
         "integer",
-        "At most this many (default 100, at most 1000; 0 is refused)",
+        "At most this many (default 100; 1 to 1000, others are refused)",
     );
     const BEFORE: (&str, &str, &str) = (
         "before",
@@ -325,7 +325,7 @@ fn query_parameters(method: &str, path: &str) -> Vec<(&'static str, &'static str
             ("after", "integer", "Only dead letters with a greater id: the `next_after` of the page before"),
         ],
         "events" => vec![
-            ("limit", "integer", "At most this many (default 50, at most 1000; 0 is refused)"),
+            ("limit", "integer", "At most this many (default 50; 1 to 1000, others are refused)"),
             BEFORE,
         ],
         "deadletters" | "logs" | "rejections" => vec![LIMIT, BEFORE],
