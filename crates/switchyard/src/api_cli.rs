@@ -256,13 +256,30 @@ pub enum SourcesCommand {
     },
     /// The webhook catcher: recent raw requests of a function source.
     Captures { slug: String },
-    /// Batch items refused by validation.
-    Rejections { slug: String },
-    /// Objects set by a source function.
+    /// Batch items refused by validation, newest first.
+    Rejections {
+        slug: String,
+        /// How many (1 to 1000).
+        #[arg(short = 'n', long = "limit", default_value_t = 100)]
+        limit: usize,
+        /// Only older ones: the `--before` a full page ends with.
+        #[arg(long)]
+        before: Option<i64>,
+    },
+    /// Objects set by a source function, by collection, then id.
     Objects {
         slug: String,
         #[arg(long)]
         collection: Option<String>,
+        /// Only the object of this id.
+        #[arg(long)]
+        id: Option<String>,
+        /// How many (1 to 1000).
+        #[arg(short = 'n', long = "limit", default_value_t = 100)]
+        limit: usize,
+        /// Only those after this one: the `--after` a full page ends with.
+        #[arg(long)]
+        after: Option<String>,
     },
 }
 
@@ -399,6 +416,10 @@ pub struct LogsArgs {
     pub destination: Option<String>,
     #[arg(short = 'n', default_value_t = 100)]
     pub limit: usize,
+    /// Only older lines: the `--before` a full page ends with (not with
+    /// `--follow`).
+    #[arg(long)]
+    pub before: Option<i64>,
 }
 
 pub enum Call {
@@ -1051,23 +1072,44 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 .await?,
             &["id", "received_ms", "request"],
         ),
-        Call::Sources(SourcesCommand::Rejections { slug }) => (
+        Call::Sources(SourcesCommand::Rejections {
+            slug,
+            limit,
+            before,
+        }) => (
             client
                 .send(
                     Method::GET,
-                    &api_path(&["sources", &slug, "rejections"], &[]),
+                    &api_path(
+                        &["sources", &slug, "rejections"],
+                        &[
+                            ("limit", Some(limit.to_string())),
+                            ("before", before.map(|b| b.to_string())),
+                        ],
+                    ),
                     None,
                 )
                 .await?,
             &["at_ms", "index", "field", "reason"],
         ),
-        Call::Sources(SourcesCommand::Objects { slug, collection }) => (
+        Call::Sources(SourcesCommand::Objects {
+            slug,
+            collection,
+            id,
+            limit,
+            after,
+        }) => (
             client
                 .send(
                     Method::GET,
                     &api_path(
                         &["sources", &slug, "objects"],
-                        &[("collection", collection)],
+                        &[
+                            ("collection", collection),
+                            ("id", id),
+                            ("limit", Some(limit.to_string())),
+                            ("after", after),
+                        ],
                     ),
                     None,
                 )
@@ -1252,7 +1294,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             client
                 .send(
                     Method::GET,
-                    &logs_page_path(&args, &[("limit", Some(args.limit.to_string()))]),
+                    &logs_page_path(
+                        &args,
+                        &[
+                            ("limit", Some(args.limit.to_string())),
+                            ("before", args.before.map(|b| b.to_string())),
+                        ],
+                    ),
                     None,
                 )
                 .await?,
@@ -1284,6 +1332,12 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         table(&value["data"], columns);
+        // A full page says where the next one starts: the list goes on.
+        if let Some(next) = value["next_before"].as_i64() {
+            println!("more: --before {next}");
+        } else if let Some(next) = value["next_after"].as_str() {
+            println!("more: --after {next}");
+        }
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ pub enum FunctionsCommand {
         #[command(flatten)]
         args: crate::api_cli::LogsArgs,
         /// Keep printing new lines as they come.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "before")]
         follow: bool,
     },
 }

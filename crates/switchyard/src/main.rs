@@ -378,3 +378,15 @@ fn main() -> std::process::ExitCode {
 pub fn install_tls() {
     delivery::install_crypto_provider();
 }
+
+#[cfg(test)]
+mod tests {
+    /// Clap's own checks of every command and flag (a conflict naming an
+    /// argument a command lacks, say), which otherwise fail only when that
+    /// command is run.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

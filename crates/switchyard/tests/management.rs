@@ -3373,3 +3373,40 @@ async fn the_cli_sets_given_write_keys_and_source_tokens() {
     let (code, _) = cli(&sy, &["sources", "rotate", "hooks", "--dry-run"]);
     assert_eq!(code, 2);
 }
+
+/// The CLI's lists take a page size and a cursor, and a full page says how
+/// to get the next one.
+#[tokio::test]
+async fn cli_lists_page_and_say_where_the_next_page_starts() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u", "event": "ok"},
+        {"type": "track", "userId": "u"},
+        {"type": "track", "event": "no user"},
+        {"type": "identify"},
+    ]});
+    let (s, b) = sy.post("/v1/batch", "wk_web", &batch.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let (code, out) = cli(&sy, &["sources", "rejections", "web", "-n", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let more = out
+        .lines()
+        .find_map(|l| l.strip_prefix("more: --before "))
+        .unwrap_or_else(|| panic!("a full page says where the next starts: {out}"))
+        .trim()
+        .to_string();
+    let (code, out) = cli(
+        &sy,
+        &["sources", "rejections", "web", "-n", "2", "--before", &more],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().count(),
+        2,
+        "a header and the last rejection: {out}"
+    );
+    assert!(!out.contains("more:"), "{out}");
+    let (code, out) = cli(&sy, &["sources", "rejections", "web", "-n", "1001"]);
+    assert_eq!(code, 1, "the server refuses a page above 1000: {out}");
+}
