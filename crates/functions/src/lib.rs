@@ -259,6 +259,16 @@ fn decode_answer(v: &Value) -> Option<HttpAnswer> {
     })
 }
 
+/// The message of a thrown value that is not an `Error`. `null` and
+/// `undefined` carry none, and "Error: null" reads as an engine failure
+/// (it was one, when out of memory: see the sandbox): say what was thrown.
+fn no_error_object(shown: &str) -> String {
+    match shown {
+        "null" | "undefined" => format!("the function threw {shown}, not an Error"),
+        other => other.to_string(),
+    }
+}
+
 fn function_error_from(v: &Value, unsupported: bool) -> FunctionError {
     let get = |k: &str| {
         v.get(k)
@@ -266,16 +276,23 @@ fn function_error_from(v: &Value, unsupported: bool) -> FunctionError {
             .unwrap_or_default()
             .to_string()
     };
+    let (name, mut message, stack) = (get("name"), get("message"), get("stack"));
+    let line = v.get("line").and_then(Value::as_u64).map(|l| l as u32);
+    // The prelude reports a thrown non-Error as a plain "Error" with no
+    // stack; a real Error thrown by the function has its frames.
+    if name == "Error" && stack.is_empty() && line.is_none() {
+        message = no_error_object(&message);
+    }
     FunctionError {
         kind: if unsupported {
             ErrorKind::Unsupported
         } else {
             ErrorKind::Thrown
         },
-        name: get("name"),
-        message: get("message"),
-        line: v.get("line").and_then(Value::as_u64).map(|l| l as u32),
-        stack: get("stack"),
+        name,
+        message,
+        line,
+        stack,
     }
 }
 
@@ -496,7 +513,11 @@ impl Worker {
     ) -> Result<sandbox::Sandbox, FunctionError> {
         if let Some(idle) = self.warm.get_mut(&code.name) {
             while let Some(sb) = idle.pop() {
-                if sb.version == code.version && !sb.poisoned && sb.calls < limits.recycle_after {
+                if sb.version == code.version
+                    && sb.memory_bytes == limits.memory_bytes
+                    && !sb.poisoned
+                    && sb.calls < limits.recycle_after
+                {
                     return Ok(sb);
                 }
             }
