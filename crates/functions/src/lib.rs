@@ -7,8 +7,10 @@
 //! others, each in a runtime of its own: a runtime runs one invocation at a
 //! time, so its deadline, memory cap and logs are that invocation's. A
 //! runtime that timed out, ran out of memory or got stuck is dropped and
-//! never reused. This crate never touches the store: it takes a request or
-//! an event and returns what the function emitted, logged and answered.
+//! never reused. Workers take tasks from shared queues (`Scheduler`):
+//! source runs first, functions in turn, none holding every slot of a
+//! worker. This crate never touches the store: it takes a request or an
+//! event and returns what the function emitted, logged and answered.
 
 mod fetch;
 mod native;
@@ -21,7 +23,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Installs the process-wide TLS crypto provider (ring) once.
@@ -219,7 +221,7 @@ pub struct DestinationOutcome {
     pub error: Option<FunctionError>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Entry {
     Source,
     Destination,
@@ -458,34 +460,267 @@ fn source_payload(request: &RawRequest) -> (String, Vec<u8>) {
 }
 
 struct Task {
+    /// Tells it apart in its queue (see [`Scheduler::withdraw`]).
+    id: u64,
     code: Arc<FunctionCode>,
     entry: Entry,
     payload: String,
     body: Vec<u8>,
     settings: String,
     limits: Limits,
+    queued_at: Instant,
     reply: oneshot::Sender<RawOutcome>,
+}
+
+impl Task {
+    fn share(&self) -> Share {
+        (self.entry, self.code.name.clone())
+    }
+
+    /// The time budget left when a worker starts it. A source run's budget
+    /// runs from the moment it is queued: someone may be waiting on it (a
+    /// `respond = "function"` sender), and `timeout_ms` is what bounds that
+    /// wait. A destination invocation gets its whole budget when it starts:
+    /// its wait for a slot is the pool's backpressure on delivery, not the
+    /// function's doing.
+    fn budget(&self) -> Duration {
+        match self.entry {
+            Entry::Source => self.limits.timeout.saturating_sub(self.queued_at.elapsed()),
+            Entry::Destination => self.limits.timeout,
+        }
+    }
+}
+
+/// A source run whose budget ran out before a worker could start it.
+fn not_started() -> FunctionError {
+    FunctionError {
+        kind: ErrorKind::Timeout,
+        name: "TimeoutError".into(),
+        message:
+            "the function waited for a free runtime longer than its time budget and did not run"
+                .into(),
+        line: None,
+        stack: String::new(),
+    }
 }
 
 /// Idle warm runtimes one worker thread keeps, all functions together.
 const MAX_WARM_PER_WORKER: usize = 64;
 
-/// Invocations one worker thread runs at once. Each holds a runtime of its
-/// own (up to the function's memory cap), so this bounds a worker's memory;
-/// tasks beyond it wait in the queue, or go to another worker.
+/// Invocations one worker thread runs at once, sources and destinations
+/// together. Each holds a runtime of its own (up to the function's memory
+/// cap), so this bounds a worker's memory; tasks beyond it wait in the
+/// queue, or go to another worker.
 pub const MAX_IN_FLIGHT_PER_WORKER: usize = 64;
 
-type TaskQueue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Task>>>;
+/// Slots of a worker beyond [`MAX_IN_FLIGHT_PER_WORKER`] that only source
+/// runs take: however many destination invocations wait on slow upstreams,
+/// a source function's run (a `respond = "function"` answer its sender waits
+/// for) starts at once.
+pub const SOURCE_SLOTS_PER_WORKER: usize = 16;
+
+/// Invocations of one function one worker runs at once: a quarter of its
+/// slots always stay for the others, so one destination with a high
+/// `concurrency` and a hanging upstream cannot hold every slot until its
+/// invocations time out.
+pub const MAX_IN_FLIGHT_PER_FUNCTION: usize = MAX_IN_FLIGHT_PER_WORKER * 3 / 4;
+
+/// Whose turn a task waits for: its function, sources and destinations apart.
+type Share = (Entry, String);
+
+/// Tasks of one kind waiting for a worker, by function, served in turn.
+#[derive(Default)]
+struct Lane {
+    waiting: HashMap<Share, std::collections::VecDeque<Task>>,
+    /// Functions with tasks waiting, the next to serve first: a function
+    /// with hundreds of tasks queued takes one slot, then every other
+    /// function waiting takes one, and so on.
+    turn: std::collections::VecDeque<Share>,
+}
+
+impl Lane {
+    fn push(&mut self, task: Task) {
+        let share = task.share();
+        let queue = self.waiting.entry(share.clone()).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(share);
+        }
+        queue.push_back(task);
+    }
+
+    /// The next task of the first function in turn that `load` leaves room for.
+    fn take(&mut self, load: &Load) -> Option<Task> {
+        let at = self
+            .turn
+            .iter()
+            .position(|share| load.of(share) < MAX_IN_FLIGHT_PER_FUNCTION)?;
+        let share = self.turn.remove(at)?;
+        let queue = self.waiting.get_mut(&share)?;
+        let task = queue.pop_front();
+        if queue.is_empty() {
+            self.waiting.remove(&share);
+        } else {
+            self.turn.push_back(share);
+        }
+        task
+    }
+
+    fn withdraw(&mut self, share: &Share, id: u64) -> bool {
+        let Some(queue) = self.waiting.get_mut(share) else {
+            return false;
+        };
+        let Some(at) = queue.iter().position(|t| t.id == id) else {
+            return false;
+        };
+        queue.remove(at);
+        if queue.is_empty() {
+            self.waiting.remove(share);
+            self.turn.retain(|s| s != share);
+        }
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.turn.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Queues {
+    next_id: u64,
+    closed: bool,
+    sources: Lane,
+    destinations: Lane,
+}
+
+/// The invocations one worker has in flight, by function.
+struct Load {
+    total: usize,
+    by_share: HashMap<Share, usize>,
+}
+
+impl Load {
+    fn of(&self, share: &Share) -> usize {
+        self.by_share.get(share).copied().unwrap_or(0)
+    }
+}
+
+/// What a worker found in the queues.
+enum Found {
+    Task(Task),
+    /// Nothing it may take now.
+    Nothing,
+    /// Shut down, and nothing is left to run.
+    Closed,
+}
+
+/// The queues every worker takes tasks from: source runs first (and only
+/// they into a worker's [`SOURCE_SLOTS_PER_WORKER`]), each kind's functions
+/// in turn, none past [`MAX_IN_FLIGHT_PER_FUNCTION`] on a worker.
+#[derive(Default)]
+struct Scheduler {
+    queues: Mutex<Queues>,
+    /// Rung when a task is queued and at shutdown.
+    ready: tokio::sync::Notify,
+}
+
+impl Scheduler {
+    /// Queues a task; its id, or `None` when the pool is shut down (the
+    /// task is dropped, and its caller told so).
+    fn push(&self, mut task: Task) -> Option<u64> {
+        let mut q = self.lock();
+        if q.closed {
+            return None;
+        }
+        q.next_id += 1;
+        task.id = q.next_id;
+        let id = task.id;
+        match task.entry {
+            Entry::Source => q.sources.push(task),
+            Entry::Destination => q.destinations.push(task),
+        }
+        drop(q);
+        // Every worker looks: the first one may have no room for this
+        // function while another has.
+        self.ready.notify_waiters();
+        Some(id)
+    }
+
+    /// The queues; a worker that panicked holding them left them whole
+    /// (nothing in here panics between two changes), so they are used on.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self, load: &Load) -> Found {
+        let mut q = self.lock();
+        loop {
+            let task = if load.total < MAX_IN_FLIGHT_PER_WORKER + SOURCE_SLOTS_PER_WORKER {
+                q.sources.take(load)
+            } else {
+                None
+            }
+            .or_else(|| {
+                (load.total < MAX_IN_FLIGHT_PER_WORKER)
+                    .then(|| q.destinations.take(load))
+                    .flatten()
+            });
+            match task {
+                // Its caller gave up waiting (shutdown, a sender gone):
+                // running it would do its work for no one.
+                Some(task) if task.reply.is_closed() => continue,
+                Some(task) => return Found::Task(task),
+                None if q.closed && q.sources.is_empty() && q.destinations.is_empty() => {
+                    return Found::Closed
+                }
+                None => return Found::Nothing,
+            }
+        }
+    }
+
+    /// Takes a task out of its queue if no worker started it yet.
+    fn withdraw(&self, share: &Share, id: u64) -> bool {
+        let mut q = self.lock();
+        match share.0 {
+            Entry::Source => q.sources.withdraw(share, id),
+            Entry::Destination => q.destinations.withdraw(share, id),
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_waiters();
+    }
+
+    /// The next task this worker may take, waiting for one if need be;
+    /// `None` once the pool is shut down and nothing is left to run.
+    async fn next(&self, load: Load) -> Option<Task> {
+        loop {
+            // Listen before looking: a task queued in between still wakes us.
+            let rung = self.ready.notified();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            match self.take(&load) {
+                Found::Task(task) => return Some(task),
+                Found::Closed => return None,
+                Found::Nothing => rung.await,
+            }
+        }
+    }
+}
 
 /// Worker threads with warm runtimes.
 pub struct Pool {
-    tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Task>>>,
+    scheduler: Arc<Scheduler>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// An invocation in progress on a worker.
 struct Active {
     key: String,
+    entry: Entry,
     sandbox: sandbox::Sandbox,
     /// When to poll it next; `None`: at once (just started, or a fetch
     /// answer came in).
@@ -548,7 +783,27 @@ impl Worker {
         self.warm.entry(key).or_default().push(sb);
     }
 
+    fn load(&self) -> Load {
+        let mut by_share = HashMap::new();
+        for a in &self.active {
+            *by_share.entry((a.entry, a.key.clone())).or_insert(0) += 1;
+        }
+        Load {
+            total: self.active.len(),
+            by_share,
+        }
+    }
+
     fn begin(&mut self, task: Task) {
+        let budget = task.budget();
+        if budget.is_zero() {
+            let _ = task.reply.send(RawOutcome {
+                output: Err(not_started()),
+                logs: vec![],
+                requests: vec![],
+            });
+            return;
+        }
         let mut sb = match self.take(&task.code, &task.limits) {
             Ok(sb) => sb,
             Err(e) => {
@@ -565,12 +820,13 @@ impl Worker {
             &task.payload,
             task.body,
             &task.settings,
-            task.limits.timeout,
+            budget,
         );
         match started {
             Some(inv) => self.end(task.code.name.clone(), sb, task.reply, inv),
             None => self.active.push(Active {
                 key: task.code.name.clone(),
+                entry: task.entry,
                 sandbox: sb,
                 wake: None,
                 reply: task.reply,
@@ -634,17 +890,11 @@ impl Worker {
     }
 }
 
-/// Takes the next task from the queue all workers share; `None` once the
-/// pool is shut down and the queue drained.
-async fn next_task(queue: &TaskQueue) -> Option<Task> {
-    queue.lock().await.recv().await
-}
-
 /// Runs invocations until the pool shuts down. While an invocation waits on
 /// `fetch` or a timer, the worker runs others: it sleeps only when every
 /// invocation it holds waits, until a fetch is answered, a timer or deadline
 /// comes, or a new task arrives.
-fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
+fn worker(scheduler: Arc<Scheduler>, policy: Arc<FetchPolicy>) {
     let fetcher = match fetch::Fetcher::new(FetchMode::Live(policy)) {
         Ok(f) => Rc::new(f),
         Err(e) => {
@@ -663,11 +913,13 @@ fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
         if closed && w.active.is_empty() {
             return;
         }
-        let accept = !closed && w.active.len() < MAX_IN_FLIGHT_PER_WORKER;
+        let accept = !closed && w.active.len() < MAX_IN_FLIGHT_PER_WORKER + SOURCE_SLOTS_PER_WORKER;
         let until = w.active.iter().filter_map(|a| a.wake).min();
-        let task = async {
+        let load = w.load();
+        let scheduler = &scheduler;
+        let task = async move {
             if accept {
-                next_task(&queue).await
+                scheduler.next(load).await
             } else {
                 std::future::pending().await
             }
@@ -684,22 +936,21 @@ fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
 impl Pool {
     /// Starts `workers` threads; `fetch` follows `policy`.
     pub fn new(workers: usize, policy: FetchPolicy) -> Pool {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Task>();
-        let rx: TaskQueue = Arc::new(tokio::sync::Mutex::new(rx));
+        let scheduler = Arc::new(Scheduler::default());
         let policy = Arc::new(policy);
         let threads = (0..workers.max(1))
             .filter_map(|i| {
-                let rx = rx.clone();
+                let scheduler = scheduler.clone();
                 let policy = policy.clone();
                 std::thread::Builder::new()
                     .name(format!("function-worker-{i}"))
                     .stack_size(8 * 1024 * 1024)
-                    .spawn(move || worker(rx, policy))
+                    .spawn(move || worker(scheduler, policy))
                     .ok()
             })
             .collect();
         Pool {
-            tx: Mutex::new(Some(tx)),
+            scheduler,
             threads: Mutex::new(threads),
         }
     }
@@ -713,40 +964,49 @@ impl Pool {
         settings: String,
         limits: Limits,
     ) -> RawOutcome {
-        let (reply, answer) = oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().cloned())
-            .map(|tx| {
-                tx.send(Task {
-                    code,
-                    entry,
-                    payload,
-                    body,
-                    settings,
-                    limits,
-                    reply,
-                })
-                .is_ok()
-            })
-            .unwrap_or(false);
-        if !sent {
-            return RawOutcome {
-                output: Err(FunctionError::internal(
-                    "the function pool is shut down".into(),
-                )),
-                logs: vec![],
-                requests: vec![],
-            };
-        }
-        answer.await.unwrap_or_else(|_| RawOutcome {
-            output: Err(FunctionError::internal(
-                "the function worker stopped".into(),
-            )),
+        let (reply, mut answer) = oneshot::channel();
+        let task = Task {
+            id: 0,
+            code,
+            entry,
+            payload,
+            body,
+            settings,
+            limits,
+            queued_at: Instant::now(),
+            reply,
+        };
+        let (share, deadline) = (task.share(), task.queued_at + limits.timeout);
+        let failed = |e: FunctionError| RawOutcome {
+            output: Err(e),
             logs: vec![],
             requests: vec![],
+        };
+        let Some(id) = self.scheduler.push(task) else {
+            return failed(FunctionError::internal(
+                "the function pool is shut down".into(),
+            ));
+        };
+        if entry == Entry::Source {
+            // Its sender must hear within the budget even when every slot
+            // is taken: past it, a run no worker started is withdrawn. One
+            // that started ends at the same deadline, as its own timeout.
+            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+                Ok(answered) => {
+                    return answered.unwrap_or_else(|_| {
+                        failed(FunctionError::internal(
+                            "the function worker stopped".into(),
+                        ))
+                    })
+                }
+                Err(_) if self.scheduler.withdraw(&share, id) => return failed(not_started()),
+                Err(_) => {}
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            failed(FunctionError::internal(
+                "the function worker stopped".into(),
+            ))
         })
     }
 
@@ -795,9 +1055,7 @@ impl Pool {
     /// Stops taking tasks; the workers finish the ones queued and in
     /// progress, then stop.
     pub fn shutdown(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.scheduler.close();
         if let Ok(mut threads) = self.threads.lock() {
             for t in threads.drain(..) {
                 let _ = t.join();
