@@ -594,6 +594,7 @@ struct Queues {
 }
 
 /// The invocations one worker has in flight, by function.
+#[derive(Default)]
 struct Load {
     total: usize,
     by_share: HashMap<Share, usize>,
@@ -602,6 +603,21 @@ struct Load {
 impl Load {
     fn of(&self, share: &Share) -> usize {
         self.by_share.get(share).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, share: &Share) {
+        self.total += 1;
+        *self.by_share.entry(share.clone()).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, share: &Share) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_share.get_mut(share) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_share.remove(share);
+            }
+        }
     }
 }
 
@@ -696,13 +712,13 @@ impl Scheduler {
 
     /// The next task this worker may take, waiting for one if need be;
     /// `None` once the pool is shut down and nothing is left to run.
-    async fn next(&self, load: Load) -> Option<Task> {
+    async fn next(&self, load: &Load) -> Option<Task> {
         loop {
             // Listen before looking: a task queued in between still wakes us.
             let rung = self.ready.notified();
             tokio::pin!(rung);
             rung.as_mut().enable();
-            match self.take(&load) {
+            match self.take(load) {
                 Found::Task(task) => return Some(task),
                 Found::Closed => return None,
                 Found::Nothing => rung.await,
@@ -720,7 +736,7 @@ pub struct Pool {
 /// An invocation in progress on a worker.
 struct Active {
     key: String,
-    entry: Entry,
+    share: Share,
     sandbox: sandbox::Sandbox,
     /// When to poll it next; `None`: at once (just started, or a fetch
     /// answer came in).
@@ -734,6 +750,8 @@ struct Worker {
     fetcher: Rc<fetch::Fetcher>,
     warm: HashMap<String, Vec<sandbox::Sandbox>>,
     active: Vec<Active>,
+    /// `active` counted by function, for the scheduler.
+    load: Load,
 }
 
 impl Worker {
@@ -783,17 +801,6 @@ impl Worker {
         self.warm.entry(key).or_default().push(sb);
     }
 
-    fn load(&self) -> Load {
-        let mut by_share = HashMap::new();
-        for a in &self.active {
-            *by_share.entry((a.entry, a.key.clone())).or_insert(0) += 1;
-        }
-        Load {
-            total: self.active.len(),
-            by_share,
-        }
-    }
-
     fn begin(&mut self, task: Task) {
         let budget = task.budget();
         if budget.is_zero() {
@@ -824,13 +831,17 @@ impl Worker {
         );
         match started {
             Some(inv) => self.end(task.code.name.clone(), sb, task.reply, inv),
-            None => self.active.push(Active {
-                key: task.code.name.clone(),
-                entry: task.entry,
-                sandbox: sb,
-                wake: None,
-                reply: task.reply,
-            }),
+            None => {
+                let share = (task.entry, task.code.name.clone());
+                self.load.add(&share);
+                self.active.push(Active {
+                    key: task.code.name.clone(),
+                    share,
+                    sandbox: sb,
+                    wake: None,
+                    reply: task.reply,
+                });
+            }
         }
     }
 
@@ -883,6 +894,7 @@ impl Worker {
                 }
                 sandbox::Step::Done(inv) => {
                     let a = self.active.swap_remove(i);
+                    self.load.remove(&a.share);
                     self.end(a.key, a.sandbox, a.reply, inv);
                 }
             }
@@ -906,6 +918,7 @@ fn worker(scheduler: Arc<Scheduler>, policy: Arc<FetchPolicy>) {
         fetcher: fetcher.clone(),
         warm: HashMap::new(),
         active: Vec::new(),
+        load: Load::default(),
     };
     let mut closed = false;
     loop {
@@ -915,8 +928,7 @@ fn worker(scheduler: Arc<Scheduler>, policy: Arc<FetchPolicy>) {
         }
         let accept = !closed && w.active.len() < MAX_IN_FLIGHT_PER_WORKER + SOURCE_SLOTS_PER_WORKER;
         let until = w.active.iter().filter_map(|a| a.wake).min();
-        let load = w.load();
-        let scheduler = &scheduler;
+        let (scheduler, load) = (&scheduler, &w.load);
         let task = async move {
             if accept {
                 scheduler.next(load).await
@@ -1160,6 +1172,77 @@ pub fn fixture_request(payload: &Value) -> Result<RawRequest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn queue(scheduler: &Scheduler, entry: Entry, name: &str) -> oneshot::Receiver<RawOutcome> {
+        let (reply, answer) = oneshot::channel();
+        scheduler
+            .push(Task {
+                id: 0,
+                code: Arc::new(FunctionCode::new(name, "f.js", "")),
+                entry,
+                payload: String::new(),
+                body: Vec::new(),
+                settings: String::new(),
+                limits: Limits::default(),
+                queued_at: Instant::now(),
+                reply,
+            })
+            .expect("open");
+        answer
+    }
+
+    fn next(scheduler: &Scheduler, load: &Load) -> Option<String> {
+        match scheduler.take(load) {
+            Found::Task(t) => Some(t.code.name.clone()),
+            Found::Nothing | Found::Closed => None,
+        }
+    }
+
+    #[test]
+    fn sources_go_first_functions_take_turns_and_none_takes_every_slot() {
+        let s = Scheduler::default();
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            waiting.push(queue(&s, Entry::Destination, "hog"));
+        }
+        waiting.push(queue(&s, Entry::Destination, "other"));
+        waiting.push(queue(&s, Entry::Source, "hook"));
+        let gone = queue(&s, Entry::Destination, "gone");
+        drop(gone);
+        let idle = Load::default();
+        let order: Vec<String> = std::iter::from_fn(|| next(&s, &idle)).collect();
+        // The source first; then each destination in turn, not in the order
+        // queued; a task whose caller gave up is not run.
+        assert_eq!(order, ["hook", "hog", "other", "hog", "hog"]);
+
+        for _ in 0..2 {
+            waiting.push(queue(&s, Entry::Destination, "hog"));
+        }
+        waiting.push(queue(&s, Entry::Source, "hook"));
+        let mut load = Load::default();
+        let hog = (Entry::Destination, "hog".to_string());
+        for _ in 0..MAX_IN_FLIGHT_PER_WORKER {
+            load.add(&hog);
+        }
+        // A full worker takes source runs only, into their own slots.
+        assert_eq!(next(&s, &load).as_deref(), Some("hook"));
+        assert_eq!(next(&s, &load), None);
+        // Below the worker's slots, but at its share: not this function.
+        for _ in 0..MAX_IN_FLIGHT_PER_WORKER - MAX_IN_FLIGHT_PER_FUNCTION + 1 {
+            load.remove(&hog);
+        }
+        assert_eq!(load.of(&hog), MAX_IN_FLIGHT_PER_FUNCTION - 1);
+        assert_eq!(next(&s, &load).as_deref(), Some("hog"));
+        load.add(&hog);
+        assert_eq!(next(&s, &load), None, "at its share");
+        s.close();
+        assert!(
+            matches!(s.take(&load), Found::Nothing),
+            "one is left to run"
+        );
+        assert_eq!(next(&s, &idle).as_deref(), Some("hog"));
+        assert!(matches!(s.take(&idle), Found::Closed));
+    }
 
     #[test]
     fn a_payload_that_is_not_a_request_fixture_is_refused_naming_the_shape() {

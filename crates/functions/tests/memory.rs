@@ -105,3 +105,58 @@ fn a_function_that_throws_null_is_its_own_error_not_a_memory_error() {
         "Error: the function threw null, not an Error"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_function_does_after_hitting_the_cap_does_not_hide_it() {
+    let pool = Pool::new(1, FetchPolicy::default());
+    let grow = "const o = {}; for (let i = 0; ; i++) o['k' + i] = { i, s: 'y'.repeat(100) };";
+    // Caught, and something else thrown: the cap is what stopped it.
+    let rethrows = Arc::new(FunctionCode::new(
+        "rethrows",
+        "rethrows.js",
+        &format!("async function onTrack() {{ try {{ {grow} }} catch (e) {{ throw new ValidationError('bad event') }} }}"),
+    ));
+    // Caught, and finished after all: its answer stands.
+    let recovers = Arc::new(FunctionCode::new(
+        "recovers",
+        "recovers.js",
+        &format!(
+            "async function onTrack() {{ try {{ {grow} }} catch (e) {{ }} return 'recovered'; }}"
+        ),
+    ));
+    for _ in 0..3 {
+        let out = pool
+            .run_destination(rethrows.clone(), track("e"), &json!({}), capped())
+            .await;
+        let e = out.error.expect("stopped");
+        assert_eq!(
+            (e.kind, e.name.as_str()),
+            (ErrorKind::Memory, "MemoryError"),
+            "{e:?}"
+        );
+        let out = pool
+            .run_destination(recovers.clone(), track("e"), &json!({}), capped())
+            .await;
+        assert_eq!(out.result, Some(json!("recovered")), "{:?}", out.error);
+    }
+    // A source function's run too.
+    let source = Arc::new(FunctionCode::new(
+        "source-bomb",
+        "source.js",
+        &format!("async function onRequest() {{ {grow} }}"),
+    ));
+    let request = RawRequest {
+        method: "POST".into(),
+        url: "https://hooks.example/functions/s".into(),
+        headers: vec![],
+        body: b"{}".to_vec(),
+    };
+    for _ in 0..3 {
+        let out = pool
+            .run_source(source.clone(), &request, &json!({}), capped())
+            .await;
+        let e = out.error.expect("stopped");
+        assert_eq!(e.kind, ErrorKind::Memory, "{e:?}");
+    }
+    pool.shutdown();
+}
