@@ -66,9 +66,11 @@ pub(crate) struct Meter {
     refused: Cell<bool>,
 }
 
-/// Bookkeeping per allocation: `RustAllocator`'s header, and the system
-/// allocator's own, roughly; what QuickJS's limit counted per allocation.
-const ALLOC_OVERHEAD: usize = 16;
+/// Bookkeeping per allocation: `RustAllocator`'s header. QuickJS's own
+/// limit counted 8 bytes per allocation too. The difference: QuickJS's
+/// 4 KB arenas of small blocks count whole here, partly used ones
+/// included, so a cap is reached some 64–160 KB sooner than it was.
+const ALLOC_OVERHEAD: usize = 8;
 
 impl Meter {
     fn new(cap: usize) -> Meter {
