@@ -491,6 +491,15 @@ impl Task {
     }
 }
 
+/// `from + by`, or a year on when that is past what an `Instant` holds (a
+/// `timeout_ms` as large as a u64 goes is taken, not refused).
+fn later(from: Instant, by: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    from.checked_add(by)
+        .or_else(|| from.checked_add(YEAR))
+        .unwrap_or(from)
+}
+
 /// A source run whose budget ran out before a worker could start it.
 fn not_started() -> FunctionError {
     FunctionError {
@@ -988,7 +997,7 @@ impl Pool {
             queued_at: Instant::now(),
             reply,
         };
-        let (share, deadline) = (task.share(), task.queued_at + limits.timeout);
+        let (share, deadline) = (task.share(), later(task.queued_at, limits.timeout));
         let failed = |e: FunctionError| RawOutcome {
             output: Err(e),
             logs: vec![],
@@ -1196,6 +1205,23 @@ mod tests {
             Found::Task(t) => Some(t.code.name.clone()),
             Found::Nothing | Found::Closed => None,
         }
+    }
+
+    #[test]
+    fn a_budget_past_what_an_instant_holds_is_taken_not_a_panic() {
+        let code = FunctionCode::new("f", "f.js", "async function onTrack() { return 1; }");
+        let limits = Limits {
+            timeout: Duration::from_millis(u64::MAX),
+            ..Limits::default()
+        };
+        let out = run_destination_once(
+            &code,
+            &serde_json::json!({"type": "track", "event": "e", "userId": "u"}),
+            &serde_json::json!({}),
+            &limits,
+            FetchMode::Mock(Arc::new(Vec::new())),
+        );
+        assert_eq!(out.result, Some(serde_json::json!(1)), "{:?}", out.error);
     }
 
     #[test]

@@ -577,7 +577,7 @@ impl Sandbox {
         rt.set_max_stack_size(1024 * 1024);
         let ctx = Context::full(&rt).map_err(|e| FunctionError::internal(e.to_string()))?;
         let state = Rc::new(HostState {
-            deadline: Cell::new(Instant::now() + limits.timeout),
+            deadline: Cell::new(crate::later(Instant::now(), limits.timeout)),
             interrupted: Cell::new(false),
             logs: RefCell::new(Vec::new()),
             recorded: RefCell::new(Vec::new()),
@@ -710,7 +710,7 @@ impl Sandbox {
     ) -> Option<Invocation> {
         self.calls += 1;
         let state = self.state.clone();
-        state.deadline.set(Instant::now() + timeout);
+        state.deadline.set(crate::later(Instant::now(), timeout));
         state.interrupted.set(false);
         self.meter.refused.set(false);
         state.logs.borrow_mut().clear();
@@ -842,7 +842,7 @@ impl Sandbox {
             Ok(Err(delay)) => {
                 let deadline = self.state.deadline.get();
                 let wake = if delay >= 0.0 {
-                    (Instant::now() + Duration::from_millis(delay as u64)).min(deadline)
+                    crate::later(Instant::now(), Duration::from_millis(delay as u64)).min(deadline)
                 } else {
                     deadline
                 };
