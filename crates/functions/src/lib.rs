@@ -7,8 +7,10 @@
 //! others, each in a runtime of its own: a runtime runs one invocation at a
 //! time, so its deadline, memory cap and logs are that invocation's. A
 //! runtime that timed out, ran out of memory or got stuck is dropped and
-//! never reused. This crate never touches the store: it takes a request or
-//! an event and returns what the function emitted, logged and answered.
+//! never reused. Workers take tasks from shared queues (`Scheduler`):
+//! source runs first, functions in turn, none holding every slot of a
+//! worker. This crate never touches the store: it takes a request or an
+//! event and returns what the function emitted, logged and answered.
 
 mod fetch;
 mod native;
@@ -21,7 +23,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Installs the process-wide TLS crypto provider (ring) once.
@@ -219,7 +221,7 @@ pub struct DestinationOutcome {
     pub error: Option<FunctionError>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Entry {
     Source,
     Destination,
@@ -259,6 +261,16 @@ fn decode_answer(v: &Value) -> Option<HttpAnswer> {
     })
 }
 
+/// The message of a thrown value that is not an `Error`. `null` and
+/// `undefined` carry none, and "Error: null" reads as an engine failure
+/// (it was one, when out of memory: see the sandbox): say what was thrown.
+fn no_error_object(shown: &str) -> String {
+    match shown {
+        "null" | "undefined" => format!("the function threw {shown}, not an Error"),
+        other => other.to_string(),
+    }
+}
+
 fn function_error_from(v: &Value, unsupported: bool) -> FunctionError {
     let get = |k: &str| {
         v.get(k)
@@ -266,16 +278,23 @@ fn function_error_from(v: &Value, unsupported: bool) -> FunctionError {
             .unwrap_or_default()
             .to_string()
     };
+    let (name, mut message, stack) = (get("name"), get("message"), get("stack"));
+    let line = v.get("line").and_then(Value::as_u64).map(|l| l as u32);
+    // The prelude reports a thrown non-Error as a plain "Error" with no
+    // stack; a real Error thrown by the function has its frames.
+    if name == "Error" && stack.is_empty() && line.is_none() {
+        message = no_error_object(&message);
+    }
     FunctionError {
         kind: if unsupported {
             ErrorKind::Unsupported
         } else {
             ErrorKind::Thrown
         },
-        name: get("name"),
-        message: get("message"),
-        line: v.get("line").and_then(Value::as_u64).map(|l| l as u32),
-        stack: get("stack"),
+        name,
+        message,
+        line,
+        stack,
     }
 }
 
@@ -441,34 +460,292 @@ fn source_payload(request: &RawRequest) -> (String, Vec<u8>) {
 }
 
 struct Task {
+    /// Tells it apart in its queue (see [`Scheduler::withdraw`]).
+    id: u64,
     code: Arc<FunctionCode>,
     entry: Entry,
     payload: String,
     body: Vec<u8>,
     settings: String,
     limits: Limits,
+    queued_at: Instant,
     reply: oneshot::Sender<RawOutcome>,
+}
+
+impl Task {
+    fn share(&self) -> Share {
+        (self.entry, self.code.name.clone())
+    }
+
+    /// The time budget left when a worker starts it. A source run's budget
+    /// runs from the moment it is queued: someone may be waiting on it (a
+    /// `respond = "function"` sender), and `timeout_ms` is what bounds that
+    /// wait. A destination invocation gets its whole budget when it starts:
+    /// its wait for a slot is the pool's backpressure on delivery, not the
+    /// function's doing.
+    fn budget(&self) -> Duration {
+        match self.entry {
+            Entry::Source => self.limits.timeout.saturating_sub(self.queued_at.elapsed()),
+            Entry::Destination => self.limits.timeout,
+        }
+    }
+}
+
+/// `from + by`, or a year on when that is past what an `Instant` holds (a
+/// `timeout_ms` as large as a u64 goes is taken, not refused).
+fn later(from: Instant, by: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    from.checked_add(by)
+        .or_else(|| from.checked_add(YEAR))
+        .unwrap_or(from)
+}
+
+/// A source run whose budget ran out before a worker could start it.
+fn not_started() -> FunctionError {
+    FunctionError {
+        kind: ErrorKind::Timeout,
+        name: "TimeoutError".into(),
+        message:
+            "the function waited for a free runtime longer than its time budget and did not run"
+                .into(),
+        line: None,
+        stack: String::new(),
+    }
 }
 
 /// Idle warm runtimes one worker thread keeps, all functions together.
 const MAX_WARM_PER_WORKER: usize = 64;
 
-/// Invocations one worker thread runs at once. Each holds a runtime of its
-/// own (up to the function's memory cap), so this bounds a worker's memory;
-/// tasks beyond it wait in the queue, or go to another worker.
+/// Invocations one worker thread runs at once, sources and destinations
+/// together. Each holds a runtime of its own (up to the function's memory
+/// cap), so this bounds a worker's memory; tasks beyond it wait in the
+/// queue, or go to another worker.
 pub const MAX_IN_FLIGHT_PER_WORKER: usize = 64;
 
-type TaskQueue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Task>>>;
+/// Slots of a worker beyond [`MAX_IN_FLIGHT_PER_WORKER`] that only source
+/// runs take: however many destination invocations wait on slow upstreams,
+/// a source function's run (a `respond = "function"` answer its sender waits
+/// for) starts at once.
+pub const SOURCE_SLOTS_PER_WORKER: usize = 16;
+
+/// Invocations of one function one worker runs at once: a quarter of its
+/// slots always stay for the others, so one destination with a high
+/// `concurrency` and a hanging upstream cannot hold every slot until its
+/// invocations time out.
+pub const MAX_IN_FLIGHT_PER_FUNCTION: usize = MAX_IN_FLIGHT_PER_WORKER * 3 / 4;
+
+/// Whose turn a task waits for: its function, sources and destinations apart.
+type Share = (Entry, String);
+
+/// Tasks of one kind waiting for a worker, by function, served in turn.
+#[derive(Default)]
+struct Lane {
+    waiting: HashMap<Share, std::collections::VecDeque<Task>>,
+    /// Functions with tasks waiting, the next to serve first: a function
+    /// with hundreds of tasks queued takes one slot, then every other
+    /// function waiting takes one, and so on.
+    turn: std::collections::VecDeque<Share>,
+}
+
+impl Lane {
+    fn push(&mut self, task: Task) {
+        let share = task.share();
+        let queue = self.waiting.entry(share.clone()).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(share);
+        }
+        queue.push_back(task);
+    }
+
+    /// The next task of the first function in turn that `load` leaves room for.
+    fn take(&mut self, load: &Load) -> Option<Task> {
+        let at = self
+            .turn
+            .iter()
+            .position(|share| load.of(share) < MAX_IN_FLIGHT_PER_FUNCTION)?;
+        let share = self.turn.remove(at)?;
+        let queue = self.waiting.get_mut(&share)?;
+        let task = queue.pop_front();
+        if queue.is_empty() {
+            self.waiting.remove(&share);
+        } else {
+            self.turn.push_back(share);
+        }
+        task
+    }
+
+    fn withdraw(&mut self, share: &Share, id: u64) -> bool {
+        let Some(queue) = self.waiting.get_mut(share) else {
+            return false;
+        };
+        let Some(at) = queue.iter().position(|t| t.id == id) else {
+            return false;
+        };
+        queue.remove(at);
+        if queue.is_empty() {
+            self.waiting.remove(share);
+            self.turn.retain(|s| s != share);
+        }
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.turn.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Queues {
+    next_id: u64,
+    closed: bool,
+    sources: Lane,
+    destinations: Lane,
+}
+
+/// The invocations one worker has in flight, by function.
+#[derive(Default)]
+struct Load {
+    total: usize,
+    by_share: HashMap<Share, usize>,
+}
+
+impl Load {
+    fn of(&self, share: &Share) -> usize {
+        self.by_share.get(share).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, share: &Share) {
+        self.total += 1;
+        *self.by_share.entry(share.clone()).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, share: &Share) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_share.get_mut(share) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_share.remove(share);
+            }
+        }
+    }
+}
+
+/// What a worker found in the queues.
+enum Found {
+    Task(Task),
+    /// Nothing it may take now.
+    Nothing,
+    /// Shut down, and nothing is left to run.
+    Closed,
+}
+
+/// The queues every worker takes tasks from: source runs first (and only
+/// they into a worker's [`SOURCE_SLOTS_PER_WORKER`]), each kind's functions
+/// in turn, none past [`MAX_IN_FLIGHT_PER_FUNCTION`] on a worker.
+#[derive(Default)]
+struct Scheduler {
+    queues: Mutex<Queues>,
+    /// Rung when a task is queued and at shutdown.
+    ready: tokio::sync::Notify,
+}
+
+impl Scheduler {
+    /// Queues a task; its id, or `None` when the pool is shut down (the
+    /// task is dropped, and its caller told so).
+    fn push(&self, mut task: Task) -> Option<u64> {
+        let mut q = self.lock();
+        if q.closed {
+            return None;
+        }
+        q.next_id += 1;
+        task.id = q.next_id;
+        let id = task.id;
+        match task.entry {
+            Entry::Source => q.sources.push(task),
+            Entry::Destination => q.destinations.push(task),
+        }
+        drop(q);
+        // Every worker looks: the first one may have no room for this
+        // function while another has.
+        self.ready.notify_waiters();
+        Some(id)
+    }
+
+    /// The queues; a worker that panicked holding them left them whole
+    /// (nothing in here panics between two changes), so they are used on.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self, load: &Load) -> Found {
+        let mut q = self.lock();
+        loop {
+            let task = if load.total < MAX_IN_FLIGHT_PER_WORKER + SOURCE_SLOTS_PER_WORKER {
+                q.sources.take(load)
+            } else {
+                None
+            }
+            .or_else(|| {
+                (load.total < MAX_IN_FLIGHT_PER_WORKER)
+                    .then(|| q.destinations.take(load))
+                    .flatten()
+            });
+            match task {
+                // Its caller gave up waiting (shutdown, a sender gone):
+                // running it would do its work for no one.
+                Some(task) if task.reply.is_closed() => continue,
+                Some(task) => return Found::Task(task),
+                None if q.closed && q.sources.is_empty() && q.destinations.is_empty() => {
+                    return Found::Closed
+                }
+                None => return Found::Nothing,
+            }
+        }
+    }
+
+    /// Takes a task out of its queue if no worker started it yet.
+    fn withdraw(&self, share: &Share, id: u64) -> bool {
+        let mut q = self.lock();
+        match share.0 {
+            Entry::Source => q.sources.withdraw(share, id),
+            Entry::Destination => q.destinations.withdraw(share, id),
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_waiters();
+    }
+
+    /// The next task this worker may take, waiting for one if need be;
+    /// `None` once the pool is shut down and nothing is left to run.
+    async fn next(&self, load: &Load) -> Option<Task> {
+        loop {
+            // Listen before looking: a task queued in between still wakes us.
+            let rung = self.ready.notified();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            match self.take(load) {
+                Found::Task(task) => return Some(task),
+                Found::Closed => return None,
+                Found::Nothing => rung.await,
+            }
+        }
+    }
+}
 
 /// Worker threads with warm runtimes.
 pub struct Pool {
-    tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Task>>>,
+    scheduler: Arc<Scheduler>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// An invocation in progress on a worker.
 struct Active {
     key: String,
+    share: Share,
     sandbox: sandbox::Sandbox,
     /// When to poll it next; `None`: at once (just started, or a fetch
     /// answer came in).
@@ -482,6 +759,8 @@ struct Worker {
     fetcher: Rc<fetch::Fetcher>,
     warm: HashMap<String, Vec<sandbox::Sandbox>>,
     active: Vec<Active>,
+    /// `active` counted by function, for the scheduler.
+    load: Load,
 }
 
 impl Worker {
@@ -496,7 +775,11 @@ impl Worker {
     ) -> Result<sandbox::Sandbox, FunctionError> {
         if let Some(idle) = self.warm.get_mut(&code.name) {
             while let Some(sb) = idle.pop() {
-                if sb.version == code.version && !sb.poisoned && sb.calls < limits.recycle_after {
+                if sb.version == code.version
+                    && sb.memory_bytes == limits.memory_bytes
+                    && !sb.poisoned
+                    && sb.calls < limits.recycle_after
+                {
                     return Ok(sb);
                 }
             }
@@ -528,6 +811,15 @@ impl Worker {
     }
 
     fn begin(&mut self, task: Task) {
+        let budget = task.budget();
+        if budget.is_zero() {
+            let _ = task.reply.send(RawOutcome {
+                output: Err(not_started()),
+                logs: vec![],
+                requests: vec![],
+            });
+            return;
+        }
         let mut sb = match self.take(&task.code, &task.limits) {
             Ok(sb) => sb,
             Err(e) => {
@@ -544,16 +836,21 @@ impl Worker {
             &task.payload,
             task.body,
             &task.settings,
-            task.limits.timeout,
+            budget,
         );
         match started {
             Some(inv) => self.end(task.code.name.clone(), sb, task.reply, inv),
-            None => self.active.push(Active {
-                key: task.code.name.clone(),
-                sandbox: sb,
-                wake: None,
-                reply: task.reply,
-            }),
+            None => {
+                let share = (task.entry, task.code.name.clone());
+                self.load.add(&share);
+                self.active.push(Active {
+                    key: task.code.name.clone(),
+                    share,
+                    sandbox: sb,
+                    wake: None,
+                    reply: task.reply,
+                });
+            }
         }
     }
 
@@ -606,6 +903,7 @@ impl Worker {
                 }
                 sandbox::Step::Done(inv) => {
                     let a = self.active.swap_remove(i);
+                    self.load.remove(&a.share);
                     self.end(a.key, a.sandbox, a.reply, inv);
                 }
             }
@@ -613,17 +911,11 @@ impl Worker {
     }
 }
 
-/// Takes the next task from the queue all workers share; `None` once the
-/// pool is shut down and the queue drained.
-async fn next_task(queue: &TaskQueue) -> Option<Task> {
-    queue.lock().await.recv().await
-}
-
 /// Runs invocations until the pool shuts down. While an invocation waits on
 /// `fetch` or a timer, the worker runs others: it sleeps only when every
 /// invocation it holds waits, until a fetch is answered, a timer or deadline
 /// comes, or a new task arrives.
-fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
+fn worker(scheduler: Arc<Scheduler>, policy: Arc<FetchPolicy>) {
     let fetcher = match fetch::Fetcher::new(FetchMode::Live(policy)) {
         Ok(f) => Rc::new(f),
         Err(e) => {
@@ -635,6 +927,7 @@ fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
         fetcher: fetcher.clone(),
         warm: HashMap::new(),
         active: Vec::new(),
+        load: Load::default(),
     };
     let mut closed = false;
     loop {
@@ -642,11 +935,12 @@ fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
         if closed && w.active.is_empty() {
             return;
         }
-        let accept = !closed && w.active.len() < MAX_IN_FLIGHT_PER_WORKER;
+        let accept = !closed && w.active.len() < MAX_IN_FLIGHT_PER_WORKER + SOURCE_SLOTS_PER_WORKER;
         let until = w.active.iter().filter_map(|a| a.wake).min();
-        let task = async {
+        let (scheduler, load) = (&scheduler, &w.load);
+        let task = async move {
             if accept {
-                next_task(&queue).await
+                scheduler.next(load).await
             } else {
                 std::future::pending().await
             }
@@ -663,22 +957,21 @@ fn worker(queue: TaskQueue, policy: Arc<FetchPolicy>) {
 impl Pool {
     /// Starts `workers` threads; `fetch` follows `policy`.
     pub fn new(workers: usize, policy: FetchPolicy) -> Pool {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Task>();
-        let rx: TaskQueue = Arc::new(tokio::sync::Mutex::new(rx));
+        let scheduler = Arc::new(Scheduler::default());
         let policy = Arc::new(policy);
         let threads = (0..workers.max(1))
             .filter_map(|i| {
-                let rx = rx.clone();
+                let scheduler = scheduler.clone();
                 let policy = policy.clone();
                 std::thread::Builder::new()
                     .name(format!("function-worker-{i}"))
                     .stack_size(8 * 1024 * 1024)
-                    .spawn(move || worker(rx, policy))
+                    .spawn(move || worker(scheduler, policy))
                     .ok()
             })
             .collect();
         Pool {
-            tx: Mutex::new(Some(tx)),
+            scheduler,
             threads: Mutex::new(threads),
         }
     }
@@ -692,40 +985,49 @@ impl Pool {
         settings: String,
         limits: Limits,
     ) -> RawOutcome {
-        let (reply, answer) = oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().cloned())
-            .map(|tx| {
-                tx.send(Task {
-                    code,
-                    entry,
-                    payload,
-                    body,
-                    settings,
-                    limits,
-                    reply,
-                })
-                .is_ok()
-            })
-            .unwrap_or(false);
-        if !sent {
-            return RawOutcome {
-                output: Err(FunctionError::internal(
-                    "the function pool is shut down".into(),
-                )),
-                logs: vec![],
-                requests: vec![],
-            };
-        }
-        answer.await.unwrap_or_else(|_| RawOutcome {
-            output: Err(FunctionError::internal(
-                "the function worker stopped".into(),
-            )),
+        let (reply, mut answer) = oneshot::channel();
+        let task = Task {
+            id: 0,
+            code,
+            entry,
+            payload,
+            body,
+            settings,
+            limits,
+            queued_at: Instant::now(),
+            reply,
+        };
+        let (share, deadline) = (task.share(), later(task.queued_at, limits.timeout));
+        let failed = |e: FunctionError| RawOutcome {
+            output: Err(e),
             logs: vec![],
             requests: vec![],
+        };
+        let Some(id) = self.scheduler.push(task) else {
+            return failed(FunctionError::internal(
+                "the function pool is shut down".into(),
+            ));
+        };
+        if entry == Entry::Source {
+            // Its sender must hear within the budget even when every slot
+            // is taken: past it, a run no worker started is withdrawn. One
+            // that started ends at the same deadline, as its own timeout.
+            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+                Ok(answered) => {
+                    return answered.unwrap_or_else(|_| {
+                        failed(FunctionError::internal(
+                            "the function worker stopped".into(),
+                        ))
+                    })
+                }
+                Err(_) if self.scheduler.withdraw(&share, id) => return failed(not_started()),
+                Err(_) => {}
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            failed(FunctionError::internal(
+                "the function worker stopped".into(),
+            ))
         })
     }
 
@@ -774,9 +1076,7 @@ impl Pool {
     /// Stops taking tasks; the workers finish the ones queued and in
     /// progress, then stop.
     pub fn shutdown(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.scheduler.close();
         if let Ok(mut threads) = self.threads.lock() {
             for t in threads.drain(..) {
                 let _ = t.join();
@@ -881,6 +1181,94 @@ pub fn fixture_request(payload: &Value) -> Result<RawRequest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn queue(scheduler: &Scheduler, entry: Entry, name: &str) -> oneshot::Receiver<RawOutcome> {
+        let (reply, answer) = oneshot::channel();
+        scheduler
+            .push(Task {
+                id: 0,
+                code: Arc::new(FunctionCode::new(name, "f.js", "")),
+                entry,
+                payload: String::new(),
+                body: Vec::new(),
+                settings: String::new(),
+                limits: Limits::default(),
+                queued_at: Instant::now(),
+                reply,
+            })
+            .expect("open");
+        answer
+    }
+
+    fn next(scheduler: &Scheduler, load: &Load) -> Option<String> {
+        match scheduler.take(load) {
+            Found::Task(t) => Some(t.code.name.clone()),
+            Found::Nothing | Found::Closed => None,
+        }
+    }
+
+    #[test]
+    fn a_budget_past_what_an_instant_holds_is_taken_not_a_panic() {
+        let code = FunctionCode::new("f", "f.js", "async function onTrack() { return 1; }");
+        let limits = Limits {
+            timeout: Duration::from_millis(u64::MAX),
+            ..Limits::default()
+        };
+        let out = run_destination_once(
+            &code,
+            &serde_json::json!({"type": "track", "event": "e", "userId": "u"}),
+            &serde_json::json!({}),
+            &limits,
+            FetchMode::Mock(Arc::new(Vec::new())),
+        );
+        assert_eq!(out.result, Some(serde_json::json!(1)), "{:?}", out.error);
+    }
+
+    #[test]
+    fn sources_go_first_functions_take_turns_and_none_takes_every_slot() {
+        let s = Scheduler::default();
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            waiting.push(queue(&s, Entry::Destination, "hog"));
+        }
+        waiting.push(queue(&s, Entry::Destination, "other"));
+        waiting.push(queue(&s, Entry::Source, "hook"));
+        let gone = queue(&s, Entry::Destination, "gone");
+        drop(gone);
+        let idle = Load::default();
+        let order: Vec<String> = std::iter::from_fn(|| next(&s, &idle)).collect();
+        // The source first; then each destination in turn, not in the order
+        // queued; a task whose caller gave up is not run.
+        assert_eq!(order, ["hook", "hog", "other", "hog", "hog"]);
+
+        for _ in 0..2 {
+            waiting.push(queue(&s, Entry::Destination, "hog"));
+        }
+        waiting.push(queue(&s, Entry::Source, "hook"));
+        let mut load = Load::default();
+        let hog = (Entry::Destination, "hog".to_string());
+        for _ in 0..MAX_IN_FLIGHT_PER_WORKER {
+            load.add(&hog);
+        }
+        // A full worker takes source runs only, into their own slots.
+        assert_eq!(next(&s, &load).as_deref(), Some("hook"));
+        assert_eq!(next(&s, &load), None);
+        // Below the worker's slots, but at its share: not this function.
+        for _ in 0..MAX_IN_FLIGHT_PER_WORKER - MAX_IN_FLIGHT_PER_FUNCTION + 1 {
+            load.remove(&hog);
+        }
+        assert_eq!(load.of(&hog), MAX_IN_FLIGHT_PER_FUNCTION - 1);
+        assert_eq!(next(&s, &load).as_deref(), Some("hog"));
+        load.add(&hog);
+        assert_eq!(next(&s, &load), None, "at its share");
+        s.close();
+        assert!(
+            matches!(s.take(&load), Found::Nothing),
+            "one is left to run"
+        );
+        assert_eq!(next(&s, &idle).as_deref(), Some("hog"));
+        assert!(matches!(s.take(&idle), Found::Closed));
+    }
 
     #[test]
     fn a_payload_that_is_not_a_request_fixture_is_refused_naming_the_shape() {

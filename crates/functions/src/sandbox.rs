@@ -8,6 +8,14 @@
 //! promise that can never settle is *poisoned*: the pool drops it and never
 //! runs anything in it again.
 //!
+//! The memory cap is kept by the runtime's allocator ([`Meter`]), not by
+//! QuickJS's own limit, so that an invocation that hit it is known for
+//! certain: out of memory, QuickJS may have no memory left even for its
+//! "out of memory" error and throw `null` instead, which the prelude's
+//! `catch` reports as any value a function throws ("Error: null"). Any
+//! failure of an invocation during which an allocation was refused is a
+//! [`FunctionError::memory`], whatever the exception says.
+//!
 //! An invocation is started ([`Sandbox::start`]) and then polled
 //! ([`Sandbox::poll`]) rather than run to its end, so a worker can hold
 //! several sandboxes mid-invocation and run whichever has something to do.
@@ -17,6 +25,7 @@
 use crate::fetch::{FetchDone, Fetcher, InvocationFetches, RecordedRequest};
 use crate::{ErrorKind, FunctionCode, FunctionError, Limits, LogLine};
 use base64::Engine;
+use rquickjs::allocator::{Allocator, RustAllocator};
 use rquickjs::promise::PromiseState;
 use rquickjs::{Context, Ctx, Function, Object, Persistent, Promise, Runtime, Value};
 use std::cell::{Cell, RefCell};
@@ -48,95 +57,112 @@ fn vendored(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Bytes a runtime may still allocate once it hit its cap: enough for
-/// QuickJS to build the error it throws and for the prelude to report it.
-const EXHAUSTED_HEADROOM: usize = 256 * 1024;
-
-/// QuickJS's allocations, held to the runtime's memory cap here rather than
-/// by QuickJS alone. QuickJS refuses without a trace and then, at the cap,
-/// often cannot build even the error it throws (it throws `null`); this notes
-/// the refusal, so running out of memory is reported as such whatever the
-/// function threw or caught, and lets the error be built.
-struct CappedAllocator {
-    inner: rquickjs::allocator::RustAllocator,
-    used: usize,
+/// A runtime's heap, counted against its memory cap.
+pub(crate) struct Meter {
+    used: Cell<usize>,
     cap: usize,
-    exhausted: Rc<Cell<bool>>,
+    /// An allocation failed (the cap, or the system, refused it) since the
+    /// current invocation started.
+    refused: Cell<bool>,
 }
 
-impl CappedAllocator {
-    fn admit(&mut self, extra: usize) -> bool {
-        let limit = if self.exhausted.get() {
-            self.cap.saturating_add(EXHAUSTED_HEADROOM)
-        } else {
-            self.cap
-        };
-        if self.used.saturating_add(extra) <= limit {
-            return true;
+/// Bookkeeping per allocation: `RustAllocator`'s header. QuickJS's own
+/// limit counted 8 bytes per allocation too. The difference: QuickJS's
+/// 4 KB arenas of small blocks count whole here, partly used ones
+/// included, so a cap is reached some 64–160 KB sooner than it was.
+const ALLOC_OVERHEAD: usize = 8;
+
+impl Meter {
+    fn new(cap: usize) -> Meter {
+        Meter {
+            used: Cell::new(0),
+            // QuickJS's convention: a limit of 0 is no limit.
+            cap: if cap == 0 { usize::MAX } else { cap },
+            refused: Cell::new(false),
         }
-        self.exhausted.set(true);
-        false
+    }
+
+    /// Whether `more` bytes fit under the cap; a refusal is remembered.
+    fn admit(&self, more: usize) -> bool {
+        let fits = self.used.get().saturating_add(more) <= self.cap;
+        if !fits {
+            self.refused.set(true);
+        }
+        fits
+    }
+
+    /// Counts a block the system allocator gave (or remembers that it gave none).
+    fn taken(&self, ptr: *mut u8) -> *mut u8 {
+        if ptr.is_null() {
+            self.refused.set(true);
+        } else {
+            // SAFETY: `ptr` was just allocated by `RustAllocator`.
+            let size = unsafe { RustAllocator::usable_size(ptr) };
+            self.used.set(self.used.get() + size + ALLOC_OVERHEAD);
+        }
+        ptr
+    }
+
+    fn given_back(&self, size: usize) {
+        self.used
+            .set(self.used.get().saturating_sub(size + ALLOC_OVERHEAD));
     }
 }
 
-// SAFETY: every call is passed on to `RustAllocator`, which meets the
-// trait's contract; this only refuses (returns null) or counts.
-unsafe impl rquickjs::allocator::Allocator for CappedAllocator {
+/// The Rust allocator, under a [`Meter`]'s cap.
+struct CappedAllocator(Rc<Meter>);
+
+// SAFETY: every block comes from `RustAllocator` and goes back to it; the
+// meter only counts, and refuses before anything is allocated.
+unsafe impl Allocator for CappedAllocator {
     fn alloc(&mut self, size: usize) -> *mut u8 {
-        if !self.admit(size) {
+        if !self.0.admit(size.saturating_add(ALLOC_OVERHEAD)) {
             return std::ptr::null_mut();
         }
-        let ptr = self.inner.alloc(size);
-        if !ptr.is_null() {
-            // SAFETY: `ptr` was just allocated by `inner`.
-            self.used += unsafe { Self::usable_size(ptr) };
-        }
-        ptr
+        self.0.taken(RustAllocator.alloc(size))
     }
 
     fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
+        // `RustAllocator` panics on an overflowing size (across C: an abort).
         let Some(total) = count.checked_mul(size) else {
+            self.0.refused.set(true);
             return std::ptr::null_mut();
         };
-        if !self.admit(total) {
+        if total == 0 {
             return std::ptr::null_mut();
         }
-        let ptr = self.inner.calloc(count, size);
-        if !ptr.is_null() {
-            // SAFETY: `ptr` was just allocated by `inner`.
-            self.used += unsafe { Self::usable_size(ptr) };
+        if !self.0.admit(total.saturating_add(ALLOC_OVERHEAD)) {
+            return std::ptr::null_mut();
         }
-        ptr
+        self.0.taken(RustAllocator.calloc(count, size))
     }
 
     unsafe fn dealloc(&mut self, ptr: *mut u8) {
-        self.used = self.used.saturating_sub(Self::usable_size(ptr));
-        self.inner.dealloc(ptr);
+        self.0.given_back(RustAllocator::usable_size(ptr));
+        RustAllocator.dealloc(ptr);
     }
 
     unsafe fn realloc(&mut self, ptr: *mut u8, new_size: usize) -> *mut u8 {
-        if ptr.is_null() {
-            return self.alloc(new_size);
-        }
-        let old = Self::usable_size(ptr);
-        if new_size > old && !self.admit(new_size - old) {
+        let old = RustAllocator::usable_size(ptr);
+        if new_size > old && !self.0.admit(new_size - old) {
             return std::ptr::null_mut();
         }
-        let moved = self.inner.realloc(ptr, new_size);
-        if !moved.is_null() {
-            self.used = self.used.saturating_sub(old) + Self::usable_size(moved);
+        let moved = RustAllocator.realloc(ptr, new_size);
+        if moved.is_null() {
+            // The old block is still the caller's, and still counted.
+            self.0.refused.set(true);
+            return moved;
         }
-        moved
+        self.0.given_back(old);
+        self.0.taken(moved)
     }
 
     unsafe fn usable_size(ptr: *mut u8) -> usize {
-        rquickjs::allocator::RustAllocator::usable_size(ptr)
+        RustAllocator::usable_size(ptr)
     }
 }
 
 struct HostState {
-    /// The runtime's allocator refused memory: the invocation ran out of it.
-    exhausted: Rc<Cell<bool>>,
     deadline: Cell<Instant>,
     interrupted: Cell<bool>,
     logs: RefCell<Vec<LogLine>>,
@@ -213,8 +239,11 @@ pub(crate) struct Sandbox {
     ctx: Context,
     rt: Runtime,
     state: Rc<HostState>,
+    meter: Rc<Meter>,
     file_name: String,
     pub version: String,
+    /// The memory cap it was made with: a runtime is reused only under the same.
+    pub memory_bytes: usize,
     pub calls: u32,
     pub poisoned: bool,
 }
@@ -467,6 +496,24 @@ fn install_host<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<
     Ok(())
 }
 
+/// A thrown value that is not an object, as JavaScript prints it.
+fn thrown_text(value: &Value<'_>) -> String {
+    if let Some(s) = value.as_string() {
+        return s.to_string().unwrap_or_default();
+    }
+    if value.is_null() {
+        "null".into()
+    } else if value.is_undefined() {
+        "undefined".into()
+    } else if let Some(b) = value.as_bool() {
+        b.to_string()
+    } else if let Some(n) = value.as_number() {
+        n.to_string()
+    } else {
+        value.type_name().to_string()
+    }
+}
+
 /// Turns the pending exception into a [`FunctionError`].
 fn caught(ctx: &Ctx<'_>, err: rquickjs::Error, file: &str, state: &HostState) -> FunctionError {
     if state.interrupted.get() {
@@ -498,10 +545,7 @@ fn caught(ctx: &Ctx<'_>, err: rquickjs::Error, file: &str, state: &HostState) ->
         ),
         None => (
             "Error".to_string(),
-            value
-                .as_string()
-                .and_then(|s| s.to_string().ok())
-                .unwrap_or_else(|| format!("{value:?}")),
+            crate::no_error_object(&thrown_text(&value)),
             String::new(),
         ),
     };
@@ -532,21 +576,13 @@ impl Sandbox {
         limits: &Limits,
         fetcher: Rc<Fetcher>,
     ) -> Result<Sandbox, FunctionError> {
-        let exhausted = Rc::new(Cell::new(false));
-        let rt = Runtime::new_with_alloc(CappedAllocator {
-            inner: rquickjs::allocator::RustAllocator,
-            used: 0,
-            cap: limits.memory_bytes,
-            exhausted: exhausted.clone(),
-        })
-        .map_err(|e| FunctionError::internal(e.to_string()))?;
-        // QuickJS's own limit only backs the allocator's up.
-        rt.set_memory_limit(limits.memory_bytes.saturating_add(2 * EXHAUSTED_HEADROOM));
+        let meter = Rc::new(Meter::new(limits.memory_bytes));
+        let rt = Runtime::new_with_alloc(CappedAllocator(meter.clone()))
+            .map_err(|e| FunctionError::internal(e.to_string()))?;
         rt.set_max_stack_size(1024 * 1024);
         let ctx = Context::full(&rt).map_err(|e| FunctionError::internal(e.to_string()))?;
         let state = Rc::new(HostState {
-            exhausted,
-            deadline: Cell::new(Instant::now() + limits.timeout),
+            deadline: Cell::new(crate::later(Instant::now(), limits.timeout)),
             interrupted: Cell::new(false),
             logs: RefCell::new(Vec::new()),
             recorded: RefCell::new(Vec::new()),
@@ -595,13 +631,20 @@ impl Sandbox {
             ctx,
             rt,
             state,
+            meter,
             file_name,
             version: code.version.clone(),
+            memory_bytes: limits.memory_bytes,
             calls: 0,
             poisoned: false,
         };
         match loaded {
             Ok(()) => Ok(sandbox),
+            Err(_) if sandbox.meter.refused.get() => {
+                // The code (or what it builds as it loads) does not fit the cap.
+                sandbox.poisoned = true;
+                Err(FunctionError::memory())
+            }
             Err(e) => {
                 sandbox.poisoned = true;
                 Err(e)
@@ -672,8 +715,9 @@ impl Sandbox {
     ) -> Option<Invocation> {
         self.calls += 1;
         let state = self.state.clone();
-        state.deadline.set(Instant::now() + timeout);
+        state.deadline.set(crate::later(Instant::now(), timeout));
         state.interrupted.set(false);
+        self.meter.refused.set(false);
         state.logs.borrow_mut().clear();
         *state.body.borrow_mut() = body;
         state.recorded.borrow_mut().clear();
@@ -803,7 +847,7 @@ impl Sandbox {
             Ok(Err(delay)) => {
                 let deadline = self.state.deadline.get();
                 let wake = if delay >= 0.0 {
-                    (Instant::now() + Duration::from_millis(delay as u64)).min(deadline)
+                    crate::later(Instant::now(), Duration::from_millis(delay as u64)).min(deadline)
                 } else {
                     deadline
                 };
@@ -812,22 +856,41 @@ impl Sandbox {
         }
     }
 
+    /// `output`, unless the invocation hit the memory cap: then it ran out
+    /// of memory, however that surfaced (`null` thrown, an error whose
+    /// properties could not be read, a result that could not be built) and
+    /// even if the function caught it and went on, as a Node process that
+    /// runs out of heap stops whatever the code catches. A timeout stays a
+    /// timeout when the budget did run out; not a promise left pending
+    /// because the code that would settle it ran out of memory.
+    fn memory_verdict(
+        &mut self,
+        output: Result<serde_json::Value, FunctionError>,
+    ) -> Result<serde_json::Value, FunctionError> {
+        if !self.meter.refused.get() {
+            return output;
+        }
+        // Whatever happens next, a runtime that ran out of memory mid-way
+        // may hold half-built state: never reuse it.
+        self.poisoned = true;
+        match output {
+            Err(e)
+                if e.kind == ErrorKind::Timeout
+                    && (self.state.interrupted.get() || self.state.remaining().is_zero()) =>
+            {
+                Err(e)
+            }
+            _ => Err(FunctionError::memory()),
+        }
+    }
+
     /// Ends the invocation in progress with `output`.
     fn finish(&mut self, output: Result<serde_json::Value, FunctionError>) -> Invocation {
         self.running = None;
         let state = self.state.clone();
-        // Whatever the function made of it (QuickJS may throw `null`, the
-        // function may catch it), an invocation that hit the cap ran out of
-        // memory, as a Node process would have.
-        let output = if state.exhausted.get()
-            && !matches!(&output, Err(e) if e.kind == ErrorKind::Timeout)
-        {
-            Err(FunctionError::memory())
-        } else {
-            output
-        };
         state.calls.cancel_all();
         state.body.take();
+        let output = self.memory_verdict(output);
         if let Err(e) = &output {
             if matches!(
                 e.kind,

@@ -417,3 +417,151 @@ async fn a_timer_wait_does_not_hold_the_worker_either() {
     assert_eq!(out.error.expect("timed out").kind, ErrorKind::Timeout);
     pool.shutdown();
 }
+
+/// Starts one destination invocation of `code` per name.
+fn spawn_destinations(
+    pool: &Arc<Pool>,
+    code: &Arc<FunctionCode>,
+    settings: &Value,
+    names: &[String],
+) -> Vec<tokio::task::JoinHandle<DestinationOutcome>> {
+    names
+        .iter()
+        .map(|name| {
+            let (pool, code, settings, event) =
+                (pool.clone(), code.clone(), settings.clone(), track(name));
+            tokio::spawn(
+                async move { pool.run_destination(code, event, &settings, limits()).await },
+            )
+        })
+        .collect()
+}
+
+fn challenge() -> (Arc<FunctionCode>, RawRequest) {
+    let source = Arc::new(FunctionCode::new(
+        "challenge",
+        "challenge.js",
+        "async function onRequest(request) { return new Response(JSON.stringify({ challenge: request.json().challenge }), { status: 200 }); }",
+    ));
+    let request = RawRequest {
+        method: "POST".into(),
+        url: "https://hooks.example/functions/s".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"challenge": "c7"}"#.to_vec(),
+    };
+    (source, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_filling_the_worker_leaves_room_for_others_and_for_source_runs() {
+    let holder = Holder::start(usize::MAX);
+    let pool = local_pool(1);
+    let settings = json!({"url": holder.url()});
+    // One destination with far more in flight than the worker has slots,
+    // every one held on its fetch by a server that never answers.
+    let hog_names: Vec<String> = (0..MAX_IN_FLIGHT_PER_WORKER + 20)
+        .map(|i| format!("hog{i}"))
+        .collect();
+    let hog = spawn_destinations(&pool, &fetcher(), &settings, &hog_names);
+    holder.wait_seen(MAX_IN_FLIGHT_PER_FUNCTION).await;
+
+    // Another destination still gets the rest of the worker's slots.
+    let other_code = Arc::new(FunctionCode::new("other", "other.js", FETCHER));
+    let other_names: Vec<String> = (0..MAX_IN_FLIGHT_PER_WORKER - MAX_IN_FLIGHT_PER_FUNCTION)
+        .map(|i| format!("other{i}"))
+        .collect();
+    let other = spawn_destinations(&pool, &other_code, &settings, &other_names);
+    holder.wait_seen(MAX_IN_FLIGHT_PER_WORKER).await;
+
+    // Every general slot is held now; a source run (a challenge its sender
+    // waits for) goes through all the same, while they are still held.
+    let (source, request) = challenge();
+    for _ in 0..3 {
+        let out = pool
+            .run_source(source.clone(), &request, &json!({}), limits())
+            .await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let answer = out.response.expect("the function answered");
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, br#"{"challenge":"c7"}"#);
+    }
+    assert!(
+        hog.iter().chain(&other).all(|t| !t.is_finished()),
+        "the destinations' fetches are all still held"
+    );
+    assert_eq!(
+        holder.most_open.load(Ordering::SeqCst),
+        MAX_IN_FLIGHT_PER_WORKER,
+        "one function held at most its share, both together the worker's slots"
+    );
+
+    holder.release();
+    let mut outcomes = Vec::new();
+    for t in hog {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_each_got_its_own(&hog_names, outcomes);
+    for (name, t) in other_names.iter().zip(other) {
+        let out = t.await.unwrap();
+        assert_eq!(
+            out.result,
+            Some(json!(format!("/{name}"))),
+            "{:?}",
+            out.error
+        );
+    }
+    pool.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_run_that_cannot_start_within_its_budget_does_not_run() {
+    let holder = Holder::start(usize::MAX);
+    let pool = local_pool(1);
+    // Source runs held on their fetches, two functions each at its share,
+    // fill every slot of the worker, the ones kept for sources included.
+    let held_code = |name: &str| {
+        Arc::new(FunctionCode::new(
+            name,
+            &format!("{name}.js"),
+            "async function onRequest(request, settings) { const res = await fetch(settings.url + '/' + request.json().n); Segment.track({ userId: 'u', event: (await res.json()).path }); }",
+        ))
+    };
+    let total = MAX_IN_FLIGHT_PER_WORKER + SOURCE_SLOTS_PER_WORKER;
+    let settings = json!({"url": holder.url()});
+    let held: Vec<_> = (0..total)
+        .map(|i| {
+            let code = held_code(if i % 2 == 0 { "even" } else { "odd" });
+            let request = RawRequest {
+                method: "POST".into(),
+                url: "https://hooks.example/functions/s".into(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: json!({ "n": format!("s{i}") }).to_string().into_bytes(),
+            };
+            let (pool, settings) = (pool.clone(), settings.clone());
+            tokio::spawn(async move { pool.run_source(code, &request, &settings, limits()).await })
+        })
+        .collect();
+    holder.wait_seen(total).await;
+
+    // Its budget counts from the moment it was asked for: it times out
+    // without having run, rather than wait for a slot past its budget.
+    let (source, request) = challenge();
+    let short = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let out = pool.run_source(source, &request, &json!({}), short).await;
+    let e = out.error.expect("no slot within its budget");
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e:?}");
+    assert!(e.message.contains("did not run"), "{e}");
+    assert!(out.logs.is_empty() && out.response.is_none());
+    assert!(held.iter().all(|t| !t.is_finished()), "still held");
+
+    holder.release();
+    for (i, t) in held.into_iter().enumerate() {
+        let out = t.await.unwrap();
+        assert!(out.error.is_none(), "{:?}", out.error);
+        assert_eq!(out.messages[0]["event"], format!("/s{i}"));
+    }
+    pool.shutdown();
+}
