@@ -1072,6 +1072,9 @@
     const next = timers.reduce((a, b) => (b.due < a.due ? b : a));
     return Math.max(0, next.due - Date.now());
   });
+  // An invocation's timers end with it: a timer it did not wait for must
+  // not fire, or throw, inside the next invocation given this runtime.
+  define('__clearTimers', () => { timers = []; });
   define('__runNextTimer', () => {
     if (!timers.length) return;
     const next = timers.reduce((a, b) => (b.due < a.due ? b : a));

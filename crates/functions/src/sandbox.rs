@@ -884,12 +884,27 @@ impl Sandbox {
         }
     }
 
+    /// Drops the timers the invocation left (see `__clearTimers` in the
+    /// prelude). A runtime where that fails is not reused.
+    fn clear_timers(&mut self) {
+        let cleared = self.ctx.with(|ctx| {
+            ctx.globals()
+                .get::<_, Function>("__clearTimers")
+                .and_then(|clear| clear.call::<_, ()>(()))
+                .is_ok()
+        });
+        if !cleared {
+            self.poisoned = true;
+        }
+    }
+
     /// Ends the invocation in progress with `output`.
     fn finish(&mut self, output: Result<serde_json::Value, FunctionError>) -> Invocation {
         self.running = None;
         let state = self.state.clone();
         state.calls.cancel_all();
         state.body.take();
+        self.clear_timers();
         let output = self.memory_verdict(output);
         if let Err(e) = &output {
             if matches!(

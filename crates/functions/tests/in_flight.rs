@@ -379,6 +379,43 @@ async function onTrack(event, settings) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_left_behind_never_fires_in_the_next_invocation() {
+    let pool = local_pool(1);
+    let f = Arc::new(FunctionCode::new(
+        "stray",
+        "stray.js",
+        r#"
+let calls = 0;
+let fired = 0;
+async function onTrack(event) {
+  calls++;
+  if (event.event === 'first') {
+    setTimeout(() => { fired++; throw new Error('late timer of ' + event.event) }, 10);
+    return 'left ' + calls;
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  return 'second ' + calls + ', fired ' + fired;
+}"#,
+    ));
+    let first = pool
+        .run_destination(f.clone(), track("first"), &json!({}), limits())
+        .await;
+    assert_eq!(first.result, Some(json!("left 1")), "{:?}", first.error);
+    let second = pool
+        .run_destination(f.clone(), track("second"), &json!({}), limits())
+        .await;
+    // The same warm runtime (its counter went on); the first one's timer
+    // ended with it.
+    assert_eq!(
+        second.result,
+        Some(json!("second 2, fired 0")),
+        "{:?}",
+        second.error
+    );
+    pool.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_wait_does_not_hold_the_worker_either() {
     let pool = local_pool(1);
     let sleeper = Arc::new(FunctionCode::new(
