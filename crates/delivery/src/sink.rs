@@ -17,6 +17,12 @@ use tokio::sync::{watch, Notify};
 
 /// Events read from the log per round.
 const READ_LIMIT: usize = 2000;
+/// A round of the log stops taking jobs after this long, and what it did is
+/// committed: a slow destination (a function whose upstream takes 300 ms)
+/// would otherwise hold a round of 2000 events for minutes, with its cursor,
+/// attempts and metrics standing still, and a crash would send all of it
+/// again. The jobs not taken are read again by the next round.
+const ROUND_TIME: Duration = Duration::from_secs(1);
 /// Log positions scanned per round when looking for this destination's sources.
 const SCAN_LIMIT: u64 = 100_000;
 
@@ -281,9 +287,10 @@ impl Sink {
 
     /// Runs jobs with bounded concurrency and folds their results into one commit.
     ///
-    /// On shutdown no new job is started (those in flight finish); the cursor
-    /// then stops before the first job not attempted, so the rest resumes at
-    /// the next start.
+    /// On shutdown, or once a round of the log has run [`ROUND_TIME`], no
+    /// new job is started (those in flight finish); the cursor then stops
+    /// before the first job not attempted, so the rest is taken by the next
+    /// round (or at the next start).
     async fn run_round(
         &self,
         jobs: Vec<Job>,
@@ -294,8 +301,20 @@ impl Sink {
         let firsts: Vec<u64> = jobs.iter().map(|j| j.first_seq).collect();
         let attempted: Vec<usize> = Vec::new();
         let attempted = std::sync::Mutex::new(attempted);
+        let started = Instant::now();
+        // Rounds of the log (with a cursor) end on time; a round of due
+        // retries is bounded by the retries due.
+        let timed = cursor.is_some();
         let results: Vec<JobResult> = stream::iter(jobs.into_iter().enumerate())
-            .take_while(|_| std::future::ready(!*shutdown.borrow()))
+            .take_while(|(i, _)| {
+                // A round ends on time only between chunks of the log: the
+                // jobs of one chunk (one per URL with `fanout = "all"`) are
+                // all taken, or the chunk is read again and some URL gets
+                // it twice.
+                let new_chunk = *i == 0 || firsts[*i] != firsts[*i - 1];
+                let on_time = !timed || !new_chunk || started.elapsed() < ROUND_TIME;
+                std::future::ready(!*shutdown.borrow() && (*i == 0 || on_time))
+            })
             .map(|(i, job)| {
                 if let Ok(mut a) = attempted.lock() {
                     a.push(i);

@@ -901,3 +901,38 @@ async fn an_open_breaker_at_the_end_of_the_window_still_gets_a_last_attempt() {
         .await;
     assert_eq!(d["total"], 0, "{d}");
 }
+
+/// A slow destination records what it delivered as it goes, not once its
+/// whole backlog is through: attempts show while the backlog drains, and a
+/// crash then sends again only the little that was not recorded.
+#[tokio::test]
+async fn a_slow_destination_records_its_progress_while_its_backlog_drains() {
+    let rx = Receiver::start("s3cret");
+    // 40 events at 300 ms each, two at a time: about 6 s in all.
+    rx.control("hook", json!({"status": 200, "times": -1, "delayMs": 300}))
+        .await;
+    let sy = Switchyard::start(&config_with(&hook(
+        "hook",
+        &rx.url("hook"),
+        "concurrency = 2",
+    )));
+    sy.send_tracks(40, "p").await;
+    let mut recorded = 0;
+    for _ in 0..300 {
+        let (_, attempts) = sy
+            .admin("GET", "/api/v1/destinations/hook/attempts", None)
+            .await;
+        recorded = attempts["data"].as_array().map_or(0, Vec::len);
+        if recorded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived = rx.received("hook").await.len();
+    assert!(recorded > 0, "attempts are recorded");
+    assert!(
+        arrived < 40,
+        "recorded while the backlog drains ({recorded} recorded, {arrived} of 40 arrived)"
+    );
+    rx.wait_delivered("hook", 40, 60).await;
+}
