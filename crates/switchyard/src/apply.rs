@@ -523,11 +523,22 @@ async fn source_change(
     if shown_digest(&current["function"]["digest"])? == binding_digest(&binding) {
         return Ok(None);
     }
+    // A PATCH merges settings: one the server has and the file does not
+    // is removed by name (`null`), or every apply would plan it again.
+    let mut settings = binding.settings.clone();
+    if let (Some(wanted), Some(stored)) = (
+        settings.as_object_mut(),
+        current["function"]["settings"].as_object(),
+    ) {
+        for key in stored.keys() {
+            wanted.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
     Ok(Some(Step::ChangeSource {
         slug: s.slug.clone(),
         body: json!({
             "function": binding.function,
-            "settings": binding.settings,
+            "settings": settings,
             "respond": binding.respond.as_deref().unwrap_or("ack"),
             "capture": binding.capture.as_deref().unwrap_or("always"),
         }),

@@ -3410,3 +3410,36 @@ async fn cli_lists_page_and_say_where_the_next_page_starts() {
     let (code, out) = cli(&sy, &["sources", "rejections", "web", "-n", "1001"]);
     assert_eq!(code, 1, "the server refuses a page above 1000: {out}");
 }
+
+/// A setting the server's function source has and the file does not is
+/// removed by `apply`, which then has nothing left to change.
+#[tokio::test]
+async fn apply_removes_a_setting_the_file_does_not_have_and_converges() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "update",
+            "stigg",
+            "--settings",
+            r#"{"extra":"value"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let dir = TempDir::new("apply-settings");
+    let file = dir.0.join("same.toml");
+    std::fs::write(&file, config(&rx)).unwrap();
+    let (code, out) = apply_file(&sy, &file, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("~ change source stigg"), "{out}");
+    let (_, source) = sy.admin("GET", "/api/v1/sources/stigg", None).await;
+    assert!(
+        source["function"]["settings"].get("extra").is_none(),
+        "{source}"
+    );
+    let (code, out) = apply_file(&sy, &file, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no changes"), "the second plan: {out}");
+}
