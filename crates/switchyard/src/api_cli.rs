@@ -79,13 +79,13 @@ fn server_url(given: &str) -> Result<String, String> {
 
 /// How the commands print: global, so that `--json` goes before the
 /// subcommand or after it. Every command that calls a server gives the API's
-/// JSON with it (`tail` and `logs --follow`: one object per line), and
+/// JSON with it (`tail` and `functions logs --follow`: one object per line), and
 /// `functions test` its report as JSON; `serve`, `bench` and `completions`
 /// print no JSON and refuse it (see `main.rs`).
 #[derive(Debug, Args)]
 pub struct Output {
     /// Print JSON instead of tables and summary lines: the API's answer
-    /// (`tail` and `logs --follow`: one object per line; `functions test`:
+    /// (`tail` and `functions logs --follow`: one object per line; `functions test`:
     /// its report).
     #[arg(long, global = true)]
     pub json: bool,
@@ -414,10 +414,11 @@ pub struct LogsArgs {
     /// Logs of a destination function.
     #[arg(long)]
     pub destination: Option<String>,
-    #[arg(short = 'n', default_value_t = 100)]
+    /// How many (1 to 1000), newest first.
+    #[arg(short = 'n', long = "limit", default_value_t = 100)]
     pub limit: usize,
     /// Only older lines: the `--before` a full page ends with (not with
-    /// `--follow`).
+    /// `functions logs --follow`).
     #[arg(long)]
     pub before: Option<i64>,
 }
