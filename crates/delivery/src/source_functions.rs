@@ -45,6 +45,25 @@ pub struct SourceFunction {
 }
 
 impl SourceFunction {
+    /// `respond` as configured: `function` (the function answers the
+    /// sender) or `ack`.
+    pub fn respond_mode(&self) -> &'static str {
+        if self.respond_inline {
+            "function"
+        } else {
+            "ack"
+        }
+    }
+
+    /// `capture` as configured: `always` or `window`.
+    pub fn capture_mode(&self) -> &'static str {
+        if self.capture_always {
+            "always"
+        } else {
+            "window"
+        }
+    }
+
     /// Replaces every secret value in `text` with `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         redact(&self.secrets, text)

@@ -523,7 +523,7 @@ pub async fn function_health(
     require_admin(&state, &headers)?;
     let runner = runner_for(&state, &slug)?;
     let source = runner.source(&slug).map(|s| {
-        json!({"function": s.code.name, "version": s.code.version, "respond": if s.respond_inline { "function" } else { "ack" }})
+        json!({"function": s.code.name, "version": s.code.version, "respond": s.respond_mode()})
     });
     Ok(Json(
         json!({ "source": slug, "function": source, "health": runner.health(&slug) }),

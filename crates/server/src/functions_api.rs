@@ -113,8 +113,8 @@ async fn plan_roll_out(
             let binding = SourceBinding {
                 function: name.to_string(),
                 settings: s.settings.clone(),
-                respond: Some(if s.respond_inline { "function" } else { "ack" }.into()),
-                capture: Some(if s.capture_always { "always" } else { "window" }.into()),
+                respond: Some(s.respond_mode().into()),
+                capture: Some(s.capture_mode().into()),
             };
             sources.push(
                 delivery::catalog::source_function_with(f, &s.slug, &binding)

@@ -180,8 +180,8 @@ pub async fn list_sources(
                     json!({
                         "name": f.code.name,
                         "version": f.code.version,
-                        "respond": if f.respond_inline { "function" } else { "ack" },
-                        "capture": if f.capture_always { "always" } else { "window" },
+                        "respond": f.respond_mode(),
+                        "capture": f.capture_mode(),
                     })
                 });
             let source = json!({
@@ -1397,7 +1397,7 @@ pub async fn start_capture(
     state.open_capture(&slug, until);
     Ok(Json(json!({
         "source": slug,
-        "mode": if source.capture_always { "always" } else { "window" },
+        "mode": source.capture_mode(),
         "capturing_until_ms": until,
     })))
 }
@@ -1420,7 +1420,7 @@ pub async fn capture_status(
         })?;
     Ok(Json(json!({
         "source": slug,
-        "mode": if source.capture_always { "always" } else { "window" },
+        "mode": source.capture_mode(),
         "capturing": source.capture_always || state.capturing(&slug),
         "capturing_until_ms": state.capture_until(&slug),
     })))
@@ -1436,8 +1436,8 @@ pub async fn get_source(
     let source = find_source(&state, &slug).await?;
     let show_digest = may_change(&state, &headers);
     let function = state.runner.as_ref().and_then(|r| r.source(&slug)).map(|f| {
-        let respond = if f.respond_inline { "function" } else { "ack" };
-        let capture = if f.capture_always { "always" } else { "window" };
+        let respond = f.respond_mode();
+        let capture = f.capture_mode();
         let digest = show_digest.then(|| {
             binding_digest(&delivery::catalog::SourceBinding {
                 function: f.code.name.clone(),
@@ -1501,22 +1501,16 @@ pub async fn update_source(
     let binding = delivery::catalog::SourceBinding {
         function: update.function.unwrap_or_else(|| current.code.name.clone()),
         settings,
-        respond: Some(update.respond.unwrap_or_else(|| {
-            if current.respond_inline {
-                "function"
-            } else {
-                "ack"
-            }
-            .into()
-        })),
-        capture: Some(update.capture.unwrap_or_else(|| {
-            if current.capture_always {
-                "always"
-            } else {
-                "window"
-            }
-            .into()
-        })),
+        respond: Some(
+            update
+                .respond
+                .unwrap_or_else(|| current.respond_mode().into()),
+        ),
+        capture: Some(
+            update
+                .capture
+                .unwrap_or_else(|| current.capture_mode().into()),
+        ),
     };
     let rebuilt = delivery::catalog::source_function(state.store.as_ref(), &slug, &binding)
         .await
