@@ -1968,9 +1968,17 @@
     if (m) line = Number(m[1]);
     return { name: err.name || 'Error', message: v8Message(String(err.message)), line, stack };
   }
+  // An answer's headers as `entries()` names them (lower case, sorted), but
+  // a line for each value: joined, two Set-Cookie values would read as one
+  // cookie with a bad attribute.
+  function answerLines(headers) {
+    const out = [];
+    for (const key of [...headers._map.keys()].sort()) for (const v of headers._map.get(key).values) out.push([key, v]);
+    return out;
+  }
   function normalizeAnswer(result) {
     if (result instanceof Response) {
-      return { status: result.status, headers: [...result.headers.entries()], body: b64Encode(result._bytes) };
+      return { status: result.status, headers: answerLines(result.headers), body: b64Encode(result._bytes) };
     }
     if (result && typeof result === 'object' && typeof result.status === 'number') {
       const headers = new Headers(result.headers);
@@ -1979,7 +1987,7 @@
         body = JSON.stringify(body);
         if (!headers.has('content-type')) headers.set('content-type', 'application/json');
       }
-      return { status: result.status, headers: [...headers.entries()], body: b64Encode(bodyBytes(body) || new Uint8Array(0)) };
+      return { status: result.status, headers: answerLines(headers), body: b64Encode(bodyBytes(body) || new Uint8Array(0)) };
     }
     return null;
   }

@@ -496,6 +496,22 @@ async function onRequest(request) {
     let answer = out.response.expect("an answer");
     assert_eq!(answer.status, 202);
     assert_eq!(answer.body, br#"{"ok":true}"#);
+    // Values of one name stay apart: joined, two cookies would read as one.
+    let cookies = r#"
+async function onRequest() {
+  const headers = new Headers();
+  headers.append('Set-Cookie', 'a=1; Path=/');
+  headers.append('set-cookie', 'b=2');
+  return new Response('', { status: 200, headers });
+}"#;
+    let answer = run(cookies, "{}").response.expect("an answer");
+    let set: Vec<&str> = answer
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(set, ["a=1; Path=/", "b=2"], "{:?}", answer.headers);
 }
 
 #[test]

@@ -196,12 +196,14 @@ async fn handle(
         Ok(Some(answer)) => {
             let mut response = Response::new(Body::from(answer.body));
             *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+            // Appended, not inserted: each value of a name repeated (two
+            // Set-Cookie lines) is a line of its own, as the function gave it.
             for (k, v) in answer.headers {
                 if let (Ok(k), Ok(v)) = (
                     axum::http::HeaderName::from_bytes(k.as_bytes()),
                     axum::http::HeaderValue::from_str(&v),
                 ) {
-                    response.headers_mut().insert(k, v);
+                    response.headers_mut().append(k, v);
                 }
             }
             Ok(response)

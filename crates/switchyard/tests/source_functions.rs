@@ -233,6 +233,23 @@ async fn exact_bytes_challenge_answers_logs_and_objects() {
     )
     .await;
     assert_eq!((s, b), (200, json!({"challenge": "c-42"})));
+    // Each Set-Cookie value the function gives is a header line of its own.
+    for form in ["response", "object"] {
+        let resp = http_client()
+            .post(format!("{}/functions/verified/tok_verified", sy.base))
+            .body(json!({ "cookies": form }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{form}");
+        let cookies: Vec<&str> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2; HttpOnly"], "{form}");
+    }
     // Unusual spacing and key order: the signature over the exact bytes verifies.
     let raw = "{ \"user\":\"u-9\",  \"plan\":\"team\", \"id\": 1.50 }";
     let sig = sign("sign-me-123", raw);
