@@ -59,7 +59,7 @@ pub fn install_crypto_provider() {
 }
 
 /// A destination as written in `switchyard.toml` or sent to the API.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DestinationConfig {
     Webhooks(WebhooksConfig),

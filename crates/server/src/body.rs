@@ -68,7 +68,7 @@ fn refused_json(rejection: JsonRejection) -> ApiError {
 
 /// The field serde names in "unknown field `x`", "missing field `x`" or
 /// "…: x: invalid type…" (axum puts the path of the failing field first).
-fn named_field(message: &str) -> Option<String> {
+pub(crate) fn named_field(message: &str) -> Option<String> {
     for marker in ["unknown field `", "missing field `"] {
         if let Some(start) = message.find(marker).map(|i| i + marker.len()) {
             return message[start..].split('`').next().map(str::to_string);

@@ -401,6 +401,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/destinations/{name}",
             get(manage::get_destination)
                 .put(manage::put_destination)
+                .patch(manage::patch_destination)
                 .delete(manage::delete_destination),
         )
         .route("/api/v1/sources/{slug}/rejections", get(admin::rejections))

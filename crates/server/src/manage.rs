@@ -1124,8 +1124,12 @@ async fn apply_destination(
     }
     obj.entry("kind")
         .or_insert_with(|| Value::String("webhooks".into()));
-    let config: delivery::DestinationConfig = serde_json::from_value(body.clone())
-        .map_err(|e| ApiError::bad_request("invalid_destination", e.to_string()))?;
+    let config: delivery::DestinationConfig =
+        serde_json::from_value(body.clone()).map_err(|e| {
+            let message = e.to_string();
+            let field = crate::body::named_field(&message);
+            ApiError::bad_request("invalid_destination", message).with_field(field)
+        })?;
     let known: Vec<String> = state
         .store
         .sources()
@@ -1239,6 +1243,116 @@ pub async fn put_destination(
     Ok(Json(
         apply_destination(&state, &name, body, Some(&stored)).await?,
     ))
+}
+
+/// `PATCH /api/v1/destinations/{name}`: changes the fields given and keeps
+/// the others (see [`merged_destination`]); the cursor is kept. A patch
+/// that leaves the configuration as it is changes nothing, the running
+/// destination included, and says so with `"changed": false`.
+pub async fn patch_destination(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<JsonBody<Value>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    require_token(&state, &headers)?;
+    let JsonBody(changes) = body?;
+    let Value::Object(changes) = changes else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object of the fields to change",
+        ));
+    };
+    let Some((stored, origin)) = stored_destination(&state, &name).await? else {
+        return Err(ApiError::not_found(format!("unknown destination {name:?}")));
+    };
+    let kind = stored["kind"].as_str().unwrap_or("webhooks").to_string();
+    if changes
+        .get("kind")
+        .is_some_and(|k| k.as_str() != Some(kind.as_str()))
+    {
+        // Merged, the fields of the old kind would stay beside the new
+        // one's: a new kind is a new configuration as a whole.
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("a PATCH cannot change `kind` (this destination is a {kind} one): replace the whole configuration with PUT"),
+        )
+        .with_field(Some("kind".into())));
+    }
+    let merged = unmasked(merged_destination(&stored, changes), Some(&stored))?;
+    let effective = |config: &Value| {
+        let mut config = config.clone();
+        if let Some(obj) = config.as_object_mut() {
+            obj.entry("name")
+                .or_insert_with(|| Value::String(name.clone()));
+            obj.entry("kind")
+                .or_insert_with(|| Value::String("webhooks".into()));
+        }
+        serde_json::from_value::<delivery::DestinationConfig>(config).ok()
+    };
+    // Compared as parsed, so that a field given its default value
+    // (`"enabled": true` where it was never written) is no change.
+    if let (Some(before), Some(after)) = (effective(&stored), effective(&merged)) {
+        if before == after {
+            let enabled = stored["enabled"].as_bool().unwrap_or(true);
+            return Ok(Json(json!({
+                "name": name,
+                "origin": origin,
+                "running": state.engine.sink(&name).await.is_some(),
+                "enabled": enabled,
+                "changed": false,
+                "config": masked(stored, false),
+            })));
+        }
+    }
+    let mut out = apply_destination(&state, &name, merged, Some(&stored)).await?;
+    out["changed"] = json!(true);
+    Ok(Json(out))
+}
+
+/// `changes` merged into a destination's `current` configuration, as PATCH
+/// merges: a field given replaces the stored one and `null` removes it
+/// (back to its default); `headers` and `settings` are merged by name in
+/// the same way, as a source's settings are (header names ignoring case,
+/// as HTTP does). A list (`urls`, `sources`) or a `filter` is replaced
+/// whole: merged item by item, neither could be shortened or reordered.
+fn merged_destination(current: &Value, changes: serde_json::Map<String, Value>) -> Value {
+    let mut merged = current.as_object().cloned().unwrap_or_default();
+    for (field, value) in changes {
+        match (field.as_str(), value) {
+            (_, Value::Null) => {
+                merged.shift_remove(&field);
+            }
+            ("headers" | "settings", Value::Object(entries)) => {
+                let mut inner = merged
+                    .get(&field)
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                for (key, v) in entries {
+                    if field == "headers" {
+                        let other_case = inner
+                            .keys()
+                            .find(|k| k.eq_ignore_ascii_case(&key) && **k != key)
+                            .cloned();
+                        if let Some(old) = other_case {
+                            inner.shift_remove(&old);
+                        }
+                    }
+                    if v.is_null() {
+                        inner.shift_remove(&key);
+                    } else {
+                        inner.insert(key, v);
+                    }
+                }
+                merged.insert(field, Value::Object(inner));
+            }
+            (_, value) => {
+                merged.insert(field, value);
+            }
+        }
+    }
+    Value::Object(merged)
 }
 
 /// `DELETE /api/v1/destinations/{name}`: stops it and forgets it: its

@@ -181,6 +181,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
     ("post", "/api/v1/destinations", Auth::Api, "Create a destination (the fields of [[destinations]])"),
     ("get", "/api/v1/destinations/{name}", Auth::Api, "A destination's configuration (secrets masked) and digest"),
     ("put", "/api/v1/destinations/{name}", Auth::Api, "Replace a destination's configuration; the cursor is kept"),
+    ("patch", "/api/v1/destinations/{name}", Auth::Api, "Change some fields of a destination's configuration (null removes one; headers and settings merged by name); the cursor is kept"),
     ("delete", "/api/v1/destinations/{name}", Auth::Api, "Stop and remove a destination, with its cursor, retries, dead letters and attempts (disable it instead to keep its place)"),
     (
         "get",
@@ -488,6 +489,10 @@ fn request_body(method: &str, path: &str) -> Option<(Value, bool)> {
             json!({"type": "object", "description": "A destination as in switchyard.toml's [[destinations]] (kind webhooks or function); \"********\" keeps a stored secret"}),
             true,
         ),
+        ("patch", "/api/v1/destinations/{name}") => (
+            json!({"type": "object", "description": "Fields of [[destinations]] to change; the others are kept. null removes a field (back to its default); headers and settings are merged by name (null removes one; header names ignore case); urls, sources and filter are replaced whole; \"********\" keeps a stored secret; kind cannot change (use PUT). Unknown fields are refused by name. The answer's `changed` is false when the configuration stays as it was (nothing is restarted)"}),
+            true,
+        ),
         (_, p)
             if p.ends_with("/deadletters/replay")
                 || (method == "delete" && p.ends_with("/deadletters")) =>
@@ -545,7 +550,11 @@ fn responses(method: &str, path: &str, auth: Auth) -> Value {
         if path.contains('{') {
             out.insert("404".into(), error("No such resource"));
         }
-        if creates || path.ends_with("/rotate") || method == "put" {
+        if creates
+            || path.ends_with("/rotate")
+            || method == "put"
+            || (method == "patch" && path == "/api/v1/destinations/{name}")
+        {
             out.insert(
                 "409".into(),
                 error("Conflicts with what exists (a name or write key already taken)"),

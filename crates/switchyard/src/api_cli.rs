@@ -1387,37 +1387,27 @@ fn logs_page_path(args: &LogsArgs, query: &[(&str, Option<String>)]) -> String {
     }
 }
 
-/// `destinations enable|disable`: the API changes a destination by taking
-/// its whole configuration, so it is read, changed in `enabled` and written
-/// back (its masked secrets mean "keep the stored value").
+/// `destinations enable|disable`: a PATCH of `enabled` alone, so that a
+/// change made to another field meanwhile is not written back over; the
+/// answer's `changed` tells whether it was in that state already.
 async fn set_enabled(
     client: &Client,
     remote: &Remote,
     name: &str,
     enabled: bool,
 ) -> anyhow::Result<()> {
-    use reqwest::Method;
-    let path = api_path(&["destinations", name], &[]);
-    let current = client.send(Method::GET, &path, None).await?;
-    let mut config = current["config"].clone();
-    if !config.is_object() {
-        return Err(anyhow!(
-            "the server gave no configuration of destination {name:?}"
-        ));
-    }
+    let v = client
+        .send(
+            reqwest::Method::PATCH,
+            &api_path(&["destinations", name], &[]),
+            Some(json!({ "enabled": enabled })),
+        )
+        .await?;
     let word = if enabled { "enabled" } else { "disabled" };
-    if config["enabled"].as_bool().unwrap_or(true) == enabled {
-        if remote.json {
-            println!("{}", serde_json::to_string_pretty(&current)?);
-        } else {
-            println!("destination {name} is {word} already");
-        }
-        return Ok(());
-    }
-    config["enabled"] = json!(enabled);
-    let v = client.send(Method::PUT, &path, Some(config)).await?;
     if remote.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if v["changed"] == false {
+        println!("destination {name} is {word} already");
     } else if enabled {
         println!("destination {name} enabled: it delivers from where it stopped");
     } else {

@@ -1992,7 +1992,7 @@ async fn every_error_is_json_and_a_revoked_token_loses_its_open_streams() {
         ),
         (
             "patch",
-            "/api/v1/destinations/hook",
+            "/api/v1/tokens",
             "{}",
             405,
             "method_not_allowed",
@@ -3178,10 +3178,22 @@ async fn sources_tokens_and_destinations_are_managed_from_the_cli() {
         (code, out.trim()),
         (0, "destination hook is disabled already")
     );
-    let (code, out) = cli(&sy, &["destinations", "enable", "hook"]);
+    // A PATCH of `enabled` alone: the answer says whether it changed.
+    let (code, out) = cli(&sy, &["destinations", "enable", "hook", "--json"]);
     assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (&v["changed"], &v["enabled"]),
+        (&json!(true), &json!(true)),
+        "{out}"
+    );
     let (_, d) = sy.admin("GET", "/api/v1/destinations/hook", None).await;
     assert_eq!(d["config"]["enabled"], true, "{d}");
+    let (code, out) = cli(&sy, &["destinations", "enable", "hook"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "destination hook is enabled already")
+    );
     let (code, out) = cli(&sy, &["destinations", "urls", "enable", "hook"]);
     assert_eq!(
         (code, out.trim()),
@@ -3442,4 +3454,99 @@ async fn apply_removes_a_setting_the_file_does_not_have_and_converges() {
     let (code, out) = apply_file(&sy, &file, &["--dry-run"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no changes"), "the second plan: {out}");
+}
+
+/// `PATCH /destinations/{name}` changes the fields given and keeps the
+/// others (secrets included), merges headers by name, refuses unknown
+/// fields and a new kind by name, and tells a patch that changes nothing.
+#[tokio::test]
+async fn a_destination_is_patched_field_by_field() {
+    let rx = Receiver::start("s3cret");
+    let sy = Switchyard::start(&config(&rx));
+    let patch = |body: Value| sy.admin("PATCH", "/api/v1/destinations/hook", Some(body));
+    let (s, b) = patch(json!({"headers": {"X-Env": "prod", "X-Team": "data"}})).await;
+    assert_eq!((s, &b["changed"]), (200, &json!(true)), "{b}");
+    assert_eq!(b["config"]["shared_secret"], "********", "{b}");
+    // Header names are merged ignoring case; null removes one.
+    let (s, b) = patch(json!({"headers": {"x-env": "staging", "X-Team": null}})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["config"]["headers"], json!({"x-env": "staging"}), "{b}");
+    let (_, d) = sy.admin("GET", "/api/v1/destinations/hook", None).await;
+    assert_eq!(d["config"]["urls"], json!([rx.url("hook")]), "{d}");
+    assert_eq!(d["config"]["retry_initial_ms"], 100, "{d}");
+    assert_eq!(d["config"]["headers"], json!({"x-env": "staging"}), "{d}");
+    // Deliveries are still signed with the stored secret, with the header.
+    let (s, _) = sy
+        .post(
+            "/v1/track",
+            "wk_web",
+            r#"{"userId": "u", "event": "E", "messageId": "p1"}"#,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let got = rx.wait_delivered("hook", 1, 30).await;
+    assert_eq!(got[0]["segmentSignatureValid"], true, "{:?}", got[0]);
+    assert_eq!(got[0]["headers"]["x-env"], "staging", "{:?}", got[0]);
+    // null takes a field back to its default.
+    let (s, b) = patch(json!({"retry_initial_ms": null})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["config"].get("retry_initial_ms").is_none(), "{b}");
+    // A value the configuration has already, its default included, is no change.
+    for same in [json!({"enabled": true}), json!({}), json!({"x-env": null})] {
+        let (s, b) = patch(same.clone()).await;
+        assert_eq!((s, &b["changed"]), (200, &json!(false)), "{same}: {b}");
+    }
+    let (s, b) = patch(json!({"enabled": false})).await;
+    assert_eq!(
+        (s, &b["changed"], &b["enabled"]),
+        (200, &json!(true), &json!(false)),
+        "{b}"
+    );
+    // Refusals name the field.
+    let (s, b) = patch(json!({"sharedSecret": "typo"})).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("sharedSecret")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown field")),
+        "{b}"
+    );
+    let (s, b) = patch(json!({"kind": "function", "function": "f"})).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("kind")),
+        "{b}"
+    );
+    let (s, b) = patch(json!({"urls": null})).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("urls")),
+        "{b}"
+    );
+    let (s, b) = patch(json!(["enabled"])).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_body")),
+        "{b}"
+    );
+    let (s, b) = sy
+        .admin(
+            "PATCH",
+            "/api/v1/destinations/nope",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{b}"
+    );
+    // What was refused changed nothing.
+    let (_, d) = sy.admin("GET", "/api/v1/destinations/hook", None).await;
+    assert_eq!(d["config"]["urls"], json!([rx.url("hook")]), "{d}");
+    assert_eq!(d["config"]["enabled"], false, "{d}");
 }

@@ -30,7 +30,7 @@ fn default_concurrency() -> usize {
 }
 
 /// A destination function, as written in `switchyard.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionDestinationConfig {
     pub name: String,

@@ -73,7 +73,7 @@ pub const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// A Webhooks destination, as written in `switchyard.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     pub name: String,
