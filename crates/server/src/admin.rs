@@ -341,6 +341,20 @@ pub struct ReplayRequest {
     until_ms: Option<i64>,
 }
 
+/// The ids of `asked` that are not in `taken`, once each, in the order
+/// asked: named in the answer of a replay or discard (`not_found`), so that
+/// a mistyped id is not lost in a count. The answer is still 200: the ids
+/// that matched were taken, and a client tells them apart by this list.
+fn not_found(asked: Option<&[i64]>, taken: &[i64]) -> Vec<i64> {
+    let mut missing: Vec<i64> = Vec::new();
+    for id in asked.unwrap_or_default() {
+        if !taken.contains(id) && !missing.contains(id) {
+            missing.push(*id);
+        }
+    }
+    missing
+}
+
 impl ReplayRequest {
     /// The selection: ids, or a time range, or neither (all); ids with a
     /// range would select only the ids inside it, which is never what is meant.
@@ -374,13 +388,17 @@ pub async fn replay(
         .map(|JsonBody(b)| b.selection())
         .transpose()?
         .unwrap_or_default();
+    let asked = selection.ids.clone();
     let replayed = state
         .store
         .replay_dead_letters(&destination, selection)
         .await
         .map_err(store_error)?;
     sink.wake_retries();
-    Ok(Json(json!({ "replayed": replayed })))
+    Ok(Json(json!({
+        "replayed": replayed.len(),
+        "not_found": not_found(asked.as_deref(), &replayed),
+    })))
 }
 
 /// `DELETE /api/v1/destinations/{name}/deadletters`: discards dead letters
@@ -411,12 +429,16 @@ pub async fn discard(
         .map(|JsonBody(b)| b.selection())
         .transpose()?
         .unwrap_or_default();
+    let asked = selection.ids.clone();
     let discarded = state
         .store
         .discard_dead_letters(&destination, selection)
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "discarded": discarded })))
+    Ok(Json(json!({
+        "discarded": discarded.len(),
+        "not_found": not_found(asked.as_deref(), &discarded),
+    })))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -555,8 +577,14 @@ pub async fn source_dead_letters(
         .await
         .map_err(store_error)?;
     let next_before = paging.next_before(items.len(), items.last().map(|r| r.id));
+    let total = state
+        .store
+        .raw_request_count(&slug, "dead")
+        .await
+        .map_err(store_error)?;
     Ok(Json(json!({
         "data": items.iter().map(raw_to_json).collect::<Vec<_>>(),
+        "total": total,
         "next_before": next_before,
     })))
 }
@@ -572,13 +600,17 @@ pub async fn replay_source(
     selection_not_in_query(query.as_deref())?;
     let runner = runner_for(&state, &slug)?.clone();
     let ids = body?.and_then(|JsonBody(b)| b.ids);
+    let asked = ids.clone();
     let replayed = state
         .store
         .replay_raw(&slug, ids)
         .await
         .map_err(store_error)?;
     runner.wake();
-    Ok(Json(json!({ "replayed": replayed })))
+    Ok(Json(json!({
+        "replayed": replayed.len(),
+        "not_found": not_found(asked.as_deref(), &replayed),
+    })))
 }
 
 pub async fn objects(

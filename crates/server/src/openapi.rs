@@ -229,13 +229,13 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/api/v1/sources/{slug}/deadletters",
         Auth::Api,
-        "Raw requests whose function failed 5 times, newest first",
+        "Raw requests whose function failed 5 times, newest first, with how many in all",
     ),
     (
         "post",
         "/api/v1/sources/{slug}/deadletters/replay",
         Auth::Api,
-        "Run failed raw requests again ({ids} or all)",
+        "Run failed raw requests again ({ids} or all): {replayed, not_found}, the ids given that matched no dead request",
     ),
     (
         "get",
@@ -261,7 +261,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         Auth::Api,
         "Destination function logs, newest first",
     ),
-    ("delete", "/api/v1/destinations/{name}/deadletters", Auth::Api, "Discard dead letters ({ids?, since_ms?, until_ms?}; none = all)"),
+    ("delete", "/api/v1/destinations/{name}/deadletters", Auth::Api, "Discard dead letters ({ids?, since_ms?, until_ms?}; none = all): {discarded, not_found}, the ids given that matched no dead letter"),
     (
         "get",
         "/api/v1/destinations/{name}/deadletters",
@@ -272,7 +272,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "post",
         "/api/v1/destinations/{name}/deadletters/replay",
         Auth::Api,
-        "Deliver dead letters again ({ids} or all)",
+        "Deliver dead letters again ({ids} or all): {replayed, not_found}, the ids given that matched no dead letter",
     ),
     (
         "post",

@@ -1552,11 +1552,15 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn replay_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64> {
+    async fn replay_dead_letters(
+        &self,
+        destination: &str,
+        selection: Selection,
+    ) -> Result<Vec<i64>> {
         let destination = destination.to_string();
         self.heavy_write(move |conn| {
             let now = now_ms();
-            let mut moved = 0;
+            let mut moved = Vec::new();
             for id in selected_dead_letters(conn, &destination, &selection)? {
                 // A replay is a fresh delivery: attempts and age start over.
                 let n = conn.execute(
@@ -1567,7 +1571,7 @@ impl Store for EmbeddedStore {
                 )?;
                 if n > 0 {
                     conn.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
-                    moved += 1;
+                    moved.push(id);
                 }
             }
             Ok(moved)
@@ -1575,17 +1579,24 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn discard_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64> {
+    async fn discard_dead_letters(
+        &self,
+        destination: &str,
+        selection: Selection,
+    ) -> Result<Vec<i64>> {
         let destination = destination.to_string();
         self.heavy_write(move |conn| {
-            let mut n = 0;
+            let mut discarded = Vec::new();
             for id in selected_dead_letters(conn, &destination, &selection)? {
-                n += conn.execute(
+                if conn.execute(
                     "DELETE FROM dead_letters WHERE id = ?1 AND destination = ?2",
                     params![id, destination],
-                )? as u64;
+                )? > 0
+                {
+                    discarded.push(id);
+                }
             }
-            Ok(n)
+            Ok(discarded)
         })
         .await
     }
@@ -2040,29 +2051,48 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<u64> {
+    async fn raw_request_count(&self, source: &str, state: &str) -> Result<u64> {
+        let source_id = self.source_id(source)?;
+        let state = state.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM raw_requests WHERE source_id = ?1 AND state = ?2",
+                )?
+                .query_row(params![source_id, state], |r| r.get::<_, i64>(0))?
+                as u64)
+        })
+        .await
+    }
+
+    async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<Vec<i64>> {
         let source_id = self.source_id(source)?;
         self.heavy_write(move |conn| {
             let now = now_ms();
-            let n = match ids {
+            let replayed = match ids {
                 Some(ids) => {
-                    let mut n = 0;
+                    let mut replayed = Vec::new();
                     for id in ids {
-                        n += conn.execute(
+                        if conn.execute(
                             "UPDATE raw_requests SET state = 'pending', attempts = 0, next_ms = ?3
                              WHERE id = ?1 AND source_id = ?2 AND state = 'dead'",
                             params![id, source_id, now],
-                        )?;
+                        )? > 0
+                        {
+                            replayed.push(id);
+                        }
                     }
-                    n
+                    replayed
                 }
-                None => conn.execute(
-                    "UPDATE raw_requests SET state = 'pending', attempts = 0, next_ms = ?2
-                     WHERE source_id = ?1 AND state = 'dead'",
-                    params![source_id, now],
-                )?,
+                None => conn
+                    .prepare(
+                        "UPDATE raw_requests SET state = 'pending', attempts = 0, next_ms = ?2
+                         WHERE source_id = ?1 AND state = 'dead' RETURNING id",
+                    )?
+                    .query_map(params![source_id, now], |r| r.get::<_, i64>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
             };
-            Ok(n as u64)
+            Ok(replayed)
         })
         .await
     }
@@ -3588,6 +3618,7 @@ mod tests {
             .unwrap();
         let dead = store.raw_requests("hook", "dead", None, 10).await.unwrap();
         assert_eq!((dead.len(), dead[0].last_error.as_str()), (1, "boom"));
+        assert_eq!(store.raw_request_count("hook", "dead").await.unwrap(), 1);
         assert_eq!(
             store.function_logs("hook", None, 10).await.unwrap()[0]
                 .log
@@ -3602,7 +3633,7 @@ mod tests {
                 .len(),
             9
         );
-        assert_eq!(store.replay_raw("hook", None).await.unwrap(), 1);
+        assert_eq!(store.replay_raw("hook", None).await.unwrap(), [dead[0].id]);
         assert_eq!(
             store
                 .due_raw(&slugs, now_ms() + 1, 100)
@@ -3702,7 +3733,10 @@ mod tests {
                 ids: Some(vec![2]),
                 ..Default::default()
             };
-            assert_eq!(store.discard_dead_letters("hook", newest).await.unwrap(), 1);
+            assert_eq!(
+                store.discard_dead_letters("hook", newest).await.unwrap(),
+                [2]
+            );
             store.commit_delivery(bury("c")).await.unwrap();
             assert_eq!(
                 ids(store.dead_letters("hook", None, 10).await.unwrap()),
@@ -3718,7 +3752,7 @@ mod tests {
                     .replay_dead_letters("hook", Selection::default())
                     .await
                     .unwrap(),
-                2
+                [1, 3]
             );
             store.close().await;
         }

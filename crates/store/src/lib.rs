@@ -382,11 +382,20 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letter_count(&self, destination: &str) -> Result<u64>;
 
     /// Moves dead letters back to the retry schedule, due now. `None` = all of
-    /// the destination's. Returns how many were requeued.
-    async fn replay_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64>;
+    /// the destination's. Returns the ids of those requeued, so that a caller
+    /// that named ids can tell which matched none.
+    async fn replay_dead_letters(
+        &self,
+        destination: &str,
+        selection: Selection,
+    ) -> Result<Vec<i64>>;
 
-    /// Deletes dead letters for good. Returns how many.
-    async fn discard_dead_letters(&self, destination: &str, selection: Selection) -> Result<u64>;
+    /// Deletes dead letters for good. Returns the ids of those deleted.
+    async fn discard_dead_letters(
+        &self,
+        destination: &str,
+        selection: Selection,
+    ) -> Result<Vec<i64>>;
 
     /// Attempts, newest first, optionally only those with one outcome.
     /// A destination's attempts, newest first: at most `limit`, with ids
@@ -501,8 +510,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RawRecord>>;
 
-    /// Dead raw requests back to pending, due now (all of the source's when `ids` is `None`).
-    async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<u64>;
+    /// How many raw requests of a source are in a state (`dead`, …).
+    async fn raw_request_count(&self, source: &str, state: &str) -> Result<u64>;
+
+    /// Dead raw requests back to pending, due now (all of the source's when
+    /// `ids` is `None`). Returns the ids of those requeued.
+    async fn replay_raw(&self, source: &str, ids: Option<Vec<i64>>) -> Result<Vec<i64>>;
 
     /// The source's captured requests, newest first.
     async fn captures(&self, source: &str) -> Result<Vec<RawRecord>>;

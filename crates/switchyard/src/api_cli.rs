@@ -363,12 +363,17 @@ pub enum DeadLettersCommand {
         /// At most this many (1 to 1000).
         #[arg(short = 'n', long, default_value_t = 100)]
         limit: usize,
-        /// Only those with a greater id (destinations; the next page starts
-        /// after the last id shown).
+        /// Only those with a greater id (destinations, oldest first: the
+        /// `--after` a full page ends with).
         #[arg(long, conflicts_with = "source")]
         after: Option<i64>,
+        /// Only those with a smaller id (sources, newest first: the
+        /// `--before` a full page ends with).
+        #[arg(long, conflicts_with = "destination")]
+        before: Option<i64>,
     },
-    /// Deliver dead letters again (all, or --id …).
+    /// Deliver dead letters again (all, or --id …; an --id that matches no
+    /// dead letter is an error, exit 1, naming it).
     Replay {
         #[arg(long, required_unless_present = "source", conflicts_with = "source")]
         destination: Option<String>,
@@ -384,7 +389,8 @@ pub enum DeadLettersCommand {
         until_ms: Option<i64>,
     },
     /// Delete dead letters of a destination for good: those of --id …, or
-    /// every one with --all.
+    /// every one with --all (an --id that matches no dead letter is an
+    /// error, exit 1, naming it).
     #[command(group(
         clap::ArgGroup::new("which")
             .args(["ids", "all"])
@@ -1189,6 +1195,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             source,
             limit,
             after,
+            before,
         }) => match (destination, source) {
             (Some(d), _) => {
                 let path = api_path(
@@ -1204,31 +1211,27 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                         &v["data"],
                         &["id", "message_ids", "attempts", "last_status", "last_error"],
                     );
-                    let shown = v["data"].as_array().map_or(0, Vec::len);
-                    match v["next_after"].as_i64() {
-                        Some(next) => println!(
-                            "{shown} shown of {} in all; next: --after {next}",
-                            cell(&v["total"])
-                        ),
-                        None => println!("{shown} shown of {} in all", cell(&v["total"])),
-                    }
+                    println!("{}", dead_letters_summary(&v));
                     return Ok(());
                 }
                 (v, &[])
             }
-            (None, Some(s)) => (
-                client
-                    .send(
-                        Method::GET,
-                        &api_path(
-                            &["sources", &s, "deadletters"],
-                            &[("limit", Some(limit.to_string()))],
-                        ),
-                        None,
-                    )
-                    .await?,
-                &["id", "received_ms", "attempts", "last_error"],
-            ),
+            (None, Some(s)) => {
+                let path = api_path(
+                    &["sources", &s, "deadletters"],
+                    &[
+                        ("limit", Some(limit.to_string())),
+                        ("before", before.map(|b| b.to_string())),
+                    ],
+                );
+                let v = client.send(Method::GET, &path, None).await?;
+                if !remote.json {
+                    table(&v["data"], &["id", "received_ms", "attempts", "last_error"]);
+                    println!("{}", dead_letters_summary(&v));
+                    return Ok(());
+                }
+                (v, &[])
+            }
             _ => unreachable!("clap requires one"),
         },
         Call::DeadLetters(DeadLettersCommand::Discard {
@@ -1249,11 +1252,17 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(body),
                 )
                 .await?;
-            if !remote.json {
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
                 println!("discarded {}", cell(&v["discarded"]));
-                return Ok(());
             }
-            (v, &[])
+            return ids_all_found(
+                &v,
+                &ids,
+                "discarded",
+                &format!("destination {destination:?}: unknown, or replayed or discarded already"),
+            );
         }
         Call::DeadLetters(DeadLettersCommand::Replay {
             destination,
@@ -1279,17 +1288,24 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     body["until_ms"] = json!(t);
                 }
             }
-            let path = match (destination, source) {
-                (Some(d), _) => api_path(&["destinations", &d, "deadletters", "replay"], &[]),
-                (None, Some(s)) => api_path(&["sources", &s, "deadletters", "replay"], &[]),
+            let (path, missing) = match (destination, source) {
+                (Some(d), _) => (
+                    api_path(&["destinations", &d, "deadletters", "replay"], &[]),
+                    format!("destination {d:?}: unknown, or replayed or discarded already"),
+                ),
+                (None, Some(s)) => (
+                    api_path(&["sources", &s, "deadletters", "replay"], &[]),
+                    format!("source {s:?}: unknown, or replayed already"),
+                ),
                 _ => unreachable!("clap requires one"),
             };
             let v = client.send(Method::POST, &path, Some(body)).await?;
-            if !remote.json {
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
                 println!("replayed {}", cell(&v["replayed"]));
-                return Ok(());
             }
-            (v, &[])
+            return ids_all_found(&v, &ids, "replayed", &missing);
         }
         Call::Logs(args) => (
             client
@@ -1366,6 +1382,45 @@ fn source_row(source: &Value, function: &Value) -> Value {
         "capture": function["capture"],
         "created_ms": source["created_ms"],
     })
+}
+
+/// The last line of a dead-letter listing: how many it shows, how many
+/// there are in all, and where the next page starts.
+fn dead_letters_summary(v: &Value) -> String {
+    let shown = v["data"].as_array().map_or(0, Vec::len);
+    let total = cell(&v["total"]);
+    match (v["next_after"].as_i64(), v["next_before"].as_i64()) {
+        (Some(next), _) => format!("{shown} shown of {total} in all; next: --after {next}"),
+        (None, Some(next)) => format!("{shown} shown of {total} in all; next: --before {next}"),
+        (None, None) => format!("{shown} shown of {total} in all"),
+    }
+}
+
+/// An error when `asked`, the ids given with --id, named dead letters that
+/// are not there: the others were replayed or discarded (the answer said
+/// how many), but a mistyped id must not pass as done. `counted` is the
+/// answer's count of those taken; `whose` says where none was found and why.
+fn ids_all_found(v: &Value, asked: &[i64], counted: &str, whose: &str) -> anyhow::Result<()> {
+    if let Some(missing) = v["not_found"].as_array() {
+        let ids: Vec<String> = missing.iter().map(cell).collect();
+        return match ids.len() {
+            0 => Ok(()),
+            1 => Err(ApiFailure(format!("no dead letter {} for {whose}", ids[0])).into()),
+            _ => Err(ApiFailure(format!("no dead letters {} for {whose}", ids.join(", "))).into()),
+        };
+    }
+    // A server that does not name them still counts those it took.
+    let mut distinct = asked.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let taken = v[counted].as_u64().unwrap_or(0) as usize;
+    match distinct.len().saturating_sub(taken) {
+        0 => Ok(()),
+        n => Err(ApiFailure(format!(
+            "{n} of the ids given matched no dead letter for {whose}"
+        ))
+        .into()),
+    }
 }
 
 /// A function source's webhook URL, token included.

@@ -658,6 +658,49 @@ async fn the_cli_lists_and_replays_dead_letters() {
         ],
     );
     assert_eq!((code, out.trim()), (0, "discarded 1"));
+    // An id that matches no dead letter (any more) is named, and fails.
+    let (code, out) = cli(
+        &sy,
+        &[
+            "deadletters",
+            "discard",
+            "--destination",
+            "hook",
+            "--id",
+            &first,
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("discarded 0\n")
+            && out.contains(&format!("no dead letter {first} for destination \"hook\"")),
+        "{out}"
+    );
+    let (code, out) = cli(
+        &sy,
+        &[
+            "--json",
+            "deadletters",
+            "replay",
+            "--destination",
+            "hook",
+            "--id",
+            "999999",
+            "--id",
+            &first,
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("no dead letters 999999, {first} for destination")),
+        "{out}"
+    );
+    let answer: Value = serde_json::from_str(out.split("switchyard:").next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        answer,
+        json!({"replayed": 0, "not_found": [999999, first.parse::<i64>().unwrap()]})
+    );
     let (code, out) = cli(
         &sy,
         &[
@@ -3549,4 +3592,75 @@ async fn a_destination_is_patched_field_by_field() {
     let (_, d) = sy.admin("GET", "/api/v1/destinations/hook", None).await;
     assert_eq!(d["config"]["urls"], json!([rx.url("hook")]), "{d}");
     assert_eq!(d["config"]["enabled"], false, "{d}");
+}
+
+/// `deadletters list --source` pages newest first with `--before` and says
+/// how many there are in all, as the destination listing does; a replay of
+/// an id that is not a dead letter fails, naming it.
+#[tokio::test]
+async fn a_source_s_dead_letters_page_with_a_total_from_the_cli() {
+    let sy = &Switchyard::start(&paging_config());
+    for i in 0..3 {
+        hook(sy, "doomed", json!({"fail": true, "tag": i})).await;
+    }
+    let rows = at_least(sy, "/api/v1/sources/doomed/deadletters", 3).await;
+    let list = |extra: &[&str]| {
+        let mut args = vec!["deadletters", "list", "--source", "doomed"];
+        args.extend_from_slice(extra);
+        cli(sy, &args)
+    };
+    let (code, out) = list(&["-n", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let next = out
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("2 shown of 3 in all; next: --before "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    assert_eq!(out.lines().count(), 4, "a header, 2 rows, the total: {out}");
+    let (code, out) = list(&["-n", "2", "--before", &next]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().last(), Some("1 shown of 3 in all"), "{out}");
+    let oldest = rows[2]["id"].as_i64().unwrap();
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&oldest.to_string())),
+        "{out}"
+    );
+    let (code, out) = list(&["--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["total"], 3, "{out}");
+    // `--before` pages a source's (newest first), `--after` a destination's.
+    let (code, out) = cli(
+        sy,
+        &[
+            "deadletters",
+            "list",
+            "--destination",
+            "echo",
+            "--before",
+            "3",
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+
+    let (code, out) = cli(
+        sy,
+        &[
+            "deadletters",
+            "replay",
+            "--source",
+            "doomed",
+            "--id",
+            "999999",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("replayed 0\n")
+            && out.contains("no dead letter 999999 for source \"doomed\""),
+        "{out}"
+    );
 }
