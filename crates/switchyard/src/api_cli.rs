@@ -317,8 +317,12 @@ pub enum DestinationsCommand {
     /// Delivery attempts, newest first.
     Attempts {
         name: String,
-        #[arg(short = 'n', default_value_t = 50)]
+        /// How many (1 to 1000).
+        #[arg(short = 'n', long = "limit", default_value_t = 50)]
         limit: usize,
+        /// Only older ones: the `--before` a full page ends with.
+        #[arg(long)]
+        before: Option<i64>,
     },
 }
 
@@ -1129,13 +1133,20 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 .await?,
             &["name", "sources", "backlog", "retries", "enabled"],
         ),
-        Call::Destinations(DestinationsCommand::Attempts { name, limit }) => (
+        Call::Destinations(DestinationsCommand::Attempts {
+            name,
+            limit,
+            before,
+        }) => (
             client
                 .send(
                     Method::GET,
                     &api_path(
                         &["destinations", &name, "attempts"],
-                        &[("limit", Some(limit.to_string()))],
+                        &[
+                            ("limit", Some(limit.to_string())),
+                            ("before", before.map(|b| b.to_string())),
+                        ],
                     ),
                     None,
                 )

@@ -3464,6 +3464,49 @@ async fn cli_lists_page_and_say_where_the_next_page_starts() {
     assert!(!out.contains("more:"), "{out}");
     let (code, out) = cli(&sy, &["sources", "rejections", "web", "-n", "1001"]);
     assert_eq!(code, 1, "the server refuses a page above 1000: {out}");
+
+    // Delivery attempts, newest first: the batch's one valid event and two more.
+    for id in ["a1", "a2"] {
+        let (s, b) = sy
+            .post(
+                "/v1/track",
+                "wk_web",
+                &json!({"userId": "u", "event": "E", "messageId": id}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    rx.wait_delivered("hook", 3, 30).await;
+    // An attempt is recorded once its answer is in: after the receiver's log.
+    at_least(&sy, "/api/v1/destinations/hook/attempts", 3).await;
+    let (code, out) = cli(&sy, &["destinations", "attempts", "hook", "-n", "2"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().count(), 4, "a header, 2 rows, the hint: {out}");
+    let more = out
+        .lines()
+        .find_map(|l| l.strip_prefix("more: --before "))
+        .unwrap_or_else(|| panic!("a full page says where the next starts: {out}"))
+        .trim()
+        .to_string();
+    let (code, out) = cli(
+        &sy,
+        &[
+            "destinations",
+            "attempts",
+            "hook",
+            "--limit",
+            "2",
+            "--before",
+            &more,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().count(),
+        2,
+        "a header and the oldest attempt: {out}"
+    );
+    assert!(!out.contains("more:"), "{out}");
 }
 
 /// A setting the server's function source has and the file does not is
