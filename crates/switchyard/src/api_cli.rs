@@ -980,6 +980,19 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 for e in v["events"].as_array().cloned().unwrap_or_default() {
                     println!("  {e}");
                 }
+                // As `functions test` prints them offline.
+                let objects = v["objects"].as_array().cloned().unwrap_or_default();
+                if !objects.is_empty() {
+                    println!("objects ({}):", objects.len());
+                    for o in &objects {
+                        println!(
+                            "  {}/{} {}",
+                            cell(&o["collection"]),
+                            cell(&o["id"]),
+                            o["properties"]
+                        );
+                    }
+                }
                 for l in v["logs"].as_array().cloned().unwrap_or_default() {
                     println!("  [{}] {}", cell(&l["level"]), cell(&l["message"]));
                 }

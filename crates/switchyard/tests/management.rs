@@ -3017,6 +3017,30 @@ async fn refusals_and_exit_codes_do_not_depend_on_the_output() {
         assert_eq!(code, 1, "--json {json}: {out}");
         assert!(out.contains("cannot handle x"), "{out}");
     }
+    // The objects the function set are shown beside its messages.
+    let setter = temp_file(
+        "setter.js",
+        "async function onRequest(request) {\n  Segment.track({ event: 'E', userId: 'u-1' });\n  Segment.set({ collection: 'accounts', id: 'u-1', properties: { plan: 'pro' } });\n}\n",
+    );
+    let ok = temp_file("ok.json", r#"{"payload": {"body": {}}}"#);
+    let (code, out) = cli(
+        &sy,
+        &[
+            "sources",
+            "test",
+            "stigg",
+            "--payload",
+            ok.to_str().unwrap(),
+            "--file",
+            setter.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("events (1):\n"), "{out}");
+    assert!(
+        out.contains("objects (1):\n  accounts/u-1 {\"plan\":\"pro\"}\n"),
+        "{out}"
+    );
 
     let schema = temp_file("schema.json", "[\n  {\"name\": \"apiKey\",}\n]\n");
     let (code, out) = cli(
