@@ -441,6 +441,8 @@ pub enum Call {
     Logs(LogsArgs),
     DeleteUser(String),
     Tail(String),
+    /// `functions list`.
+    ListFunctions,
     FollowLogs(LogsArgs),
     /// `POST /api/v1/functions` with this body.
     CreateFunction(Value),
@@ -449,14 +451,6 @@ pub enum Call {
     /// `POST /api/v1/functions/{name}/deploy` of this version (the latest
     /// without one).
     DeployFunction(String, Option<u32>),
-    /// (method, path, body, the columns of `data` to print as a table;
-    /// none: the JSON as it came)
-    Raw(
-        reqwest::Method,
-        String,
-        Option<Value>,
-        &'static [&'static str],
-    ),
 }
 
 /// A client of a running server's management API.
@@ -559,6 +553,14 @@ fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.replace('\n', " "),
+        // A list of names (a destination's sources, a dead letter's
+        // message ids) reads as one; JSON's brackets and quotes are noise.
+        Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => {
+            match items.is_empty() {
+                true => "-".into(),
+                false => items.iter().map(cell).collect::<Vec<_>>().join(", "),
+            }
+        }
         other => other.to_string(),
     }
 }
@@ -652,9 +654,6 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
     let client = Client::new(&remote)?;
     use reqwest::Method;
     let (value, columns): (Value, &[&str]) = match call {
-        Call::Raw(method, path, body, columns) => {
-            (client.send(method, &path, body).await?, columns)
-        }
         Call::Sources(SourcesCommand::Create {
             slug,
             function,
@@ -1348,6 +1347,20 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             &["at_ms", "level", "message"],
         ),
         Call::Tail(slug) => return tail(&client, &slug, remote.json).await,
+        Call::ListFunctions => {
+            let mut v = client
+                .send(Method::GET, &api_path(&["functions"], &[]), None)
+                .await?;
+            if !remote.json {
+                // Versions count from 1: 0 is the API's "never deployed".
+                for f in v["data"].as_array_mut().into_iter().flatten() {
+                    if f["deployed_version"] == 0 {
+                        f["deployed_version"] = Value::Null;
+                    }
+                }
+            }
+            (v, &["name", "kind", "deployed_version", "latest_version"])
+        }
         Call::FollowLogs(args) => return follow_logs(&client, &args, remote.json).await,
         Call::DeleteUser(user) => {
             let v = client

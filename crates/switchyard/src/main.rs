@@ -215,12 +215,7 @@ fn functions_call(command: F) -> anyhow::Result<api_cli::Call> {
             true => api_cli::Call::FollowLogs(args),
             false => api_cli::Call::Logs(args),
         },
-        F::List => api_cli::Call::Raw(
-            reqwest::Method::GET,
-            api_cli::api_path(&["functions"], &[]),
-            None,
-            &["name", "kind", "deployed_version", "latest_version"],
-        ),
+        F::List => api_cli::Call::ListFunctions,
         F::Deploy { name, version } => api_cli::Call::DeployFunction(name, version),
         F::Create {
             name,

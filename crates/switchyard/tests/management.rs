@@ -594,6 +594,13 @@ async fn the_cli_lists_and_replays_dead_letters() {
     }
     assert!(listed.starts_with("ID"), "{listed}");
     assert!(listed.contains("HTTP 400"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| ["  c0  ", "  c1  ", "  c2  "].iter().any(|c| l.contains(c))),
+        "message ids as a list: {listed}"
+    );
     // A page, and where the next one starts.
     let (code, page) = cli(
         &sy,
@@ -731,7 +738,13 @@ async fn the_cli_lists_and_replays_dead_letters() {
     assert_eq!(code, 2);
     let (code, out) = cli(&sy, &["destinations", "list"]);
     assert_eq!(code, 0);
-    assert!(out.contains("hook"), "{out}");
+    // Its sources as a list to read, not as JSON.
+    let hook = out
+        .lines()
+        .find(|l| l.starts_with("hook "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(hook.contains("  web, stigg  "), "{out}");
+    assert!(!out.contains('['), "{out}");
 }
 
 #[tokio::test]
@@ -2443,6 +2456,28 @@ async fn functions_create_and_update_print_a_summary_or_the_json() {
         out.trim(),
         "function relay2 created: a source function, version 1, deployed"
     );
+    // A function never deployed has no deployed version: `-`, and the
+    // JSON keeps the API's number.
+    let (code, out) = cli(&sy, &["functions", "list"]);
+    assert_eq!(code, 0, "{out}");
+    let row = |name: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name}: {out}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("relay"), ["relay", "source", "-", "1"], "{out}");
+    assert_eq!(row("relay2"), ["relay2", "source", "1", "1"], "{out}");
+    let (code, out) = cli(&sy, &["functions", "list", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let relay = v["data"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["name"] == "relay"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(relay["deployed_version"], 0, "{out}");
     let (code, out) = cli(&sy, &["functions", "update", "stigg", "--file", &v2]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
