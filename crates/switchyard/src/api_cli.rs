@@ -650,10 +650,118 @@ fn settings_object(text: &str) -> anyhow::Result<Value> {
     }
 }
 
+/// What a command shows once its calls are made. [`show`] prints it, in
+/// one place: the API's answer as JSON with `--json`, else its [`Text`].
+pub struct Shown {
+    /// The API's answer: what `--json` prints.
+    answer: Value,
+    text: Text,
+    /// A failure to report after the output (the function failed, an id
+    /// matched no dead letter): the exit code says it, whatever the format.
+    failure: Option<anyhow::Error>,
+}
+
+/// How a command's answer reads without `--json`.
+enum Text {
+    /// Lines saying what was done.
+    Lines(Vec<String>),
+    /// The answer's `data` as a table of these columns, then where the
+    /// next page starts when it is a full page.
+    Page(&'static [&'static str]),
+    /// These rows as a table of these columns, then these lines.
+    Table(Value, &'static [&'static str], Vec<String>),
+    /// Printed already as it came, JSON included: live streams, a replay
+    /// with its progress bar.
+    Printed,
+}
+
+impl Shown {
+    fn lines(answer: Value, lines: Vec<String>) -> Shown {
+        Shown {
+            answer,
+            text: Text::Lines(lines),
+            failure: None,
+        }
+    }
+
+    fn line(answer: Value, line: String) -> Shown {
+        Shown::lines(answer, vec![line])
+    }
+
+    fn page(answer: Value, columns: &'static [&'static str]) -> Shown {
+        Shown {
+            answer,
+            text: Text::Page(columns),
+            failure: None,
+        }
+    }
+
+    fn table(
+        answer: Value,
+        rows: Value,
+        columns: &'static [&'static str],
+        lines: Vec<String>,
+    ) -> Shown {
+        Shown {
+            answer,
+            text: Text::Table(rows, columns, lines),
+            failure: None,
+        }
+    }
+
+    fn printed() -> Shown {
+        Shown {
+            answer: Value::Null,
+            text: Text::Printed,
+            failure: None,
+        }
+    }
+
+    fn failing(mut self, failure: Option<anyhow::Error>) -> Shown {
+        self.failure = failure;
+        self
+    }
+}
+
+/// Prints what a command shows (see [`Shown`]) and gives back its failure.
+fn show(shown: Shown, json: bool) -> anyhow::Result<()> {
+    match shown.text {
+        Text::Printed => {}
+        _ if json => println!("{}", serde_json::to_string_pretty(&shown.answer)?),
+        Text::Lines(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+        }
+        Text::Page(columns) => {
+            table(&shown.answer["data"], columns);
+            // A full page says where the next one starts: the list goes on.
+            if let Some(next) = shown.answer["next_before"].as_i64() {
+                println!("more: --before {next}");
+            } else if let Some(next) = shown.answer["next_after"].as_str() {
+                println!("more: --after {next}");
+            }
+        }
+        Text::Table(rows, columns, lines) => {
+            table(&rows, columns);
+            for line in lines {
+                println!("{line}");
+            }
+        }
+    }
+    shown.failure.map_or(Ok(()), Err)
+}
+
 pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
     let client = Client::new(&remote)?;
+    let shown = answer(&client, &remote, call).await?;
+    show(shown, remote.json)
+}
+
+/// Makes the calls of a command and says what it shows.
+async fn answer(client: &Client, remote: &Remote, call: Call) -> anyhow::Result<Shown> {
     use reqwest::Method;
-    let (value, columns): (Value, &[&str]) = match call {
+    Ok(match call {
         Call::Sources(SourcesCommand::Create {
             slug,
             function,
@@ -689,28 +797,28 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             let v = client
                 .send(Method::POST, &api_path(&["sources"], &[]), Some(body))
                 .await?;
-            if !remote.json {
-                match v["token"].as_str() {
-                    Some(token) => {
-                        println!("source {}: token {token} (shown once)", cell(&v["slug"]));
-                        println!("webhook URL: {}", webhook_url(&client, &v["slug"], token));
-                        if windowed {
-                            println!(
-                                "it keeps requests only while a capture window is open: \
-                                 `switchyard sources capture-window {}`",
-                                cell(&v["slug"])
-                            );
-                        }
+            let lines = match v["token"].as_str() {
+                Some(token) => {
+                    let mut lines = vec![
+                        format!("source {}: token {token} (shown once)", cell(&v["slug"])),
+                        format!("webhook URL: {}", webhook_url(client, &v["slug"], token)),
+                    ];
+                    if windowed {
+                        lines.push(format!(
+                            "it keeps requests only while a capture window is open: \
+                             `switchyard sources capture-window {}`",
+                            cell(&v["slug"])
+                        ));
                     }
-                    None => println!(
-                        "source {}: write key {} (shown once)",
-                        cell(&v["slug"]),
-                        cell(&v["write_key"])
-                    ),
+                    lines
                 }
-                return Ok(());
-            }
-            (v, &[])
+                None => vec![format!(
+                    "source {}: write key {} (shown once)",
+                    cell(&v["slug"]),
+                    cell(&v["write_key"])
+                )],
+            };
+            Shown::lines(v, lines)
         }
         Call::Sources(SourcesCommand::Update {
             slug,
@@ -739,53 +847,42 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(body),
                 )
                 .await?;
-            if !remote.json {
-                println!(
-                    "source {} changed: function {}, respond {}, capture {}",
-                    cell(&v["slug"]),
-                    cell(&v["function"]),
-                    cell(&v["respond"]),
-                    cell(&v["capture"])
-                );
-                return Ok(());
-            }
-            (v, &[])
+            let line = format!(
+                "source {} changed: function {}, respond {}, capture {}",
+                cell(&v["slug"]),
+                cell(&v["function"]),
+                cell(&v["respond"]),
+                cell(&v["capture"])
+            );
+            Shown::line(v, line)
         }
         Call::Sources(SourcesCommand::Show { slug }) => {
             let v = client
                 .send(Method::GET, &api_path(&["sources", &slug], &[]), None)
                 .await?;
-            if !remote.json {
-                table(&json!([source_row(&v, &v["function"])]), SOURCE_COLUMNS);
-                return Ok(());
-            }
-            (v, &[])
+            let rows = json!([source_row(&v, &v["function"])]);
+            Shown::table(v, rows, SOURCE_COLUMNS, Vec::new())
         }
         Call::Sources(SourcesCommand::List) => {
             let v = client
                 .send(Method::GET, &api_path(&["sources"], &[]), None)
                 .await?;
-            if !remote.json {
-                let rows: Vec<Value> = v["data"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| source_row(s, &s["function"]))
-                    .collect();
-                table(&Value::Array(rows), SOURCE_COLUMNS);
-                return Ok(());
-            }
-            (v, &[])
+            let rows: Vec<Value> = v["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| source_row(s, &s["function"]))
+                .collect();
+            Shown::table(v, Value::Array(rows), SOURCE_COLUMNS, Vec::new())
         }
         Call::Sources(SourcesCommand::Delete { slug }) => {
             let v = client
                 .send(Method::DELETE, &api_path(&["sources", &slug], &[]), None)
                 .await?;
-            if !remote.json {
-                println!("source {slug} deleted (its stored events are still delivered)");
-                return Ok(());
-            }
-            (v, &[])
+            Shown::line(
+                v,
+                format!("source {slug} deleted (its stored events are still delivered)"),
+            )
         }
         Call::Sources(SourcesCommand::Rotate {
             slug,
@@ -810,44 +907,49 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(body),
                 )
                 .await?;
-            if !remote.json {
-                let differs = v["changed"].as_bool().unwrap_or(true);
-                if dry_run {
-                    let what = if write_key.is_some() {
-                        "write key"
-                    } else {
-                        "token"
-                    };
-                    match differs {
-                        true => println!(
-                            "source {slug}: the {what} given differs from its own; nothing changed"
-                        ),
-                        false => println!(
-                            "source {slug}: the {what} given is its own already; nothing changed"
-                        ),
-                    }
-                } else if source_token.is_some() {
-                    match differs {
-                        true => println!("source {slug}: token set to the one given (the old one stops working now)"),
-                        false => println!("source {slug}: the token given was its own already"),
-                    }
-                } else if let Some(token) = v["token"].as_str().filter(|t| *t != "********") {
-                    println!("source {slug}: new token {token} (shown once; the old one stops working now)");
-                    println!("webhook URL: {}", webhook_url(&client, &v["slug"], token));
-                } else if write_key.is_some() {
-                    match differs {
-                        true => println!("source {slug}: write key set to the one given (the old one stops working now)"),
-                        false => println!("source {slug}: the write key given was its own already"),
-                    }
+            let differs = v["changed"].as_bool().unwrap_or(true);
+            let lines = if dry_run {
+                let what = if write_key.is_some() {
+                    "write key"
                 } else {
-                    println!(
-                        "source {slug}: new write key {} (shown once; the old one stops working now)",
-                        cell(&v["write_key"])
-                    );
-                }
-                return Ok(());
-            }
-            (v, &[])
+                    "token"
+                };
+                vec![match differs {
+                    true => {
+                        format!(
+                            "source {slug}: the {what} given differs from its own; nothing changed"
+                        )
+                    }
+                    false => {
+                        format!(
+                            "source {slug}: the {what} given is its own already; nothing changed"
+                        )
+                    }
+                }]
+            } else if source_token.is_some() {
+                vec![match differs {
+                    true => format!(
+                        "source {slug}: token set to the one given (the old one stops working now)"
+                    ),
+                    false => format!("source {slug}: the token given was its own already"),
+                }]
+            } else if let Some(token) = v["token"].as_str().filter(|t| *t != "********") {
+                vec![
+                    format!("source {slug}: new token {token} (shown once; the old one stops working now)"),
+                    format!("webhook URL: {}", webhook_url(client, &v["slug"], token)),
+                ]
+            } else if write_key.is_some() {
+                vec![match differs {
+                    true => format!("source {slug}: write key set to the one given (the old one stops working now)"),
+                    false => format!("source {slug}: the write key given was its own already"),
+                }]
+            } else {
+                vec![format!(
+                    "source {slug}: new write key {} (shown once; the old one stops working now)",
+                    cell(&v["write_key"])
+                )]
+            };
+            Shown::lines(v, lines)
         }
         Call::Sources(SourcesCommand::CaptureWindow { slug, minutes }) => {
             let v = client
@@ -857,51 +959,45 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(json!({ "minutes": minutes })),
                 )
                 .await?;
-            if !remote.json {
-                println!(
-                    "source {slug}: capture window open until {}",
-                    time_cell(&v["capturing_until_ms"])
-                );
-                if v["mode"] == "always" {
-                    // The window is harmless then, but the user probably
-                    // expected it to matter.
-                    println!(
-                        "(its capture is `always`: it keeps requests with or without a window; \
-                         `sources update {slug} --capture window` keeps them only in windows)"
-                    );
-                }
-                return Ok(());
+            let mut lines = vec![format!(
+                "source {slug}: capture window open until {}",
+                time_cell(&v["capturing_until_ms"])
+            )];
+            if v["mode"] == "always" {
+                // The window is harmless then, but the user probably
+                // expected it to matter.
+                lines.push(format!(
+                    "(its capture is `always`: it keeps requests with or without a window; \
+                     `sources update {slug} --capture window` keeps them only in windows)"
+                ));
             }
-            (v, &[])
+            Shown::lines(v, lines)
         }
         Call::CreateFunction(body) => {
             let v = client
                 .send(Method::POST, &api_path(&["functions"], &[]), Some(body))
                 .await?;
-            if !remote.json {
-                let f = &v["function"];
-                let name = cell(&f["name"]);
-                let deployed = f["deployed_version"].as_u64().unwrap_or(0);
-                let state = if deployed > 0 && f["deployed_version"] == v["version"] {
-                    "deployed".to_string()
-                } else {
-                    format!("not deployed (`switchyard functions deploy {name}`)")
-                };
-                println!(
-                    "function {name} created: a {} function, version {}, {state}",
-                    cell(&f["kind"]),
-                    cell(&v["version"])
-                );
-                return Ok(());
-            }
-            (v, &[])
+            let f = &v["function"];
+            let name = cell(&f["name"]);
+            let deployed = f["deployed_version"].as_u64().unwrap_or(0);
+            let state = if deployed > 0 && f["deployed_version"] == v["version"] {
+                "deployed".to_string()
+            } else {
+                format!("not deployed (`switchyard functions deploy {name}`)")
+            };
+            let line = format!(
+                "function {name} created: a {} function, version {}, {state}",
+                cell(&f["kind"]),
+                cell(&v["version"])
+            );
+            Shown::line(v, line)
         }
         Call::UpdateFunction(name, body) => {
             let path = api_path(&["functions", &name], &[]);
             // The server saves no new version of code and declarations equal
             // to the latest's, and answers with that version: only the
             // latest before tells whether anything was saved. A failure here
-            // is left to the PUT to report.
+            // is left to the PUT to report; `--json` has no use for it.
             let before = match remote.json {
                 true => None,
                 false => client
@@ -912,11 +1008,8 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     .and_then(|f| f["function"]["latest_version"].as_u64()),
             };
             let v = client.send(Method::PUT, &path, Some(body)).await?;
-            if !remote.json {
-                println!("{}", function_saved(&v, before));
-                return Ok(());
-            }
-            (v, &[])
+            let line = function_saved(&v, before);
+            Shown::line(v, line)
         }
         Call::DeployFunction(name, version) => {
             let v = client
@@ -926,16 +1019,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(json!({ "version": version })),
                 )
                 .await?;
-            if !remote.json {
-                println!(
-                    "function {}: version {} {}",
-                    cell(&v["name"]),
-                    cell(&v["deployed_version"]),
-                    deployed_to(&v["deployed_to"])
-                );
-                return Ok(());
-            }
-            (v, &[])
+            let line = format!(
+                "function {}: version {} {}",
+                cell(&v["name"]),
+                cell(&v["deployed_version"]),
+                deployed_to(&v["deployed_to"])
+            );
+            Shown::line(v, line)
         }
         Call::Sources(SourcesCommand::Test {
             slug,
@@ -969,47 +1059,12 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(body),
                 )
                 .await?;
-            if remote.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "events ({}):",
-                    v["events"].as_array().map_or(0, |a| a.len())
-                );
-                for e in v["events"].as_array().cloned().unwrap_or_default() {
-                    println!("  {e}");
-                }
-                // As `functions test` prints them offline.
-                let objects = v["objects"].as_array().cloned().unwrap_or_default();
-                if !objects.is_empty() {
-                    println!("objects ({}):", objects.len());
-                    for o in &objects {
-                        println!(
-                            "  {}/{} {}",
-                            cell(&o["collection"]),
-                            cell(&o["id"]),
-                            o["properties"]
-                        );
-                    }
-                }
-                for l in v["logs"].as_array().cloned().unwrap_or_default() {
-                    println!("  [{}] {}", cell(&l["level"]), cell(&l["message"]));
-                }
-                if !v["error"].is_null() {
-                    println!(
-                        "error: {}: {} (line {})",
-                        cell(&v["error"]["name"]),
-                        cell(&v["error"]["message"]),
-                        cell(&v["error"]["line"])
-                    );
-                }
-            }
+            let lines = test_lines(&v);
             // The exit code says whether the function failed, whatever the
             // output's format: scripts check it with and without --json.
-            if !v["error"].is_null() {
-                return Err(ApiFailure("the function failed".into()).into());
-            }
-            return Ok(());
+            let failure =
+                (!v["error"].is_null()).then(|| ApiFailure("the function failed".into()).into());
+            Shown::lines(v, lines).failing(failure)
         }
         Call::Destinations(DestinationsCommand::Create {
             name,
@@ -1029,11 +1084,8 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             let v = client
                 .send(Method::POST, &api_path(&["destinations"], &[]), Some(body))
                 .await?;
-            if !remote.json {
-                println!("destination {} created", cell(&v["name"]));
-                return Ok(());
-            }
-            (v, &[])
+            let line = format!("destination {} created", cell(&v["name"]));
+            Shown::line(v, line)
         }
         Call::Destinations(DestinationsCommand::Delete { name }) => {
             let v = client
@@ -1043,17 +1095,13 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if !remote.json {
-                println!("destination {name} deleted");
-                return Ok(());
-            }
-            (v, &[])
+            Shown::line(v, format!("destination {name} deleted"))
         }
         Call::Destinations(DestinationsCommand::Enable { name }) => {
-            return set_enabled(&client, &remote, &name, true).await
+            set_enabled(client, &name, true).await?
         }
         Call::Destinations(DestinationsCommand::Disable { name }) => {
-            return set_enabled(&client, &remote, &name, false).await
+            set_enabled(client, &name, false).await?
         }
         Call::Destinations(DestinationsCommand::Urls {
             command: UrlsCommand::Enable { name, url },
@@ -1066,26 +1114,23 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     body,
                 )
                 .await?;
-            if !remote.json {
-                let still: Vec<String> = v["disabled"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| cell(&d["url"]))
-                    .collect();
-                match (&url, still.is_empty()) {
-                    (Some(u), _) => print!("destination {name}: {u} enabled"),
-                    (None, _) => print!("destination {name}: its URLs enabled"),
-                }
-                match still.is_empty() {
-                    true => println!(),
-                    false => println!("; still disabled: {}", still.join(", ")),
-                }
-                return Ok(());
-            }
-            (v, &[])
+            let still: Vec<String> = v["disabled"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| cell(&d["url"]))
+                .collect();
+            let enabled = match &url {
+                Some(u) => format!("destination {name}: {u} enabled"),
+                None => format!("destination {name}: its URLs enabled"),
+            };
+            let line = match still.is_empty() {
+                true => enabled,
+                false => format!("{enabled}; still disabled: {}", still.join(", ")),
+            };
+            Shown::line(v, line)
         }
-        Call::Sources(SourcesCommand::Captures { slug }) => (
+        Call::Sources(SourcesCommand::Captures { slug }) => Shown::page(
             client
                 .send(
                     Method::GET,
@@ -1099,7 +1144,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             slug,
             limit,
             before,
-        }) => (
+        }) => Shown::page(
             client
                 .send(
                     Method::GET,
@@ -1121,7 +1166,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             id,
             limit,
             after,
-        }) => (
+        }) => Shown::page(
             client
                 .send(
                     Method::GET,
@@ -1139,7 +1184,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 .await?,
             &["collection", "id", "updated_ms", "properties"],
         ),
-        Call::Destinations(DestinationsCommand::List) => (
+        Call::Destinations(DestinationsCommand::List) => Shown::page(
             client
                 .send(Method::GET, &api_path(&["destinations"], &[]), None)
                 .await?,
@@ -1149,7 +1194,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             name,
             limit,
             before,
-        }) => (
+        }) => Shown::page(
             client
                 .send(
                     Method::GET,
@@ -1173,7 +1218,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 "error",
             ],
         ),
-        Call::Tokens(TokensCommand::List) => (
+        Call::Tokens(TokensCommand::List) => Shown::page(
             client
                 .send(Method::GET, &api_path(&["tokens"], &[]), None)
                 .await?,
@@ -1187,17 +1232,14 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(json!({ "name": name, "read_only": read_only })),
                 )
                 .await?;
-            if !remote.json {
-                println!(
-                    "{} token {} ({}): {} (shown once)",
-                    if read_only { "read-only" } else { "API" },
-                    cell(&v["id"]),
-                    cell(&v["name"]),
-                    cell(&v["token"])
-                );
-                return Ok(());
-            }
-            (v, &[])
+            let line = format!(
+                "{} token {} ({}): {} (shown once)",
+                if read_only { "read-only" } else { "API" },
+                cell(&v["id"]),
+                cell(&v["name"]),
+                cell(&v["token"])
+            );
+            Shown::line(v, line)
         }
         Call::Tokens(TokensCommand::Revoke { id }) => {
             let v = client
@@ -1207,11 +1249,7 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if !remote.json {
-                println!("token {id} revoked");
-                return Ok(());
-            }
-            (v, &[])
+            Shown::line(v, format!("token {id} revoked"))
         }
         Call::DeadLetters(DeadLettersCommand::List {
             destination,
@@ -1219,44 +1257,35 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
             limit,
             after,
             before,
-        }) => match (destination, source) {
-            (Some(d), _) => {
-                let path = api_path(
-                    &["destinations", &d, "deadletters"],
-                    &[
-                        ("limit", Some(limit.to_string())),
-                        ("after", after.map(|a| a.to_string())),
-                    ],
-                );
-                let v = client.send(Method::GET, &path, None).await?;
-                if !remote.json {
-                    table(
-                        &v["data"],
-                        &["id", "message_ids", "attempts", "last_status", "last_error"],
-                    );
-                    println!("{}", dead_letters_summary(&v));
-                    return Ok(());
-                }
-                (v, &[])
-            }
-            (None, Some(s)) => {
-                let path = api_path(
-                    &["sources", &s, "deadletters"],
-                    &[
-                        ("limit", Some(limit.to_string())),
-                        ("before", before.map(|b| b.to_string())),
-                    ],
-                );
-                let v = client.send(Method::GET, &path, None).await?;
-                if !remote.json {
-                    table(&v["data"], &["id", "received_ms", "attempts", "last_error"]);
-                    println!("{}", dead_letters_summary(&v));
-                    return Ok(());
-                }
-                (v, &[])
-            }
-            _ => unreachable!("clap requires one"),
-        },
+        }) => {
+            let (path, columns): (String, &'static [&'static str]) = match (destination, source) {
+                (Some(d), _) => (
+                    api_path(
+                        &["destinations", &d, "deadletters"],
+                        &[
+                            ("limit", Some(limit.to_string())),
+                            ("after", after.map(|a| a.to_string())),
+                        ],
+                    ),
+                    &["id", "message_ids", "attempts", "last_status", "last_error"],
+                ),
+                (None, Some(s)) => (
+                    api_path(
+                        &["sources", &s, "deadletters"],
+                        &[
+                            ("limit", Some(limit.to_string())),
+                            ("before", before.map(|b| b.to_string())),
+                        ],
+                    ),
+                    &["id", "received_ms", "attempts", "last_error"],
+                ),
+                _ => unreachable!("clap requires one"),
+            };
+            let v = client.send(Method::GET, &path, None).await?;
+            let rows = v["data"].clone();
+            let summary = dead_letters_summary(&v);
+            Shown::table(v, rows, columns, vec![summary])
+        }
         Call::DeadLetters(DeadLettersCommand::Discard {
             destination,
             ids,
@@ -1275,17 +1304,14 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(body),
                 )
                 .await?;
-            if remote.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("discarded {}", cell(&v["discarded"]));
-            }
-            return ids_all_found(
+            let failure = ids_not_found(
                 &v,
                 &ids,
                 "discarded",
                 &format!("destination {destination:?}: unknown, or replayed or discarded already"),
             );
+            let line = format!("discarded {}", cell(&v["discarded"]));
+            Shown::line(v, line).failing(failure)
         }
         Call::DeadLetters(DeadLettersCommand::Replay {
             destination,
@@ -1296,7 +1322,8 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
         }) => {
             if let (Some(d), true, None, None) = (&destination, ids.is_empty(), since_ms, until_ms)
             {
-                return replay_all(&client, d, remote.json).await;
+                replay_all(client, d, remote.json).await?;
+                return Ok(Shown::printed());
             }
             let mut body = if ids.is_empty() {
                 json!({})
@@ -1323,14 +1350,11 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 _ => unreachable!("clap requires one"),
             };
             let v = client.send(Method::POST, &path, Some(body)).await?;
-            if remote.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("replayed {}", cell(&v["replayed"]));
-            }
-            return ids_all_found(&v, &ids, "replayed", &missing);
+            let failure = ids_not_found(&v, &ids, "replayed", &missing);
+            let line = format!("replayed {}", cell(&v["replayed"]));
+            Shown::line(v, line).failing(failure)
         }
-        Call::Logs(args) => (
+        Call::Logs(args) => Shown::page(
             client
                 .send(
                     Method::GET,
@@ -1346,22 +1370,32 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                 .await?,
             &["at_ms", "level", "message"],
         ),
-        Call::Tail(slug) => return tail(&client, &slug, remote.json).await,
+        Call::Tail(slug) => {
+            tail(client, &slug, remote.json).await?;
+            Shown::printed()
+        }
         Call::ListFunctions => {
-            let mut v = client
+            let v = client
                 .send(Method::GET, &api_path(&["functions"], &[]), None)
                 .await?;
-            if !remote.json {
-                // Versions count from 1: 0 is the API's "never deployed".
-                for f in v["data"].as_array_mut().into_iter().flatten() {
-                    if f["deployed_version"] == 0 {
-                        f["deployed_version"] = Value::Null;
-                    }
+            let mut rows = v["data"].clone();
+            // Versions count from 1: 0 is the API's "never deployed".
+            for f in rows.as_array_mut().into_iter().flatten() {
+                if f["deployed_version"] == 0 {
+                    f["deployed_version"] = Value::Null;
                 }
             }
-            (v, &["name", "kind", "deployed_version", "latest_version"])
+            Shown::table(
+                v,
+                rows,
+                &["name", "kind", "deployed_version", "latest_version"],
+                Vec::new(),
+            )
         }
-        Call::FollowLogs(args) => return follow_logs(&client, &args, remote.json).await,
+        Call::FollowLogs(args) => {
+            follow_logs(client, &args, remote.json).await?;
+            Shown::printed()
+        }
         Call::DeleteUser(user) => {
             let v = client
                 .send(
@@ -1370,30 +1404,52 @@ pub async fn run(remote: Remote, call: Call) -> anyhow::Result<()> {
                     Some(json!({ "userId": user })),
                 )
                 .await?;
-            if !remote.json {
-                println!(
-                    "deletion {}: {} source(s) notified, purged {}",
-                    cell(&v["id"]),
-                    v["notices"].as_array().map_or(0, |n| n.len()),
-                    v["purged"]
-                );
-                return Ok(());
-            }
-            (v, &[])
+            let line = format!(
+                "deletion {}: {} source(s) notified, purged {}",
+                cell(&v["id"]),
+                v["notices"].as_array().map_or(0, |n| n.len()),
+                v["purged"]
+            );
+            Shown::line(v, line)
         }
-    };
-    if remote.json || columns.is_empty() {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        table(&value["data"], columns);
-        // A full page says where the next one starts: the list goes on.
-        if let Some(next) = value["next_before"].as_i64() {
-            println!("more: --before {next}");
-        } else if let Some(next) = value["next_after"].as_str() {
-            println!("more: --after {next}");
+    })
+}
+
+/// The lines of `sources test`: the messages and objects the function
+/// emitted, its logs and its error.
+fn test_lines(v: &Value) -> Vec<String> {
+    let mut lines = vec![format!(
+        "events ({}):",
+        v["events"].as_array().map_or(0, |a| a.len())
+    )];
+    for e in v["events"].as_array().into_iter().flatten() {
+        lines.push(format!("  {e}"));
+    }
+    // As `functions test` prints them offline.
+    let objects = v["objects"].as_array().cloned().unwrap_or_default();
+    if !objects.is_empty() {
+        lines.push(format!("objects ({}):", objects.len()));
+        for o in &objects {
+            lines.push(format!(
+                "  {}/{} {}",
+                cell(&o["collection"]),
+                cell(&o["id"]),
+                o["properties"]
+            ));
         }
     }
-    Ok(())
+    for l in v["logs"].as_array().into_iter().flatten() {
+        lines.push(format!("  [{}] {}", cell(&l["level"]), cell(&l["message"])));
+    }
+    if !v["error"].is_null() {
+        lines.push(format!(
+            "error: {}: {} (line {})",
+            cell(&v["error"]["name"]),
+            cell(&v["error"]["message"]),
+            cell(&v["error"]["line"])
+        ));
+    }
+    lines
 }
 
 /// The columns of `sources list` and `sources show`.
@@ -1437,27 +1493,29 @@ fn dead_letters_summary(v: &Value) -> String {
 /// are not there: the others were replayed or discarded (the answer said
 /// how many), but a mistyped id must not pass as done. `counted` is the
 /// answer's count of those taken; `whose` says where none was found and why.
-fn ids_all_found(v: &Value, asked: &[i64], counted: &str, whose: &str) -> anyhow::Result<()> {
-    if let Some(missing) = v["not_found"].as_array() {
-        let ids: Vec<String> = missing.iter().map(cell).collect();
-        return match ids.len() {
-            0 => Ok(()),
-            1 => Err(ApiFailure(format!("no dead letter {} for {whose}", ids[0])).into()),
-            _ => Err(ApiFailure(format!("no dead letters {} for {whose}", ids.join(", "))).into()),
-        };
-    }
-    // A server that does not name them still counts those it took.
-    let mut distinct = asked.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let taken = v[counted].as_u64().unwrap_or(0) as usize;
-    match distinct.len().saturating_sub(taken) {
-        0 => Ok(()),
-        n => Err(ApiFailure(format!(
-            "{n} of the ids given matched no dead letter for {whose}"
-        ))
-        .into()),
-    }
+fn ids_not_found(v: &Value, asked: &[i64], counted: &str, whose: &str) -> Option<anyhow::Error> {
+    let message = match v["not_found"].as_array() {
+        Some(missing) => {
+            let ids: Vec<String> = missing.iter().map(cell).collect();
+            match ids.len() {
+                0 => return None,
+                1 => format!("no dead letter {} for {whose}", ids[0]),
+                _ => format!("no dead letters {} for {whose}", ids.join(", ")),
+            }
+        }
+        // A server that does not name them still counts those it took.
+        None => {
+            let mut distinct = asked.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let taken = v[counted].as_u64().unwrap_or(0) as usize;
+            match distinct.len().saturating_sub(taken) {
+                0 => return None,
+                n => format!("{n} of the ids given matched no dead letter for {whose}"),
+            }
+        }
+    };
+    Some(ApiFailure(message).into())
 }
 
 /// A function source's webhook URL, token included.
@@ -1482,12 +1540,7 @@ fn logs_page_path(args: &LogsArgs, query: &[(&str, Option<String>)]) -> String {
 /// `destinations enable|disable`: a PATCH of `enabled` alone, so that a
 /// change made to another field meanwhile is not written back over; the
 /// answer's `changed` tells whether it was in that state already.
-async fn set_enabled(
-    client: &Client,
-    remote: &Remote,
-    name: &str,
-    enabled: bool,
-) -> anyhow::Result<()> {
+async fn set_enabled(client: &Client, name: &str, enabled: bool) -> anyhow::Result<Shown> {
     let v = client
         .send(
             reqwest::Method::PATCH,
@@ -1496,16 +1549,14 @@ async fn set_enabled(
         )
         .await?;
     let word = if enabled { "enabled" } else { "disabled" };
-    if remote.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if v["changed"] == false {
-        println!("destination {name} is {word} already");
+    let line = if v["changed"] == false {
+        format!("destination {name} is {word} already")
     } else if enabled {
-        println!("destination {name} enabled: it delivers from where it stopped");
+        format!("destination {name} enabled: it delivers from where it stopped")
     } else {
-        println!("destination {name} disabled: its events wait for `switchyard destinations enable {name}`");
-    }
-    Ok(())
+        format!("destination {name} disabled: its events wait for `switchyard destinations enable {name}`")
+    };
+    Ok(Shown::line(v, line))
 }
 
 /// Where a deploy put a function: `deployed_to` of the API's answer
